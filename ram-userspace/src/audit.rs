@@ -1,0 +1,207 @@
+//! Audit records: what the daemon writes for every kernel decision it hears about.
+
+use std::net::{IpAddr, Ipv6Addr};
+
+use ram_common::{BUILTIN_RULE, GateEvent, Hook, Reason};
+use serde::Serialize;
+
+/// One JSON line of the audit log. The schema is documented in the README ("Audit log").
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// RFC 3339, UTC, nanoseconds.
+    pub time: String,
+    /// "allow" or "deny".
+    pub verdict: &'static str,
+    pub reason: &'static str,
+    /// The kernel hook: connect4, connect6, sendmsg4, sendmsg6.
+    pub hook: &'static str,
+    pub protocol: String,
+    /// Process id (tgid) and thread id.
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: String,
+    /// The cgroup v2 path of the process, when it could be found.
+    pub cgroup: Option<String>,
+    pub cgroup_id: u64,
+    /// Destination address (IPv4-mapped IPv6 shown as IPv4) and port.
+    pub dst_addr: String,
+    pub dst_port: u16,
+    /// Index of the policy entry that matched (none for denials).
+    pub rule_index: Option<u32>,
+}
+
+impl AuditRecord {
+    /// `realtime_minus_boottime_ns` converts the event's boot-clock time to wall-clock time.
+    pub fn from_event(
+        event: &GateEvent,
+        realtime_minus_boottime_ns: i128,
+        cgroup: Option<String>,
+    ) -> Self {
+        let wall_ns = i128::from(event.boot_ns) + realtime_minus_boottime_ns;
+        Self {
+            time: rfc3339_utc(wall_ns),
+            verdict: if event.verdict == 0 { "deny" } else { "allow" },
+            reason: Reason::from_u8(event.reason).map_or("unknown", Reason::as_str),
+            hook: Hook::from_u8(event.hook).map_or("unknown", Hook::as_str),
+            protocol: protocol_name(event.protocol),
+            pid: (event.pid_tgid >> 32) as u32,
+            tid: event.pid_tgid as u32,
+            uid: event.uid_gid as u32,
+            gid: (event.uid_gid >> 32) as u32,
+            comm: comm_string(&event.comm),
+            cgroup,
+            cgroup_id: event.cgroup_id,
+            dst_addr: display_addr(event.addr).to_string(),
+            dst_port: event.port,
+            rule_index: (event.rule_index != BUILTIN_RULE).then_some(event.rule_index),
+        }
+    }
+
+    /// A short human-readable line for the daemon's own log.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} {} {} {}:{} by pid {} ({}) in {} ({})",
+            self.verdict,
+            self.hook,
+            self.protocol,
+            bracket_v6(&self.dst_addr),
+            self.dst_port,
+            self.pid,
+            self.comm,
+            self.cgroup.as_deref().unwrap_or("unknown cgroup"),
+            self.reason
+        )
+    }
+}
+
+fn bracket_v6(addr: &str) -> String {
+    if addr.contains(':') {
+        format!("[{addr}]")
+    } else {
+        addr.to_owned()
+    }
+}
+
+/// IPv4-mapped addresses are shown in their IPv4 form.
+pub fn display_addr(addr: [u8; 16]) -> IpAddr {
+    let v6 = Ipv6Addr::from(addr);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
+fn protocol_name(protocol: u8) -> String {
+    match i32::from(protocol) {
+        libc::IPPROTO_TCP => "tcp".into(),
+        libc::IPPROTO_UDP => "udp".into(),
+        libc::IPPROTO_ICMP => "icmp".into(),
+        libc::IPPROTO_ICMPV6 => "icmpv6".into(),
+        libc::IPPROTO_SCTP => "sctp".into(),
+        other => other.to_string(),
+    }
+}
+
+fn comm_string(comm: &[u8; 16]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+/// CLOCK_REALTIME − CLOCK_BOOTTIME, in nanoseconds.
+pub fn realtime_minus_boottime_ns() -> i128 {
+    fn now(clock: libc::clockid_t) -> i128 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: valid clock id and out-parameter.
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+    }
+    now(libc::CLOCK_REALTIME) - now(libc::CLOCK_BOOTTIME)
+}
+
+/// Formats nanoseconds since the Unix epoch as `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ`.
+pub fn rfc3339_utc(unix_ns: i128) -> String {
+    let secs = unix_ns.div_euclid(1_000_000_000);
+    let nanos = unix_ns.rem_euclid(1_000_000_000);
+    let days = secs.div_euclid(86_400);
+    let day_secs = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i128::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
+        day_secs / 3600,
+        day_secs % 3600 / 60,
+        day_secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_known_instants() {
+        assert_eq!(rfc3339_utc(0), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(
+            rfc3339_utc(1_795_426_215_123_456_789),
+            "2026-11-23T09:30:15.123456789Z"
+        );
+        assert_eq!(
+            rfc3339_utc(951_782_400 * 1_000_000_000),
+            "2000-02-29T00:00:00.000000000Z"
+        );
+    }
+
+    #[test]
+    fn event_becomes_record() {
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(b"curl");
+        let event = GateEvent {
+            boot_ns: 5_000_000_000,
+            cgroup_id: 42,
+            pid_tgid: (1234 << 32) | 1235,
+            uid_gid: (100 << 32) | 1000,
+            comm,
+            addr: ram_common::v4_mapped([203, 0, 113, 3]),
+            port: 8080,
+            hook: Hook::Connect4 as u8,
+            reason: Reason::NotAllowed as u8,
+            verdict: 0,
+            protocol: libc::IPPROTO_TCP as u8,
+            _reserved: [0; 2],
+            rule_index: BUILTIN_RULE,
+            _reserved2: 0,
+        };
+        let record = AuditRecord::from_event(&event, 0, Some("/ram.enforced".into()));
+        assert_eq!(record.time, "1970-01-01T00:00:05.000000000Z");
+        assert_eq!(record.verdict, "deny");
+        assert_eq!(record.reason, "not_allowed");
+        assert_eq!(
+            (record.pid, record.tid, record.uid, record.gid),
+            (1234, 1235, 1000, 100)
+        );
+        assert_eq!(record.comm, "curl");
+        assert_eq!(record.dst_addr, "203.0.113.3");
+        assert_eq!(record.protocol, "tcp");
+        assert_eq!(record.rule_index, None);
+        let json = serde_json::to_string(&record).unwrap();
+        assert!(json.contains(r#""dst_addr":"203.0.113.3""#), "{json}");
+        assert!(
+            record
+                .summary()
+                .contains("deny connect4 tcp 203.0.113.3:8080")
+        );
+    }
+}

@@ -1,0 +1,9 @@
+//! The `ram` daemon's library: policy, compilation into map entries, cgroups, loading and
+//! attaching the eBPF programs, and audit records. `src/main.rs` is the CLI on top.
+
+pub mod audit;
+pub mod cgroup;
+pub mod compile;
+pub mod policy;
+pub mod programs;
+pub mod resolv;

@@ -1,0 +1,612 @@
+//! The policy file (TOML): parsing, validation, and the errors a user sees.
+//!
+//! Every value is validated while it is deserialized, so an error carries the position of the
+//! offending value and `ram policy check` can name the file, line and key.
+
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+    str::FromStr,
+};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The policy `ram daemon` enforces when no `--policy` is given: Docker Hub only, as Docker's own
+/// Registry Access Management starts out.
+pub const DEFAULT_POLICY: &str = include_str!("../default-policy.toml");
+
+/// A validated policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub registry_access: RegistryAccess,
+    pub dns: Dns,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryAccess {
+    /// Registry hostnames (exact or `*.domain`).
+    pub allow: Vec<HostPattern>,
+    /// Destinations allowed on any port, no DNS involved.
+    pub allow_cidrs: Vec<Cidr>,
+    /// Loopback (127.0.0.0/8, ::1, and the unspecified addresses, which Linux connects to
+    /// loopback).
+    pub allow_loopback: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dns {
+    /// Trusted resolvers, reachable on port 53. `None`: the nameservers of /etc/resolv.conf.
+    pub resolvers: Option<Vec<ResolverAddr>>,
+}
+
+/// The file as written: structure and types are checked by serde (unknown keys are errors),
+/// values are kept with their position and validated afterwards so errors can point at them.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default)]
+    registry_access: RawRegistryAccess,
+    #[serde(default)]
+    dns: RawDns,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegistryAccess {
+    #[serde(default)]
+    allow: Vec<Spanned<String>>,
+    #[serde(default)]
+    allow_cidrs: Vec<Spanned<String>>,
+    #[serde(default = "default_true")]
+    allow_loopback: bool,
+}
+
+impl Default for RawRegistryAccess {
+    fn default() -> Self {
+        Self {
+            allow: Vec::new(),
+            allow_cidrs: Vec::new(),
+            allow_loopback: true,
+        }
+    }
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    #[serde(default)]
+    resolvers: Option<Vec<Spanned<String>>>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Where a policy came from, for messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicySource {
+    Embedded,
+    File(PathBuf),
+}
+
+impl fmt::Display for PolicySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Embedded => f.write_str("<embedded default policy>"),
+            Self::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read policy file {path}: {source}; check the path and its permissions")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A syntax or validation error at a known place in the file.
+    #[error("{source_name}:{line}:{column}: {message}\n{snippet}")]
+    Invalid {
+        source_name: String,
+        line: usize,
+        column: usize,
+        message: String,
+        snippet: String,
+    },
+}
+
+impl Policy {
+    /// Reads and validates a policy file.
+    pub fn from_file(path: &Path) -> Result<Self, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text, &PolicySource::File(path.to_owned()))
+    }
+
+    pub fn embedded_default() -> Self {
+        Self::from_toml(DEFAULT_POLICY, &PolicySource::Embedded)
+            .expect("the embedded default policy is valid (checked by a unit test)")
+    }
+
+    pub fn from_toml(text: &str, source: &PolicySource) -> Result<Self, PolicyError> {
+        let invalid = |offset: usize, message: String| {
+            let (line, column, snippet) = locate(text, offset);
+            PolicyError::Invalid {
+                source_name: source.to_string(),
+                line,
+                column,
+                message,
+                snippet,
+            }
+        };
+        let raw: RawPolicy = toml::from_str(text).map_err(|err| {
+            let offset = err.span().map_or(0, |span| span.start);
+            invalid(offset, err.message().trim_end().to_owned())
+        })?;
+        let access = raw.registry_access;
+        let mut policy = Policy {
+            registry_access: RegistryAccess {
+                allow: validate_all("registry_access.allow", &access.allow, "hostname", &invalid)?,
+                allow_cidrs: validate_all(
+                    "registry_access.allow_cidrs",
+                    &access.allow_cidrs,
+                    "CIDR",
+                    &invalid,
+                )?,
+                allow_loopback: access.allow_loopback,
+            },
+            dns: Dns {
+                resolvers: match raw.dns.resolvers {
+                    Some(list) => Some(validate_all("dns.resolvers", &list, "resolver", &invalid)?),
+                    None => None,
+                },
+            },
+        };
+        // Repeated entries change nothing; drop them so counts and maps stay honest.
+        dedup_in_order(&mut policy.registry_access.allow);
+        dedup_in_order(&mut policy.registry_access.allow_cidrs);
+        if let Some(resolvers) = policy.dns.resolvers.as_mut() {
+            dedup_in_order(resolvers);
+        }
+        Ok(policy)
+    }
+}
+
+/// Parses every value of the list `key`; the first bad one becomes an error at its position.
+fn validate_all<T: FromStr<Err = String>>(
+    key: &str,
+    values: &[Spanned<String>],
+    what: &str,
+    invalid: &impl Fn(usize, String) -> PolicyError,
+) -> Result<Vec<T>, PolicyError> {
+    values
+        .iter()
+        .map(|value| {
+            value.get_ref().parse().map_err(|why| {
+                invalid(
+                    value.span().start,
+                    format!("invalid {what} `{}` in {key}: {why}", value.get_ref()),
+                )
+            })
+        })
+        .collect()
+}
+
+fn dedup_in_order<T: PartialEq + Clone>(items: &mut Vec<T>) {
+    let mut seen: Vec<T> = Vec::with_capacity(items.len());
+    items.retain(|item| {
+        if seen.contains(item) {
+            false
+        } else {
+            seen.push(item.clone());
+            true
+        }
+    });
+}
+
+/// 1-based line and column of byte `offset`, and the line itself with a caret under the column.
+fn locate(text: &str, offset: usize) -> (usize, usize, String) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    let line_text = text[line_start..].lines().next().unwrap_or("");
+    let snippet = format!(
+        "  {line:>4} | {line_text}\n         {}^",
+        " ".repeat(column - 1)
+    );
+    (line, column, snippet)
+}
+
+/// A hostname pattern from `registry_access.allow`: `registry.example.com` (exactly that name)
+/// or `*.example.com` (any name below example.com, at any depth, but not example.com itself).
+/// Stored lower-case without a trailing dot.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HostPattern {
+    /// The name, or for a wildcard the domain after `*.`.
+    pub domain: String,
+    pub wildcard: bool,
+}
+
+impl HostPattern {
+    /// Whether `name` (any case, trailing dot allowed) is covered by this pattern.
+    pub fn matches(&self, name: &str) -> bool {
+        let name = name.strip_suffix('.').unwrap_or(name);
+        if !self.wildcard {
+            return name.eq_ignore_ascii_case(&self.domain);
+        }
+        // A subdomain: at least one label, then ".", then the domain.
+        name.len() > self.domain.len() + 1 && {
+            let (head, tail) = name.split_at(name.len() - self.domain.len());
+            head.ends_with('.') && tail.eq_ignore_ascii_case(&self.domain)
+        }
+    }
+}
+
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.wildcard {
+            write!(f, "*.{}", self.domain)
+        } else {
+            f.write_str(&self.domain)
+        }
+    }
+}
+
+impl FromStr for HostPattern {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (wildcard, name) = match text.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, text),
+        };
+        let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+        if name.is_empty() {
+            return Err("empty hostname".into());
+        }
+        if name.parse::<IpAddr>().is_ok() {
+            return Err("this is an IP address; list addresses in `allow_cidrs`".into());
+        }
+        if name.contains(':') {
+            return Err(
+                "ports are not part of a hostname; write the registry's host name only".into(),
+            );
+        }
+        if name.contains('*') {
+            return Err(
+                "`*` is allowed only as a whole first label (`*.example.com`), meaning any \
+                 subdomain"
+                    .into(),
+            );
+        }
+        // RFC 1035: at most 253 characters in text form, labels of 1 to 63 characters.
+        if name.len() > 253 {
+            return Err(format!(
+                "hostname is {} characters long; at most 253 are allowed",
+                name.len()
+            ));
+        }
+        let labels: Vec<&str> = name.split('.').collect();
+        for label in &labels {
+            if label.is_empty() {
+                return Err("empty label (two dots in a row, or a leading dot)".into());
+            }
+            if label.len() > 63 {
+                return Err(format!(
+                    "label `{label}` is {} characters long; at most 63 are allowed",
+                    label.len()
+                ));
+            }
+            if let Some(bad) = label
+                .chars()
+                .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
+            {
+                return Err(format!(
+                    "character `{bad}` is not allowed in a hostname (letters, digits and `-` \
+                     only; write internationalized names in their xn-- form)"
+                ));
+            }
+            if label.starts_with('-') || label.ends_with('-') {
+                return Err(format!("label `{label}` starts or ends with `-`"));
+            }
+        }
+        if labels
+            .last()
+            .is_some_and(|tld| tld.chars().all(|c| c.is_ascii_digit()))
+        {
+            return Err("the last label is all digits; list addresses in `allow_cidrs`".into());
+        }
+        if wildcard && labels.len() < 2 {
+            return Err(format!(
+                "`*.{name}` would allow every name in a whole top-level domain; name the \
+                 registry's own domain (e.g. `*.{name}` → `*.example.{name}`)"
+            ));
+        }
+        Ok(Self {
+            domain: name,
+            wildcard,
+        })
+    }
+}
+
+/// An address prefix from `registry_access.allow_cidrs`. A bare address is a single host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix_len: u8,
+}
+
+impl Cidr {
+    pub fn new(addr: IpAddr, prefix_len: u8) -> Result<Self, String> {
+        let max = max_prefix(addr);
+        if prefix_len > max {
+            return Err(format!(
+                "prefix length {prefix_len} is larger than {max}, the size of an {} address",
+                if addr.is_ipv4() { "IPv4" } else { "IPv6" }
+            ));
+        }
+        let network = mask(addr, prefix_len);
+        if network != addr {
+            return Err(format!(
+                "address has bits set beyond the /{prefix_len} prefix; did you mean \
+                 `{network}/{prefix_len}`?"
+            ));
+        }
+        Ok(Self { addr, prefix_len })
+    }
+
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        let (addr, own) = (to_v6(addr), to_v6(self.addr));
+        let bits = self.prefix_len_v6();
+        mask(IpAddr::V6(addr), bits) == IpAddr::V6(own)
+    }
+
+    /// The prefix length in the 128-bit space where IPv4 is mapped (`::ffff:0:0/96`).
+    pub fn prefix_len_v6(&self) -> u8 {
+        match self.addr {
+            IpAddr::V4(_) => 96 + self.prefix_len,
+            IpAddr::V6(_) => self.prefix_len,
+        }
+    }
+}
+
+/// `addr` as 16 bytes (IPv4 mapped), the form every map key uses.
+pub fn to_v6(addr: IpAddr) -> Ipv6Addr {
+    match addr {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    }
+}
+
+fn max_prefix(addr: IpAddr) -> u8 {
+    if addr.is_ipv4() { 32 } else { 128 }
+}
+
+fn mask(addr: IpAddr, prefix_len: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(v4) => {
+            let bits = u32::from(v4);
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(prefix_len))
+                .unwrap_or(0);
+            IpAddr::V4(Ipv4Addr::from(bits & mask))
+        }
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6);
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(prefix_len))
+                .unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(bits & mask))
+        }
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (addr_text, prefix_text) = match text.split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (text, None),
+        };
+        let addr: IpAddr = addr_text
+            .parse()
+            .map_err(|_| format!("`{addr_text}` is not an IPv4 or IPv6 address"))?;
+        let prefix_len = match prefix_text {
+            None => max_prefix(addr),
+            Some(prefix) => prefix
+                .parse::<u8>()
+                .ok()
+                .filter(|_| prefix.chars().all(|c| c.is_ascii_digit()))
+                .ok_or_else(|| format!("`{prefix}` is not a prefix length"))?,
+        };
+        Self::new(addr, prefix_len)
+    }
+}
+
+/// A resolver address from `dns.resolvers` (no port: resolvers are reached on port 53).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ResolverAddr(pub IpAddr);
+
+impl FromStr for ResolverAddr {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let addr: IpAddr = text.parse().map_err(|_| {
+            "write an IPv4 or IPv6 address without a port (resolvers are used on port 53)"
+                .to_owned()
+        })?;
+        if addr.is_unspecified() || addr.is_multicast() {
+            return Err("not a unicast address".into());
+        }
+        Ok(Self(addr))
+    }
+}
+
+impl fmt::Display for ResolverAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Policy, PolicyError> {
+        Policy::from_toml(text, &PolicySource::File("policy.toml".into()))
+    }
+
+    fn error_of(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn embedded_default_is_valid_and_allows_docker_hub() {
+        let policy = Policy::embedded_default();
+        assert!(policy.registry_access.allow_loopback);
+        assert!(
+            policy
+                .registry_access
+                .allow
+                .iter()
+                .any(|p| p.matches("registry-1.docker.io"))
+        );
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let policy = parse(
+            r#"
+            [registry_access]
+            allow = ["docker.io", "*.example.com", "Registry.Example.ORG."]
+            allow_cidrs = ["10.1.2.0/24", "fd00::/8", "192.0.2.7"]
+            allow_loopback = false
+            [dns]
+            resolvers = ["10.0.0.53", "2001:db8::53"]
+            "#,
+        )
+        .unwrap();
+        let access = &policy.registry_access;
+        assert_eq!(access.allow[2].domain, "registry.example.org");
+        assert!(!access.allow_loopback);
+        assert_eq!(access.allow_cidrs[2].to_string(), "192.0.2.7/32");
+        assert_eq!(policy.dns.resolvers.unwrap().len(), 2);
+    }
+
+    #[test]
+    fn empty_policy_denies_all_but_loopback() {
+        let policy = parse("").unwrap();
+        assert!(policy.registry_access.allow.is_empty());
+        assert!(policy.registry_access.allow_loopback);
+        assert_eq!(policy.dns.resolvers, None);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_line() {
+        let err = error_of("[registry_access]\nallow = []\nalow_cidrs = []\n");
+        assert!(err.starts_with("policy.toml:3:1:"), "{err}");
+        assert!(err.contains("unknown field `alow_cidrs`"), "{err}");
+        let err = error_of("[registry]\n");
+        assert!(err.contains("unknown field `registry`"), "{err}");
+    }
+
+    #[test]
+    fn bad_cidrs_name_line_key_and_value() {
+        let err = error_of(
+            "[registry_access]\nallow_cidrs = [\n  \"10.0.0.0/8\",\n  \"10.1.2.0/33\",\n]\n",
+        );
+        assert!(err.starts_with("policy.toml:4:3:"), "{err}");
+        assert!(err.contains("allow_cidrs"), "{err}");
+        assert!(err.contains("`10.1.2.0/33`"), "{err}");
+        assert!(err.contains("prefix length 33"), "{err}");
+        assert!(
+            error_of("[registry_access]\nallow_cidrs = [\"10.1.2.3/24\"]").contains("10.1.2.0/24")
+        );
+        assert!(error_of("[registry_access]\nallow_cidrs = [\"nope/8\"]").contains("not an IPv4"));
+        assert!(
+            error_of("[registry_access]\nallow_cidrs = [\"10.0.0.0/+8\"]").contains("not a prefix")
+        );
+        assert!(error_of("[registry_access]\nallow_cidrs = [\"fd00::1/8\"]").contains("fd00::/8"));
+    }
+
+    #[test]
+    fn bad_hostnames_are_errors() {
+        for (name, why) in [
+            ("", "empty hostname"),
+            ("10.0.0.1", "allow_cidrs"),
+            ("registry.local:5000", "ports"),
+            ("a..b", "empty label"),
+            ("reg_istry.io", "character `_`"),
+            ("-bad.io", "starts or ends"),
+            ("*.io", "top-level domain"),
+            ("foo.*.io", "first label"),
+            ("**.io", "first label"),
+            ("example.123", "all digits"),
+        ] {
+            let err = error_of(&format!("[registry_access]\nallow = [\"{name}\"]"));
+            assert!(err.contains(why), "{name}: {err}");
+            assert!(err.starts_with("policy.toml:2:"), "{name}: {err}");
+        }
+        let long_label = "a".repeat(64);
+        assert!(
+            error_of(&format!("[registry_access]\nallow = [\"{long_label}.io\"]")).contains("63")
+        );
+    }
+
+    #[test]
+    fn type_errors_name_the_line() {
+        let err = error_of("[registry_access]\nallow_loopback = \"yes\"\n");
+        assert!(err.starts_with("policy.toml:2:"), "{err}");
+        let err = error_of("[dns]\nresolvers = [\"10.0.0.53:53\"]\n");
+        assert!(err.contains("without a port"), "{err}");
+    }
+
+    #[test]
+    fn duplicates_are_dropped() {
+        let policy = parse("[registry_access]\nallow = [\"a.io\", \"A.io.\"]\nallow_cidrs = [\"10.0.0.0/8\", \"10.0.0.0/8\"]").unwrap();
+        assert_eq!(policy.registry_access.allow.len(), 1);
+        assert_eq!(policy.registry_access.allow_cidrs.len(), 1);
+    }
+
+    #[test]
+    fn matching_rules() {
+        let exact: HostPattern = "docker.io".parse().unwrap();
+        assert!(exact.matches("docker.io"));
+        assert!(exact.matches("DOCKER.IO."));
+        assert!(!exact.matches("registry-1.docker.io"));
+        assert!(!exact.matches("evildocker.io"));
+
+        let wildcard: HostPattern = "*.dkr.ecr.us-east-1.amazonaws.com".parse().unwrap();
+        assert!(wildcard.matches("123456789012.dkr.ecr.us-east-1.amazonaws.com"));
+        assert!(wildcard.matches("a.b.dkr.ecr.us-east-1.amazonaws.com."));
+        assert!(!wildcard.matches("dkr.ecr.us-east-1.amazonaws.com"));
+        assert!(!wildcard.matches("xdkr.ecr.us-east-1.amazonaws.com"));
+        assert!(!wildcard.matches(".dkr.ecr.us-east-1.amazonaws.com"));
+    }
+
+    #[test]
+    fn cidr_contains_handles_mapped_ipv4() {
+        let cidr: Cidr = "10.1.2.0/24".parse().unwrap();
+        assert!(cidr.contains("10.1.2.9".parse().unwrap()));
+        assert!(cidr.contains("::ffff:10.1.2.9".parse().unwrap()));
+        assert!(!cidr.contains("10.1.3.9".parse().unwrap()));
+        assert_eq!(cidr.prefix_len_v6(), 120);
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("192.0.2.1".parse().unwrap()));
+        assert!(!all.contains("2001:db8::1".parse().unwrap()));
+    }
+}

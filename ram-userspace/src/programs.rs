@@ -1,0 +1,280 @@
+//! Loading ram's eBPF object, filling its maps from a compiled policy, and attaching the gate
+//! programs to cgroups. Dropping an [`Enforcer`] detaches everything it attached.
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
+    programs::{CgroupSockAddr, ProgramError, links::CgroupAttachMode},
+};
+use ram_common::{
+    Addr16, CidrRule, Counter, ResolverRule,
+    maps::{ALLOWED_CIDRS, ALLOWED_CIDRS_MAX, COUNTERS, GATE_EVENTS, RESOLVERS, RESOLVERS_MAX},
+};
+
+use crate::{cgroup::CgroupDir, compile::CompiledPolicy};
+
+/// The eBPF object built by build.rs from `ram-ebpf`, embedded in the binary.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ram-ebpf"));
+
+/// A program of `ram-ebpf` and the `bpf_attach_type` it is attached with.
+#[derive(Debug, Clone, Copy)]
+pub struct Gate {
+    pub name: &'static str,
+    /// `enum bpf_attach_type` value (include/uapi/linux/bpf.h), used with BPF_PROG_QUERY.
+    pub attach_type: u32,
+}
+
+/// Every program the daemon attaches to an enforced cgroup.
+pub const GATES: [Gate; 4] = [
+    Gate {
+        name: "connect4_gate",
+        attach_type: 10, // BPF_CGROUP_INET4_CONNECT
+    },
+    Gate {
+        name: "connect6_gate",
+        attach_type: 11, // BPF_CGROUP_INET6_CONNECT
+    },
+    Gate {
+        name: "sendmsg4_gate",
+        attach_type: 14, // BPF_CGROUP_UDP4_SENDMSG
+    },
+    Gate {
+        name: "sendmsg6_gate",
+        attach_type: 15, // BPF_CGROUP_UDP6_SENDMSG
+    },
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnforceError {
+    #[error(
+        "this ram binary was built with AYA_BUILD_SKIP and holds no eBPF programs; rebuild it \
+         without that variable (`cargo xtask setup` installs what the build needs)"
+    )]
+    NoObject,
+    #[error(
+        "the policy needs {needed} entries in {map}, more than its limit of {limit}; shorten \
+         the policy"
+    )]
+    TooLarge {
+        map: &'static str,
+        needed: usize,
+        limit: u32,
+    },
+    #[error(
+        "loading ram's eBPF object failed: {0}; ram needs root (CAP_BPF and CAP_NET_ADMIN) and a \
+         kernel with BPF and BTF support"
+    )]
+    Object(#[from] aya::EbpfError),
+    #[error("map {map} is missing from ram's eBPF object (a build mismatch; rebuild ram)")]
+    MissingMap { map: &'static str },
+    #[error("program {program} is missing from ram's eBPF object (a build mismatch; rebuild ram)")]
+    MissingProgram { program: &'static str },
+    #[error("writing map {map} failed: {source}")]
+    Map {
+        map: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error(
+        "the kernel refused program {program}: {source}\n{verifier_tail}\nram needs a kernel with \
+         cgroup sock_addr hooks (4.17+; 5.15+ is supported); see README \"Supported kernels\""
+    )]
+    Verifier {
+        program: &'static str,
+        source: std::io::Error,
+        verifier_tail: String,
+    },
+    #[error("program {program}: {source}")]
+    Program {
+        program: &'static str,
+        source: ProgramError,
+    },
+    #[error("attaching {program} to cgroup {cgroup} failed: {source}")]
+    Attach {
+        program: &'static str,
+        cgroup: String,
+        source: ProgramError,
+    },
+}
+
+/// The loaded programs and maps. Attachments live as long as this value.
+pub struct Enforcer {
+    ebpf: Ebpf,
+    attached: Vec<CgroupDir>,
+}
+
+impl Enforcer {
+    /// Loads the object with maps sized to `policy`, fills the maps, and loads (verifies) every
+    /// program. Nothing is attached yet, so a failure here leaves the system untouched.
+    pub fn load(policy: &CompiledPolicy) -> Result<Self, EnforceError> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(EnforceError::NoObject);
+        }
+        raise_memlock_limit();
+
+        let cidr_entries = check_size(ALLOWED_CIDRS, policy.cidrs.len(), ALLOWED_CIDRS_MAX)?;
+        let resolver_entries = check_size(RESOLVERS, policy.resolvers.len(), RESOLVERS_MAX)?;
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(ALLOWED_CIDRS, cidr_entries)
+            .map_max_entries(RESOLVERS, resolver_entries)
+            .load(EBPF_OBJECT)?;
+
+        {
+            let map = ebpf
+                .map_mut(ALLOWED_CIDRS)
+                .ok_or(EnforceError::MissingMap { map: ALLOWED_CIDRS })?;
+            let mut cidrs: LpmTrie<_, Addr16, CidrRule> =
+                LpmTrie::try_from(map).map_err(|source| map_error(ALLOWED_CIDRS, source))?;
+            for entry in &policy.cidrs {
+                cidrs
+                    .insert(&Key::new(entry.prefix_len, entry.addr), entry.rule, 0)
+                    .map_err(|source| map_error(ALLOWED_CIDRS, source))?;
+            }
+        }
+        {
+            let map = ebpf
+                .map_mut(RESOLVERS)
+                .ok_or(EnforceError::MissingMap { map: RESOLVERS })?;
+            let mut resolvers: HashMap<_, Addr16, ResolverRule> =
+                HashMap::try_from(map).map_err(|source| map_error(RESOLVERS, source))?;
+            for (addr, rule) in policy.resolver_entries() {
+                resolvers
+                    .insert(addr, rule, 0)
+                    .map_err(|source| map_error(RESOLVERS, source))?;
+            }
+        }
+
+        for gate in GATES {
+            program_mut(&mut ebpf, gate.name)?
+                .load()
+                .map_err(|source| match source {
+                    ProgramError::LoadError {
+                        io_error,
+                        verifier_log,
+                    } => EnforceError::Verifier {
+                        program: gate.name,
+                        source: io_error,
+                        verifier_tail: last_lines(&verifier_log.to_string(), 20),
+                    },
+                    source => EnforceError::Program {
+                        program: gate.name,
+                        source,
+                    },
+                })?;
+        }
+        Ok(Self {
+            ebpf,
+            attached: Vec::new(),
+        })
+    }
+
+    /// Attaches every gate to `cgroup` as a bpf_link. Links are always multi-attach: programs
+    /// others attached to the same cgroup keep running, and all of them must allow a call. (The
+    /// kernel rejects link-create flags, so the mode passed is `Single`, i.e. no flags; aya only
+    /// falls back to exclusive `BPF_PROG_ATTACH` on kernels before 5.7, which ram does not
+    /// support.) On error, the gates attached by this call stay attached
+    /// until the enforcer is dropped (the caller drops it: a partial attach is never kept).
+    pub fn attach(&mut self, cgroup: &CgroupDir) -> Result<(), EnforceError> {
+        let file = cgroup.open().map_err(|err| EnforceError::Attach {
+            program: GATES[0].name,
+            cgroup: cgroup.path.display().to_string(),
+            source: ProgramError::IOError(std::io::Error::other(err.to_string())),
+        })?;
+        for gate in GATES {
+            program_mut(&mut self.ebpf, gate.name)?
+                .attach(&file, CgroupAttachMode::Single)
+                .map_err(|source| EnforceError::Attach {
+                    program: gate.name,
+                    cgroup: cgroup.path.display().to_string(),
+                    source,
+                })?;
+        }
+        self.attached.push(cgroup.clone());
+        Ok(())
+    }
+
+    pub fn attached(&self) -> &[CgroupDir] {
+        &self.attached
+    }
+
+    /// Per-counter totals over all CPUs, indexed like [`Counter::ALL`].
+    pub fn counters(&self) -> Result<[u64; Counter::COUNT as usize], EnforceError> {
+        let map = self
+            .ebpf
+            .map(COUNTERS)
+            .ok_or(EnforceError::MissingMap { map: COUNTERS })?;
+        let counters: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(map).map_err(|source| map_error(COUNTERS, source))?;
+        let mut totals = [0u64; Counter::COUNT as usize];
+        for counter in Counter::ALL {
+            let values = counters
+                .get(&(counter as u32), 0)
+                .map_err(|source| map_error(COUNTERS, source))?;
+            totals[counter as usize] = values.iter().sum();
+        }
+        Ok(totals)
+    }
+
+    /// The ring buffer of denial events; call once.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, EnforceError> {
+        let map = self
+            .ebpf
+            .take_map(GATE_EVENTS)
+            .ok_or(EnforceError::MissingMap { map: GATE_EVENTS })?;
+        RingBuf::try_from(map).map_err(|source| map_error(GATE_EVENTS, source))
+    }
+}
+
+fn program_mut<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut CgroupSockAddr, EnforceError> {
+    ebpf.program_mut(name)
+        .ok_or(EnforceError::MissingProgram { program: name })?
+        .try_into()
+        .map_err(|source| EnforceError::Program {
+            program: name,
+            source,
+        })
+}
+
+fn map_error(map: &'static str, source: aya::maps::MapError) -> EnforceError {
+    EnforceError::Map { map, source }
+}
+
+/// Map sizes follow the policy (at least one entry: the kernel refuses empty maps).
+fn check_size(map: &'static str, needed: usize, limit: u32) -> Result<u32, EnforceError> {
+    if needed > limit as usize {
+        return Err(EnforceError::TooLarge { map, needed, limit });
+    }
+    Ok((needed as u32).max(1))
+}
+
+fn last_lines(text: &str, count: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(count)..].join("\n")
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; raise the soft limit to the hard one
+/// (raising the hard limit needs CAP_SYS_RESOURCE, which containers often lack).
+fn raise_memlock_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls with a valid out-parameter.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) != 0 {
+            return;
+        }
+        let wanted = libc::rlimit {
+            rlim_cur: libc::RLIM_INFINITY,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        if libc::setrlimit(libc::RLIMIT_MEMLOCK, &wanted) != 0 {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) != 0 {
+                log::debug!("could not raise RLIMIT_MEMLOCK");
+            }
+        }
+    }
+}
