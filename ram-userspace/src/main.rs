@@ -198,11 +198,16 @@ fn run_daemon(args: DaemonArgs) -> Result<()> {
         })
     });
     if compiled.resolvers.is_empty() {
-        warn!(
-            "no DNS resolvers are configured (dns.resolvers is unset and {} names none): DNS \
-             from enforced cgroups is denied",
-            resolv::RESOLV_CONF
-        );
+        match compiled.resolver_origin {
+            ResolverOrigin::Policy => {
+                warn!("dns.resolvers is empty: DNS from enforced cgroups is denied")
+            }
+            ResolverOrigin::ResolvConf => warn!(
+                "dns.resolvers is unset and {} names no nameserver: DNS from enforced cgroups \
+                 is denied",
+                resolv::RESOLV_CONF
+            ),
+        }
     }
 
     let mount = cgroup::cgroup2_mount()?;

@@ -1,1 +1,706 @@
-//! placeholder
+//! Test harness for ram's integration tests: real kernel, real clients, real servers.
+//!
+//! Every resource a test makes is an RAII guard that undoes it on drop, also when the test
+//! panics: cgroups ([`TestCgroup`]), network namespaces with veth links ([`TestNet`]),
+//! background processes ([`Background`], ended by their own PID), and the daemon ([`Daemon`]).
+//! Tests run one at a time (`--test-threads=1`, set by `cargo xtask test`).
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        mpsc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+
+/// Name prefix of everything the tests create; followed by the test process's PID.
+const PREFIX: &str = "ramt";
+
+static SEQUENCE: AtomicU32 = AtomicU32::new(0);
+
+/// A name unique to this test process: `ramt<pid>x<n>`, at most 15 bytes for interface names.
+fn unique(tag: char) -> String {
+    let n = SEQUENCE.fetch_add(1, Ordering::Relaxed);
+    format!("{PREFIX}{}{tag}{n}", std::process::id() % 1_000_000)
+}
+
+/// The `ram` binary under test (`cargo xtask test` builds it and sets RAM_BIN).
+pub fn ram_bin() -> PathBuf {
+    match std::env::var_os("RAM_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => {
+            let guess = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/ram");
+            assert!(
+                guess.exists(),
+                "RAM_BIN is not set and {} does not exist: run the tests with `cargo xtask test`",
+                guess.display()
+            );
+            guess
+        }
+    }
+}
+
+/// Path of a file in tests/clients.
+pub fn client_script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("clients")
+        .join(name)
+}
+
+/// The cgroup2 mount point, from /proc/mounts.
+pub fn cgroup2_mount() -> PathBuf {
+    let mounts = fs::read_to_string("/proc/mounts").expect("reading /proc/mounts");
+    mounts
+        .lines()
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(fields[1]))
+        })
+        .expect("no cgroup2 filesystem mounted: ram's tests need cgroup v2")
+}
+
+/// Runs a command to completion; fails with its output if it does not succeed.
+pub fn sh(program: &str, args: &[&str]) -> Result<String> {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("starting {program} (is it installed? `cargo xtask setup`)"))?;
+    if !output.status.success() {
+        bail!(
+            "{program} {} failed ({}): {}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// The PID embedded in a name this harness made (`ramt<pid><tag><n>`), if any.
+fn owner_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix(PREFIX)?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// Removes namespaces, links and cgroups left by earlier test runs whose process is gone
+/// (a test process killed by SIGKILL cannot clean up). Only names this harness makes.
+pub fn remove_stale_leftovers() {
+    let own = std::process::id() % 1_000_000;
+    let stale = |name: &str| owner_pid(name).is_some_and(|pid| pid != own && !pid_alive(pid));
+    if let Ok(list) = sh("ip", &["netns", "list"]) {
+        for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
+            if stale(name) {
+                let _ = sh("ip", &["netns", "del", name]);
+            }
+        }
+    }
+    if let Ok(list) = sh("ip", &["-o", "link", "show"]) {
+        for line in list.lines() {
+            let Some(name) = line
+                .split(':')
+                .nth(1)
+                .map(|n| n.trim().split('@').next().unwrap_or(""))
+            else {
+                continue;
+            };
+            if stale(name) {
+                let _ = sh("ip", &["link", "del", name]);
+            }
+        }
+    }
+    if let Ok(entries) = fs::read_dir(cgroup2_mount()) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if stale(&name) {
+                let _ = TestCgroup::remove_tree(&entry.path());
+            }
+        }
+    }
+}
+
+/// A cgroup v2 directory made for one test, under the cgroup2 mount. On drop, every process
+/// still in it (or in a child) is killed by PID and the directories are removed.
+pub struct TestCgroup {
+    path: PathBuf,
+}
+
+impl TestCgroup {
+    pub fn new() -> Self {
+        Self::new_in(&cgroup2_mount())
+    }
+
+    /// A child of `parent` (for tests of inheritance).
+    pub fn new_in(parent: &Path) -> Self {
+        let path = parent.join(unique('c'));
+        fs::create_dir(&path)
+            .unwrap_or_else(|err| panic!("creating test cgroup {}: {err}", path.display()));
+        Self { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A command that starts inside this cgroup (it moves itself in before exec).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let procs = self.path.join("cgroup.procs");
+        let mut cmd = Command::new(program);
+        // SAFETY: only async-signal-safe work between fork and exec: one write(2).
+        unsafe {
+            cmd.pre_exec(move || fs::write(&procs, b"0"));
+        }
+        cmd
+    }
+
+    fn pids(path: &Path) -> Vec<u32> {
+        fs::read_to_string(path.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+
+    /// Kills the processes of `path` and its children (by PID), then removes the directories,
+    /// deepest first. Bounded: 50 tries of 20 ms for processes to exit.
+    fn remove_tree(path: &Path) -> std::io::Result<()> {
+        if let Ok(entries) = fs::read_dir(path) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    let _ = Self::remove_tree(&entry.path());
+                }
+            }
+        }
+        for _ in 0..50 {
+            let pids = Self::pids(path);
+            if pids.is_empty() {
+                break;
+            }
+            for pid in pids {
+                // SAFETY: plain kill(2) of a PID read from this cgroup.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        fs::remove_dir(path)
+    }
+}
+
+impl Default for TestCgroup {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        if let Err(err) = Self::remove_tree(&self.path) {
+            eprintln!(
+                "warning: removing test cgroup {}: {err}",
+                self.path.display()
+            );
+        }
+    }
+}
+
+/// A network namespace with a veth link to the test's own namespace: a test host with its own
+/// addresses. All addresses are from documentation ranges (RFC 5737 / RFC 3849) and exist only
+/// on this veth pair.
+///
+/// ```text
+///   test namespace  [veth ramt..h] 198.51.100.1/24, 2001:db8:100::1/64
+///                         |
+///   peer netns      [veth ramt..p] 198.51.100.2 .3 .4 /24, 2001:db8:100::2 ::3 ::4 /64
+/// ```
+pub struct TestNet {
+    pub netns: String,
+    host_link: String,
+}
+
+impl TestNet {
+    pub const LOCAL_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+    /// Peer addresses: tests call them A, B and C.
+    pub const PEER_V4: [Ipv4Addr; 3] = [
+        Ipv4Addr::new(198, 51, 100, 2),
+        Ipv4Addr::new(198, 51, 100, 3),
+        Ipv4Addr::new(198, 51, 100, 4),
+    ];
+    pub const PEER_V6: [Ipv6Addr; 3] = [
+        Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 2),
+        Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 3),
+        Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 4),
+    ];
+
+    pub fn new() -> Self {
+        remove_stale_leftovers();
+        let netns = unique('n');
+        let host_link = format!("{netns}h");
+        let peer_link = format!("{netns}p");
+        // Built step by step; the guard exists from the first step so a failure cleans up.
+        let net = Self {
+            netns: netns.clone(),
+            host_link: host_link.clone(),
+        };
+        let steps: Vec<Vec<String>> = vec![
+            vec!["netns", "add", &netns],
+            vec![
+                "link", "add", &host_link, "type", "veth", "peer", "name", &peer_link,
+            ],
+            vec!["link", "set", &peer_link, "netns", &netns],
+            vec!["addr", "add", "198.51.100.1/24", "dev", &host_link],
+            vec![
+                "-6",
+                "addr",
+                "add",
+                "2001:db8:100::1/64",
+                "dev",
+                &host_link,
+                "nodad",
+            ],
+            vec!["link", "set", &host_link, "up"],
+        ]
+        .into_iter()
+        .map(|v| v.into_iter().map(str::to_owned).collect())
+        .collect();
+        for step in steps {
+            let args: Vec<&str> = step.iter().map(String::as_str).collect();
+            sh("ip", &args).unwrap_or_else(|err| panic!("setting up test network: {err:#}"));
+        }
+        let mut inside: Vec<Vec<String>> =
+            vec![vec!["link".into(), "set".into(), "lo".into(), "up".into()]];
+        for v4 in Self::PEER_V4 {
+            inside.push(vec![
+                "addr".into(),
+                "add".into(),
+                format!("{v4}/24"),
+                "dev".into(),
+                peer_link.clone(),
+            ]);
+        }
+        for v6 in Self::PEER_V6 {
+            inside.push(vec![
+                "-6".into(),
+                "addr".into(),
+                "add".into(),
+                format!("{v6}/64"),
+                "dev".into(),
+                peer_link.clone(),
+                "nodad".into(),
+            ]);
+        }
+        inside.push(vec![
+            "link".into(),
+            "set".into(),
+            peer_link.clone(),
+            "up".into(),
+        ]);
+        for step in inside {
+            let mut args = vec!["netns", "exec", &netns, "ip"];
+            args.extend(step.iter().map(String::as_str));
+            sh("ip", &args).unwrap_or_else(|err| panic!("setting up test host: {err:#}"));
+        }
+        net
+    }
+
+    /// A command that runs inside the peer namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.netns, program]);
+        cmd
+    }
+
+    /// Starts `python3 -m http.server` on `port` in the peer namespace (all its addresses).
+    pub fn http_server(&self, port: u16) -> Background {
+        let mut cmd = self.command("python3");
+        cmd.args(["-m", "http.server", "--bind", "::", &port.to_string()]);
+        let server = Background::spawn("http server", cmd);
+        wait_for_tcp(SocketAddr::new(IpAddr::V4(Self::PEER_V4[0]), port));
+        server
+    }
+
+    /// Starts a UDP echo server on `port` in the peer namespace.
+    pub fn udp_echo_server(&self, port: u16) -> Background {
+        let mut cmd = self.command("python3");
+        cmd.arg(client_script("udp_echo.py")).arg(port.to_string());
+        let server = Background::spawn("udp echo server", cmd);
+        wait_for_udp_echo(SocketAddr::new(IpAddr::V4(Self::PEER_V4[0]), port));
+        server
+    }
+
+    /// Starts dnsmasq on port 53 of the peer namespace, answering `records` (name, address)
+    /// authoritatively and nothing else (no upstream, no /etc/hosts).
+    pub fn dnsmasq(&self, records: &[(&str, IpAddr)]) -> Background {
+        let mut cmd = self.command("dnsmasq");
+        cmd.args([
+            "--keep-in-foreground",
+            "--no-daemon",
+            "--no-resolv",
+            "--no-hosts",
+            "--no-poll",
+            "--bind-interfaces",
+            "--listen-address=0.0.0.0",
+            "--port=53",
+            "--user=root",
+            "--pid-file=",
+            "--log-facility=-",
+        ]);
+        for (name, addr) in records {
+            cmd.arg(format!("--host-record={name},{addr}"));
+        }
+        let server = Background::spawn("dnsmasq", cmd);
+        wait_for_tcp(SocketAddr::new(IpAddr::V4(Self::PEER_V4[0]), 53));
+        server
+    }
+}
+
+impl Default for TestNet {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TestNet {
+    fn drop(&mut self) {
+        // Deleting the namespace destroys the peer end, which destroys the pair.
+        let _ = sh("ip", &["link", "del", &self.host_link]);
+        if let Err(err) = sh("ip", &["netns", "del", &self.netns]) {
+            eprintln!("warning: removing netns {}: {err:#}", self.netns);
+        }
+    }
+}
+
+/// Polls until a TCP connect to `addr` (from the test process, outside any enforced cgroup)
+/// succeeds; at most 100 tries over ~10 s.
+pub fn wait_for_tcp(addr: SocketAddr) {
+    for _ in 0..100 {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    panic!("nothing listens on {addr} after 10 s");
+}
+
+fn wait_for_udp_echo(addr: SocketAddr) {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("binding a UDP socket");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    for _ in 0..100 {
+        let _ = socket.send_to(b"ping", addr);
+        if socket.recv_from(&mut buf).is_ok() {
+            return;
+        }
+    }
+    panic!("no UDP echo from {addr} after 10 s");
+}
+
+/// A background process, killed (by its PID) and reaped on drop.
+pub struct Background {
+    name: &'static str,
+    child: Child,
+}
+
+impl Background {
+    pub fn spawn(name: &'static str, mut cmd: Command) -> Self {
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|err| panic!("starting {name}: {err}"));
+        Self { name, child }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Err(err) = self.child.kill() {
+            eprintln!(
+                "warning: killing {} ({}): {err}",
+                self.name,
+                self.child.id()
+            );
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        let path = std::env::temp_dir().join(unique('t'));
+        fs::create_dir_all(&path).expect("creating a temporary directory");
+        Self(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.0.join(name);
+        fs::write(&path, contents).expect("writing a temporary file");
+        path
+    }
+}
+
+impl Default for TempDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `ram daemon`. Started with [`Daemon::start`], which returns once the daemon logs
+/// that it is enforcing. Dropping it sends SIGTERM (then SIGKILL after 5 s) to its PID.
+pub struct Daemon {
+    child: Option<Child>,
+    log: mpsc::Receiver<String>,
+    pub lines: Vec<String>,
+    pub audit_log: PathBuf,
+    _dir: TempDir,
+}
+
+impl Daemon {
+    /// `ram daemon --policy <policy_toml> --cgroup <each> --audit-log <tmp>`.
+    pub fn start(policy_toml: &str, cgroups: &[&Path]) -> Result<Self> {
+        let dir = TempDir::new();
+        let policy = dir.write("policy.toml", policy_toml);
+        let mut args: Vec<String> = vec!["--policy".into(), policy.display().to_string()];
+        for cgroup in cgroups {
+            args.push("--cgroup".into());
+            args.push(cgroup.display().to_string());
+        }
+        Self::start_with(dir, &args)
+    }
+
+    /// `ram daemon ARGS --audit-log <tmp>`, any arguments.
+    pub fn start_args(args: &[&str]) -> Result<Self> {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        Self::start_with(TempDir::new(), &args)
+    }
+
+    fn start_with(dir: TempDir, args: &[String]) -> Result<Self> {
+        let audit_log = dir.path().join("audit.jsonl");
+        let mut child = Command::new(ram_bin())
+            .arg("daemon")
+            .args(args)
+            .arg("--audit-log")
+            .arg(&audit_log)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting ram daemon")?;
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (sender, log) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("  [ram daemon] {line}");
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut daemon = Self {
+            child: Some(child),
+            log,
+            lines: Vec::new(),
+            audit_log,
+            _dir: dir,
+        };
+        daemon
+            .wait_for_line("enforcing on", Duration::from_secs(20))
+            .map_err(|err| anyhow!("ram daemon did not start enforcing: {err:#}"))?;
+        Ok(daemon)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Waits until a log line contains `needle`; fails if the daemon exits or `timeout` passes.
+    pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> Result<String> {
+        if let Some(line) = self.lines.iter().find(|l| l.contains(needle)) {
+            return Ok(line.clone());
+        }
+        let deadline = Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.log.recv_timeout(left) {
+                Ok(line) => {
+                    self.lines.push(line.clone());
+                    if line.contains(needle) {
+                        return Ok(line);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => break,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = self.child.as_mut().and_then(|c| c.wait().ok());
+                    bail!(
+                        "ram daemon exited ({status:?}) before logging {needle:?}; its log:\n{}",
+                        self.lines.join("\n")
+                    );
+                }
+            }
+        }
+        bail!(
+            "no log line with {needle:?} within {timeout:?}; log so far:\n{}",
+            self.lines.join("\n")
+        )
+    }
+
+    /// Sends SIGTERM and waits (≤ 10 s) for a clean exit; returns the exit status.
+    pub fn stop(mut self) -> Result<ExitStatus> {
+        let mut child = self.child.take().expect("running daemon");
+        // SAFETY: kill(2) of our own child's PID.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = wait_bounded(&mut child, Duration::from_secs(10))?;
+        // Drain the rest of the log for the caller.
+        while let Ok(line) = self.log.recv_timeout(Duration::from_millis(200)) {
+            self.lines.push(line);
+        }
+        Ok(status)
+    }
+
+    /// The JSON lines of the audit log so far.
+    pub fn audit_records(&self) -> Vec<serde_json::Value> {
+        fs::read_to_string(&self.audit_log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("audit lines are JSON"))
+            .collect()
+    }
+}
+
+fn wait_bounded(child: &mut Child, timeout: Duration) -> Result<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "process {} did not exit within {timeout:?}; killed",
+                child.id()
+            );
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) of our own child's PID.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            if wait_bounded(&mut child, Duration::from_secs(5)).is_err() {
+                eprintln!("warning: ram daemon {} needed SIGKILL", child.id());
+            }
+        }
+    }
+}
+
+/// What `probe.py` reported.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    pub result: String,
+    pub ms: f64,
+    pub detail: Option<String>,
+}
+
+impl Probe {
+    pub fn ok(&self) -> bool {
+        self.result == "ok"
+    }
+}
+
+/// Runs `probe.py OP ADDR PORT` with `cmd` as the launcher (a cgroup's command, `ram exec`, or
+/// a plain process) and parses its report.
+pub fn probe_with(mut cmd: Command, op: &str, addr: &str, port: u16) -> Probe {
+    let output = cmd
+        .arg(client_script("probe.py"))
+        .args([op, addr, &port.to_string()])
+        .output()
+        .expect("running probe.py");
+    parse_probe(&output)
+}
+
+fn parse_probe(output: &Output) -> Probe {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().last().unwrap_or_else(|| {
+        panic!(
+            "probe.py printed nothing ({}); stderr: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    let value: serde_json::Value =
+        serde_json::from_str(line).unwrap_or_else(|err| panic!("probe.py printed {line:?}: {err}"));
+    Probe {
+        result: value["result"].as_str().unwrap_or_default().to_owned(),
+        ms: value["ms"].as_f64().unwrap_or(f64::NAN),
+        detail: value["detail"].as_str().map(str::to_owned),
+    }
+}
+
+/// Runs probe.py inside `cgroup`.
+pub fn probe_in(cgroup: &TestCgroup, op: &str, addr: &str, port: u16) -> Probe {
+    probe_with(cgroup.command("python3"), op, addr, port)
+}
+
+/// Runs probe.py outside any test cgroup.
+pub fn probe_outside(op: &str, addr: &str, port: u16) -> Probe {
+    probe_with(Command::new("python3"), op, addr, port)
+}
+
+/// Program names `bpftool cgroup show` lists for `cgroup` (attached directly to it).
+pub fn attached_programs(cgroup: &Path) -> Vec<String> {
+    let out = sh(
+        "bpftool",
+        &["-j", "cgroup", "show", &cgroup.display().to_string()],
+    )
+    .expect("bpftool cgroup show");
+    let value: serde_json::Value = if out.trim().is_empty() {
+        serde_json::Value::Array(vec![])
+    } else {
+        serde_json::from_str(&out).expect("bpftool prints JSON")
+    };
+    value
+        .as_array()
+        .map(|progs| {
+            progs
+                .iter()
+                .filter_map(|p| p["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}

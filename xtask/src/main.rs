@@ -1,1 +1,169 @@
-fn main() {}
+//! `cargo xtask`: everything ram needs besides cargo itself.
+//!
+//! - `setup`: installs the build and test requirements (idempotent; seconds when all is there).
+//! - `daemon [ARGS]`: setup, build ram (release), run `ram daemon ARGS` in the foreground.
+//! - `test`: setup, unit tests, then the integration tests against the real kernel.
+//! - `bench`: setup, build ram (release), run the side-by-side benchmarks.
+
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing ram needs: Debian packages, rust-src for the nightly
+    /// toolchain, and bpf-linker built against the nightly's own LLVM.
+    Setup,
+    /// Set up, build `ram` (release) and run `ram daemon` with these arguments (none: the
+    /// embedded default policy on the `ram.enforced` cgroup).
+    Daemon {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then run the unit tests and the integration tests (root required).
+    Test {
+        /// Only tests whose name contains this.
+        filter: Option<String>,
+    },
+    /// Set up, then run the benchmarks and print the ratios (root required).
+    Bench,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Task::Setup => setup::run(),
+        Task::Daemon { args } => daemon(&args),
+        Task::Test { filter } => test(filter.as_deref()),
+        Task::Bench => bench(),
+    };
+    if let Err(err) = result {
+        eprintln!("xtask: error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_owned()
+}
+
+/// Runs `cmd`, failing with `step` in the message.
+pub fn run(cmd: &mut Command, step: &str) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("{step}: cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{step} failed ({status}): {cmd:?}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+fn build_ram(release: bool) -> Result<PathBuf> {
+    let mut cmd = cargo();
+    cmd.args(["build", "--package", "ram-userspace", "--bin", "ram"]);
+    if release {
+        cmd.arg("--release");
+    }
+    run(&mut cmd, "building ram")?;
+    let profile = if release { "release" } else { "debug" };
+    Ok(workspace_root().join("target").join(profile).join("ram"))
+}
+
+fn require_root(task: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "`cargo xtask {task}` loads eBPF programs and creates network namespaces: run it as root"
+        );
+    }
+    Ok(())
+}
+
+fn daemon(args: &[String]) -> Result<()> {
+    setup::run()?;
+    require_root("daemon")?;
+    let ram = build_ram(true)?;
+    let mut cmd = Command::new(&ram);
+    cmd.arg("daemon").args(args);
+    use std::os::unix::process::CommandExt as _;
+    let err = cmd.exec();
+    bail!("cannot run {}: {err}", ram.display())
+}
+
+fn test(filter: Option<&str>) -> Result<()> {
+    setup::run()?;
+    require_root("test")?;
+    let ram = build_ram(false)?;
+
+    let mut unit = cargo();
+    unit.args([
+        "test",
+        "--package",
+        "ram-common",
+        "--package",
+        "ram-userspace",
+        "--package",
+        "xtask",
+    ]);
+    if let Some(filter) = filter {
+        unit.arg(filter);
+    }
+    run(&mut unit, "unit tests")?;
+
+    // One test at a time: tests share the kernel's cgroup and netns namespaces and measure
+    // timings; each cleans up after itself.
+    let mut integration = cargo();
+    integration
+        .args([
+            "test",
+            "--no-fail-fast",
+            "--package",
+            "ram-tests",
+            "--",
+            "--test-threads=1",
+        ])
+        .env("RAM_BIN", &ram);
+    if let Some(filter) = filter {
+        integration.arg(filter);
+    }
+    run(&mut integration, "integration tests")
+}
+
+fn bench() -> Result<()> {
+    setup::run()?;
+    require_root("bench")?;
+    let ram = build_ram(true)?;
+    let mut cmd = cargo();
+    cmd.args([
+        "run",
+        "--release",
+        "--package",
+        "ram-tests",
+        "--bin",
+        "ram-bench",
+    ])
+    .env("RAM_BIN", &ram);
+    run(&mut cmd, "benchmarks")
+}

@@ -1,0 +1,159 @@
+//! The daemon's and CLI's behaviour around enforcement: defaults, refusals, errors.
+
+use std::{process::Command, time::Duration};
+
+use ram_tests::{
+    Daemon, TempDir, TestCgroup, TestNet, attached_programs, cgroup2_mount, probe_with, ram_bin,
+};
+
+#[test]
+fn default_policy_on_the_dedicated_cgroup() {
+    let net = TestNet::new();
+    let _http = net.http_server(8080);
+    let dedicated = cgroup2_mount().join("ram.enforced");
+    assert!(
+        !dedicated.exists(),
+        "{} exists already: is a ram daemon running on this machine?",
+        dedicated.display()
+    );
+
+    // The README's main command: no policy, no cgroup.
+    let daemon = Daemon::start_args(&[]).expect("daemon starts on the embedded default");
+    assert!(dedicated.is_dir(), "the daemon creates ram.enforced");
+    assert_eq!(attached_programs(&dedicated).len(), 4);
+    let in_dedicated = || {
+        let mut cmd = Command::new(ram_bin());
+        cmd.args(["exec", "--", "python3"]);
+        cmd
+    };
+    // The default allows only Docker Hub names (learned from DNS) and loopback.
+    let denied = probe_with(
+        in_dedicated(),
+        "tcp-connect",
+        &TestNet::PEER_V4[0].to_string(),
+        8080,
+    );
+    assert_eq!(denied.result, "EPERM", "{denied:?}");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    assert!(probe_with(in_dedicated(), "tcp-connect", "127.0.0.1", port).ok());
+
+    let status = daemon.stop().expect("daemon stops");
+    assert!(status.success());
+    assert!(
+        !dedicated.exists(),
+        "the daemon removes the cgroup it created"
+    );
+}
+
+#[test]
+fn an_invalid_policy_attaches_nothing_and_names_the_line() {
+    let cgroup = TestCgroup::new();
+    let dir = TempDir::new();
+    let policy = dir.write(
+        "bad.toml",
+        "[registry_access]\nallow = [\"docker.io\"]\nallow_cidrs = [\"10.1.2.0/24\", \"10.1.2.0/33\"]\n",
+    );
+    let output = Command::new(ram_bin())
+        .arg("daemon")
+        .arg("--policy")
+        .arg(&policy)
+        .arg("--cgroup")
+        .arg(cgroup.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("{}:3:31", policy.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("10.1.2.0/33"), "{stderr}");
+    assert!(stderr.contains("nothing was attached"), "{stderr}");
+    assert!(attached_programs(cgroup.path()).is_empty());
+}
+
+#[test]
+fn policy_check_names_file_line_and_value() {
+    let dir = TempDir::new();
+    let run = |text: &str| {
+        let path = dir.write("policy.toml", text);
+        let output = Command::new(ram_bin())
+            .args(["policy", "check"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+            path.display().to_string(),
+        )
+    };
+
+    let (code, stdout, _, path) = run(
+        "[registry_access]\nallow = [\"docker.io\", \"*.example.com\"]\nallow_cidrs = [\"fd00::/8\"]\n",
+    );
+    assert_eq!(code, Some(0));
+    assert!(
+        stdout.contains(&format!("{path}: ok: 2 hostname(s), 1 CIDR(s)")),
+        "{stdout}"
+    );
+
+    let (code, _, stderr, path) = run(
+        "[registry_access]\nallow = [\"docker.io\"]\n\n[dns]\nresolvers = [\"10.0.0.53\"]\nupstream = true\n",
+    );
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains(&format!("{path}:6:1: unknown field `upstream`")),
+        "{stderr}"
+    );
+
+    let (code, _, stderr, path) =
+        run("[registry_access]\nallow = [\n  \"docker.io\",\n  \"bad_host.example\",\n]\n");
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains(&format!(
+            "{path}:4:3: invalid hostname `bad_host.example` in registry_access.allow"
+        )),
+        "{stderr}"
+    );
+
+    let missing = dir.path().join("missing.toml");
+    let output = Command::new(ram_bin())
+        .args(["policy", "check"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot read policy file"));
+}
+
+#[test]
+fn missing_cgroup_is_refused_with_advice() {
+    let output = Command::new(ram_bin())
+        .args(["daemon", "--cgroup", "/ram-no-such-cgroup-for-tests"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("does not exist") && stderr.contains("mkdir"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn sigint_also_detaches() {
+    let cgroup = TestCgroup::new();
+    let mut daemon = Daemon::start("", &[cgroup.path()]).expect("daemon starts");
+    assert_eq!(attached_programs(cgroup.path()).len(), 4);
+    // SAFETY: kill(2) of the daemon's own PID.
+    unsafe { libc::kill(daemon.pid() as i32, libc::SIGINT) };
+    daemon
+        .wait_for_line("SIGINT: detached from 1 cgroup(s)", Duration::from_secs(10))
+        .expect("the daemon logs its stop");
+    let status = daemon.stop().expect("exited");
+    assert!(status.success());
+    assert!(attached_programs(cgroup.path()).is_empty());
+}
