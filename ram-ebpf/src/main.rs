@@ -119,7 +119,7 @@ fn judge(sock_addr: &bpf_sock_addr, addr: Addr16, hook: Hook) -> i32 {
         return ALLOW;
     }
 
-    if port == DNS_PORT && unsafe { RESOLVERS.get(&addr) }.is_some() {
+    if port == DNS_PORT && unsafe { RESOLVERS.get(addr) }.is_some() {
         count(Counter::AllowedResolver);
         return ALLOW;
     }
