@@ -23,6 +23,8 @@ pub const fn v4_mapped(octets: [u8; 4]) -> Addr16 {
     ]
 }
 
+pub mod dns;
+
 pub mod maps {
     //! Map names, sizes, keys and values. Each entry says who writes the map and who reads it.
 
@@ -50,6 +52,196 @@ pub mod maps {
     /// Bytes in [`GATE_EVENTS`]: 256 KiB holds ~2,900 events, several seconds of a process
     /// hammering a denied address between two reads by the daemon.
     pub const GATE_EVENTS_BYTES: u32 = 256 * 1024;
+
+    /// `LpmTrie<[u8; NAME_BUF], NameRule>`: allowed hostnames, character-reversed (see
+    /// [`crate::dns::reversed_key`]). An exact name `docker.io` is the key `oi.rekcod\0`; a
+    /// wildcard `*.example.com` is `moc.elpmaxe.` (the trailing `.` makes the apex itself not
+    /// match). Written by the daemon from `registry_access.allow`; read by `dns_snoop_in`.
+    pub const ALLOWED_NAMES: &str = "ALLOWED_NAMES";
+    /// Upper bound for [`ALLOWED_NAMES`]; the daemon sizes the map to the policy.
+    pub const ALLOWED_NAMES_MAX: u32 = 65_536;
+
+    /// `HashMap<LearnedKey, LearnedAddr>`: addresses learned from DNS answers, per cgroup.
+    /// Written by `dns_snoop_in` before the answer reaches the socket; read by every `*_gate`
+    /// program; expired entries removed by the daemon. A plain hash map, not an LRU: when it is
+    /// full, new addresses are not learned (and are denied), rather than evicting live ones.
+    pub const LEARNED: &str = "LEARNED";
+    /// Upper bound for [`LEARNED`]; the size is `dns.max_learned`.
+    pub const LEARNED_MAX: u32 = 1 << 20;
+
+    /// `LruHashMap<PendingKey, PendingQuery>`: DNS queries in flight from enforced cgroups to
+    /// trusted resolvers. Written by `dns_query_out`; read and removed by `dns_snoop_in`. An LRU:
+    /// queries that get no answer age out.
+    pub const PENDING_QUERIES: &str = "PENDING_QUERIES";
+    pub const PENDING_QUERIES_MAX: u32 = 8_192;
+
+    /// `LruHashMap<u64, u64>`: socket cookie → cgroup id of sockets that a `*_gate` program let
+    /// through to a trusted resolver on port 53 from the trusted network namespace. Written by
+    /// the gates; read by `dns_query_out` and `dns_snoop_in`, which look at no other socket.
+    pub const DNS_SOCKETS: &str = "DNS_SOCKETS";
+    pub const DNS_SOCKETS_MAX: u32 = 16_384;
+
+    /// `PerCpuArray<DnsScratch>` with one entry: working memory of `dns_snoop_in` and
+    /// `dns_query_out` (far larger than the 512-byte BPF stack). Only the programs use it.
+    pub const DNS_SCRATCH: &str = "DNS_SCRATCH";
+
+    /// `ProgramArray` with one entry, `dns_answer_rr`: `dns_snoop_in` and `dns_answer_rr` tail-call
+    /// it once per answer record. Written by the daemon before attaching.
+    pub const DNS_TAIL_CALLS: &str = "DNS_TAIL_CALLS";
+    /// Index of `dns_answer_rr` in [`DNS_TAIL_CALLS`].
+    pub const ANSWER_RR_SLOT: u32 = 0;
+
+    /// `Array<DnsConfig>` with one entry. Written by the daemon before attaching; read by the
+    /// programs.
+    pub const DNS_CONFIG: &str = "DNS_CONFIG";
+
+    /// `RingBuf` of [`crate::DnsEvent`]: one event per answer that taught the kernel something,
+    /// with the message itself, so the daemon can name each learned address. Written by
+    /// `dns_snoop_in`; read by the daemon. Overflow is counted in
+    /// [`crate::Counter::EventsDropped`].
+    pub const DNS_EVENTS: &str = "DNS_EVENTS";
+    /// 1 MiB: ~490 answers between two reads by the daemon.
+    pub const DNS_EVENTS_BYTES: u32 = 1024 * 1024;
+}
+
+/// Key of [`maps::LEARNED`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LearnedKey {
+    /// cgroup v2 id of the socket that received the answer (`bpf_skb_cgroup_id`) — and, at
+    /// connect time, of the calling task (`bpf_get_current_cgroup_id`).
+    pub cgroup_id: u64,
+    pub addr: Addr16,
+}
+
+/// Value of [`maps::LEARNED`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LearnedAddr {
+    /// `bpf_ktime_get_boot_ns()` after which connects are denied again.
+    pub expires_ns: u64,
+    /// Index of the `registry_access.allow` entry the question matched.
+    pub rule_index: u32,
+    pub _reserved: u32,
+}
+
+/// Key of [`maps::PENDING_QUERIES`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingKey {
+    /// `bpf_get_socket_cookie` of the querying socket (the same on egress and ingress).
+    pub socket_cookie: u64,
+    /// DNS transaction id.
+    pub txid: u16,
+    /// The client's port (source port of the query, destination port of the answer).
+    pub client_port: u16,
+    pub _reserved: u32,
+}
+
+/// Value of [`maps::PENDING_QUERIES`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingQuery {
+    pub sent_ns: u64,
+    /// FNV-1a of the question's text form: the answer's question must hash the same.
+    pub question_hash: u64,
+    /// The resolver the query went to: the answer must come from it.
+    pub resolver: Addr16,
+    pub qtype: u16,
+    pub _reserved: [u8; 6],
+}
+
+/// Value of [`maps::ALLOWED_NAMES`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NameRule {
+    /// Index of the entry in `registry_access.allow`.
+    pub rule_index: u32,
+    pub _reserved: u32,
+}
+
+/// The LPM key the kernel builds for a question (same layout as aya's `lpm_trie::Key`).
+#[repr(C, packed)]
+pub struct NameKey {
+    /// Bits to match: 8 × (reversed name length + terminator).
+    pub prefix_len: u32,
+    pub data: [u8; dns::NAME_BUF],
+}
+
+/// Value of [`maps::DNS_SCRATCH`].
+#[repr(C)]
+pub struct DnsScratch {
+    pub msg: dns::Msg,
+    /// The question in text form.
+    pub question: dns::Name,
+    /// Names read only for their length and hash (owners, CNAME targets) are not kept, but the
+    /// reader needs somewhere to not write them.
+    pub unused: dns::Name,
+    /// The name reader's state (see [`dns::NameWalk`] for why it lives here).
+    pub walk: dns::NameWalk,
+    pub key: NameKey,
+    /// Progress through the answer section, carried across `dns_answer_rr` tail calls.
+    pub answers: dns::AnswerWalk,
+    /// What `dns_answer_rr` needs to learn and report, set by `dns_snoop_in`.
+    pub learning: Learning,
+}
+
+/// The context of one answer being learned from (part of [`DnsScratch`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Learning {
+    pub cgroup_id: u64,
+    pub now_ns: u64,
+    pub resolver: Addr16,
+    pub rule_index: u32,
+    pub learned: u32,
+    pub map_full: u32,
+    pub forbidden: u32,
+    /// Where the message is in the packet, to copy it into the event.
+    pub msg_offset: u32,
+    pub protocol: u8,
+    pub _reserved: [u8; 3],
+}
+
+/// Value of [`maps::DNS_CONFIG`]. Times in nanoseconds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// Learned entries live at least this long (`dns.min_ttl`) ...
+    pub min_ttl_ns: u64,
+    /// ... and at most this long (`dns.max_ttl`, caps huge TTLs) ...
+    pub max_ttl_ns: u64,
+    /// ... plus this grace period (`dns.grace_period`).
+    pub grace_ns: u64,
+    /// How long a query waits for its answer.
+    pub query_timeout_ns: u64,
+    /// Network namespace of the trusted resolvers (the daemon's); 0 means the initial one.
+    pub trusted_netns_cookie: u64,
+}
+
+/// One answer that taught the kernel addresses, sent with the message so that the daemon can
+/// name the addresses (see [`maps::DNS_EVENTS`]).
+#[repr(C)]
+pub struct DnsEvent {
+    pub boot_ns: u64,
+    /// cgroup v2 id of the receiving socket.
+    pub cgroup_id: u64,
+    /// The resolver that answered.
+    pub resolver: Addr16,
+    /// Addresses learned from this answer.
+    pub learned: u32,
+    /// Addresses not learned because [`maps::LEARNED`] was full.
+    pub map_full: u32,
+    /// Addresses refused by [`dns::never_learned`].
+    pub forbidden: u32,
+    /// Bytes of `msg` that hold the message.
+    pub msg_len: u32,
+    /// Index of the `registry_access.allow` entry the question matched.
+    pub rule_index: u32,
+    /// IPPROTO_UDP or IPPROTO_TCP.
+    pub protocol: u8,
+    pub _reserved: [u8; 3],
+    pub msg: [u8; dns::MSG_MAX],
 }
 
 /// Why an address is in [`maps::ALLOWED_CIDRS`]. Value of that map.
@@ -80,23 +272,32 @@ pub const BUILTIN_RULE: u32 = u32::MAX;
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reason {
-    /// Destination not covered by any allow rule.
-    NotAllowed = 1,
+    /// Destination not covered by any rule, nor learned from DNS for this cgroup.
+    NotLearned = 1,
     /// Covered by an `allow_cidrs` entry.
     AllowedCidr = 2,
     /// Loopback (or the unspecified address, which Linux connects to loopback).
     AllowedLoopback = 3,
     /// A configured resolver on port 53.
     AllowedResolver = 4,
+    /// Learned from a DNS answer to an allowed name, not yet expired.
+    AllowedLearned = 5,
+    /// Learned once, but the entry has expired.
+    Expired = 6,
+    /// A resolver on port 53, but from a network namespace other than the trusted one.
+    UntrustedNetns = 7,
 }
 
 impl Reason {
     pub const fn from_u8(value: u8) -> Option<Self> {
         match value {
-            1 => Some(Self::NotAllowed),
+            1 => Some(Self::NotLearned),
             2 => Some(Self::AllowedCidr),
             3 => Some(Self::AllowedLoopback),
             4 => Some(Self::AllowedResolver),
+            5 => Some(Self::AllowedLearned),
+            6 => Some(Self::Expired),
+            7 => Some(Self::UntrustedNetns),
             _ => None,
         }
     }
@@ -104,10 +305,13 @@ impl Reason {
     /// The name used in logs and JSON.
     pub const fn as_str(self) -> &'static str {
         match self {
-            Self::NotAllowed => "not_allowed",
+            Self::NotLearned => "not_learned",
             Self::AllowedCidr => "cidr",
             Self::AllowedLoopback => "loopback",
             Self::AllowedResolver => "resolver",
+            Self::AllowedLearned => "learned",
+            Self::Expired => "expired",
+            Self::UntrustedNetns => "untrusted_netns",
         }
     }
 }
@@ -120,18 +324,49 @@ pub enum Counter {
     AllowedLoopback = 1,
     AllowedResolver = 2,
     Denied = 3,
-    /// Denials whose event did not fit into [`maps::GATE_EVENTS`].
+    /// Events that did not fit into [`maps::GATE_EVENTS`] or [`maps::DNS_EVENTS`].
     EventsDropped = 4,
+    AllowedLearned = 5,
+    /// Queries to trusted resolvers seen leaving an enforced cgroup.
+    QueriesTracked = 6,
+    /// Addresses learned (or refreshed) from answers.
+    Learned = 7,
+    /// Addresses not learned because [`maps::LEARNED`] was full (they stay denied).
+    LearnMapFull = 8,
+    /// Answers from a source that is not a trusted resolver, or to a socket that did not query
+    /// one through a gate: ignored.
+    AnswerUntrusted = 9,
+    /// Answers matching no query in flight (transaction id, ports, question, resolver, time).
+    AnswerUnsolicited = 10,
+    /// Answers to questions the policy does not allow: nothing learned, as intended.
+    AnswerNotAllowed = 11,
+    /// Addresses refused by [`dns::never_learned`] (loopback, link-local, ...).
+    AnswerForbiddenAddr = 12,
+    /// Answer records not examined: past [`dns::MAX_ANSWERS`], malformed, or beyond
+    /// [`dns::MSG_MAX`] bytes.
+    AnswerUnexamined = 13,
+    /// DNS-over-TCP messages not contained in one segment: not parsed, nothing learned.
+    DnsTcpSplit = 14,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 15;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Self::AllowedCidr,
         Self::AllowedLoopback,
         Self::AllowedResolver,
         Self::Denied,
         Self::EventsDropped,
+        Self::AllowedLearned,
+        Self::QueriesTracked,
+        Self::Learned,
+        Self::LearnMapFull,
+        Self::AnswerUntrusted,
+        Self::AnswerUnsolicited,
+        Self::AnswerNotAllowed,
+        Self::AnswerForbiddenAddr,
+        Self::AnswerUnexamined,
+        Self::DnsTcpSplit,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -141,6 +376,16 @@ impl Counter {
             Self::AllowedResolver => "allowed_resolver",
             Self::Denied => "denied",
             Self::EventsDropped => "events_dropped",
+            Self::AllowedLearned => "allowed_learned",
+            Self::QueriesTracked => "queries_tracked",
+            Self::Learned => "learned",
+            Self::LearnMapFull => "learn_map_full",
+            Self::AnswerUntrusted => "answer_untrusted",
+            Self::AnswerUnsolicited => "answer_unsolicited",
+            Self::AnswerNotAllowed => "answer_not_allowed",
+            Self::AnswerForbiddenAddr => "answer_forbidden_addr",
+            Self::AnswerUnexamined => "answer_unexamined",
+            Self::DnsTcpSplit => "dns_tcp_split",
         }
     }
 }
@@ -215,6 +460,10 @@ mod pod {
     unsafe impl aya::Pod for super::CidrRule {}
     unsafe impl aya::Pod for super::ResolverRule {}
     unsafe impl aya::Pod for super::GateEvent {}
+    unsafe impl aya::Pod for super::LearnedKey {}
+    unsafe impl aya::Pod for super::LearnedAddr {}
+    unsafe impl aya::Pod for super::NameRule {}
+    unsafe impl aya::Pod for super::DnsConfig {}
 }
 
 #[cfg(test)]
@@ -226,6 +475,10 @@ mod tests {
         assert_eq!(core::mem::size_of::<GateEvent>(), 80);
         assert_eq!(core::mem::size_of::<CidrRule>(), 8);
         assert_eq!(core::mem::size_of::<ResolverRule>(), 8);
+        assert_eq!(core::mem::size_of::<LearnedKey>(), 24);
+        assert_eq!(core::mem::size_of::<PendingKey>(), 16);
+        assert_eq!(core::mem::size_of::<PendingQuery>(), 40);
+        assert_eq!(core::mem::size_of::<NameKey>(), 260);
     }
 
     #[test]
@@ -238,10 +491,13 @@ mod tests {
     #[test]
     fn enums_round_trip() {
         for reason in [
-            Reason::NotAllowed,
+            Reason::NotLearned,
             Reason::AllowedCidr,
             Reason::AllowedLoopback,
             Reason::AllowedResolver,
+            Reason::AllowedLearned,
+            Reason::Expired,
+            Reason::UntrustedNetns,
         ] {
             assert_eq!(Reason::from_u8(reason as u8), Some(reason));
         }

@@ -76,6 +76,54 @@ impl AuditRecord {
     }
 }
 
+/// One JSON line of the audit log for an address learned from a DNS answer.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct LearnRecord {
+    pub time: String,
+    /// Always "learn".
+    pub verdict: &'static str,
+    /// Always "learned".
+    pub reason: &'static str,
+    pub cgroup: Option<String>,
+    pub cgroup_id: u64,
+    /// The question the address answers, and the name owning its record (end of the CNAME
+    /// chain).
+    pub hostname: String,
+    pub record_owner: String,
+    pub dst_addr: String,
+    pub ttl: u32,
+    /// The `registry_access.allow` entry the question matched, and its index.
+    pub rule: String,
+    pub rule_index: u32,
+    /// The resolver that answered, and over which protocol.
+    pub resolver: String,
+    pub protocol: String,
+}
+
+impl LearnRecord {
+    pub fn summary(&self) -> String {
+        let via = if self.record_owner == self.hostname {
+            String::new()
+        } else {
+            format!(" via {}", self.record_owner)
+        };
+        format!(
+            "learned {} for {}{via} (ttl {} s, rule `{}`) in {} from {} over {}",
+            self.dst_addr,
+            self.hostname,
+            self.ttl,
+            self.rule,
+            self.cgroup.as_deref().unwrap_or("unknown cgroup"),
+            self.resolver,
+            self.protocol
+        )
+    }
+}
+
+pub fn protocol_label(protocol: u8) -> String {
+    protocol_name(protocol)
+}
+
 fn bracket_v6(addr: &str) -> String {
     if addr.contains(':') {
         format!("[{addr}]")
@@ -177,7 +225,7 @@ mod tests {
             addr: ram_common::v4_mapped([203, 0, 113, 3]),
             port: 8080,
             hook: Hook::Connect4 as u8,
-            reason: Reason::NotAllowed as u8,
+            reason: Reason::NotLearned as u8,
             verdict: 0,
             protocol: libc::IPPROTO_TCP as u8,
             _reserved: [0; 2],
@@ -187,7 +235,7 @@ mod tests {
         let record = AuditRecord::from_event(&event, 0, Some("/ram.enforced".into()));
         assert_eq!(record.time, "1970-01-01T00:00:05.000000000Z");
         assert_eq!(record.verdict, "deny");
-        assert_eq!(record.reason, "not_allowed");
+        assert_eq!(record.reason, "not_learned");
         assert_eq!(
             (record.pid, record.tid, record.uid, record.gid),
             (1234, 1235, 1000, 100)

@@ -2,9 +2,15 @@
 
 use std::net::IpAddr;
 
-use ram_common::{Addr16, BUILTIN_RULE, CidrRule, Reason, ResolverRule};
+use ram_common::{
+    Addr16, BUILTIN_RULE, CidrRule, DnsConfig, NameRule, Reason, ResolverRule, dns::NAME_BUF,
+};
 
-use crate::policy::{Cidr, Policy, to_v6};
+use crate::policy::{Cidr, HostPattern, Policy, to_v6};
+
+/// How long a query waits for its answer before an answer no longer counts (resolvers time out
+/// well before: glibc after 5 s by default, with up to 2 attempts per server).
+pub const QUERY_TIMEOUT_SECS: u64 = 30;
 
 /// Prefixes `allow_loopback` adds. The unspecified addresses are included because Linux
 /// connects `0.0.0.0` and `::` to the local host.
@@ -26,11 +32,38 @@ pub enum ResolverOrigin {
     ResolvConf,
 }
 
+/// One entry of `ALLOWED_NAMES`: see [`name_key`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameEntry {
+    pub key: [u8; NAME_BUF],
+    /// Bits of `key` that must match.
+    pub prefix_len: u32,
+    pub rule: NameRule,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompiledPolicy {
     pub cidrs: Vec<CidrEntry>,
+    pub names: Vec<NameEntry>,
     pub resolvers: Vec<IpAddr>,
     pub resolver_origin: ResolverOrigin,
+    /// `DNS_CONFIG` (its netns cookie is filled in when the programs are loaded).
+    pub dns: DnsConfig,
+    /// Capacity of `LEARNED`.
+    pub max_learned: u32,
+}
+
+/// The `ALLOWED_NAMES` key of a hostname pattern: the name character-reversed, followed by a 0
+/// terminator for an exact name (`docker.io` → `oi.rekcod\0`) or by `.` for a wildcard
+/// (`*.example.com` → `moc.elpmaxe.`). The kernel looks up the reversed question followed by 0
+/// (see `ram_common::dns::reversed_key`), so an exact entry matches only that name, and a
+/// wildcard entry matches every name with at least one more label, but not the apex.
+pub fn name_key(pattern: &HostPattern) -> ([u8; NAME_BUF], u32) {
+    let mut key = [0u8; NAME_BUF];
+    let reversed: Vec<u8> = pattern.domain.bytes().rev().collect();
+    key[..reversed.len()].copy_from_slice(&reversed);
+    key[reversed.len()] = if pattern.wildcard { b'.' } else { 0 };
+    (key, (reversed.len() as u32 + 1) * 8)
 }
 
 impl CompiledPolicy {
@@ -52,10 +85,37 @@ impl CompiledPolicy {
             Some(list) => (list.iter().map(|r| r.0).collect(), ResolverOrigin::Policy),
             None => (system_resolvers(), ResolverOrigin::ResolvConf),
         };
+        let names = access
+            .allow
+            .iter()
+            .enumerate()
+            .map(|(index, pattern)| {
+                let (key, prefix_len) = name_key(pattern);
+                NameEntry {
+                    key,
+                    prefix_len,
+                    rule: NameRule {
+                        rule_index: index as u32,
+                        _reserved: 0,
+                    },
+                }
+            })
+            .collect();
+        const NS: u64 = 1_000_000_000;
+        let dns = DnsConfig {
+            min_ttl_ns: policy.dns.min_ttl * NS,
+            max_ttl_ns: policy.dns.max_ttl * NS,
+            grace_ns: policy.dns.grace_period * NS,
+            query_timeout_ns: QUERY_TIMEOUT_SECS * NS,
+            trusted_netns_cookie: 0,
+        };
         Self {
             cidrs,
+            names,
             resolvers,
             resolver_origin,
+            dns,
+            max_learned: policy.dns.max_learned as u32,
         }
     }
 
@@ -124,6 +184,33 @@ mod tests {
         );
         let off = compile("[registry_access]\nallow_loopback = false", vec![]);
         assert!(off.cidrs.is_empty());
+    }
+
+    #[test]
+    fn name_keys_are_reversed_with_terminator_or_dot() {
+        let compiled = compile(
+            "[registry_access]\nallow = [\"Docker.IO\", \"*.example.com\"]",
+            vec![],
+        );
+        let exact = &compiled.names[0];
+        assert_eq!(&exact.key[..10], b"oi.rekcod\0");
+        assert_eq!(exact.prefix_len, 80);
+        let wildcard = &compiled.names[1];
+        assert_eq!(&wildcard.key[..12], b"moc.elpmaxe.");
+        assert_eq!(wildcard.prefix_len, 96);
+        assert_eq!(wildcard.rule.rule_index, 1);
+    }
+
+    #[test]
+    fn dns_config_in_nanoseconds() {
+        let compiled = compile(
+            "[dns]\nmin_ttl = 2\nmax_ttl = 3\ngrace_period = 4\nmax_learned = 100",
+            vec![],
+        );
+        assert_eq!(compiled.dns.min_ttl_ns, 2_000_000_000);
+        assert_eq!(compiled.dns.max_ttl_ns, 3_000_000_000);
+        assert_eq!(compiled.dns.grace_ns, 4_000_000_000);
+        assert_eq!(compiled.max_learned, 100);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The `ram` daemon's library: policy, compilation into map entries, cgroups, loading and
 //! attaching the eBPF programs, and audit records. `src/main.rs` is the CLI on top.
 
+pub mod answers;
 pub mod audit;
 pub mod cgroup;
 pub mod compile;

@@ -14,14 +14,18 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 use log::{info, warn};
 use ram::{
-    audit::{AuditRecord, realtime_minus_boottime_ns},
+    answers::named_addresses,
+    audit::{
+        AuditRecord, LearnRecord, display_addr, protocol_label, realtime_minus_boottime_ns,
+        rfc3339_utc,
+    },
     cgroup::{self, CgroupDir, DEDICATED_CGROUP},
     compile::{CompiledPolicy, ResolverOrigin},
     policy::{DEFAULT_POLICY, Policy, PolicySource},
     programs::{Enforcer, GATES},
     resolv,
 };
-use ram_common::{Counter, GateEvent};
+use ram_common::{Counter, DnsEvent, GateEvent};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
@@ -167,7 +171,7 @@ impl AuditSink {
         })
     }
 
-    fn write(&mut self, record: &AuditRecord) -> io::Result<()> {
+    fn write(&mut self, record: &impl serde::Serialize) -> io::Result<()> {
         let mut line = serde_json::to_vec(record).map_err(io::Error::other)?;
         line.push(b'\n');
         // One write per line: O_APPEND keeps lines whole even with other writers.
@@ -233,7 +237,13 @@ fn run_daemon(args: DaemonArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let result = runtime.block_on(enforce(&compiled, &source, &cgroups, audit));
+    let rules: Vec<String> = policy
+        .registry_access
+        .allow
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let result = runtime.block_on(enforce(&compiled, &source, &cgroups, audit, &rules));
     if let Some(dir) = created_cgroup {
         match dir.remove() {
             Ok(()) => info!("removed cgroup {}", dir.path.display()),
@@ -251,6 +261,7 @@ async fn enforce(
     source: &PolicySource,
     cgroups: &[CgroupDir],
     mut audit: AuditSink,
+    rules: &[String],
 ) -> Result<()> {
     // Subscribe before attaching: a signal that arrives mid-way must still detach cleanly.
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -261,20 +272,33 @@ async fn enforce(
         // On error the enforcer is dropped on return, which detaches what was attached.
         enforcer.attach(dir)?;
     }
+    for (program, count) in enforcer.verified_instructions() {
+        log::debug!(
+            "{program}: {} instructions verified",
+            count.map_or("?".to_string(), |c| c.to_string())
+        );
+    }
     let events = enforcer.take_events()?;
-    // SAFETY: the ring buffer owns its map fd and keeps it open for as long as it lives, which
-    // is as long as this AsyncFd.
+    let dns_events = enforcer.take_dns_events()?;
+    // SAFETY: each ring buffer owns its map fd and keeps it open for as long as it lives, which
+    // is as long as its AsyncFd.
     let mut events =
         unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
             .map_err(|err| anyhow::anyhow!("watching the event ring buffer: {err}"))?;
+    let mut dns_events =
+        unsafe { AsyncFd::register_with_interest(dns_events, tokio::io::Interest::READABLE) }
+            .map_err(|err| anyhow::anyhow!("watching the DNS event ring buffer: {err}"))?;
+    let mut expiry = tokio::time::interval(std::time::Duration::from_secs(1));
 
     let paths: Vec<String> = cgroups
         .iter()
         .map(|c| c.path.display().to_string())
         .collect();
     info!(
-        "enforcing on {} (policy {source}: {} address rule(s), resolvers {} from {})",
+        "enforcing on {} (policy {source}: {} hostname rule(s), {} address rule(s), resolvers {} \
+         from {})",
         paths.join(", "),
+        compiled.names.len(),
         compiled.cidrs.len(),
         if compiled.resolvers.is_empty() {
             "none".to_string()
@@ -319,6 +343,35 @@ async fn enforce(
                 }
                 guard.clear_ready();
             }
+            guard = dns_events.readable_mut() => {
+                let mut guard = guard.context("waiting for DNS events")?;
+                let ring = guard.get_inner_mut();
+                while let Some(item) = ring.next() {
+                    if item.len() < std::mem::size_of::<DnsEvent>() {
+                        warn!("ignoring a short DNS event ({} bytes)", item.len());
+                        continue;
+                    }
+                    // SAFETY: the kernel wrote a whole DnsEvent (see above).
+                    let event: DnsEvent =
+                        unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                    let cgroup = cgroup_names.lookup(event.cgroup_id);
+                    for record in learn_records(&event, clock_offset, cgroup, rules) {
+                        info!("{}", record.summary());
+                        if let Err(err) = audit.write(&record) {
+                            warn!("writing the audit log failed: {err}");
+                        }
+                    }
+                }
+                guard.clear_ready();
+            }
+            _ = expiry.tick() => {
+                let now = boottime_ns();
+                match enforcer.expire_learned(now) {
+                    Ok((0, _)) => {}
+                    Ok((removed, left)) => log::debug!("expired {removed} learned address(es); {left} left"),
+                    Err(err) => warn!("removing expired learned addresses failed: {err}"),
+                }
+            }
         }
     };
 
@@ -328,6 +381,7 @@ async fn enforce(
         .map(|c| format!("{}={}", c.as_str(), counters[*c as usize]))
         .collect();
     drop(events);
+    drop(dns_events);
     drop(enforcer);
     info!(
         "{stop}: detached from {} cgroup(s); counters: {}",
@@ -335,6 +389,71 @@ async fn enforce(
         summary.join(" ")
     );
     Ok(())
+}
+
+/// CLOCK_BOOTTIME in nanoseconds: the clock of the programs' expiry times.
+fn boottime_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid clock id and out-parameter.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Audit records for the addresses a DNS event taught the kernel.
+fn learn_records(
+    event: &DnsEvent,
+    clock_offset: i128,
+    cgroup: Option<String>,
+    rules: &[String],
+) -> Vec<LearnRecord> {
+    let time = rfc3339_utc(i128::from(event.boot_ns) + clock_offset);
+    let rule = rules
+        .get(event.rule_index as usize)
+        .cloned()
+        .unwrap_or_else(|| format!("#{}", event.rule_index));
+    let resolver = display_addr(event.resolver).to_string();
+    let message = &event.msg[..(event.msg_len as usize).min(event.msg.len())];
+    if event.map_full > 0 {
+        warn!(
+            "{} address(es) answered by {resolver} were NOT learned: the learned-address map is \
+             full (raise dns.max_learned); connections to them are denied",
+            event.map_full
+        );
+    }
+    if event.forbidden > 0 {
+        warn!(
+            "{} address(es) in an answer from {resolver} were refused (loopback, link-local, \
+             multicast or unspecified addresses are never learned from DNS)",
+            event.forbidden
+        );
+    }
+    match named_addresses(message) {
+        Ok(named) => named
+            .into_iter()
+            .map(|n| LearnRecord {
+                time: time.clone(),
+                verdict: "learn",
+                reason: "learned",
+                cgroup: cgroup.clone(),
+                cgroup_id: event.cgroup_id,
+                hostname: n.question,
+                record_owner: n.owner,
+                dst_addr: n.addr.to_string(),
+                ttl: n.ttl,
+                rule: rule.clone(),
+                rule_index: event.rule_index,
+                resolver: resolver.clone(),
+                protocol: protocol_label(event.protocol),
+            })
+            .collect(),
+        Err(err) => {
+            warn!("could not decode an answer the kernel learned from ({err})");
+            Vec::new()
+        }
+    }
 }
 
 /// cgroup id → path, for audit records (the process may be in a child of an enforced cgroup).

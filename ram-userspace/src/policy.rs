@@ -35,10 +35,39 @@ pub struct RegistryAccess {
     pub allow_loopback: bool,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dns {
     /// Trusted resolvers, reachable on port 53. `None`: the nameservers of /etc/resolv.conf.
     pub resolvers: Option<Vec<ResolverAddr>>,
+    /// Seconds a learned address lives at least, whatever the answer's TTL.
+    pub min_ttl: u64,
+    /// Seconds a learned address lives at most (caps huge TTLs), before the grace period.
+    pub max_ttl: u64,
+    /// Seconds added to every learned address's lifetime, for clients that cache answers.
+    pub grace_period: u64,
+    /// Capacity of the learned-address map; when full, new addresses are denied.
+    pub max_learned: u64,
+}
+
+impl Dns {
+    pub const DEFAULT_MIN_TTL: u64 = 60;
+    pub const DEFAULT_MAX_TTL: u64 = 86_400;
+    pub const DEFAULT_GRACE_PERIOD: u64 = 300;
+    pub const DEFAULT_MAX_LEARNED: u64 = 16_384;
+    /// Smallest `max_learned` accepted: a few registries' worth of CDN addresses.
+    pub const MIN_MAX_LEARNED: u64 = 64;
+}
+
+impl Default for Dns {
+    fn default() -> Self {
+        Self {
+            resolvers: None,
+            min_ttl: Self::DEFAULT_MIN_TTL,
+            max_ttl: Self::DEFAULT_MAX_TTL,
+            grace_period: Self::DEFAULT_GRACE_PERIOD,
+            max_learned: Self::DEFAULT_MAX_LEARNED,
+        }
+    }
 }
 
 /// The file as written: structure and types are checked by serde (unknown keys are errors),
@@ -78,6 +107,10 @@ impl Default for RawRegistryAccess {
 struct RawDns {
     #[serde(default)]
     resolvers: Option<Vec<Spanned<String>>>,
+    min_ttl: Option<Spanned<i64>>,
+    max_ttl: Option<Spanned<i64>>,
+    grace_period: Option<Spanned<i64>>,
+    max_learned: Option<Spanned<i64>>,
 }
 
 fn default_true() -> bool {
@@ -148,6 +181,7 @@ impl Policy {
             let offset = err.span().map_or(0, |span| span.start);
             invalid(offset, err.message().trim_end().to_owned())
         })?;
+        let raw_min_ttl_offset = raw.dns.min_ttl.as_ref().map(|v| v.span().start);
         let access = raw.registry_access;
         let mut policy = Policy {
             registry_access: RegistryAccess {
@@ -165,8 +199,49 @@ impl Policy {
                     Some(list) => Some(validate_all("dns.resolvers", &list, "resolver", &invalid)?),
                     None => None,
                 },
+                min_ttl: seconds(
+                    "dns.min_ttl",
+                    raw.dns.min_ttl,
+                    Dns::DEFAULT_MIN_TTL,
+                    (0, 86_400),
+                    &invalid,
+                )?,
+                max_ttl: seconds(
+                    "dns.max_ttl",
+                    raw.dns.max_ttl,
+                    Dns::DEFAULT_MAX_TTL,
+                    (1, 7 * 86_400),
+                    &invalid,
+                )?,
+                grace_period: seconds(
+                    "dns.grace_period",
+                    raw.dns.grace_period,
+                    Dns::DEFAULT_GRACE_PERIOD,
+                    (0, 86_400),
+                    &invalid,
+                )?,
+                max_learned: seconds(
+                    "dns.max_learned",
+                    raw.dns.max_learned,
+                    Dns::DEFAULT_MAX_LEARNED,
+                    (
+                        Dns::MIN_MAX_LEARNED,
+                        u64::from(ram_common::maps::LEARNED_MAX),
+                    ),
+                    &invalid,
+                )?,
             },
         };
+        if policy.dns.min_ttl > policy.dns.max_ttl {
+            let offset = raw_min_ttl_offset.unwrap_or(0);
+            return Err(invalid(
+                offset,
+                format!(
+                    "dns.min_ttl ({}) is larger than dns.max_ttl ({}); lower it or raise max_ttl",
+                    policy.dns.min_ttl, policy.dns.max_ttl
+                ),
+            ));
+        }
         // Repeated entries change nothing; drop them so counts and maps stay honest.
         dedup_in_order(&mut policy.registry_access.allow);
         dedup_in_order(&mut policy.registry_access.allow_cidrs);
@@ -195,6 +270,31 @@ fn validate_all<T: FromStr<Err = String>>(
             })
         })
         .collect()
+}
+
+/// An integer setting within `range` (inclusive); `default` when absent.
+fn seconds(
+    key: &str,
+    value: Option<Spanned<i64>>,
+    default: u64,
+    range: (u64, u64),
+    invalid: &impl Fn(usize, String) -> PolicyError,
+) -> Result<u64, PolicyError> {
+    let Some(value) = value else {
+        return Ok(default);
+    };
+    match u64::try_from(*value.get_ref()) {
+        Ok(number) if (range.0..=range.1).contains(&number) => Ok(number),
+        _ => Err(invalid(
+            value.span().start,
+            format!(
+                "{key} = {} is out of range; use a whole number from {} to {}",
+                value.get_ref(),
+                range.0,
+                range.1
+            ),
+        )),
+    }
 }
 
 fn dedup_in_order<T: PartialEq + Clone>(items: &mut Vec<T>) {
@@ -573,6 +673,37 @@ mod tests {
         assert!(err.starts_with("policy.toml:2:"), "{err}");
         let err = error_of("[dns]\nresolvers = [\"10.0.0.53:53\"]\n");
         assert!(err.contains("without a port"), "{err}");
+    }
+
+    #[test]
+    fn dns_settings_have_defaults_and_ranges() {
+        let policy = parse("").unwrap();
+        assert_eq!(policy.dns, Dns::default());
+        let policy =
+            parse("[dns]\nmin_ttl = 1\nmax_ttl = 10\ngrace_period = 0\nmax_learned = 100").unwrap();
+        assert_eq!(
+            (
+                policy.dns.min_ttl,
+                policy.dns.max_ttl,
+                policy.dns.grace_period
+            ),
+            (1, 10, 0)
+        );
+        assert_eq!(policy.dns.max_learned, 100);
+        let err = error_of("[dns]\nmax_learned = 1");
+        assert!(
+            err.starts_with("policy.toml:2:15:") && err.contains("out of range"),
+            "{err}"
+        );
+        let err = error_of("[dns]\nmin_ttl = -5");
+        assert!(err.contains("out of range"), "{err}");
+        let err = error_of("[dns]\nmin_ttl = 100\nmax_ttl = 10");
+        assert!(
+            err.starts_with("policy.toml:2:11:") && err.contains("larger than dns.max_ttl"),
+            "{err}"
+        );
+        let err = error_of("[dns]\nmin_ttl = \"60s\"");
+        assert!(err.starts_with("policy.toml:2:"), "{err}");
     }
 
     #[test]

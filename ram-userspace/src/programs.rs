@@ -3,12 +3,19 @@
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
-    programs::{CgroupSockAddr, ProgramError, links::CgroupAttachMode},
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, ProgramArray, RingBuf, lpm_trie::Key},
+    programs::{
+        CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError, links::CgroupAttachMode,
+    },
 };
 use ram_common::{
-    Addr16, CidrRule, Counter, ResolverRule,
-    maps::{ALLOWED_CIDRS, ALLOWED_CIDRS_MAX, COUNTERS, GATE_EVENTS, RESOLVERS, RESOLVERS_MAX},
+    Addr16, CidrRule, Counter, DnsConfig, LearnedAddr, LearnedKey, NameRule, ResolverRule,
+    dns::NAME_BUF,
+    maps::{
+        ALLOWED_CIDRS, ALLOWED_CIDRS_MAX, ALLOWED_NAMES, ALLOWED_NAMES_MAX, ANSWER_RR_SLOT,
+        COUNTERS, DNS_CONFIG, DNS_EVENTS, DNS_TAIL_CALLS, GATE_EVENTS, LEARNED, LEARNED_MAX,
+        RESOLVERS, RESOLVERS_MAX,
+    },
 };
 
 use crate::{cgroup::CgroupDir, compile::CompiledPolicy};
@@ -43,6 +50,40 @@ pub const GATES: [Gate; 4] = [
         attach_type: 15, // BPF_CGROUP_UDP6_SENDMSG
     },
 ];
+
+/// A cgroup_skb program of `ram-ebpf` and the direction it watches.
+#[derive(Debug, Clone, Copy)]
+pub struct Snooper {
+    pub name: &'static str,
+    pub direction: CgroupSkbAttachType,
+    /// `enum bpf_attach_type` value (BPF_CGROUP_INET_INGRESS = 0, _EGRESS = 1).
+    pub attach_type: u32,
+}
+
+/// The DNS programs; attached before the gates, so that no query a gate lets through goes
+/// unrecorded.
+pub const SNOOPERS: [Snooper; 2] = [
+    Snooper {
+        name: "dns_query_out",
+        direction: CgroupSkbAttachType::Egress,
+        attach_type: 1,
+    },
+    Snooper {
+        name: "dns_snoop_in",
+        direction: CgroupSkbAttachType::Ingress,
+        attach_type: 0,
+    },
+];
+
+/// The program `dns_snoop_in` tail-calls once per answer record (loaded, never attached).
+pub const ANSWER_RR: &str = "dns_answer_rr";
+
+/// Names of every program ram loads.
+pub fn program_names() -> impl Iterator<Item = &'static str> {
+    std::iter::once(ANSWER_RR)
+        .chain(SNOOPERS.iter().map(|s| s.name))
+        .chain(GATES.iter().map(|g| g.name))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnforceError {
@@ -113,10 +154,41 @@ impl Enforcer {
 
         let cidr_entries = check_size(ALLOWED_CIDRS, policy.cidrs.len(), ALLOWED_CIDRS_MAX)?;
         let resolver_entries = check_size(RESOLVERS, policy.resolvers.len(), RESOLVERS_MAX)?;
+        let name_entries = check_size(ALLOWED_NAMES, policy.names.len(), ALLOWED_NAMES_MAX)?;
+        let learned_entries = check_size(LEARNED, policy.max_learned as usize, LEARNED_MAX)?;
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(ALLOWED_CIDRS, cidr_entries)
             .map_max_entries(RESOLVERS, resolver_entries)
+            .map_max_entries(ALLOWED_NAMES, name_entries)
+            .map_max_entries(LEARNED, learned_entries)
             .load(EBPF_OBJECT)?;
+
+        {
+            let map = ebpf
+                .map_mut(ALLOWED_NAMES)
+                .ok_or(EnforceError::MissingMap { map: ALLOWED_NAMES })?;
+            let mut names: LpmTrie<_, [u8; NAME_BUF], NameRule> =
+                LpmTrie::try_from(map).map_err(|source| map_error(ALLOWED_NAMES, source))?;
+            for entry in &policy.names {
+                names
+                    .insert(&Key::new(entry.prefix_len, entry.key), entry.rule, 0)
+                    .map_err(|source| map_error(ALLOWED_NAMES, source))?;
+            }
+        }
+        {
+            let map = ebpf
+                .map_mut(DNS_CONFIG)
+                .ok_or(EnforceError::MissingMap { map: DNS_CONFIG })?;
+            let mut config: Array<_, DnsConfig> =
+                Array::try_from(map).map_err(|source| map_error(DNS_CONFIG, source))?;
+            let value = DnsConfig {
+                trusted_netns_cookie: own_netns_cookie().unwrap_or(0),
+                ..policy.dns
+            };
+            config
+                .set(0, value, 0)
+                .map_err(|source| map_error(DNS_CONFIG, source))?;
+        }
 
         {
             let map = ebpf
@@ -143,23 +215,36 @@ impl Enforcer {
             }
         }
 
+        {
+            let answer_rr = skb_program_mut(&mut ebpf, ANSWER_RR)?;
+            answer_rr
+                .load()
+                .map_err(|source| load_error(ANSWER_RR, source))?;
+            let fd = answer_rr
+                .fd()
+                .map_err(|source| load_error(ANSWER_RR, source))?
+                .try_clone()
+                .map_err(|err| load_error(ANSWER_RR, ProgramError::IOError(err)))?;
+            let map = ebpf
+                .map_mut(DNS_TAIL_CALLS)
+                .ok_or(EnforceError::MissingMap {
+                    map: DNS_TAIL_CALLS,
+                })?;
+            let mut tail_calls =
+                ProgramArray::try_from(map).map_err(|source| map_error(DNS_TAIL_CALLS, source))?;
+            tail_calls
+                .set(ANSWER_RR_SLOT, &fd, 0)
+                .map_err(|source| map_error(DNS_TAIL_CALLS, source))?;
+        }
+        for snooper in SNOOPERS {
+            skb_program_mut(&mut ebpf, snooper.name)?
+                .load()
+                .map_err(|source| load_error(snooper.name, source))?;
+        }
         for gate in GATES {
             program_mut(&mut ebpf, gate.name)?
                 .load()
-                .map_err(|source| match source {
-                    ProgramError::LoadError {
-                        io_error,
-                        verifier_log,
-                    } => EnforceError::Verifier {
-                        program: gate.name,
-                        source: io_error,
-                        verifier_tail: last_lines(&verifier_log.to_string(), 20),
-                    },
-                    source => EnforceError::Program {
-                        program: gate.name,
-                        source,
-                    },
-                })?;
+                .map_err(|source| load_error(gate.name, source))?;
         }
         Ok(Self {
             ebpf,
@@ -179,6 +264,15 @@ impl Enforcer {
             cgroup: cgroup.path.display().to_string(),
             source: ProgramError::IOError(std::io::Error::other(err.to_string())),
         })?;
+        for snooper in SNOOPERS {
+            skb_program_mut(&mut self.ebpf, snooper.name)?
+                .attach(&file, snooper.direction, CgroupAttachMode::Single)
+                .map_err(|source| EnforceError::Attach {
+                    program: snooper.name,
+                    cgroup: cgroup.path.display().to_string(),
+                    source,
+                })?;
+        }
         for gate in GATES {
             program_mut(&mut self.ebpf, gate.name)?
                 .attach(&file, CgroupAttachMode::Single)
@@ -214,6 +308,68 @@ impl Enforcer {
         Ok(totals)
     }
 
+    /// Removes learned addresses that expired before `now_boot_ns` (CLOCK_BOOTTIME, the
+    /// programs' clock). Returns how many were removed and how many remain.
+    pub fn expire_learned(&mut self, now_boot_ns: u64) -> Result<(usize, usize), EnforceError> {
+        let map = self
+            .ebpf
+            .map_mut(LEARNED)
+            .ok_or(EnforceError::MissingMap { map: LEARNED })?;
+        let mut learned: HashMap<_, LearnedKey, LearnedAddr> =
+            HashMap::try_from(map).map_err(|source| map_error(LEARNED, source))?;
+        let mut expired = Vec::new();
+        let mut total = 0;
+        for item in learned.iter() {
+            let (key, value) = item.map_err(|source| map_error(LEARNED, source))?;
+            total += 1;
+            if value.expires_ns <= now_boot_ns {
+                expired.push(key);
+            }
+        }
+        for key in &expired {
+            // Gone already (the kernel may refresh, never remove): nothing to do.
+            let _ = learned.remove(key);
+        }
+        Ok((expired.len(), total - expired.len()))
+    }
+
+    /// Every learned address with its expiry (CLOCK_BOOTTIME nanoseconds).
+    pub fn learned(&self) -> Result<Vec<(LearnedKey, LearnedAddr)>, EnforceError> {
+        let map = self
+            .ebpf
+            .map(LEARNED)
+            .ok_or(EnforceError::MissingMap { map: LEARNED })?;
+        let learned: HashMap<_, LearnedKey, LearnedAddr> =
+            HashMap::try_from(map).map_err(|source| map_error(LEARNED, source))?;
+        learned
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| map_error(LEARNED, source))
+    }
+
+    /// Instructions the verifier processed per program (kernels 5.16+), for the README table.
+    pub fn verified_instructions(&self) -> Vec<(&'static str, Option<u32>)> {
+        program_names()
+            .map(|name| {
+                let count = self
+                    .ebpf
+                    .program(name)
+                    .and_then(|program| program.info().ok())
+                    .and_then(|info| info.verified_instruction_count());
+                (name, count)
+            })
+            .collect()
+    }
+
+    /// The ring buffer of learning events (with the answers); call once.
+    pub fn take_dns_events(&mut self) -> Result<RingBuf<MapData>, EnforceError> {
+        let map = self
+            .ebpf
+            .take_map(DNS_EVENTS)
+            .ok_or(EnforceError::MissingMap { map: DNS_EVENTS })?;
+        RingBuf::try_from(map).map_err(|source| map_error(DNS_EVENTS, source))
+    }
+
     /// The ring buffer of denial events; call once.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, EnforceError> {
         let map = self
@@ -235,6 +391,54 @@ fn program_mut<'a>(
             program: name,
             source,
         })
+}
+
+fn skb_program_mut<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut CgroupSkb, EnforceError> {
+    ebpf.program_mut(name)
+        .ok_or(EnforceError::MissingProgram { program: name })?
+        .try_into()
+        .map_err(|source| EnforceError::Program {
+            program: name,
+            source,
+        })
+}
+
+fn load_error(program: &'static str, source: ProgramError) -> EnforceError {
+    match source {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => EnforceError::Verifier {
+            program,
+            source: io_error,
+            verifier_tail: last_lines(&verifier_log.to_string(), 20),
+        },
+        source => EnforceError::Program { program, source },
+    }
+}
+
+/// The cookie of this process's network namespace (`SO_NETNS_COOKIE`, Linux 5.14+): the
+/// namespace where the trusted resolvers are. `None` on older kernels, where the programs fall
+/// back to the initial namespace.
+pub fn own_netns_cookie() -> Option<u64> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: valid fd, out-parameter of the advertised size.
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(cookie)
 }
 
 fn map_error(map: &'static str, source: aya::maps::MapError) -> EnforceError {

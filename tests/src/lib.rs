@@ -340,9 +340,10 @@ impl TestNet {
         server
     }
 
-    /// Starts dnsmasq on port 53 of the peer namespace, answering `records` (name, address)
-    /// authoritatively and nothing else (no upstream, no /etc/hosts).
-    pub fn dnsmasq(&self, records: &[(&str, IpAddr)]) -> Background {
+    /// Starts dnsmasq on port 53 of peer address A (IPv4 and IPv6), answering `records`
+    /// (name, address) authoritatively and nothing else (no upstream, no /etc/hosts); `extra`
+    /// adds dnsmasq options (`--cname=...`, `--synth-domain=...`, `--local-ttl=...`).
+    pub fn dnsmasq(&self, records: &[(&str, IpAddr)], extra: &[&str]) -> Background {
         let mut cmd = self.command("dnsmasq");
         cmd.args([
             "--keep-in-foreground",
@@ -351,18 +352,70 @@ impl TestNet {
             "--no-hosts",
             "--no-poll",
             "--bind-interfaces",
-            "--listen-address=0.0.0.0",
             "--port=53",
             "--user=root",
             "--pid-file=",
             "--log-facility=-",
         ]);
+        cmd.arg(format!("--listen-address={}", Self::PEER_V4[0]));
+        cmd.arg(format!("--listen-address={}", Self::PEER_V6[0]));
         for (name, addr) in records {
             cmd.arg(format!("--host-record={name},{addr}"));
         }
+        cmd.args(extra);
         let server = Background::spawn("dnsmasq", cmd);
         wait_for_tcp(SocketAddr::new(IpAddr::V4(Self::PEER_V4[0]), 53));
         server
+    }
+
+    /// Starts tests/clients/dns_responder.py on port 53 of peer address A (IPv4 and IPv6) with
+    /// `names` (its JSON "names" object): a DNS server that answers as scripted.
+    pub fn dns_responder(&self, dir: &TempDir, names: serde_json::Value) -> Background {
+        let config = serde_json::json!({
+            "listen": [Self::PEER_V4[0].to_string(), Self::PEER_V6[0].to_string()],
+            "port": 53,
+            "names": names,
+        });
+        let path = dir.write("responder.json", &config.to_string());
+        let mut cmd = self.command("python3");
+        cmd.arg(client_script("dns_responder.py")).arg(path);
+        let server = Background::spawn("dns responder", cmd);
+        wait_for_tcp(SocketAddr::new(IpAddr::V4(Self::PEER_V4[0]), 53));
+        server
+    }
+
+    /// Makes the peer answer on every address of `prefix` (an "AnyIP" local route) and routes
+    /// the prefix to it from the test namespace: thousands of test-host addresses at once.
+    pub fn add_peer_prefix(&self, prefix: &str) {
+        sh(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.netns,
+                "ip",
+                "route",
+                "add",
+                "local",
+                prefix,
+                "dev",
+                "lo",
+            ],
+        )
+        .expect("adding a local route in the peer");
+        sh(
+            "ip",
+            &[
+                "route",
+                "add",
+                prefix,
+                "via",
+                &Self::PEER_V4[0].to_string(),
+                "dev",
+                &self.host_link,
+            ],
+        )
+        .expect("routing the prefix to the peer");
     }
 }
 
@@ -680,6 +733,23 @@ pub fn probe_in(cgroup: &TestCgroup, op: &str, addr: &str, port: u16) -> Probe {
 /// Runs probe.py outside any test cgroup.
 pub fn probe_outside(op: &str, addr: &str, port: u16) -> Probe {
     probe_with(Command::new("python3"), op, addr, port)
+}
+
+/// Runs tests/clients/dns_query.py with `args` inside `cgroup`; returns its JSON report.
+pub fn dns_query_in(cgroup: &TestCgroup, args: &[&str]) -> serde_json::Value {
+    let output = cgroup
+        .command("python3")
+        .arg(client_script("dns_query.py"))
+        .args(args)
+        .output()
+        .expect("running dns_query.py");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_else(|err| {
+        panic!(
+            "dns_query.py {args:?} printed {stdout:?} ({err}); stderr: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
 }
 
 /// Program names `bpftool cgroup show` lists for `cgroup` (attached directly to it).

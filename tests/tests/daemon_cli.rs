@@ -20,7 +20,7 @@ fn default_policy_on_the_dedicated_cgroup() {
     // The README's main command: no policy, no cgroup.
     let daemon = Daemon::start_args(&[]).expect("daemon starts on the embedded default");
     assert!(dedicated.is_dir(), "the daemon creates ram.enforced");
-    assert_eq!(attached_programs(&dedicated).len(), 4);
+    assert_eq!(attached_programs(&dedicated).len(), 6);
     let in_dedicated = || {
         let mut cmd = Command::new(ram_bin());
         cmd.args(["exec", "--", "python3"]);
@@ -147,7 +147,7 @@ fn missing_cgroup_is_refused_with_advice() {
 fn sigint_also_detaches() {
     let cgroup = TestCgroup::new();
     let mut daemon = Daemon::start("", &[cgroup.path()]).expect("daemon starts");
-    assert_eq!(attached_programs(cgroup.path()).len(), 4);
+    assert_eq!(attached_programs(cgroup.path()).len(), 6);
     // SAFETY: kill(2) of the daemon's own PID.
     unsafe { libc::kill(daemon.pid() as i32, libc::SIGINT) };
     daemon

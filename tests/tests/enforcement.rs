@@ -259,7 +259,7 @@ fn tcp_fast_open_is_enforced() {
 #[test]
 fn resolvers_are_reachable_on_port_53_only() {
     let net = TestNet::new();
-    let _dns = net.dnsmasq(&[("registry.test", TestNet::PEER_V4[1].into())]);
+    let _dns = net.dnsmasq(&[("registry.test", TestNet::PEER_V4[1].into())], &[]);
     let _http = net.http_server(HTTP_PORT);
     let cgroup = TestCgroup::new();
     let policy = format!(
@@ -382,7 +382,7 @@ fn programs_of_others_on_the_same_cgroup_keep_working() {
     // Two independent sets of programs on one cgroup: a call must pass both.
     let wide = Daemon::start(&policy_allowing(&[a(), b()]), &[cgroup.path()]).expect("first");
     let narrow = Daemon::start(&policy_allowing(&[a()]), &[cgroup.path()]).expect("second");
-    assert_eq!(attached_programs(cgroup.path()).len(), 8);
+    assert_eq!(attached_programs(cgroup.path()).len(), 12);
     assert!(probe_in(&cgroup, "tcp-http", &a(), HTTP_PORT).ok());
     assert_eq!(
         probe_in(&cgroup, "tcp-connect", &b(), HTTP_PORT).result,
@@ -390,7 +390,7 @@ fn programs_of_others_on_the_same_cgroup_keep_working() {
     );
 
     narrow.stop().unwrap();
-    assert_eq!(attached_programs(cgroup.path()).len(), 4);
+    assert_eq!(attached_programs(cgroup.path()).len(), 6);
     assert!(
         probe_in(&cgroup, "tcp-http", &b(), HTTP_PORT).ok(),
         "B after narrow stopped"

@@ -1,0 +1,420 @@
+//! Learning addresses from DNS answers, in the kernel, before the answer reaches the socket.
+//!
+//! - `dns_query_out` (cgroup_skb egress) records each query an enforced cgroup sends to a
+//!   trusted resolver: socket, transaction id, client port, question, resolver, time.
+//! - `dns_snoop_in` (cgroup_skb ingress) takes an answer only if it comes from that resolver, to
+//!   that socket and port, with that transaction id and question, in time; if the question is an
+//!   allowed name, it learns every A/AAAA record on the CNAME chain that starts at the question
+//!   and then lets the packet go on. The map update happens before the socket sees the answer:
+//!   no race with the application's first connect.
+//!
+//! Both handle UDP and TCP (a DNS-over-TCP message is parsed when it is whole in one segment).
+//! Both always return 1 (pass): they observe; the gates decide.
+
+use aya_ebpf::{
+    bindings::__sk_buff,
+    cty::c_void,
+    helpers::{
+        bpf_ktime_get_boot_ns,
+        generated::{bpf_get_socket_cookie, bpf_skb_cgroup_id, bpf_skb_load_bytes},
+    },
+    macros::cgroup_skb,
+    programs::SkBuffContext,
+};
+use ram_common::{
+    Addr16, Counter, DnsEvent, DnsScratch, LearnedAddr, LearnedKey, Learning, PendingKey,
+    PendingQuery,
+    dns::{self, HEADER_LEN, Header, MSG_MAX},
+    maps::ANSWER_RR_SLOT,
+    v4_mapped,
+};
+
+use crate::{
+    ALLOWED_NAMES, DNS_CONFIG, DNS_EVENTS, DNS_SCRATCH, DNS_SOCKETS, DNS_TAIL_CALLS, LEARNED,
+    PENDING_QUERIES, RESOLVERS, count, count_n,
+};
+
+type NameLpmKey = aya_ebpf::maps::lpm_trie::Key<[u8; dns::NAME_BUF]>;
+
+const PASS: i32 = 1;
+const DNS_PORT: u16 = 53;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const E2BIG: i32 = 7;
+/// Longest TTL honoured before `dns.max_ttl` caps it (RFC 2181: values ≥ 2^31 mean 0).
+const TTL_SIGN_BIT: u32 = 1 << 31;
+
+#[cgroup_skb]
+pub fn dns_query_out(ctx: SkBuffContext) -> i32 {
+    let _ = track_query(&ctx);
+    PASS
+}
+
+#[cgroup_skb]
+pub fn dns_snoop_in(ctx: SkBuffContext) -> i32 {
+    let _ = learn_from_answer(&ctx);
+    PASS
+}
+
+/// Where the DNS message of a packet is.
+struct DnsPacket {
+    /// Remote end: the resolver (destination of a query, source of an answer).
+    resolver: Addr16,
+    client_port: u16,
+    protocol: u8,
+    /// Offset and length of the DNS message in the packet.
+    msg_offset: usize,
+    msg_len: usize,
+}
+
+/// Finds the DNS message of a UDP or TCP packet whose remote port is 53; `outgoing` says which
+/// side the resolver is on. IPv6 extension headers and IPv4 fragments are not followed (DNS
+/// packets do not carry them in practice; such a packet simply teaches nothing).
+#[inline(always)]
+fn dns_packet(ctx: &SkBuffContext, outgoing: bool) -> Option<DnsPacket> {
+    let skb_len = ctx.len() as usize;
+    let (src, dst, protocol, l4) = match u16::from_be(ctx.skb.protocol() as u16) {
+        ETH_P_IP => {
+            let header: [u8; 20] = ctx.load(0).ok()?;
+            let header_len = ((header[0] & 0x0f) as usize) * 4;
+            let fragment = u16::from_be_bytes([header[6], header[7]]) & 0x3fff;
+            if header_len < 20 || fragment != 0 {
+                return None;
+            }
+            let src = v4_mapped([header[12], header[13], header[14], header[15]]);
+            let dst = v4_mapped([header[16], header[17], header[18], header[19]]);
+            (src, dst, header[9], header_len)
+        }
+        ETH_P_IPV6 => {
+            let header: [u8; 40] = ctx.load(0).ok()?;
+            let mut src = [0u8; 16];
+            let mut dst = [0u8; 16];
+            src.copy_from_slice(&header[8..24]);
+            dst.copy_from_slice(&header[24..40]);
+            (src, dst, header[6], 40)
+        }
+        _ => return None,
+    };
+    let ports: [u8; 4] = ctx.load(l4).ok()?;
+    let src_port = u16::from_be_bytes([ports[0], ports[1]]);
+    let dst_port = u16::from_be_bytes([ports[2], ports[3]]);
+    let (resolver, resolver_port, client_port) = if outgoing {
+        (dst, dst_port, src_port)
+    } else {
+        (src, src_port, dst_port)
+    };
+    if resolver_port != DNS_PORT {
+        return None;
+    }
+    let (msg_offset, msg_len) = match protocol {
+        IPPROTO_UDP => {
+            let udp_len = u16::from_be(ctx.load::<u16>(l4 + 4).ok()?) as usize;
+            (l4 + 8, udp_len.checked_sub(8)?)
+        }
+        IPPROTO_TCP => {
+            let data_offset = ((ctx.load::<u8>(l4 + 12).ok()? >> 4) as usize) * 4;
+            let payload = l4 + data_offset;
+            let segment_len = skb_len.checked_sub(payload)?;
+            if segment_len < 2 {
+                return None; // SYN, ACK, FIN: no data
+            }
+            // DNS over TCP: a 2-byte length, then the message (RFC 1035 4.2.2).
+            let msg_len = u16::from_be(ctx.load::<u16>(payload).ok()?) as usize;
+            if msg_len + 2 > segment_len {
+                count(Counter::DnsTcpSplit);
+                return None;
+            }
+            (payload + 2, msg_len)
+        }
+        _ => return None,
+    };
+    if msg_offset + msg_len > skb_len {
+        return None;
+    }
+    Some(DnsPacket {
+        resolver,
+        client_port,
+        protocol,
+        msg_offset,
+        msg_len,
+    })
+}
+
+/// Copies the message (at most MSG_MAX bytes of it) into the scratch buffer.
+#[inline(always)]
+fn copy_message(ctx: &SkBuffContext, packet: &DnsPacket, scratch: &mut DnsScratch) -> Option<()> {
+    let mut len = packet.msg_len;
+    if len > MSG_MAX {
+        len = MSG_MAX;
+    }
+    if len < HEADER_LEN {
+        return None;
+    }
+    // SAFETY: 12 ≤ len ≤ MSG_MAX, the size of the destination.
+    let ret = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb as *const c_void,
+            packet.msg_offset as u32,
+            scratch.msg.bytes.as_mut_ptr() as *mut c_void,
+            len as u32,
+        )
+    };
+    if ret != 0 {
+        return None;
+    }
+    scratch.msg.set_len(len);
+    Some(())
+}
+
+#[inline(always)]
+fn socket_cookie(ctx: &SkBuffContext) -> u64 {
+    unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut c_void) }
+}
+
+#[inline(always)]
+fn track_query(ctx: &SkBuffContext) -> Option<()> {
+    let packet = dns_packet(ctx, true)?;
+    let cookie = socket_cookie(ctx);
+    // Only sockets a gate let through to a resolver, in the trusted namespace.
+    unsafe { DNS_SOCKETS.get(cookie) }?;
+    unsafe { RESOLVERS.get(packet.resolver) }?;
+    let scratch = unsafe { &mut *DNS_SCRATCH.get_ptr_mut(0)? };
+    copy_message(ctx, &packet, scratch)?;
+    let header = Header::parse(&scratch.msg)?;
+    if header.is_response() || !header.is_standard_single_question() {
+        return None;
+    }
+    let question = dns::read_question(&scratch.msg, &mut scratch.walk, &mut scratch.question)?;
+    let key = PendingKey {
+        socket_cookie: cookie,
+        txid: header.id,
+        client_port: packet.client_port,
+        _reserved: 0,
+    };
+    let query = PendingQuery {
+        sent_ns: unsafe { bpf_ktime_get_boot_ns() },
+        question_hash: question.name_hash,
+        resolver: packet.resolver,
+        qtype: question.qtype,
+        _reserved: [0; 6],
+    };
+    PENDING_QUERIES.insert(&key, &query, 0).ok()?;
+    count(Counter::QueriesTracked);
+    Some(())
+}
+
+#[inline(always)]
+fn learn_from_answer(ctx: &SkBuffContext) -> Option<()> {
+    let packet = dns_packet(ctx, false)?;
+    let cookie = socket_cookie(ctx);
+    if unsafe { DNS_SOCKETS.get(cookie) }.is_none()
+        || unsafe { RESOLVERS.get(packet.resolver) }.is_none()
+    {
+        count(Counter::AnswerUntrusted);
+        return None;
+    }
+    let scratch = unsafe { &mut *DNS_SCRATCH.get_ptr_mut(0)? };
+    let config = DNS_CONFIG.get(0)?;
+    copy_message(ctx, &packet, scratch)?;
+    let header = Header::parse(&scratch.msg)?;
+    if !header.is_response() || !header.is_standard_single_question() || header.rcode() != 0 {
+        return None;
+    }
+    let question = dns::read_question(&scratch.msg, &mut scratch.walk, &mut scratch.question)?;
+    if question.qclass != dns::CLASS_IN {
+        return None;
+    }
+
+    // The answer must match a query this socket sent: same transaction id, client port,
+    // resolver and question, within the query timeout. Each query is answered once.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let pending_key = PendingKey {
+        socket_cookie: cookie,
+        txid: header.id,
+        client_port: packet.client_port,
+        _reserved: 0,
+    };
+    let matched = match unsafe { PENDING_QUERIES.get(&pending_key) } {
+        Some(query) => {
+            query.question_hash == question.name_hash
+                && query.qtype == question.qtype
+                && query.resolver == packet.resolver
+                && now.wrapping_sub(query.sent_ns) < config.query_timeout_ns
+        }
+        None => false,
+    };
+    if !matched {
+        count(Counter::AnswerUnsolicited);
+        return None;
+    }
+    let _ = PENDING_QUERIES.remove(&pending_key);
+
+    let key_len = dns::reversed_key(&scratch.question, question.name_len, &mut scratch.key.data);
+    scratch.key.prefix_len = (key_len * 8) as u32;
+    // NameKey has the layout of the trie's key (prefix length, then the data).
+    let key = unsafe { &*(&scratch.key as *const ram_common::NameKey as *const NameLpmKey) };
+    let Some(rule) = ALLOWED_NAMES.get(key) else {
+        count(Counter::AnswerNotAllowed);
+        return None;
+    };
+    let rule_index = rule.rule_index;
+
+    scratch.learning = Learning {
+        cgroup_id: unsafe { bpf_skb_cgroup_id(ctx.skb.skb as *mut __sk_buff) },
+        now_ns: now,
+        resolver: packet.resolver,
+        rule_index,
+        learned: 0,
+        map_full: 0,
+        forbidden: 0,
+        msg_offset: packet.msg_offset as u32,
+        protocol: packet.protocol,
+        _reserved: [0; 3],
+    };
+    scratch.answers = dns::AnswerWalk::new(question.end, header.ancount, &question);
+    next_record(ctx, scratch);
+    Some(())
+}
+
+/// Tail call target: examines one answer record, then tail-calls itself for the next one.
+#[cgroup_skb]
+pub fn dns_answer_rr(ctx: SkBuffContext) -> i32 {
+    let _ = answer_record(&ctx);
+    PASS
+}
+
+#[inline(always)]
+fn answer_record(ctx: &SkBuffContext) -> Option<()> {
+    let scratch = unsafe { &mut *DNS_SCRATCH.get_ptr_mut(0)? };
+    let config = DNS_CONFIG.get(0)?;
+    let learning = &mut scratch.learning;
+    dns::answer_step(
+        &scratch.msg,
+        &mut scratch.answers,
+        &mut scratch.walk,
+        &mut scratch.unused,
+        |found| {
+            if dns::never_learned(&found.addr) {
+                learning.forbidden += 1;
+                return;
+            }
+            match learn(
+                learning.cgroup_id,
+                found,
+                learning.rule_index,
+                config,
+                learning.now_ns,
+            ) {
+                Ok(()) => learning.learned += 1,
+                Err(full) => learning.map_full += full as u32,
+            }
+        },
+    );
+    next_record(ctx, scratch);
+    Some(())
+}
+
+/// Moves on to the next record (a tail call, which does not return) or, at the end, counts and
+/// reports what this answer taught.
+#[inline(always)]
+fn next_record(ctx: &SkBuffContext, scratch: &mut DnsScratch) {
+    if scratch.answers.has_next() {
+        // Returns only if the call fails (e.g. the tail-call limit); then the walk ends here.
+        let _ = unsafe { DNS_TAIL_CALLS.tail_call(ctx, ANSWER_RR_SLOT) };
+    }
+    scratch.answers.finish();
+    let learning = scratch.learning;
+    count_n(Counter::Learned, learning.learned as u64);
+    count_n(Counter::LearnMapFull, learning.map_full as u64);
+    count_n(Counter::AnswerForbiddenAddr, learning.forbidden as u64);
+    count_n(
+        Counter::AnswerUnexamined,
+        scratch.answers.summary.unexamined as u64,
+    );
+    if learning.learned + learning.map_full + learning.forbidden > 0 {
+        report_answer(ctx, &learning, scratch.msg.len());
+    }
+}
+
+/// Adds or refreshes a learned address. Lifetime: max(TTL, min_ttl), capped at max_ttl, plus
+/// the grace period; a refresh never shortens it. `Err(true)` when the map is full.
+#[inline(always)]
+fn learn(
+    cgroup_id: u64,
+    found: dns::Found,
+    rule_index: u32,
+    config: &ram_common::DnsConfig,
+    now: u64,
+) -> Result<(), bool> {
+    let ttl = if found.ttl >= TTL_SIGN_BIT {
+        0
+    } else {
+        found.ttl
+    };
+    let mut lifetime = ttl as u64 * 1_000_000_000;
+    if lifetime < config.min_ttl_ns {
+        lifetime = config.min_ttl_ns;
+    }
+    if lifetime > config.max_ttl_ns {
+        lifetime = config.max_ttl_ns;
+    }
+    let key = LearnedKey {
+        cgroup_id,
+        addr: found.addr,
+    };
+    let mut expires_ns = now + lifetime + config.grace_ns;
+    if let Some(existing) = unsafe { LEARNED.get(&key) } {
+        if existing.expires_ns > expires_ns {
+            expires_ns = existing.expires_ns;
+        }
+    }
+    let value = LearnedAddr {
+        expires_ns,
+        rule_index,
+        _reserved: 0,
+    };
+    match LEARNED.insert(&key, &value, 0) {
+        Ok(()) => Ok(()),
+        Err(err) => Err(err == -E2BIG),
+    }
+}
+
+#[inline(always)]
+fn report_answer(ctx: &SkBuffContext, learning: &Learning, len: usize) {
+    let Some(mut entry) = DNS_EVENTS.reserve::<DnsEvent>(0) else {
+        count(Counter::EventsDropped);
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: the entry is a reserved, exclusively owned DnsEvent; the message is copied from
+    // the packet, at most MSG_MAX bytes, the size of the destination.
+    unsafe {
+        (*event).boot_ns = bpf_ktime_get_boot_ns();
+        (*event).cgroup_id = learning.cgroup_id;
+        (*event).resolver = learning.resolver;
+        (*event).learned = learning.learned;
+        (*event).map_full = learning.map_full;
+        (*event).forbidden = learning.forbidden;
+        (*event).rule_index = learning.rule_index;
+        (*event).protocol = learning.protocol;
+        (*event)._reserved = [0; 3];
+        let mut copied = len;
+        if copied > MSG_MAX {
+            copied = MSG_MAX;
+        }
+        if copied < HEADER_LEN
+            || bpf_skb_load_bytes(
+                ctx.skb.skb as *const c_void,
+                learning.msg_offset,
+                (*event).msg.as_mut_ptr() as *mut c_void,
+                copied as u32,
+            ) != 0
+        {
+            copied = 0;
+        }
+        (*event).msg_len = copied as u32;
+    }
+    entry.submit(0);
+}

@@ -1,0 +1,178 @@
+//! The gates: cgroup sock_addr programs that judge every connect and unconnected send.
+//!
+//! Which calls reach which hook (see README "How it works"):
+//! - TCP connect, UDP connect, and TCP Fast Open (`sendto(MSG_FASTOPEN)` goes through
+//!   `__inet_stream_connect`) → connect4/connect6.
+//! - UDP `sendto`/`sendmsg` with a destination on an unconnected socket → sendmsg4/sendmsg6.
+//!   Sends on a connected socket need no check: its connect was judged.
+//! - An AF_INET6 socket addressing `::ffff:a.b.c.d` runs connect6 (TCP) or sendmsg4 (UDP, the
+//!   kernel hands the send to udp_sendmsg); all maps hold IPv4 in that mapped form, so both
+//!   judge it exactly as `a.b.c.d`.
+//!
+//! A program returns 1 to let the call proceed and 0 to make it fail with EPERM at once (no
+//! packet is sent, so the caller never waits for a timeout).
+
+use aya_ebpf::{
+    bindings::bpf_sock_addr,
+    cty::c_void,
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
+        generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    },
+    macros::cgroup_sock_addr,
+    maps::lpm_trie::Key,
+    programs::SockAddrContext,
+};
+use ram_common::{Addr16, BUILTIN_RULE, Counter, GateEvent, Hook, LearnedKey, Reason, v4_mapped};
+
+use crate::{ALLOWED_CIDRS, DNS_CONFIG, DNS_SOCKETS, GATE_EVENTS, LEARNED, RESOLVERS, count};
+
+const ALLOW: i32 = 1;
+const DENY: i32 = 0;
+
+const DNS_PORT: u16 = 53;
+
+#[cgroup_sock_addr(connect4)]
+pub fn connect4_gate(ctx: SockAddrContext) -> i32 {
+    let addr = ipv4_destination(unsafe { &*ctx.sock_addr });
+    judge(&ctx, addr, Hook::Connect4)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn connect6_gate(ctx: SockAddrContext) -> i32 {
+    let addr = ipv6_destination(unsafe { &*ctx.sock_addr });
+    judge(&ctx, addr, Hook::Connect6)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4_gate(ctx: SockAddrContext) -> i32 {
+    let addr = ipv4_destination(unsafe { &*ctx.sock_addr });
+    judge(&ctx, addr, Hook::Sendmsg4)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sendmsg6_gate(ctx: SockAddrContext) -> i32 {
+    let addr = ipv6_destination(unsafe { &*ctx.sock_addr });
+    judge(&ctx, addr, Hook::Sendmsg6)
+}
+
+/// `user_ip4` holds the address in network byte order; its in-memory bytes are the octets.
+#[inline(always)]
+fn ipv4_destination(sock_addr: &bpf_sock_addr) -> Addr16 {
+    v4_mapped(sock_addr.user_ip4.to_ne_bytes())
+}
+
+/// `user_ip6` must be read as four 4-byte loads (the verifier rejects other widths).
+#[inline(always)]
+fn ipv6_destination(sock_addr: &bpf_sock_addr) -> Addr16 {
+    let mut addr = [0u8; 16];
+    let words = [
+        sock_addr.user_ip6[0],
+        sock_addr.user_ip6[1],
+        sock_addr.user_ip6[2],
+        sock_addr.user_ip6[3],
+    ];
+    let mut i = 0;
+    // Bounded: exactly four words.
+    while i < 4 {
+        let bytes = words[i].to_ne_bytes();
+        addr[i * 4] = bytes[0];
+        addr[i * 4 + 1] = bytes[1];
+        addr[i * 4 + 2] = bytes[2];
+        addr[i * 4 + 3] = bytes[3];
+        i += 1;
+    }
+    addr
+}
+
+/// The decision shared by all four hooks, cheapest rule first: allowed CIDRs (loopback
+/// included) on any port; then addresses this cgroup learned from DNS; then the configured
+/// resolvers on port 53, from the trusted network namespace only. Everything else is denied and
+/// reported.
+#[inline(always)]
+fn judge(ctx: &SockAddrContext, addr: Addr16, hook: Hook) -> i32 {
+    let sock_addr = unsafe { &*ctx.sock_addr };
+    // `user_port` carries the port in network byte order in its low 16 bits.
+    let port = u16::from_be(sock_addr.user_port as u16);
+
+    if let Some(rule) = ALLOWED_CIDRS.get(Key::new(128, addr)) {
+        let counter = if rule.reason == Reason::AllowedLoopback as u32 {
+            Counter::AllowedLoopback
+        } else {
+            Counter::AllowedCidr
+        };
+        count(counter);
+        return ALLOW;
+    }
+
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let mut reason = Reason::NotLearned;
+    if let Some(learned) = unsafe { LEARNED.get(LearnedKey { cgroup_id, addr }) } {
+        if learned.expires_ns > unsafe { bpf_ktime_get_boot_ns() } {
+            count(Counter::AllowedLearned);
+            return ALLOW;
+        }
+        reason = Reason::Expired;
+    }
+
+    if port == DNS_PORT && unsafe { RESOLVERS.get(addr) }.is_some() {
+        if in_trusted_netns(ctx) {
+            // Only answers to sockets recorded here are ever learned from (dns_snoop_in).
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr as *mut c_void) };
+            let _ = DNS_SOCKETS.insert(cookie, cgroup_id, 0);
+            count(Counter::AllowedResolver);
+            return ALLOW;
+        }
+        reason = Reason::UntrustedNetns;
+    }
+
+    count(Counter::Denied);
+    report_denial(sock_addr, cgroup_id, addr, port, hook, reason);
+    DENY
+}
+
+/// Whether the socket lives in the network namespace of the trusted resolvers. A process that
+/// makes its own namespace could otherwise run a fake resolver on a trusted address there.
+#[inline(always)]
+fn in_trusted_netns(ctx: &SockAddrContext) -> bool {
+    let own = unsafe { bpf_get_netns_cookie(ctx.sock_addr as *mut c_void) };
+    let trusted = match DNS_CONFIG.get(0) {
+        Some(config) if config.trusted_netns_cookie != 0 => config.trusted_netns_cookie,
+        // Unset: the initial network namespace (a NULL context asks for its cookie).
+        _ => unsafe { bpf_get_netns_cookie(core::ptr::null_mut()) },
+    };
+    own == trusted
+}
+
+#[inline(always)]
+fn report_denial(
+    sock_addr: &bpf_sock_addr,
+    cgroup_id: u64,
+    addr: Addr16,
+    port: u16,
+    hook: Hook,
+    reason: Reason,
+) {
+    let Some(mut entry) = GATE_EVENTS.reserve::<GateEvent>(0) else {
+        count(Counter::EventsDropped);
+        return;
+    };
+    entry.write(GateEvent {
+        boot_ns: unsafe { bpf_ktime_get_boot_ns() },
+        cgroup_id,
+        pid_tgid: bpf_get_current_pid_tgid(),
+        uid_gid: bpf_get_current_uid_gid(),
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        addr,
+        port,
+        hook: hook as u8,
+        reason: reason as u8,
+        verdict: 0,
+        protocol: sock_addr.protocol as u8,
+        _reserved: [0; 2],
+        rule_index: BUILTIN_RULE,
+        _reserved2: 0,
+    });
+    entry.submit(0);
+}
