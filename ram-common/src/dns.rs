@@ -393,6 +393,11 @@ pub struct AnswerWalk {
     pub chain_len: u32,
     /// Hash of the chain's current name.
     pub chain_hash: u64,
+    /// Where the chain's current name is written in the message (the question's name, then
+    /// each CNAME's target): an owner that is a compression pointer to exactly this offset is
+    /// that name, without reading it again. Resolvers compress owners this way almost always.
+    pub chain_offset: u32,
+    pub _reserved: u32,
     pub summary: WalkSummary,
 }
 
@@ -405,6 +410,8 @@ impl AnswerWalk {
             count: count as u32,
             chain_len: question.name_len as u32,
             chain_hash: question.name_hash,
+            chain_offset: HEADER_LEN as u32,
+            _reserved: 0,
             summary: WalkSummary::default(),
         }
     }
@@ -436,16 +443,23 @@ pub fn answer_step(
     if !state.has_next() {
         return;
     }
-    let Some(record) = read_record_header(msg, state.pos as usize, walk, scratch) else {
+    let chain = Chain {
+        len: state.chain_len as usize,
+        hash: state.chain_hash,
+    };
+    let Some(record) = read_record_header(
+        msg,
+        state.pos as usize,
+        state.chain_offset as usize,
+        chain,
+        walk,
+        scratch,
+    ) else {
         state.finish();
         return;
     };
     state.index += 1;
     state.pos = (record.rdata + record.rdlength) as u32;
-    let chain = Chain {
-        len: state.chain_len as usize,
-        hash: state.chain_hash,
-    };
     if record.class != CLASS_IN || record.owner != chain {
         state.summary.off_chain += 1;
         return;
@@ -483,6 +497,7 @@ pub fn answer_step(
             Some(target) => {
                 state.chain_len = target.len as u32;
                 state.chain_hash = target.hash;
+                state.chain_offset = record.rdata as u32;
             }
             // The chain cannot be followed further.
             None => state.finish(),
@@ -520,14 +535,29 @@ struct RecordHeader {
     rdlength: usize,
 }
 
+/// Reads a record's owner and fixed fields. An owner that is a pointer to `chain_offset` is
+/// `chain` itself (same bytes); any other owner is read and hashed.
 #[inline(always)]
 fn read_record_header(
     msg: &Msg,
     pos: usize,
+    chain_offset: usize,
+    chain: Chain,
     walk: &mut NameWalk,
     scratch: &mut Name,
 ) -> Option<RecordHeader> {
-    let owner = read_name::<false>(msg, pos, walk, scratch)?;
+    let first = msg.byte(pos)?;
+    let second = msg.byte(pos + 1)?;
+    let pointer = (((first & 0x3f) as usize) << 8) | second as usize;
+    let owner = if first & 0xc0 == 0xc0 && pointer == chain_offset && pointer < pos {
+        NameRead {
+            next: pos + 2,
+            len: chain.len,
+            hash: chain.hash,
+        }
+    } else {
+        read_name::<false>(msg, pos, walk, scratch)?
+    };
     let after = owner.next;
     let rdlength = msg.u16_at(after + 8)? as usize;
     let rdata = after + 10;
@@ -566,6 +596,62 @@ pub fn never_learned(addr: &Addr16) -> bool {
     (first_eight_zero && (addr[15] == 0 || addr[15] == 1)) // :: and ::1
         || (addr[0] == 0xfe && addr[1] & 0xc0 == 0x80)     // fe80::/10 link-local
         || addr[0] == 0xff // ff00::/8 multicast
+}
+
+/// The fuzz target's body, shared by `fuzz/fuzz_targets/dns_answer.rs` (libFuzzer) and a unit
+/// test: the kernel's parsing code run on arbitrary bytes.
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing {
+    extern crate std;
+    use std::boxed::Box;
+
+    use super::*;
+
+    /// Parses `bytes` as `dns_snoop_in` and `dns_answer_rr` do. Nothing may panic (debug builds
+    /// check arithmetic overflow too), names stay within bounds, and every address reported
+    /// comes from the message.
+    pub fn parse_like_the_kernel(bytes: &[u8]) {
+        let bytes = &bytes[..bytes.len().min(MSG_MAX)];
+        let mut msg = Box::new(Msg {
+            bytes: [0; MSG_MAX],
+            len: 0,
+        });
+        msg.bytes[..bytes.len()].copy_from_slice(bytes);
+        msg.set_len(bytes.len());
+        let Some(header) = Header::parse(&msg) else {
+            return;
+        };
+        let mut name = Box::new(Name {
+            bytes: [0; NAME_BUF],
+        });
+        let mut walk = NameWalk::default();
+        let Some(question) = read_question(&msg, &mut walk, &mut name) else {
+            return;
+        };
+        assert!(question.name_len <= NAME_MAX);
+        let mut key = [0u8; NAME_BUF];
+        assert_eq!(
+            reversed_key(&name, question.name_len, &mut key),
+            question.name_len + 1
+        );
+        let mut scratch = Box::new(Name {
+            bytes: [0; NAME_BUF],
+        });
+        let summary = walk_answers(
+            &msg,
+            question.end,
+            header.ancount,
+            &question,
+            &mut walk,
+            &mut scratch,
+            |found| {
+                let in_message = bytes.windows(4).any(|w| w == &found.addr[12..])
+                    || bytes.windows(16).any(|w| w == &found.addr[..]);
+                assert!(in_message, "an address that is not in the message");
+            },
+        );
+        assert!(summary.addresses as usize <= MAX_ANSWERS);
+    }
 }
 
 #[cfg(test)]
@@ -791,6 +877,43 @@ mod tests {
         let mut key = [0xaa; NAME_BUF];
         let len = reversed_key(&name, 8, &mut key);
         assert_eq!(&key[..len], b"tset.b.a\0");
+    }
+
+    /// A deterministic stand-in for the fuzzer that runs with the unit tests: mutations of valid
+    /// answers and random bytes (xorshift, fixed seed).
+    #[test]
+    fn random_and_mutated_messages_never_panic() {
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let valid = Builder::response(1, "reg.test", TYPE_A)
+            .record(&QNAME_PTR, TYPE_CNAME, 300, &wire("cdn.test"))
+            .record(&wire("cdn.test"), TYPE_A, 60, &[198, 51, 100, 2])
+            .record(
+                &[0xc0, 12],
+                TYPE_AAAA,
+                60,
+                &[0x20, 1, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            )
+            .build();
+        for round in 0..20_000 {
+            let mut bytes = valid.clone();
+            let flips = 1 + (next() % 8) as usize;
+            for _ in 0..flips {
+                let at = (next() as usize) % bytes.len();
+                bytes[at] = next() as u8;
+            }
+            if round % 3 == 0 {
+                bytes.truncate((next() as usize) % (bytes.len() + 1));
+            }
+            super::fuzzing::parse_like_the_kernel(&bytes);
+            let random: Vec<u8> = (0..(next() % 300) as usize).map(|_| next() as u8).collect();
+            super::fuzzing::parse_like_the_kernel(&random);
+        }
     }
 
     #[test]

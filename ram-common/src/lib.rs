@@ -194,7 +194,10 @@ pub struct Learning {
     pub now_ns: u64,
     pub resolver: Addr16,
     pub rule_index: u32,
+    /// Addresses new to (or expired in) LEARNED.
     pub learned: u32,
+    /// Live addresses whose lifetime was extended.
+    pub refreshed: u32,
     pub map_full: u32,
     pub forbidden: u32,
     /// Where the message is in the packet, to copy it into the event.
@@ -329,7 +332,7 @@ pub enum Counter {
     AllowedLearned = 5,
     /// Queries to trusted resolvers seen leaving an enforced cgroup.
     QueriesTracked = 6,
-    /// Addresses learned (or refreshed) from answers.
+    /// Addresses learned from answers (new, or expired before).
     Learned = 7,
     /// Addresses not learned because [`maps::LEARNED`] was full (they stay denied).
     LearnMapFull = 8,
@@ -347,10 +350,12 @@ pub enum Counter {
     AnswerUnexamined = 13,
     /// DNS-over-TCP messages not contained in one segment: not parsed, nothing learned.
     DnsTcpSplit = 14,
+    /// Live learned addresses whose lifetime an answer extended.
+    Refreshed = 15,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 16;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Self::AllowedCidr,
         Self::AllowedLoopback,
@@ -367,6 +372,7 @@ impl Counter {
         Self::AnswerForbiddenAddr,
         Self::AnswerUnexamined,
         Self::DnsTcpSplit,
+        Self::Refreshed,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -386,6 +392,7 @@ impl Counter {
             Self::AnswerForbiddenAddr => "answer_forbidden_addr",
             Self::AnswerUnexamined => "answer_unexamined",
             Self::DnsTcpSplit => "dns_tcp_split",
+            Self::Refreshed => "refreshed",
         }
     }
 }

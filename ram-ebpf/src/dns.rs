@@ -12,7 +12,6 @@
 //! Both always return 1 (pass): they observe; the gates decide.
 
 use aya_ebpf::{
-    bindings::__sk_buff,
     cty::c_void,
     helpers::{
         bpf_ktime_get_boot_ns,
@@ -168,6 +167,16 @@ fn copy_message(ctx: &SkBuffContext, packet: &DnsPacket, scratch: &mut DnsScratc
     Some(())
 }
 
+/// Whether the packet's socket may be talking DNS: true unless it is connected to a port other
+/// than 53. A plain read of the context, so that every other connection's packets (the bulk
+/// of the traffic: registry downloads) leave these programs at once, before any helper call.
+#[inline(always)]
+fn may_be_dns_socket(ctx: &SkBuffContext) -> bool {
+    // The socket's peer port, in network byte order in the upper 16 bits; 0 if unconnected.
+    let remote_port = u32::from_be(ctx.skb.remote_port());
+    remote_port == 0 || remote_port == DNS_PORT as u32
+}
+
 #[inline(always)]
 fn socket_cookie(ctx: &SkBuffContext) -> u64 {
     unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut c_void) }
@@ -175,10 +184,14 @@ fn socket_cookie(ctx: &SkBuffContext) -> u64 {
 
 #[inline(always)]
 fn track_query(ctx: &SkBuffContext) -> Option<()> {
-    let packet = dns_packet(ctx, true)?;
+    // Only sockets a gate let through to a resolver, in the trusted namespace. Checked first:
+    // it is the cheapest way to let every other packet go at once.
+    if !may_be_dns_socket(ctx) {
+        return None;
+    }
     let cookie = socket_cookie(ctx);
-    // Only sockets a gate let through to a resolver, in the trusted namespace.
     unsafe { DNS_SOCKETS.get(cookie) }?;
+    let packet = dns_packet(ctx, true)?;
     unsafe { RESOLVERS.get(packet.resolver) }?;
     let scratch = unsafe { &mut *DNS_SCRATCH.get_ptr_mut(0)? };
     copy_message(ctx, &packet, scratch)?;
@@ -200,18 +213,22 @@ fn track_query(ctx: &SkBuffContext) -> Option<()> {
         qtype: question.qtype,
         _reserved: [0; 6],
     };
-    PENDING_QUERIES.insert(&key, &query, 0).ok()?;
+    PENDING_QUERIES.insert(key, query, 0).ok()?;
     count(Counter::QueriesTracked);
     Some(())
 }
 
 #[inline(always)]
 fn learn_from_answer(ctx: &SkBuffContext) -> Option<()> {
-    let packet = dns_packet(ctx, false)?;
+    // Answers count only on sockets that queried a trusted resolver through a gate (cheapest
+    // check first: every other packet goes at once), and only from such a resolver.
+    if !may_be_dns_socket(ctx) {
+        return None;
+    }
     let cookie = socket_cookie(ctx);
-    if unsafe { DNS_SOCKETS.get(cookie) }.is_none()
-        || unsafe { RESOLVERS.get(packet.resolver) }.is_none()
-    {
+    unsafe { DNS_SOCKETS.get(cookie) }?;
+    let packet = dns_packet(ctx, false)?;
+    if unsafe { RESOLVERS.get(packet.resolver) }.is_none() {
         count(Counter::AnswerUntrusted);
         return None;
     }
@@ -236,7 +253,7 @@ fn learn_from_answer(ctx: &SkBuffContext) -> Option<()> {
         client_port: packet.client_port,
         _reserved: 0,
     };
-    let matched = match unsafe { PENDING_QUERIES.get(&pending_key) } {
+    let matched = match unsafe { PENDING_QUERIES.get(pending_key) } {
         Some(query) => {
             query.question_hash == question.name_hash
                 && query.qtype == question.qtype
@@ -249,7 +266,7 @@ fn learn_from_answer(ctx: &SkBuffContext) -> Option<()> {
         count(Counter::AnswerUnsolicited);
         return None;
     }
-    let _ = PENDING_QUERIES.remove(&pending_key);
+    let _ = PENDING_QUERIES.remove(pending_key);
 
     let key_len = dns::reversed_key(&scratch.question, question.name_len, &mut scratch.key.data);
     scratch.key.prefix_len = (key_len * 8) as u32;
@@ -262,11 +279,12 @@ fn learn_from_answer(ctx: &SkBuffContext) -> Option<()> {
     let rule_index = rule.rule_index;
 
     scratch.learning = Learning {
-        cgroup_id: unsafe { bpf_skb_cgroup_id(ctx.skb.skb as *mut __sk_buff) },
+        cgroup_id: unsafe { bpf_skb_cgroup_id(ctx.skb.skb) },
         now_ns: now,
         resolver: packet.resolver,
         rule_index,
         learned: 0,
+        refreshed: 0,
         map_full: 0,
         forbidden: 0,
         msg_offset: packet.msg_offset as u32,
@@ -307,7 +325,8 @@ fn answer_record(ctx: &SkBuffContext) -> Option<()> {
                 config,
                 learning.now_ns,
             ) {
-                Ok(()) => learning.learned += 1,
+                Ok(true) => learning.learned += 1,
+                Ok(false) => learning.refreshed += 1,
                 Err(full) => learning.map_full += full as u32,
             }
         },
@@ -322,24 +341,28 @@ fn answer_record(ctx: &SkBuffContext) -> Option<()> {
 fn next_record(ctx: &SkBuffContext, scratch: &mut DnsScratch) {
     if scratch.answers.has_next() {
         // Returns only if the call fails (e.g. the tail-call limit); then the walk ends here.
-        let _ = unsafe { DNS_TAIL_CALLS.tail_call(ctx, ANSWER_RR_SLOT) };
+        unsafe { DNS_TAIL_CALLS.tail_call(ctx, ANSWER_RR_SLOT) };
     }
     scratch.answers.finish();
     let learning = scratch.learning;
     count_n(Counter::Learned, learning.learned as u64);
+    count_n(Counter::Refreshed, learning.refreshed as u64);
     count_n(Counter::LearnMapFull, learning.map_full as u64);
     count_n(Counter::AnswerForbiddenAddr, learning.forbidden as u64);
     count_n(
         Counter::AnswerUnexamined,
         scratch.answers.summary.unexamined as u64,
     );
+    // Refreshes of live entries are only counted: a host re-resolving its registries all day
+    // must not flood the audit log. New addresses and refusals are reported.
     if learning.learned + learning.map_full + learning.forbidden > 0 {
         report_answer(ctx, &learning, scratch.msg.len());
     }
 }
 
 /// Adds or refreshes a learned address. Lifetime: max(TTL, min_ttl), capped at max_ttl, plus
-/// the grace period; a refresh never shortens it. `Err(true)` when the map is full.
+/// the grace period; a refresh never shortens it. `Ok(true)` when the address is new (or had
+/// expired), `Ok(false)` for a refresh, `Err(true)` when the map is full.
 #[inline(always)]
 fn learn(
     cgroup_id: u64,
@@ -347,7 +370,7 @@ fn learn(
     rule_index: u32,
     config: &ram_common::DnsConfig,
     now: u64,
-) -> Result<(), bool> {
+) -> Result<bool, bool> {
     let ttl = if found.ttl >= TTL_SIGN_BIT {
         0
     } else {
@@ -365,7 +388,9 @@ fn learn(
         addr: found.addr,
     };
     let mut expires_ns = now + lifetime + config.grace_ns;
-    if let Some(existing) = unsafe { LEARNED.get(&key) } {
+    let mut new = true;
+    if let Some(existing) = unsafe { LEARNED.get(key) } {
+        new = existing.expires_ns <= now;
         if existing.expires_ns > expires_ns {
             expires_ns = existing.expires_ns;
         }
@@ -375,8 +400,8 @@ fn learn(
         rule_index,
         _reserved: 0,
     };
-    match LEARNED.insert(&key, &value, 0) {
-        Ok(()) => Ok(()),
+    match LEARNED.insert(key, value, 0) {
+        Ok(()) => Ok(new),
         Err(err) => Err(err == -E2BIG),
     }
 }

@@ -355,7 +355,14 @@ async fn enforce(
                     let event: DnsEvent =
                         unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
                     let cgroup = cgroup_names.lookup(event.cgroup_id);
-                    for record in learn_records(&event, clock_offset, cgroup, rules) {
+                    let learned = |addr: std::net::IpAddr| {
+                        let key = ram_common::LearnedKey {
+                            cgroup_id: event.cgroup_id,
+                            addr: ram::policy::to_v6(addr).octets(),
+                        };
+                        enforcer.learned_entry(&key).is_some()
+                    };
+                    for record in learn_records(&event, clock_offset, cgroup, rules, learned) {
                         info!("{}", record.summary());
                         if let Err(err) = audit.write(&record) {
                             warn!("writing the audit log failed: {err}");
@@ -408,6 +415,7 @@ fn learn_records(
     clock_offset: i128,
     cgroup: Option<String>,
     rules: &[String],
+    in_kernel_map: impl Fn(std::net::IpAddr) -> bool,
 ) -> Vec<LearnRecord> {
     let time = rfc3339_utc(i128::from(event.boot_ns) + clock_offset);
     let rule = rules
@@ -431,8 +439,10 @@ fn learn_records(
         );
     }
     match named_addresses(message) {
+        // The kernel's map decides what was learned (refused and map-full addresses are not).
         Ok(named) => named
             .into_iter()
+            .filter(|n| in_kernel_map(n.addr))
             .map(|n| LearnRecord {
                 time: time.clone(),
                 verdict: "learn",

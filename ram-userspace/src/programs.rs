@@ -333,6 +333,13 @@ impl Enforcer {
         Ok((expired.len(), total - expired.len()))
     }
 
+    /// Whether the kernel holds `key` in LEARNED (and until when).
+    pub fn learned_entry(&self, key: &LearnedKey) -> Option<LearnedAddr> {
+        let map = self.ebpf.map(LEARNED)?;
+        let learned: HashMap<_, LearnedKey, LearnedAddr> = HashMap::try_from(map).ok()?;
+        learned.get(key, 0).ok()
+    }
+
     /// Every learned address with its expiry (CLOCK_BOOTTIME nanoseconds).
     pub fn learned(&self) -> Result<Vec<(LearnedKey, LearnedAddr)>, EnforceError> {
         let map = self

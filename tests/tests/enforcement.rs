@@ -111,7 +111,7 @@ fn curl_reaches_allowed_address_and_gets_eperm_elsewhere() {
         .find(|r| r["comm"] == "curl")
         .unwrap_or_else(|| panic!("no audit record for curl in {records:?}"));
     assert_eq!(record["verdict"], "deny");
-    assert_eq!(record["reason"], "not_allowed");
+    assert_eq!(record["reason"], "not_learned");
     assert_eq!(record["hook"], "connect4");
     assert_eq!(record["protocol"], "tcp");
     assert_eq!(record["dst_addr"], b());
@@ -355,8 +355,10 @@ fn stopping_the_daemon_detaches_everything() {
         [
             "connect4_gate",
             "connect6_gate",
+            "dns_query_out",
+            "dns_snoop_in",
             "sendmsg4_gate",
-            "sendmsg6_gate"
+            "sendmsg6_gate",
         ]
     );
     assert_eq!(

@@ -40,6 +40,12 @@ enum Task {
     },
     /// Set up, then run the benchmarks and print the ratios (root required).
     Bench,
+    /// Fuzz the kernel's DNS parsing code (ram_common::dns) with libFuzzer for SECONDS
+    /// (installs cargo-fuzz if missing).
+    Fuzz {
+        #[arg(default_value_t = 60)]
+        seconds: u32,
+    },
 }
 
 fn main() {
@@ -49,6 +55,7 @@ fn main() {
         Task::Daemon { args } => daemon(&args),
         Task::Test { filter } => test(filter.as_deref()),
         Task::Bench => bench(),
+        Task::Fuzz { seconds } => fuzz(seconds),
     };
     if let Err(err) = result {
         eprintln!("xtask: error: {err:#}");
@@ -166,4 +173,25 @@ fn bench() -> Result<()> {
     ])
     .env("RAM_BIN", &ram);
     run(&mut cmd, "benchmarks")
+}
+
+fn fuzz(seconds: u32) -> Result<()> {
+    setup::run()?;
+    let have_cargo_fuzz = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_cargo_fuzz {
+        run(
+            cargo().args(["install", "cargo-fuzz", "--locked"]),
+            "cargo install cargo-fuzz",
+        )?;
+    }
+    run(
+        Command::new("rustup")
+            .current_dir(workspace_root())
+            .args(["run", "nightly", "cargo", "fuzz", "run", "dns_answer", "--"])
+            .arg(format!("-max_total_time={seconds}")),
+        "fuzzing dns_answer",
+    )
 }

@@ -1,46 +1,103 @@
 //! ram's benchmarks: each measures the same work in an enforced and in an unenforced cgroup,
-//! side by side in one run (rounds interleaved, so drift hits both alike), and prints the ratio
-//! of medians. Run with `cargo xtask bench` (root; builds ram in release mode).
+//! side by side in one run (rounds interleaved, alternating which side goes first, so drift
+//! hits both alike), and prints the median of the per-round ratios. Run with
+//! `cargo xtask bench` (root; builds ram in release mode). Results: BENCHMARKS.md.
 //!
-//! connect-loopback: TCP connect + close to a listener on 127.0.0.1. The enforced cgroup runs
-//! all four gate programs (connect4_gate judges every connect).
+//! - connect-loopback: TCP connect + close to 127.0.0.1 (the gates' LPM lookup on every call).
+//! - dns-lookup: a DNS query to dnsmasq on a test host and its answer, for an allowed name
+//!   (the enforced side tracks the query and learns from every answer in the kernel).
+//! - connect-learned: TCP connect + close to a test-host address learned from DNS.
 
 use std::{
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd as _,
     process::Stdio,
     thread,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
-use ram_tests::{Daemon, TestCgroup};
+use anyhow::{Context as _, ensure};
+use ram_tests::{Background, Daemon, TestCgroup, TestNet, dns_query_in};
 
-/// Rounds per side; the median of these is compared.
+/// Rounds per side; the median of the per-round ratios is reported.
 const ROUNDS: usize = 41;
-/// Connects per round: long enough (~50 ms) to dwarf timer noise.
-const CONNECTS_PER_ROUND: usize = 2_000;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("worker") {
-        return worker(&args[2], args[3].parse()?);
+    match args.get(1).map(String::as_str) {
+        Some("worker-connect") => worker_connect(args[2].parse()?, args[3].parse()?),
+        Some("worker-dns") => worker_dns(args[2].parse()?, &args[3], args[4].parse()?),
+        Some("listen") => listen(args[2].parse()?),
+        _ => {
+            pin_to_last_cpu();
+            connect_loopback()?;
+            dns_benchmarks()
+        }
     }
-    connect_loopback()
 }
 
-/// `ram-bench worker ADDR N`: N connect+close to ADDR, prints nanoseconds per connect.
-fn worker(addr: &str, count: usize) -> anyhow::Result<()> {
-    let addr: SocketAddr = addr.parse()?;
+/// `worker-connect ADDR N`: N connect+close to ADDR; prints nanoseconds per connect.
+fn worker_connect(addr: SocketAddr, count: usize) -> anyhow::Result<()> {
     let start = Instant::now();
     for _ in 0..count {
         let stream = TcpStream::connect(addr)?;
         reset_on_close(&stream);
     }
-    let per_connect = start.elapsed().as_nanos() as f64 / count as f64;
-    println!("{per_connect}");
+    report(start, count)
+}
+
+/// `worker-dns RESOLVER NAME N`: N queries for NAME (A), each waiting for its answer; prints
+/// nanoseconds per lookup.
+fn worker_dns(resolver: IpAddr, name: &str, count: usize) -> anyhow::Result<()> {
+    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+    socket.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut query = vec![0, 0, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split('.') {
+        query.push(label.len() as u8);
+        query.extend_from_slice(label.as_bytes());
+    }
+    query.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let mut reply = [0u8; 512];
+    let start = Instant::now();
+    for id in 0..count {
+        query[..2].copy_from_slice(&(id as u16).to_be_bytes());
+        socket.send_to(&query, (resolver, 53))?;
+        loop {
+            let (n, _) = socket.recv_from(&mut reply).context("no answer")?;
+            if n >= 2 && reply[..2] == query[..2] {
+                break;
+            }
+        }
+    }
+    report(start, count)
+}
+
+fn report(start: Instant, count: usize) -> anyhow::Result<()> {
+    println!("{}", start.elapsed().as_nanos() as f64 / count as f64);
     std::io::stdout().flush()?;
     Ok(())
+}
+
+/// `listen PORT`: accepts and drops connections on all addresses (run in the test host).
+fn listen(port: u16) -> anyhow::Result<()> {
+    let listener = deep_listener(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port))?;
+    for stream in listener.incoming() {
+        drop(stream.map(|mut s| s.read(&mut [0u8; 0])));
+    }
+    Ok(())
+}
+
+/// std listens with a backlog of 128; an accept loop that falls behind by that much makes the
+/// kernel drop SYNs, and each drop costs a client a 1 s retransmission. Re-listen deeper.
+fn deep_listener(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    let listener = TcpListener::bind(addr)?;
+    // SAFETY: listen(2) on a socket we own.
+    ensure!(
+        unsafe { libc::listen(listener.as_raw_fd(), 4096) } == 0,
+        "listen"
+    );
+    Ok(listener)
 }
 
 /// SO_LINGER 0: close sends RST instead of leaving TIME_WAIT, so 80,000 connects do not run out
@@ -62,22 +119,7 @@ fn reset_on_close(stream: &TcpStream) {
     }
 }
 
-fn run_worker(cgroup: &TestCgroup, addr: SocketAddr) -> anyhow::Result<f64> {
-    let output = cgroup
-        .command(std::env::current_exe()?)
-        .args(["worker", &addr.to_string(), &CONNECTS_PER_ROUND.to_string()])
-        .stderr(Stdio::inherit())
-        .output()?;
-    anyhow::ensure!(output.status.success(), "worker failed: {}", output.status);
-    Ok(String::from_utf8(output.stdout)?.trim().parse()?)
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
-/// Pins this process (and the workers it starts, which inherit it) to one CPU: client, server
+/// Pins this process (and everything it starts, which inherits it) to one CPU: client, server
 /// and kernel work then share a core the same way on both sides, which removes most of the
 /// scheduling noise of a small machine.
 fn pin_to_last_cpu() {
@@ -90,64 +132,152 @@ fn pin_to_last_cpu() {
     }
 }
 
-fn connect_loopback() -> anyhow::Result<()> {
-    pin_to_last_cpu();
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    // std listens with a backlog of 128; an accept thread that falls behind by that much makes
-    // the kernel drop SYNs, and each drop costs a client a 1 s retransmission. Re-listen deeper.
-    // SAFETY: listen(2) on a socket we own.
-    anyhow::ensure!(
-        unsafe { libc::listen(listener.as_raw_fd(), 4096) } == 0,
-        "listen"
+/// Runs `worker ARGS` in `cgroup`; returns the nanoseconds it printed.
+fn run_worker(cgroup: &TestCgroup, args: &[String]) -> anyhow::Result<f64> {
+    let output = cgroup
+        .command(std::env::current_exe()?)
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()?;
+    ensure!(
+        output.status.success(),
+        "worker {args:?} failed: {}",
+        output.status
     );
-    let addr = listener.local_addr()?;
-    thread::spawn(move || {
-        for stream in listener.incoming() {
-            // Accept and drop; a read of 0 bytes is not needed.
-            drop(stream.map(|mut s| s.read(&mut [0u8; 0])));
-        }
-    });
+    Ok(String::from_utf8(output.stdout)?.trim().parse()?)
+}
 
-    let plain = TestCgroup::new();
-    let enforced = TestCgroup::new();
-    let _daemon = Daemon::start(
-        "[registry_access]\nallow_loopback = true\n[dns]\nresolvers = []\n",
-        &[enforced.path()],
-    )?;
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
 
-    // Warm-up: page cache, socket caches, branch predictors.
-    run_worker(&plain, addr)?;
-    run_worker(&enforced, addr)?;
-
+/// Runs `args` in both cgroups, ROUNDS times each, interleaved; prints the comparison.
+fn side_by_side(
+    title: &str,
+    unit: &str,
+    goal: f64,
+    plain: &TestCgroup,
+    enforced: &TestCgroup,
+    args: &[String],
+) -> anyhow::Result<()> {
+    // Warm-up: caches, socket slabs, branch predictors.
+    run_worker(plain, args)?;
+    run_worker(enforced, args)?;
     let (mut plain_ns, mut enforced_ns) = (Vec::new(), Vec::new());
     for round in 0..ROUNDS {
-        // Alternate which side goes first.
         if round % 2 == 0 {
-            plain_ns.push(run_worker(&plain, addr)?);
-            enforced_ns.push(run_worker(&enforced, addr)?);
+            plain_ns.push(run_worker(plain, args)?);
+            enforced_ns.push(run_worker(enforced, args)?);
         } else {
-            enforced_ns.push(run_worker(&enforced, addr)?);
-            plain_ns.push(run_worker(&plain, addr)?);
+            enforced_ns.push(run_worker(enforced, args)?);
+            plain_ns.push(run_worker(plain, args)?);
         }
     }
-    // Each round's two runs are adjacent in time: their ratio cancels slow drift of the machine.
+    // Each round's two runs are adjacent in time: their ratio cancels slow drift.
     let mut paired: Vec<f64> = enforced_ns
         .iter()
         .zip(&plain_ns)
         .map(|(e, p)| e / p)
         .collect();
     let paired_median = median(&mut paired);
-    let (plain_median, enforced_median) = (median(&mut plain_ns), median(&mut enforced_ns));
+    println!("{title}");
     println!(
-        "connect-loopback: TCP connect+close to 127.0.0.1, {ROUNDS} rounds x {CONNECTS_PER_ROUND} \
-         connects per side"
+        "  unenforced cgroup: {:.0} ns per {unit} (median round)",
+        median(&mut plain_ns)
     );
-    println!("  unenforced cgroup: {plain_median:.0} ns per connect (median round)");
-    println!("  enforced cgroup:   {enforced_median:.0} ns per connect (median round)");
     println!(
-        "  ratio enforced/unenforced: {paired_median:.3} (median of per-round ratios; ratio of \
-         medians {:.3}; goal <= 1.03)",
-        enforced_median / plain_median
+        "  enforced cgroup:   {:.0} ns per {unit} (median round)",
+        median(&mut enforced_ns)
+    );
+    println!(
+        "  ratio enforced/unenforced: {paired_median:.3} (median of per-round ratios; goal <= {goal})"
     );
     Ok(())
+}
+
+fn connect_loopback() -> anyhow::Result<()> {
+    let listener = deep_listener("127.0.0.1:0".parse()?)?;
+    let addr = listener.local_addr()?;
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            drop(stream.map(|mut s| s.read(&mut [0u8; 0])));
+        }
+    });
+    let plain = TestCgroup::new();
+    let enforced = TestCgroup::new();
+    let _daemon = Daemon::start(
+        "[registry_access]\nallow_loopback = true\n[dns]\nresolvers = []\n",
+        &[enforced.path()],
+    )?;
+    let args = [
+        "worker-connect".to_string(),
+        addr.to_string(),
+        "2000".into(),
+    ];
+    side_by_side(
+        "connect-loopback: TCP connect+close to 127.0.0.1, 2,000 per round",
+        "connect",
+        1.03,
+        &plain,
+        &enforced,
+        &args,
+    )
+}
+
+fn dns_benchmarks() -> anyhow::Result<()> {
+    const PORT: u16 = 9090;
+    let net = TestNet::new();
+    let mut listen_cmd = net.command(std::env::current_exe()?.to_str().context("exe path")?);
+    listen_cmd.args(["listen", &PORT.to_string()]);
+    let _listener = Background::spawn("bench listener", listen_cmd);
+    ram_tests::wait_for_tcp(SocketAddr::new(IpAddr::V4(TestNet::PEER_V4[1]), PORT));
+    let _dns = net.dnsmasq(&[("bench.test", TestNet::PEER_V4[1].into())], &[]);
+    let resolver = TestNet::PEER_V4[0].to_string();
+
+    let plain = TestCgroup::new();
+    let enforced = TestCgroup::new();
+    let _daemon = Daemon::start(
+        &format!(
+            "[registry_access]\nallow = [\"bench.test\"]\n[dns]\nresolvers = [\"{resolver}\"]\nmin_ttl = 3600\n"
+        ),
+        &[enforced.path()],
+    )?;
+    let lookup = [
+        "worker-dns".to_string(),
+        resolver.clone(),
+        "bench.test".into(),
+        "500".into(),
+    ];
+    side_by_side(
+        "dns-lookup: UDP query + answer for an allowed name from dnsmasq on a test host, 500 per round",
+        "lookup",
+        1.05,
+        &plain,
+        &enforced,
+        &lookup,
+    )?;
+
+    // The enforced side learned bench.test's address during the lookups; make sure of it.
+    let report = dns_query_in(
+        &enforced,
+        &[&resolver, "bench.test", "A", "--connect", &PORT.to_string()],
+    );
+    ensure!(
+        report["connect"] == "ok",
+        "bench.test is not learned: {report}"
+    );
+    let connect = [
+        "worker-connect".to_string(),
+        SocketAddr::new(IpAddr::V4(TestNet::PEER_V4[1]), PORT).to_string(),
+        "1000".into(),
+    ];
+    side_by_side(
+        "connect-learned: TCP connect+close to a learned test-host address, 1,000 per round",
+        "connect",
+        1.03,
+        &plain,
+        &enforced,
+        &connect,
+    )
 }
