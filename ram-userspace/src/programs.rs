@@ -163,56 +163,31 @@ impl Enforcer {
             .map_max_entries(LEARNED, learned_entries)
             .load(EBPF_OBJECT)?;
 
-        {
-            let map = ebpf
-                .map_mut(ALLOWED_NAMES)
-                .ok_or(EnforceError::MissingMap { map: ALLOWED_NAMES })?;
-            let mut names: LpmTrie<_, [u8; NAME_BUF], NameRule> =
-                LpmTrie::try_from(map).map_err(|source| map_error(ALLOWED_NAMES, source))?;
-            for entry in &policy.names {
-                names
-                    .insert(&Key::new(entry.prefix_len, entry.key), entry.rule, 0)
-                    .map_err(|source| map_error(ALLOWED_NAMES, source))?;
-            }
+        let mut names: LpmTrie<_, [u8; NAME_BUF], NameRule> = typed_map(&mut ebpf, ALLOWED_NAMES)?;
+        for entry in &policy.names {
+            names
+                .insert(&Key::new(entry.prefix_len, entry.key), entry.rule, 0)
+                .map_err(|source| map_error(ALLOWED_NAMES, source))?;
         }
-        {
-            let map = ebpf
-                .map_mut(DNS_CONFIG)
-                .ok_or(EnforceError::MissingMap { map: DNS_CONFIG })?;
-            let mut config: Array<_, DnsConfig> =
-                Array::try_from(map).map_err(|source| map_error(DNS_CONFIG, source))?;
-            let value = DnsConfig {
-                trusted_netns_cookie: own_netns_cookie().unwrap_or(0),
-                ..policy.dns
-            };
-            config
-                .set(0, value, 0)
-                .map_err(|source| map_error(DNS_CONFIG, source))?;
+        let mut config: Array<_, DnsConfig> = typed_map(&mut ebpf, DNS_CONFIG)?;
+        let value = DnsConfig {
+            trusted_netns_cookie: own_netns_cookie().unwrap_or(0),
+            ..policy.dns
+        };
+        config
+            .set(0, value, 0)
+            .map_err(|source| map_error(DNS_CONFIG, source))?;
+        let mut cidrs: LpmTrie<_, Addr16, CidrRule> = typed_map(&mut ebpf, ALLOWED_CIDRS)?;
+        for entry in &policy.cidrs {
+            cidrs
+                .insert(&Key::new(entry.prefix_len, entry.addr), entry.rule, 0)
+                .map_err(|source| map_error(ALLOWED_CIDRS, source))?;
         }
-
-        {
-            let map = ebpf
-                .map_mut(ALLOWED_CIDRS)
-                .ok_or(EnforceError::MissingMap { map: ALLOWED_CIDRS })?;
-            let mut cidrs: LpmTrie<_, Addr16, CidrRule> =
-                LpmTrie::try_from(map).map_err(|source| map_error(ALLOWED_CIDRS, source))?;
-            for entry in &policy.cidrs {
-                cidrs
-                    .insert(&Key::new(entry.prefix_len, entry.addr), entry.rule, 0)
-                    .map_err(|source| map_error(ALLOWED_CIDRS, source))?;
-            }
-        }
-        {
-            let map = ebpf
-                .map_mut(RESOLVERS)
-                .ok_or(EnforceError::MissingMap { map: RESOLVERS })?;
-            let mut resolvers: HashMap<_, Addr16, ResolverRule> =
-                HashMap::try_from(map).map_err(|source| map_error(RESOLVERS, source))?;
-            for (addr, rule) in policy.resolver_entries() {
-                resolvers
-                    .insert(addr, rule, 0)
-                    .map_err(|source| map_error(RESOLVERS, source))?;
-            }
+        let mut resolvers: HashMap<_, Addr16, ResolverRule> = typed_map(&mut ebpf, RESOLVERS)?;
+        for (addr, rule) in policy.resolver_entries() {
+            resolvers
+                .insert(addr, rule, 0)
+                .map_err(|source| map_error(RESOLVERS, source))?;
         }
 
         {
@@ -387,10 +362,11 @@ impl Enforcer {
     }
 }
 
-fn program_mut<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<&'a mut CgroupSockAddr, EnforceError> {
+/// Program `name` of the object as the program type `T` (`CgroupSockAddr`, `CgroupSkb`).
+fn program_as<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, EnforceError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
     ebpf.program_mut(name)
         .ok_or(EnforceError::MissingProgram { program: name })?
         .try_into()
@@ -400,17 +376,18 @@ fn program_mut<'a>(
         })
 }
 
+fn program_mut<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut CgroupSockAddr, EnforceError> {
+    program_as(ebpf, name)
+}
+
 fn skb_program_mut<'a>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
 ) -> Result<&'a mut CgroupSkb, EnforceError> {
-    ebpf.program_mut(name)
-        .ok_or(EnforceError::MissingProgram { program: name })?
-        .try_into()
-        .map_err(|source| EnforceError::Program {
-            program: name,
-            source,
-        })
+    program_as(ebpf, name)
 }
 
 fn load_error(program: &'static str, source: ProgramError) -> EnforceError {
@@ -446,6 +423,17 @@ pub fn own_netns_cookie() -> Option<u64> {
         )
     };
     (rc == 0).then_some(cookie)
+}
+
+/// Map `name` of the object as the typed map `T` (e.g. `HashMap<_, K, V>`).
+fn typed_map<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T, EnforceError>
+where
+    T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf
+        .map_mut(name)
+        .ok_or(EnforceError::MissingMap { map: name })?;
+    T::try_from(map).map_err(|source| map_error(name, source))
 }
 
 fn map_error(map: &'static str, source: aya::maps::MapError) -> EnforceError {

@@ -774,3 +774,27 @@ pub fn attached_programs(cgroup: &Path) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// The peer addresses of [`TestNet`] as text, by the names tests use for them.
+pub mod peers {
+    use super::TestNet;
+
+    /// Port of the HTTP server tests start on the peer.
+    pub const HTTP_PORT: u16 = 8080;
+
+    pub fn a() -> String {
+        TestNet::PEER_V4[0].to_string()
+    }
+    pub fn b() -> String {
+        TestNet::PEER_V4[1].to_string()
+    }
+    pub fn c() -> String {
+        TestNet::PEER_V4[2].to_string()
+    }
+    pub fn a6() -> String {
+        TestNet::PEER_V6[0].to_string()
+    }
+    pub fn b6() -> String {
+        TestNet::PEER_V6[1].to_string()
+    }
+}

@@ -3,20 +3,8 @@
 
 use std::{net::IpAddr, process::Command, time::Duration};
 
-use ram_tests::{Daemon, TempDir, TestCgroup, TestNet, dns_query_in, probe_in, sh};
+use ram_tests::{Daemon, TempDir, TestCgroup, TestNet, dns_query_in, peers::*, probe_in, sh};
 use serde_json::{Value, json};
-
-const HTTP_PORT: u16 = 8080;
-
-fn a() -> String {
-    TestNet::PEER_V4[0].to_string()
-}
-fn b() -> String {
-    TestNet::PEER_V4[1].to_string()
-}
-fn c() -> String {
-    TestNet::PEER_V4[2].to_string()
-}
 
 /// A policy allowing `names`, trusting the resolver on peer address A, with extra `[dns]` lines.
 fn policy(names: &[&str], dns_extra: &str) -> String {
@@ -503,4 +491,112 @@ fn a_fresh_name_connects_at_once_10000_times() {
     assert_eq!(report["trials"], 10000);
     assert_eq!(report["lookup_failures"], 0, "{report}");
     assert_eq!(report["denied_count"], 0, "false denials: {report}");
+}
+
+#[test]
+fn a_private_network_namespace_cannot_impersonate_the_resolver() {
+    let net = TestNet::new();
+    let _http = net.http_server(HTTP_PORT);
+    let _dns = net.dnsmasq(&[("registry.test", TestNet::PEER_V4[1].into())], &[]);
+    let dir = TempDir::new();
+    // The fake resolver's script: answers registry.test with C.
+    let config = json!({
+        "listen": [a()],
+        "port": 53,
+        "names": {"registry.test": {"records": [["@", "A", 300, c()]]}},
+    });
+    let config_path = dir.write("fake.json", &config.to_string());
+    let cgroup = TestCgroup::new();
+    let mut daemon = Daemon::start(&policy(&["registry.test"], ""), &[cgroup.path()]).unwrap();
+
+    // Inside the enforced cgroup, a process makes its own network namespace, puts the trusted
+    // resolver's address on it, runs a "resolver" there and asks it.
+    let script = format!(
+        "ip link set lo up && ip addr add {a}/32 dev lo && \
+         (python3 {responder} {config} > /dev/null 2>&1 &) && sleep 1 && \
+         python3 {query} {a} registry.test",
+        a = a(),
+        responder = ram_tests::client_script("dns_responder.py").display(),
+        config = config_path.display(),
+        query = ram_tests::client_script("dns_query.py").display(),
+    );
+    let output = cgroup
+        .command("unshare")
+        .args(["--net", "bash", "-c", &script])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("\"error\": \"EPERM\""),
+        "the query from the private namespace: {stdout}"
+    );
+    assert_eq!(
+        connect(&cgroup, &c()),
+        "EPERM",
+        "nothing learned from the impersonator"
+    );
+    daemon
+        .wait_for_line("(untrusted_netns)", Duration::from_secs(5))
+        .expect("the denial names the reason");
+
+    // The real resolver, from the real namespace, still works.
+    assert_eq!(dig(&cgroup, "registry.test", "A", &[]), b());
+    assert_eq!(connect(&cgroup, &b()), "ok");
+}
+
+#[test]
+fn huge_ttls_are_capped_by_max_ttl() {
+    let net = TestNet::new();
+    let _http = net.http_server(HTTP_PORT);
+    let dir = TempDir::new();
+    let _dns = net.dns_responder(
+        &dir,
+        json!({"long.test": {"records": [["@", "A", 2_000_000_000u32, b()]]}}),
+    );
+    let cgroup = TestCgroup::new();
+    let _daemon = Daemon::start(
+        &policy(&["long.test"], "min_ttl = 0\nmax_ttl = 1\ngrace_period = 0"),
+        &[cgroup.path()],
+    )
+    .unwrap();
+    assert_eq!(addrs(&resolve(&cgroup, "long.test", &[])), [b()]);
+    assert_eq!(connect(&cgroup, &b()), "ok");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        connect(&cgroup, &b()),
+        "EPERM",
+        "a 63-year TTL lives max_ttl = 1 s"
+    );
+}
+
+#[test]
+fn a_full_learned_map_denies_new_addresses_and_says_so() {
+    let net = TestNet::new();
+    let _http = net.http_server(HTTP_PORT);
+    net.add_peer_prefix("198.18.0.0/16");
+    let _dns = net.dnsmasq(&[], &["--synth-domain=race.test,198.18.0.0/16"]);
+    let cgroup = TestCgroup::new();
+    let mut daemon = Daemon::start(
+        &policy(&["*.race.test"], "max_learned = 64"),
+        &[cgroup.path()],
+    )
+    .unwrap();
+    // 64 addresses fit; the 65th and 66th do not.
+    let report = dns_query_in(
+        &cgroup,
+        &[
+            &a(),
+            "198-18-9-{b}.race.test",
+            "A",
+            "--race",
+            "66",
+            "--connect",
+            "8080",
+        ],
+    );
+    assert_eq!(report["denied_count"], 2, "{report}");
+    assert_eq!(report["denied"][0][1], "EPERM", "{report}");
+    daemon
+        .wait_for_line("learned-address map is full", Duration::from_secs(5))
+        .expect("the daemon reports the full map");
 }

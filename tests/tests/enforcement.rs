@@ -4,30 +4,14 @@
 use std::{net::TcpListener, process::Command, time::Duration};
 
 use ram_tests::{
-    Daemon, TestCgroup, TestNet, attached_programs, probe_in, probe_outside, probe_with, ram_bin,
+    Daemon, TestCgroup, TestNet, attached_programs, peers::*, probe_in, probe_outside, probe_with,
+    ram_bin,
 };
 
-const HTTP_PORT: u16 = 8080;
 const ECHO_PORT: u16 = 9999;
 
 /// A denial must come from the hook (EPERM at once), not from a timeout.
 const FAST_DENIAL_MS: f64 = 200.0;
-
-fn a() -> String {
-    TestNet::PEER_V4[0].to_string()
-}
-fn b() -> String {
-    TestNet::PEER_V4[1].to_string()
-}
-fn c() -> String {
-    TestNet::PEER_V4[2].to_string()
-}
-fn a6() -> String {
-    TestNet::PEER_V6[0].to_string()
-}
-fn b6() -> String {
-    TestNet::PEER_V6[1].to_string()
-}
 
 fn policy_allowing(cidrs: &[String]) -> String {
     let list: Vec<String> = cidrs.iter().map(|c| format!("\"{c}\"")).collect();
