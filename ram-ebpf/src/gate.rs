@@ -86,9 +86,10 @@ fn ipv6_destination(sock_addr: &bpf_sock_addr) -> Addr16 {
     addr
 }
 
-/// The decision shared by all four hooks: addresses this cgroup learned from DNS; allowed
-/// CIDRs (loopback included) on any port; the configured resolvers on port 53, from the trusted
-/// network namespace only. Everything else is denied and reported.
+/// The decision shared by all four hooks: addresses this cgroup learned from DNS; the
+/// configured resolvers on port 53, from the trusted network namespace only; allowed CIDRs
+/// (loopback included) on any port. Everything else is denied and reported. The order only
+/// puts cheap hash lookups first: any rule that allows, allows.
 #[inline(always)]
 fn judge(ctx: &SockAddrContext, addr: Addr16, hook: Hook) -> i32 {
     let sock_addr = unsafe { &*ctx.sock_addr };
@@ -107,6 +108,22 @@ fn judge(ctx: &SockAddrContext, addr: Addr16, hook: Hook) -> i32 {
         reason = Reason::Expired;
     }
 
+    // Resolvers before the trie: a hash lookup, and every DNS query passes here.
+    if port == DNS_PORT && unsafe { RESOLVERS.get(addr) }.is_some() {
+        if in_trusted_netns(ctx) {
+            // Only answers to sockets recorded here are ever learned from (dns_snoop_in).
+            // Looking up first spares the LRU update (which takes locks) on every query of a
+            // socket already recorded; the lookup itself keeps the entry recent.
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr as *mut c_void) };
+            if unsafe { DNS_SOCKETS.get(cookie) }.is_none() {
+                let _ = DNS_SOCKETS.insert(cookie, cgroup_id, 0);
+            }
+            count(Counter::AllowedResolver);
+            return ALLOW;
+        }
+        reason = Reason::UntrustedNetns;
+    }
+
     if let Some(rule) = ALLOWED_CIDRS.get(Key::new(128, addr)) {
         let counter = if rule.reason == Reason::AllowedLoopback as u32 {
             Counter::AllowedLoopback
@@ -115,17 +132,6 @@ fn judge(ctx: &SockAddrContext, addr: Addr16, hook: Hook) -> i32 {
         };
         count(counter);
         return ALLOW;
-    }
-
-    if port == DNS_PORT && unsafe { RESOLVERS.get(addr) }.is_some() {
-        if in_trusted_netns(ctx) {
-            // Only answers to sockets recorded here are ever learned from (dns_snoop_in).
-            let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr as *mut c_void) };
-            let _ = DNS_SOCKETS.insert(cookie, cgroup_id, 0);
-            count(Counter::AllowedResolver);
-            return ALLOW;
-        }
-        reason = Reason::UntrustedNetns;
     }
 
     count(Counter::Denied);

@@ -29,10 +29,17 @@ fn main() -> anyhow::Result<()> {
         Some("worker-connect") => worker_connect(args[2].parse()?, args[3].parse()?),
         Some("worker-dns") => worker_dns(args[2].parse()?, &args[3], args[4].parse()?),
         Some("listen") => listen(args[2].parse()?),
-        _ => {
+        // Optional first argument: run only benchmarks whose name contains it.
+        filter => {
             pin_to_last_cpu();
-            connect_loopback()?;
-            dns_benchmarks()
+            let wanted = |name: &str| filter.is_none_or(|f| name.contains(f));
+            if wanted("connect-loopback") {
+                connect_loopback()?;
+            }
+            if wanted("dns-lookup") || wanted("connect-learned") {
+                dns_benchmarks()?;
+            }
+            Ok(())
         }
     }
 }
