@@ -222,7 +222,9 @@ pub fn read_name<const TEXT: bool>(
         if get(&walk.status) != WALK_RUNNING {
             break;
         }
-        let pos = get(&walk.pos) as usize & MSG_MASK;
+        // Not masked here: `Msg::byte` checks the position against the length first (a masked
+        // position past the end would wrap to the start of the message).
+        let pos = get(&walk.pos) as usize;
         let Some(byte) = msg.byte(pos) else {
             set(&mut walk.status, WALK_FAILED);
             continue;
@@ -808,6 +810,24 @@ mod tests {
         let (found, summary) = walk(&bytes);
         assert_eq!(found.len(), 2);
         assert_eq!(summary.off_chain, 1);
+    }
+
+    #[test]
+    fn a_name_running_off_a_full_buffer_fails() {
+        // A label that ends exactly at MSG_MAX, with no terminator after it.
+        let mut bytes = std::vec![0u8; MSG_MAX];
+        let mut pos = HEADER_LEN;
+        while pos + 64 <= MSG_MAX {
+            bytes[pos] = 63;
+            bytes[pos + 1..pos + 64].fill(b'a');
+            pos += 64;
+        }
+        let tail = MSG_MAX - pos - 1;
+        bytes[pos] = tail as u8;
+        bytes[pos + 1..].fill(b'b');
+        let msg = msg_from(&bytes);
+        let mut name = empty_name();
+        assert_eq!(read(&msg, MSG_MAX - 1 - tail, &mut name), None);
     }
 
     #[test]
