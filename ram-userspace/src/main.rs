@@ -127,8 +127,10 @@ fn check_policy(file: &Path) -> Result<()> {
             .join(", "),
         None => format!("the nameservers of {}", resolv::RESOLV_CONF),
     };
+    let dns = &policy.dns;
     println!(
-        "{}: ok: {} hostname(s), {} CIDR(s), loopback {}, resolvers: {}",
+        "{}: ok: {} hostname(s), {} CIDR(s), loopback {}, resolvers: {}; learned addresses live \
+         {}..{} s plus {} s grace, at most {} of them",
         file.display(),
         access.allow.len(),
         access.allow_cidrs.len(),
@@ -137,7 +139,11 @@ fn check_policy(file: &Path) -> Result<()> {
         } else {
             "denied"
         },
-        resolvers
+        resolvers,
+        dns.min_ttl,
+        dns.max_ttl,
+        dns.grace_period,
+        dns.max_learned
     );
     Ok(())
 }
