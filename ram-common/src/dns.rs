@@ -580,13 +580,19 @@ fn read_record_header(
 }
 
 /// Whether `addr` (16-byte form) may never be learned from DNS: unspecified, loopback,
-/// link-local, multicast, "this network" and broadcast, IPv4 and IPv6, and the IPv4-mapped
-/// forms of the IPv4 ones. A hostile answer must not open, say, the cloud metadata address
-/// 169.254.169.254; `allow_cidrs` can still allow such addresses explicitly.
+/// link-local, multicast, "this network" and broadcast addresses, IPv4 and IPv6; the cloud
+/// metadata addresses (169.254.169.254 is link-local; AWS's IPv6 one is fd00:ec2::254); and any
+/// IPv6 form that wraps an IPv4 address refused here (IPv4-mapped `::ffff:0:0/96`, NAT64
+/// `64:ff9b::/96`), plus the deprecated IPv4-compatible `::/96` as a whole. A hostile answer
+/// must not open these; `allow_cidrs` can still allow such addresses explicitly.
 #[inline(always)]
 pub fn never_learned(addr: &Addr16) -> bool {
-    let mapped = addr[..10].iter().all(|&b| b == 0) && addr[10] == 0xff && addr[11] == 0xff;
-    if mapped {
+    const AWS_METADATA_V6: Addr16 = [
+        0xfd, 0, 0x0e, 0xc2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02, 0x54,
+    ];
+    const NAT64_PREFIX: [u8; 12] = [0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0];
+    let prefix = &addr[..12];
+    if prefix == crate::V4_MAPPED_PREFIX || prefix == NAT64_PREFIX {
         let (a, b) = (addr[12], addr[13]);
         return a == 0                       // 0.0.0.0/8 "this network"
             || a == 127                     // loopback
@@ -594,10 +600,10 @@ pub fn never_learned(addr: &Addr16) -> bool {
             || (224..=239).contains(&a)     // multicast
             || addr[12..] == [255, 255, 255, 255]; // broadcast
     }
-    let first_eight_zero = addr[..15].iter().all(|&b| b == 0);
-    (first_eight_zero && (addr[15] == 0 || addr[15] == 1)) // :: and ::1
-        || (addr[0] == 0xfe && addr[1] & 0xc0 == 0x80)     // fe80::/10 link-local
-        || addr[0] == 0xff // ff00::/8 multicast
+    prefix.iter().all(|&byte| byte == 0)                 // ::/96: ::, ::1, IPv4-compatible
+        || (addr[0] == 0xfe && addr[1] & 0xc0 == 0x80) // fe80::/10 link-local
+        || addr[0] == 0xff                              // ff00::/8 multicast
+        || *addr == AWS_METADATA_V6
 }
 
 /// The fuzz target's body, shared by `fuzz/fuzz_targets/dns_answer.rs` (libFuzzer) and a unit
@@ -966,6 +972,20 @@ mod tests {
         ] {
             assert!(never_learned(&addr), "{addr:?}");
         }
+        let v6 = |text: &str| text.parse::<std::net::Ipv6Addr>().unwrap().octets();
+        for text in [
+            "fd00:ec2::254",
+            "::198.51.100.2",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b::7f00:1",
+        ] {
+            assert!(never_learned(&v6(text)), "{text}");
+        }
+        assert!(
+            !never_learned(&v6("64:ff9b::c633:6402")),
+            "NAT64 of 198.51.100.2"
+        );
+        assert!(!never_learned(&v6("fd00:ec2::253")));
         assert!(!never_learned(&v4([198, 51, 100, 2])));
         assert!(!never_learned(&v4([10, 0, 0, 1])));
         let mut global = [0; 16];

@@ -81,9 +81,23 @@ pub mod maps {
     pub const DNS_SOCKETS: &str = "DNS_SOCKETS";
     pub const DNS_SOCKETS_MAX: u32 = 16_384;
 
-    /// `PerCpuArray<DnsScratch>` with one entry: working memory of `dns_snoop_in` and
-    /// `dns_query_out` (far larger than the 512-byte BPF stack). Only the programs use it.
+    /// `PerCpuArray<DnsScratch>`: working memory of the DNS programs (far larger than the
+    /// 512-byte BPF stack), one slot per direction, because an egress program running in
+    /// process context can be interrupted on its CPU by the ingress programs in softirq
+    /// context. Only the programs use it.
     pub const DNS_SCRATCH: &str = "DNS_SCRATCH";
+    /// [`DNS_SCRATCH`] slot of `dns_query_out`.
+    pub const SCRATCH_EGRESS: u32 = 0;
+    /// [`DNS_SCRATCH`] slot of `dns_snoop_in` and `dns_answer_rr`.
+    pub const SCRATCH_INGRESS: u32 = 1;
+
+    /// `LruHashMap<u64, TcpDnsStream>`: socket cookie → where the next DNS message starts in
+    /// each direction of a DNS-over-TCP connection. Written and read by `dns_query_out` and
+    /// `dns_snoop_in`: a TCP segment is parsed only if it starts exactly at such a boundary, so
+    /// bytes inside a message (which a client controls, in its query and, through it, in the
+    /// resolver's reply) can never be taken for a message of their own.
+    pub const TCP_DNS_STREAMS: &str = "TCP_DNS_STREAMS";
+    pub const TCP_DNS_STREAMS_MAX: u32 = 4_096;
 
     /// `ProgramArray` with one entry, `dns_answer_rr`: `dns_snoop_in` and `dns_answer_rr` tail-call
     /// it once per answer record. Written by the daemon before attaching.
@@ -168,9 +182,33 @@ pub struct NameKey {
     pub data: [u8; dns::NAME_BUF],
 }
 
+/// Value of [`maps::TCP_DNS_STREAMS`]: TCP sequence numbers of the next message boundary.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpDnsStream {
+    /// Client → resolver (set from the SYN, advanced past each query).
+    pub next_out: u32,
+    /// Resolver → client (set from the SYN-ACK, advanced past each answer).
+    pub next_in: u32,
+    /// [`TcpDnsStream::OUT_KNOWN`] | [`TcpDnsStream::IN_KNOWN`]: which boundaries are known.
+    /// A boundary that is lost (a segment too short to hold a length) stays unknown, and
+    /// nothing more is parsed in that direction: fail closed.
+    pub known: u32,
+}
+
+impl TcpDnsStream {
+    pub const OUT_KNOWN: u32 = 1;
+    pub const IN_KNOWN: u32 = 2;
+}
+
 /// Value of [`maps::DNS_SCRATCH`].
 #[repr(C)]
 pub struct DnsScratch {
+    /// `bpf_ktime_get_boot_ns()` when a program took this slot, 0 when free. A program that
+    /// finds its slot taken (it interrupted another on the same CPU, or a PREEMPT_RT kernel
+    /// preempted one) leaves the packet alone rather than corrupt the other's work; a slot
+    /// taken more than a millisecond ago counts as free (a run never takes that long).
+    pub busy_since_ns: u64,
     pub msg: dns::Msg,
     /// The question in text form.
     pub question: dns::Name,
@@ -348,14 +386,17 @@ pub enum Counter {
     /// Answer records not examined: past [`dns::MAX_ANSWERS`], malformed, or beyond
     /// [`dns::MSG_MAX`] bytes.
     AnswerUnexamined = 13,
-    /// DNS-over-TCP messages not contained in one segment: not parsed, nothing learned.
+    /// DNS-over-TCP messages not parsed: split across segments, or in a segment that does not
+    /// start at the stream's next message boundary (e.g. a second message in one segment).
     DnsTcpSplit = 14,
     /// Live learned addresses whose lifetime an answer extended.
     Refreshed = 15,
+    /// DNS packets left alone because their CPU's scratch slot was busy.
+    ScratchBusy = 16,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 17;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Self::AllowedCidr,
         Self::AllowedLoopback,
@@ -373,6 +414,7 @@ impl Counter {
         Self::AnswerUnexamined,
         Self::DnsTcpSplit,
         Self::Refreshed,
+        Self::ScratchBusy,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -393,6 +435,7 @@ impl Counter {
             Self::AnswerUnexamined => "answer_unexamined",
             Self::DnsTcpSplit => "dns_tcp_split",
             Self::Refreshed => "refreshed",
+            Self::ScratchBusy => "scratch_busy",
         }
     }
 }

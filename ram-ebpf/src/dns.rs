@@ -22,15 +22,15 @@ use aya_ebpf::{
 };
 use ram_common::{
     Addr16, Counter, DnsEvent, DnsScratch, LearnedAddr, LearnedKey, Learning, PendingKey,
-    PendingQuery,
+    PendingQuery, TcpDnsStream,
     dns::{self, HEADER_LEN, Header, MSG_MAX},
-    maps::ANSWER_RR_SLOT,
+    maps::{ANSWER_RR_SLOT, SCRATCH_EGRESS, SCRATCH_INGRESS},
     v4_mapped,
 };
 
 use crate::{
     ALLOWED_NAMES, DNS_CONFIG, DNS_EVENTS, DNS_SCRATCH, DNS_SOCKETS, DNS_TAIL_CALLS, LEARNED,
-    PENDING_QUERIES, RESOLVERS, count, count_n,
+    PENDING_QUERIES, RESOLVERS, TCP_DNS_STREAMS, count, count_n,
 };
 
 type NameLpmKey = aya_ebpf::maps::lpm_trie::Key<[u8; dns::NAME_BUF]>;
@@ -42,6 +42,9 @@ const ETH_P_IPV6: u16 = 0x86dd;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const E2BIG: i32 = 7;
+const TCP_SYN: u8 = 0x02;
+/// A scratch slot held longer than this is taken to be abandoned (no run takes a millisecond).
+const SCRATCH_STALE_NS: u64 = 1_000_000;
 /// Longest TTL honoured before `dns.max_ttl` caps it (RFC 2181: values ≥ 2^31 mean 0).
 const TTL_SIGN_BIT: u32 = 1 << 31;
 
@@ -72,7 +75,7 @@ struct DnsPacket {
 /// side the resolver is on. IPv6 extension headers and IPv4 fragments are not followed (DNS
 /// packets do not carry them in practice; such a packet simply teaches nothing).
 #[inline(always)]
-fn dns_packet(ctx: &SkBuffContext, outgoing: bool) -> Option<DnsPacket> {
+fn dns_packet(ctx: &SkBuffContext, cookie: u64, outgoing: bool) -> Option<DnsPacket> {
     let skb_len = ctx.len() as usize;
     let (src, dst, protocol, l4) = match u16::from_be(ctx.skb.protocol() as u16) {
         ETH_P_IP => {
@@ -113,18 +116,20 @@ fn dns_packet(ctx: &SkBuffContext, outgoing: bool) -> Option<DnsPacket> {
             (l4 + 8, udp_len.checked_sub(8)?)
         }
         IPPROTO_TCP => {
-            let data_offset = ((ctx.load::<u8>(l4 + 12).ok()? >> 4) as usize) * 4;
-            let payload = l4 + data_offset;
-            let segment_len = skb_len.checked_sub(payload)?;
-            if segment_len < 2 {
-                return None; // SYN, ACK, FIN: no data
-            }
-            // DNS over TCP: a 2-byte length, then the message (RFC 1035 4.2.2).
-            let msg_len = u16::from_be(ctx.load::<u16>(payload).ok()?) as usize;
-            if msg_len + 2 > segment_len {
-                count(Counter::DnsTcpSplit);
+            // Ports (4), sequence number (4), acknowledgment (4), data offset, flags.
+            let header: [u8; 14] = ctx.load(l4).ok()?;
+            let seq = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+            if header[13] & TCP_SYN != 0 {
+                start_tcp_stream(cookie, outgoing, seq);
                 return None;
             }
+            let payload = l4 + ((header[12] >> 4) as usize) * 4;
+            let segment_len = skb_len.checked_sub(payload)?;
+            if segment_len == 0 {
+                return None; // ACK, FIN: no data
+            }
+            let msg_len =
+                tcp_message_at_boundary(ctx, cookie, outgoing, seq, payload, segment_len)?;
             (payload + 2, msg_len)
         }
         _ => return None,
@@ -139,6 +144,104 @@ fn dns_packet(ctx: &SkBuffContext, outgoing: bool) -> Option<DnsPacket> {
         msg_offset,
         msg_len,
     })
+}
+
+/// Records where the first message of a DNS-over-TCP connection starts in one direction: the
+/// byte after the SYN (ours) or the SYN-ACK (the resolver's).
+#[inline(always)]
+fn start_tcp_stream(cookie: u64, outgoing: bool, syn_seq: u32) {
+    let first = syn_seq.wrapping_add(1);
+    if let Some(stream) = TCP_DNS_STREAMS.get_ptr_mut(cookie) {
+        // SAFETY: a live map value; each direction writes only its own fields.
+        unsafe {
+            if outgoing {
+                (*stream).next_out = first;
+                (*stream).known |= TcpDnsStream::OUT_KNOWN;
+            } else {
+                (*stream).next_in = first;
+                (*stream).known |= TcpDnsStream::IN_KNOWN;
+            }
+        }
+        return;
+    }
+    let stream = if outgoing {
+        TcpDnsStream {
+            next_out: first,
+            next_in: 0,
+            known: TcpDnsStream::OUT_KNOWN,
+        }
+    } else {
+        TcpDnsStream {
+            next_out: 0,
+            next_in: first,
+            known: TcpDnsStream::IN_KNOWN,
+        }
+    };
+    let _ = TCP_DNS_STREAMS.insert(cookie, stream, 0);
+}
+
+/// DNS over TCP is a stream of messages, each a 2-byte length and the message (RFC 1035
+/// 4.2.2). A segment is taken as a message only if it starts exactly at the next message
+/// boundary of its direction, which then moves past that message (whether or not the message
+/// is whole in this segment). Bytes inside a message — a client chooses them in its query and,
+/// through the query, in the resolver's reply — therefore never pass for a message. Segments
+/// out of order, retransmitted, or holding a second message are not parsed (fail closed).
+/// Returns the message length when the whole message is in this segment.
+#[inline(always)]
+fn tcp_message_at_boundary(
+    ctx: &SkBuffContext,
+    cookie: u64,
+    outgoing: bool,
+    seq: u32,
+    payload: usize,
+    segment_len: usize,
+) -> Option<usize> {
+    let stream = TCP_DNS_STREAMS.get_ptr_mut(cookie)?;
+    let (known_bit, boundary) = unsafe {
+        if outgoing {
+            (TcpDnsStream::OUT_KNOWN, (*stream).next_out)
+        } else {
+            (TcpDnsStream::IN_KNOWN, (*stream).next_in)
+        }
+    };
+    if unsafe { (*stream).known } & known_bit == 0 || seq != boundary {
+        count(Counter::DnsTcpSplit);
+        return None;
+    }
+    if segment_len < 2 {
+        // The length itself is split: the next boundary is lost for good.
+        unsafe { (*stream).known &= !known_bit };
+        count(Counter::DnsTcpSplit);
+        return None;
+    }
+    let msg_len = u16::from_be(ctx.load::<u16>(payload).ok()?) as usize;
+    let next = seq.wrapping_add(2 + msg_len as u32);
+    unsafe {
+        if outgoing {
+            (*stream).next_out = next;
+        } else {
+            (*stream).next_in = next;
+        }
+    }
+    if msg_len + 2 > segment_len {
+        count(Counter::DnsTcpSplit);
+        return None;
+    }
+    Some(msg_len)
+}
+
+/// Takes this CPU's scratch slot `slot` for the current program; `None` if another program
+/// on this CPU holds it (see `DnsScratch::busy_since_ns`).
+#[inline(always)]
+fn take_scratch(slot: u32) -> Option<&'static mut DnsScratch> {
+    let scratch = unsafe { &mut *DNS_SCRATCH.get_ptr_mut(slot)? };
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    if scratch.busy_since_ns != 0 && now.wrapping_sub(scratch.busy_since_ns) < SCRATCH_STALE_NS {
+        count(Counter::ScratchBusy);
+        return None;
+    }
+    scratch.busy_since_ns = now;
+    Some(scratch)
 }
 
 /// Copies the message (at most MSG_MAX bytes of it) into the scratch buffer.
@@ -191,10 +294,22 @@ fn track_query(ctx: &SkBuffContext) -> Option<()> {
     }
     let cookie = socket_cookie(ctx);
     unsafe { DNS_SOCKETS.get(cookie) }?;
-    let packet = dns_packet(ctx, true)?;
+    let packet = dns_packet(ctx, cookie, true)?;
     unsafe { RESOLVERS.get(packet.resolver) }?;
-    let scratch = unsafe { &mut *DNS_SCRATCH.get_ptr_mut(0)? };
-    copy_message(ctx, &packet, scratch)?;
+    let scratch = take_scratch(SCRATCH_EGRESS)?;
+    let tracked = record_query(ctx, cookie, &packet, scratch);
+    scratch.busy_since_ns = 0;
+    tracked
+}
+
+#[inline(always)]
+fn record_query(
+    ctx: &SkBuffContext,
+    cookie: u64,
+    packet: &DnsPacket,
+    scratch: &mut DnsScratch,
+) -> Option<()> {
+    copy_message(ctx, packet, scratch)?;
     let header = Header::parse(&scratch.msg)?;
     if header.is_response() || !header.is_standard_single_question() {
         return None;
@@ -227,14 +342,30 @@ fn learn_from_answer(ctx: &SkBuffContext) -> Option<()> {
     }
     let cookie = socket_cookie(ctx);
     unsafe { DNS_SOCKETS.get(cookie) }?;
-    let packet = dns_packet(ctx, false)?;
+    let packet = dns_packet(ctx, cookie, false)?;
     if unsafe { RESOLVERS.get(packet.resolver) }.is_none() {
         count(Counter::AnswerUntrusted);
         return None;
     }
-    let scratch = unsafe { &mut *DNS_SCRATCH.get_ptr_mut(0)? };
+    let scratch = take_scratch(SCRATCH_INGRESS)?;
+    if check_answer(ctx, cookie, &packet, scratch).is_none() {
+        // Ended before the tail calls, which free the slot at the end of the chain.
+        scratch.busy_since_ns = 0;
+    }
+    Some(())
+}
+
+/// Checks an answer against its query and the policy, then starts the walk over its records
+/// (`next_record`, which tail-calls `dns_answer_rr`).
+#[inline(always)]
+fn check_answer(
+    ctx: &SkBuffContext,
+    cookie: u64,
+    packet: &DnsPacket,
+    scratch: &mut DnsScratch,
+) -> Option<()> {
     let config = DNS_CONFIG.get(0)?;
-    copy_message(ctx, &packet, scratch)?;
+    copy_message(ctx, packet, scratch)?;
     let header = Header::parse(&scratch.msg)?;
     if !header.is_response() || !header.is_standard_single_question() || header.rcode() != 0 {
         return None;
@@ -305,7 +436,8 @@ pub fn dns_answer_rr(ctx: SkBuffContext) -> i32 {
 
 #[inline(always)]
 fn answer_record(ctx: &SkBuffContext) -> Option<()> {
-    let scratch = unsafe { &mut *DNS_SCRATCH.get_ptr_mut(0)? };
+    // The slot dns_snoop_in took; it stays taken until next_record ends the chain.
+    let scratch = unsafe { &mut *DNS_SCRATCH.get_ptr_mut(SCRATCH_INGRESS)? };
     let config = DNS_CONFIG.get(0)?;
     let learning = &mut scratch.learning;
     dns::answer_step(
@@ -358,6 +490,7 @@ fn next_record(ctx: &SkBuffContext, scratch: &mut DnsScratch) {
     if learning.learned + learning.map_full + learning.forbidden > 0 {
         report_answer(ctx, &learning, scratch.msg.len());
     }
+    scratch.busy_since_ns = 0;
 }
 
 /// Adds or refreshes a learned address. Lifetime: max(TTL, min_ttl), capped at max_ttl, plus

@@ -17,11 +17,11 @@ use aya_ebpf::{
 };
 use ram_common::{
     Addr16, CidrRule, Counter, DnsConfig, DnsScratch, LearnedAddr, LearnedKey, NameRule,
-    PendingKey, PendingQuery, ResolverRule,
+    PendingKey, PendingQuery, ResolverRule, TcpDnsStream,
     dns::NAME_BUF,
     maps::{
         ALLOWED_CIDRS_MAX, ALLOWED_NAMES_MAX, DNS_EVENTS_BYTES, DNS_SOCKETS_MAX, GATE_EVENTS_BYTES,
-        LEARNED_MAX, PENDING_QUERIES_MAX, RESOLVERS_MAX,
+        LEARNED_MAX, PENDING_QUERIES_MAX, RESOLVERS_MAX, TCP_DNS_STREAMS_MAX,
     },
 };
 
@@ -48,7 +48,11 @@ static PENDING_QUERIES: LruHashMap<PendingKey, PendingQuery> =
 static DNS_SOCKETS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(DNS_SOCKETS_MAX, 0);
 
 #[map]
-static DNS_SCRATCH: PerCpuArray<DnsScratch> = PerCpuArray::with_max_entries(1, 0);
+static DNS_SCRATCH: PerCpuArray<DnsScratch> = PerCpuArray::with_max_entries(2, 0);
+
+#[map]
+static TCP_DNS_STREAMS: LruHashMap<u64, TcpDnsStream> =
+    LruHashMap::with_max_entries(TCP_DNS_STREAMS_MAX, 0);
 
 #[map]
 static DNS_CONFIG: Array<DnsConfig> = Array::with_max_entries(1, 0);

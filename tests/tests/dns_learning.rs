@@ -600,3 +600,74 @@ fn a_full_learned_map_denies_new_addresses_and_says_so() {
         .wait_for_line("learned-address map is full", Duration::from_secs(5))
         .expect("the daemon reports the full map");
 }
+
+#[test]
+fn bytes_inside_a_tcp_message_never_pass_for_a_message() {
+    let net = TestNet::new();
+    let _http = net.http_server(HTTP_PORT);
+    let dir = TempDir::new();
+    let _dns = net.dns_responder(
+        &dir,
+        json!({"registry.test": {"records": [["@", "A", 300, b()]]}}),
+    );
+    let cgroup = TestCgroup::new();
+    let mut daemon = Daemon::start(&policy(&["registry.test"], ""), &[cgroup.path()]).unwrap();
+    // One TCP connection to the trusted resolver. Query 1 is sent in two writes (two segments,
+    // TCP_NODELAY); the second segment starts inside a label whose bytes form a complete
+    // "query" for registry.test with its own length prefix. Only whole messages at stream
+    // boundaries may be tracked: query 1 (split) and the planted one are not; query 2, sent
+    // whole after the answer to query 1, is tracked and learned.
+    let script = format!(
+        r#"
+import socket, struct
+def query(txid, name_bytes):
+    return struct.pack('!HHHHHH', txid, 0x0100, 1, 0, 0, 0) + name_bytes + struct.pack('!HH', 1, 1)
+def wire(name):
+    return b''.join(bytes([len(l)]) + l.encode() for l in name.split('.')) + b'\0'
+planted = query(0x5151, wire('registry.test'))
+label = struct.pack('!H', len(planted)) + planted
+label += b'a' * (63 - len(label))
+first = struct.pack('!HHHHHH', 0x1111, 0x0100, 1, 0, 0, 0) + bytes([63])
+q1 = first + label + b'\0' + struct.pack('!HH', 1, 1)
+s = socket.create_connection(('{resolver}', 53), timeout=3)
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+s.sendall(struct.pack('!H', len(q1)) + first)
+import time; time.sleep(0.2)
+s.sendall(q1[len(first):])
+def reply():
+    head = s.recv(2, socket.MSG_WAITALL)
+    return s.recv(struct.unpack('!H', head)[0], socket.MSG_WAITALL)
+reply()
+q2 = query(0x2222, wire('registry.test'))
+s.sendall(struct.pack('!H', len(q2)) + q2)
+r = reply()
+print('answer', len(r))
+"#,
+        resolver = a()
+    );
+    let output = cgroup
+        .command("python3")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("answer"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        connect(&cgroup, &b()),
+        "ok",
+        "the aligned query 2 was learned"
+    );
+    // SAFETY: kill(2) of the daemon's own PID; it logs its counters on the way out.
+    unsafe { libc::kill(daemon.pid() as i32, libc::SIGTERM) };
+    let counters = daemon
+        .wait_for_line("counters:", Duration::from_secs(10))
+        .unwrap();
+    assert!(
+        counters.contains(" queries_tracked=1 "),
+        "only query 2 is tracked: {counters}"
+    );
+}
