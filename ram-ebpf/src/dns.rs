@@ -280,21 +280,22 @@ fn may_be_dns_socket(ctx: &SkBuffContext) -> bool {
     remote_port == 0 || remote_port == DNS_PORT as u32
 }
 
+/// The socket cookie and DNS message of a packet, if its socket is one a gate let through to a
+/// resolver in the trusted namespace (`DNS_SOCKETS`). Cheapest checks first, so that every
+/// other packet leaves at once.
 #[inline(always)]
-fn socket_cookie(ctx: &SkBuffContext) -> u64 {
-    unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut c_void) }
+fn dns_socket_packet(ctx: &SkBuffContext, outgoing: bool) -> Option<(u64, DnsPacket)> {
+    if !may_be_dns_socket(ctx) {
+        return None;
+    }
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut c_void) };
+    unsafe { DNS_SOCKETS.get(cookie) }?;
+    Some((cookie, dns_packet(ctx, cookie, outgoing)?))
 }
 
 #[inline(always)]
 fn track_query(ctx: &SkBuffContext) -> Option<()> {
-    // Only sockets a gate let through to a resolver, in the trusted namespace. Checked first:
-    // it is the cheapest way to let every other packet go at once.
-    if !may_be_dns_socket(ctx) {
-        return None;
-    }
-    let cookie = socket_cookie(ctx);
-    unsafe { DNS_SOCKETS.get(cookie) }?;
-    let packet = dns_packet(ctx, cookie, true)?;
+    let (cookie, packet) = dns_socket_packet(ctx, true)?;
     unsafe { RESOLVERS.get(packet.resolver) }?;
     let scratch = take_scratch(SCRATCH_EGRESS)?;
     let tracked = record_query(ctx, cookie, &packet, scratch);
@@ -335,14 +336,8 @@ fn record_query(
 
 #[inline(always)]
 fn learn_from_answer(ctx: &SkBuffContext) -> Option<()> {
-    // Answers count only on sockets that queried a trusted resolver through a gate (cheapest
-    // check first: every other packet goes at once), and only from such a resolver.
-    if !may_be_dns_socket(ctx) {
-        return None;
-    }
-    let cookie = socket_cookie(ctx);
-    unsafe { DNS_SOCKETS.get(cookie) }?;
-    let packet = dns_packet(ctx, cookie, false)?;
+    // Answers count only from a trusted resolver.
+    let (cookie, packet) = dns_socket_packet(ctx, false)?;
     if unsafe { RESOLVERS.get(packet.resolver) }.is_none() {
         count(Counter::AnswerUntrusted);
         return None;

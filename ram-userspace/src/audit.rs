@@ -120,10 +120,6 @@ impl LearnRecord {
     }
 }
 
-pub fn protocol_label(protocol: u8) -> String {
-    protocol_name(protocol)
-}
-
 fn bracket_v6(addr: &str) -> String {
     if addr.contains(':') {
         format!("[{addr}]")
@@ -141,7 +137,7 @@ pub fn display_addr(addr: [u8; 16]) -> IpAddr {
     }
 }
 
-fn protocol_name(protocol: u8) -> String {
+pub fn protocol_name(protocol: u8) -> String {
     match i32::from(protocol) {
         libc::IPPROTO_TCP => "tcp".into(),
         libc::IPPROTO_UDP => "udp".into(),

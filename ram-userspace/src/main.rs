@@ -11,12 +11,13 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use aya::maps::{MapData, RingBuf};
 use clap::{Parser, Subcommand};
 use log::{info, warn};
 use ram::{
     answers::named_addresses,
     audit::{
-        AuditRecord, LearnRecord, display_addr, protocol_label, realtime_minus_boottime_ns,
+        AuditRecord, LearnRecord, display_addr, protocol_name, realtime_minus_boottime_ns,
         rfc3339_utc,
     },
     cgroup::{self, CgroupDir, DEDICATED_CGROUP},
@@ -330,36 +331,19 @@ async fn enforce(
             _ = sigterm.recv() => break "SIGTERM",
             guard = events.readable_mut() => {
                 let mut guard = guard.context("waiting for events")?;
-                let ring = guard.get_inner_mut();
-                while let Some(item) = ring.next() {
-                    if item.len() < std::mem::size_of::<GateEvent>() {
-                        warn!("ignoring a short event ({} bytes)", item.len());
-                        continue;
-                    }
-                    // SAFETY: the kernel wrote a whole GateEvent; read_unaligned copes with any
-                    // alignment of the ring buffer's data.
-                    let event: GateEvent =
-                        unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                drain(guard.get_inner_mut(), |event: GateEvent| {
                     let cgroup = cgroup_names.lookup(event.cgroup_id);
                     let record = AuditRecord::from_event(&event, clock_offset, cgroup);
                     info!("{}", record.summary());
                     if let Err(err) = audit.write(&record) {
                         warn!("writing the audit log failed: {err}");
                     }
-                }
+                });
                 guard.clear_ready();
             }
             guard = dns_events.readable_mut() => {
                 let mut guard = guard.context("waiting for DNS events")?;
-                let ring = guard.get_inner_mut();
-                while let Some(item) = ring.next() {
-                    if item.len() < std::mem::size_of::<DnsEvent>() {
-                        warn!("ignoring a short DNS event ({} bytes)", item.len());
-                        continue;
-                    }
-                    // SAFETY: the kernel wrote a whole DnsEvent (see above).
-                    let event: DnsEvent =
-                        unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                drain(guard.get_inner_mut(), |event: DnsEvent| {
                     let cgroup = cgroup_names.lookup(event.cgroup_id);
                     let learned = |addr: std::net::IpAddr| {
                         let key = ram_common::LearnedKey {
@@ -374,7 +358,7 @@ async fn enforce(
                             warn!("writing the audit log failed: {err}");
                         }
                     }
-                }
+                });
                 guard.clear_ready();
             }
             _ = expiry.tick() => {
@@ -402,6 +386,20 @@ async fn enforce(
         summary.join(" ")
     );
     Ok(())
+}
+
+/// Hands every event waiting in `ring` to `handle`, as a `T` (the `repr(C)` event type the
+/// programs write into that ring buffer); short records are logged and skipped.
+fn drain<T>(ring: &mut RingBuf<MapData>, mut handle: impl FnMut(T)) {
+    while let Some(item) = ring.next() {
+        if item.len() < std::mem::size_of::<T>() {
+            warn!("ignoring a short event ({} bytes)", item.len());
+            continue;
+        }
+        // SAFETY: the kernel wrote a whole T (every ring buffer carries one event type);
+        // read_unaligned copes with any alignment of the ring buffer's data.
+        handle(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
+    }
 }
 
 /// CLOCK_BOOTTIME in nanoseconds: the clock of the programs' expiry times.
@@ -462,7 +460,7 @@ fn learn_records(
                 rule: rule.clone(),
                 rule_index: event.rule_index,
                 resolver: resolver.clone(),
-                protocol: protocol_label(event.protocol),
+                protocol: protocol_name(event.protocol),
             })
             .collect(),
         Err(err) => {

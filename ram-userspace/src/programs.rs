@@ -140,7 +140,6 @@ pub enum EnforceError {
 /// The loaded programs and maps. Attachments live as long as this value.
 pub struct Enforcer {
     ebpf: Ebpf,
-    attached: Vec<CgroupDir>,
 }
 
 impl Enforcer {
@@ -221,10 +220,7 @@ impl Enforcer {
                 .load()
                 .map_err(|source| load_error(gate.name, source))?;
         }
-        Ok(Self {
-            ebpf,
-            attached: Vec::new(),
-        })
+        Ok(Self { ebpf })
     }
 
     /// Attaches every gate to `cgroup` as a bpf_link. Links are always multi-attach: programs
@@ -257,12 +253,7 @@ impl Enforcer {
                     source,
                 })?;
         }
-        self.attached.push(cgroup.clone());
         Ok(())
-    }
-
-    pub fn attached(&self) -> &[CgroupDir] {
-        &self.attached
     }
 
     /// Per-counter totals over all CPUs, indexed like [`Counter::ALL`].
@@ -313,20 +304,6 @@ impl Enforcer {
         let map = self.ebpf.map(LEARNED)?;
         let learned: HashMap<_, LearnedKey, LearnedAddr> = HashMap::try_from(map).ok()?;
         learned.get(key, 0).ok()
-    }
-
-    /// Every learned address with its expiry (CLOCK_BOOTTIME nanoseconds).
-    pub fn learned(&self) -> Result<Vec<(LearnedKey, LearnedAddr)>, EnforceError> {
-        let map = self
-            .ebpf
-            .map(LEARNED)
-            .ok_or(EnforceError::MissingMap { map: LEARNED })?;
-        let learned: HashMap<_, LearnedKey, LearnedAddr> =
-            HashMap::try_from(map).map_err(|source| map_error(LEARNED, source))?;
-        learned
-            .iter()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| map_error(LEARNED, source))
     }
 
     /// Instructions the verifier processed per program (kernels 5.16+), for the README table.
