@@ -326,8 +326,8 @@ pub fn reversed_key(name: &Name, len: usize, key: &mut [u8; NAME_BUF]) -> usize 
     len + 1
 }
 
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+pub const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
 /// The question of a message (the first and only one ram tracks).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

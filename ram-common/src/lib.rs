@@ -28,43 +28,92 @@ pub mod dns;
 pub mod maps {
     //! Map names, sizes, keys and values. Each entry says who writes the map and who reads it.
 
-    /// `LpmTrie<LpmKey<Addr16>, CidrRule>`: destinations allowed on any port.
-    /// Written by the daemon from `allow_cidrs` and `allow_loopback` before any program is
-    /// attached; read by every `*_gate` program. IPv4 prefixes are stored mapped (`96 + len`).
-    pub const ALLOWED_CIDRS: &str = "ALLOWED_CIDRS";
-    /// Upper bound for [`ALLOWED_CIDRS`]; the daemon sizes the map to the policy at load time.
+    /// Version of the pinned maps' layout. Pinned maps live in `<pin dir>/maps-v<LAYOUT>/`; a
+    /// daemon adopts only maps of its own layout. Bump it whenever a map is added, removed or
+    /// changes type, size or key/value layout: a newer daemon then builds fresh maps instead of
+    /// misreading old ones (and learned addresses are learned again).
+    pub const LAYOUT: u32 = 1;
+
+    /// Every map of `ram-ebpf`, all pinned (under `maps-v<LAYOUT>/`) so that enforcement,
+    /// learning and the audit backlog outlive the daemon.
+    pub const ALL: [&str; 18] = [
+        POLICY_SLOT,
+        POLICY_CONFIG,
+        ALLOWED_CIDRS[0],
+        ALLOWED_CIDRS[1],
+        RESOLVERS[0],
+        RESOLVERS[1],
+        ALLOWED_NAMES[0],
+        ALLOWED_NAMES[1],
+        AUDIT_SEEN,
+        LEARNED,
+        PENDING_QUERIES,
+        DNS_SOCKETS,
+        DNS_SCRATCH,
+        TCP_DNS_STREAMS,
+        DNS_TAIL_CALLS,
+        COUNTERS,
+        GATE_EVENTS,
+        DNS_EVENTS,
+    ];
+
+    /// `Array<u32>` with one entry: which slot (0 or 1) of the double-buffered policy maps
+    /// ([`ALLOWED_CIDRS`], [`RESOLVERS`], [`ALLOWED_NAMES`], [`POLICY_CONFIG`]) is in force.
+    /// Written by the daemon, after filling the other slot, in one 4-byte update: a policy
+    /// change is atomic (every program run sees the old policy or the new one, never a mix).
+    /// Read by every program at the start of each run.
+    pub const POLICY_SLOT: &str = "POLICY_SLOT";
+
+    /// `LpmTrie<LpmKey<Addr16>, CidrRule>` ×2 (slots 0 and 1): destinations allowed on any port.
+    /// Written by the daemon from `allow_cidrs` and `allow_loopback`; read by every `*_gate`
+    /// program. IPv4 prefixes are stored mapped (`96 + len`).
+    pub const ALLOWED_CIDRS: [&str; 2] = ["ALLOWED_CIDRS_0", "ALLOWED_CIDRS_1"];
+    /// Entries per slot of [`ALLOWED_CIDRS`] (an LPM trie allocates per entry, so the bound
+    /// costs nothing until used).
     pub const ALLOWED_CIDRS_MAX: u32 = 16_384;
 
-    /// `HashMap<Addr16, ResolverRule>`: trusted DNS resolvers, reachable on port 53 only.
-    /// Written by the daemon from `dns.resolvers`; read by every `*_gate` program.
-    pub const RESOLVERS: &str = "RESOLVERS";
+    /// `HashMap<Addr16, ResolverRule>` ×2: trusted DNS resolvers, reachable on port 53 only.
+    /// Written by the daemon from `dns.resolvers`; read by every `*_gate` program and by the DNS
+    /// programs.
+    pub const RESOLVERS: [&str; 2] = ["RESOLVERS_0", "RESOLVERS_1"];
     /// Upper bound for [`RESOLVERS`] (resolv.conf allows 3; a policy may list a few more).
     pub const RESOLVERS_MAX: u32 = 64;
+
+    /// `Array<PolicyConfig>` with two entries, one per slot. Written by the daemon; read by
+    /// every program.
+    pub const POLICY_CONFIG: &str = "POLICY_CONFIG";
 
     /// `PerCpuArray<u64>` indexed by [`crate::Counter`]. Written by the programs; summed and read
     /// by the daemon (and its tests).
     pub const COUNTERS: &str = "COUNTERS";
 
-    /// `RingBuf` of [`crate::GateEvent`]. Written by the programs on every denial; read by the
-    /// daemon, which writes the audit log. A full buffer is counted in
-    /// [`crate::Counter::EventsDropped`], never silent.
+    /// `RingBuf` of [`crate::GateEvent`]. Written by the gates on every denial and on allowed
+    /// connections as `audit.allowed` says; read by the daemon, which writes the audit log. A
+    /// full buffer is counted in [`crate::Counter::EventsDropped`], never silent.
     pub const GATE_EVENTS: &str = "GATE_EVENTS";
-    /// Bytes in [`GATE_EVENTS`]: 256 KiB holds ~2,900 events, several seconds of a process
+    /// Bytes in [`GATE_EVENTS`]: 256 KiB holds ~2,700 events, several seconds of a process
     /// hammering a denied address between two reads by the daemon.
     pub const GATE_EVENTS_BYTES: u32 = 256 * 1024;
 
-    /// `LpmTrie<[u8; NAME_BUF], NameRule>`: allowed hostnames, character-reversed (see
+    /// `LruHashMap<AuditSeenKey, u64>`: when an allowed connection (process, destination) was
+    /// last reported, for `audit.allowed = "first"`. Written and read by the gates. An LRU: a
+    /// forgotten entry only means one more report.
+    pub const AUDIT_SEEN: &str = "AUDIT_SEEN";
+    pub const AUDIT_SEEN_MAX: u32 = 16_384;
+
+    /// `LpmTrie<[u8; NAME_BUF], NameRule>` ×2: allowed hostnames, character-reversed (see
     /// [`crate::dns::reversed_key`]). An exact name `docker.io` is the key `oi.rekcod\0`; a
     /// wildcard `*.example.com` is `moc.elpmaxe.` (the trailing `.` makes the apex itself not
     /// match). Written by the daemon from `registry_access.allow`; read by `dns_snoop_in`.
-    pub const ALLOWED_NAMES: &str = "ALLOWED_NAMES";
-    /// Upper bound for [`ALLOWED_NAMES`]; the daemon sizes the map to the policy.
+    pub const ALLOWED_NAMES: [&str; 2] = ["ALLOWED_NAMES_0", "ALLOWED_NAMES_1"];
+    /// Entries per slot of [`ALLOWED_NAMES`] (allocated per entry, like every LPM trie).
     pub const ALLOWED_NAMES_MAX: u32 = 65_536;
 
     /// `HashMap<LearnedKey, LearnedAddr>`: addresses learned from DNS answers, per cgroup.
     /// Written by `dns_snoop_in` before the answer reaches the socket; read by every `*_gate`
-    /// program; expired entries removed by the daemon. A plain hash map, not an LRU: when it is
-    /// full, new addresses are not learned (and are denied), rather than evicting live ones.
+    /// program; expired entries, and entries of rules a new policy dropped, removed by the
+    /// daemon. A plain hash map, not an LRU: when it is full, new addresses are not learned (and
+    /// are denied), rather than evicting live ones.
     pub const LEARNED: &str = "LEARNED";
     /// Upper bound for [`LEARNED`]; the size is `dns.max_learned`.
     pub const LEARNED_MAX: u32 = 1 << 20;
@@ -100,14 +149,12 @@ pub mod maps {
     pub const TCP_DNS_STREAMS_MAX: u32 = 4_096;
 
     /// `ProgramArray` with one entry, `dns_answer_rr`: `dns_snoop_in` and `dns_answer_rr` tail-call
-    /// it once per answer record. Written by the daemon before attaching.
+    /// it once per answer record. Written by the daemon before attaching. Pinned like every map:
+    /// the kernel empties a program array when its last user-space holder goes, which would stop
+    /// learning when the daemon dies.
     pub const DNS_TAIL_CALLS: &str = "DNS_TAIL_CALLS";
     /// Index of `dns_answer_rr` in [`DNS_TAIL_CALLS`].
     pub const ANSWER_RR_SLOT: u32 = 0;
-
-    /// `Array<DnsConfig>` with one entry. Written by the daemon before attaching; read by the
-    /// programs.
-    pub const DNS_CONFIG: &str = "DNS_CONFIG";
 
     /// `RingBuf` of [`crate::DnsEvent`]: one event per answer that taught the kernel something,
     /// with the message itself, so the daemon can name each learned address. Written by
@@ -134,9 +181,31 @@ pub struct LearnedKey {
 pub struct LearnedAddr {
     /// `bpf_ktime_get_boot_ns()` after which connects are denied again.
     pub expires_ns: u64,
-    /// Index of the `registry_access.allow` entry the question matched.
+    /// [`rule_id`] of the `registry_access.allow` entry the question matched: survives policy
+    /// changes (indexes do not), so a new policy keeps exactly the entries of rules it keeps.
+    pub rule_id: u64,
+    /// Index of that entry in the policy in force when the address was learned.
     pub rule_index: u32,
     pub _reserved: u32,
+}
+
+/// A policy entry's identity across policy versions: FNV-1a (64 bit) of its kind and text,
+/// e.g. `allow:*.docker.io`, `cidr:10.0.0.0/8`, `resolver:10.0.0.53`, `loopback:127.0.0.0/8`.
+pub const fn rule_id(kind: &str, text: &str) -> u64 {
+    let mut hash = dns::FNV_OFFSET;
+    hash = fnv1a(hash, kind.as_bytes());
+    hash = fnv1a(hash, b":");
+    fnv1a(hash, text.as_bytes())
+}
+
+const fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
+    let mut i = 0;
+    while i < bytes.len() {
+        hash ^= bytes[i] as u64;
+        hash = hash.wrapping_mul(dns::FNV_PRIME);
+        i += 1;
+    }
+    hash
 }
 
 /// Key of [`maps::PENDING_QUERIES`].
@@ -172,6 +241,8 @@ pub struct NameRule {
     /// Index of the entry in `registry_access.allow`.
     pub rule_index: u32,
     pub _reserved: u32,
+    /// [`rule_id`] of the entry.
+    pub rule_id: u64,
 }
 
 /// The LPM key the kernel builds for a question (same layout as aya's `lpm_trie::Key`).
@@ -231,7 +302,10 @@ pub struct Learning {
     pub cgroup_id: u64,
     pub now_ns: u64,
     pub resolver: Addr16,
+    pub rule_id: u64,
     pub rule_index: u32,
+    /// The policy slot the question was judged with (its TTL settings apply).
+    pub slot: u32,
     /// Addresses new to (or expired in) LEARNED.
     pub learned: u32,
     /// Live addresses whose lifetime was extended.
@@ -244,10 +318,10 @@ pub struct Learning {
     pub _reserved: [u8; 3],
 }
 
-/// Value of [`maps::DNS_CONFIG`]. Times in nanoseconds.
+/// Value of [`maps::POLICY_CONFIG`]. Times in nanoseconds.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DnsConfig {
+pub struct PolicyConfig {
     /// Learned entries live at least this long (`dns.min_ttl`) ...
     pub min_ttl_ns: u64,
     /// ... and at most this long (`dns.max_ttl`, caps huge TTLs) ...
@@ -258,6 +332,29 @@ pub struct DnsConfig {
     pub query_timeout_ns: u64,
     /// Network namespace of the trusted resolvers (the daemon's); 0 means the initial one.
     pub trusted_netns_cookie: u64,
+    /// Which allowed connections the gates report: [`AUDIT_ALLOWED_NONE`],
+    /// [`AUDIT_ALLOWED_FIRST`] (first per process and destination in `allowed_window_ns`) or
+    /// [`AUDIT_ALLOWED_ALL`]. Denials are always reported.
+    pub audit_allowed: u32,
+    pub _reserved: u32,
+    pub allowed_window_ns: u64,
+}
+
+pub const AUDIT_ALLOWED_NONE: u32 = 0;
+pub const AUDIT_ALLOWED_FIRST: u32 = 1;
+pub const AUDIT_ALLOWED_ALL: u32 = 2;
+
+/// Key of [`maps::AUDIT_SEEN`]: one process talking to one destination.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AuditSeenKey {
+    pub cgroup_id: u64,
+    pub addr: Addr16,
+    /// Process id (tgid).
+    pub pid: u32,
+    pub port: u16,
+    pub protocol: u8,
+    pub _reserved: u8,
 }
 
 /// One answer that taught the kernel addresses, sent with the message so that the daemon can
@@ -267,6 +364,8 @@ pub struct DnsEvent {
     pub boot_ns: u64,
     /// cgroup v2 id of the receiving socket.
     pub cgroup_id: u64,
+    /// [`rule_id`] of the `registry_access.allow` entry the question matched.
+    pub rule_id: u64,
     /// The resolver that answered.
     pub resolver: Addr16,
     /// Addresses learned from this answer.
@@ -294,6 +393,8 @@ pub struct CidrRule {
     /// Index of the policy entry (in `allow_cidrs`) this came from; `u32::MAX` for built-ins
     /// such as loopback. Lets the audit log name the entry that matched.
     pub rule_index: u32,
+    /// [`rule_id`] of the entry.
+    pub rule_id: u64,
 }
 
 /// Value of [`maps::RESOLVERS`].
@@ -303,6 +404,8 @@ pub struct ResolverRule {
     /// Index in `dns.resolvers` (or in /etc/resolv.conf's nameservers when the policy has none).
     pub rule_index: u32,
     pub _reserved: u32,
+    /// [`rule_id`] of the entry.
+    pub rule_id: u64,
 }
 
 /// Rule index for entries that no policy line produced (loopback).
@@ -472,7 +575,7 @@ impl Hook {
 }
 
 /// One decision, sent by a `*_gate` program through [`maps::GATE_EVENTS`] to the daemon.
-/// 80 bytes; field offsets are part of the contract (append, never reorder).
+/// 88 bytes; field offsets are part of the contract (append, never reorder).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct GateEvent {
@@ -502,6 +605,8 @@ pub struct GateEvent {
     /// Index of the policy entry that matched, [`BUILTIN_RULE`] when none did.
     pub rule_index: u32,
     pub _reserved2: u32,
+    /// [`rule_id`] of the policy entry that matched, 0 when none did.
+    pub rule_id: u64,
 }
 
 #[cfg(feature = "user")]
@@ -513,7 +618,8 @@ mod pod {
     unsafe impl aya::Pod for super::LearnedKey {}
     unsafe impl aya::Pod for super::LearnedAddr {}
     unsafe impl aya::Pod for super::NameRule {}
-    unsafe impl aya::Pod for super::DnsConfig {}
+    unsafe impl aya::Pod for super::PolicyConfig {}
+    unsafe impl aya::Pod for super::AuditSeenKey {}
 }
 
 #[cfg(test)]
@@ -522,9 +628,11 @@ mod tests {
 
     #[test]
     fn layouts_are_stable() {
-        assert_eq!(core::mem::size_of::<GateEvent>(), 80);
-        assert_eq!(core::mem::size_of::<CidrRule>(), 8);
-        assert_eq!(core::mem::size_of::<ResolverRule>(), 8);
+        assert_eq!(core::mem::size_of::<GateEvent>(), 88);
+        assert_eq!(core::mem::size_of::<LearnedAddr>(), 24);
+        assert_eq!(core::mem::size_of::<AuditSeenKey>(), 32);
+        assert_eq!(core::mem::size_of::<CidrRule>(), 16);
+        assert_eq!(core::mem::size_of::<ResolverRule>(), 16);
         assert_eq!(core::mem::size_of::<LearnedKey>(), 24);
         assert_eq!(core::mem::size_of::<PendingKey>(), 16);
         assert_eq!(core::mem::size_of::<PendingQuery>(), 40);

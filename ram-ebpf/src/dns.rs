@@ -29,8 +29,8 @@ use ram_common::{
 };
 
 use crate::{
-    ALLOWED_NAMES, DNS_CONFIG, DNS_EVENTS, DNS_SCRATCH, DNS_SOCKETS, DNS_TAIL_CALLS, LEARNED,
-    PENDING_QUERIES, RESOLVERS, TCP_DNS_STREAMS, count, count_n,
+    DNS_EVENTS, DNS_SCRATCH, DNS_SOCKETS, DNS_TAIL_CALLS, LEARNED, PENDING_QUERIES, POLICY_CONFIG,
+    Policy, TCP_DNS_STREAMS, count, count_n,
 };
 
 type NameLpmKey = aya_ebpf::maps::lpm_trie::Key<[u8; dns::NAME_BUF]>;
@@ -296,7 +296,7 @@ fn dns_socket_packet(ctx: &SkBuffContext, outgoing: bool) -> Option<(u64, DnsPac
 #[inline(always)]
 fn track_query(ctx: &SkBuffContext) -> Option<()> {
     let (cookie, packet) = dns_socket_packet(ctx, true)?;
-    unsafe { RESOLVERS.get(packet.resolver) }?;
+    Policy::in_force()?.resolver(packet.resolver)?;
     let scratch = take_scratch(SCRATCH_EGRESS)?;
     let tracked = record_query(ctx, cookie, &packet, scratch);
     scratch.busy_since_ns = 0;
@@ -338,12 +338,13 @@ fn record_query(
 fn learn_from_answer(ctx: &SkBuffContext) -> Option<()> {
     // Answers count only from a trusted resolver.
     let (cookie, packet) = dns_socket_packet(ctx, false)?;
-    if unsafe { RESOLVERS.get(packet.resolver) }.is_none() {
+    let policy = Policy::in_force()?;
+    if policy.resolver(packet.resolver).is_none() {
         count(Counter::AnswerUntrusted);
         return None;
     }
     let scratch = take_scratch(SCRATCH_INGRESS)?;
-    if check_answer(ctx, cookie, &packet, scratch).is_none() {
+    if check_answer(ctx, cookie, &packet, &policy, scratch).is_none() {
         // Ended before the tail calls, which free the slot at the end of the chain.
         scratch.busy_since_ns = 0;
     }
@@ -357,9 +358,10 @@ fn check_answer(
     ctx: &SkBuffContext,
     cookie: u64,
     packet: &DnsPacket,
+    policy: &Policy,
     scratch: &mut DnsScratch,
 ) -> Option<()> {
-    let config = DNS_CONFIG.get(0)?;
+    let config = policy.config;
     copy_message(ctx, packet, scratch)?;
     let header = Header::parse(&scratch.msg)?;
     if !header.is_response() || !header.is_standard_single_question() || header.rcode() != 0 {
@@ -398,17 +400,18 @@ fn check_answer(
     scratch.key.prefix_len = (key_len * 8) as u32;
     // NameKey has the layout of the trie's key (prefix length, then the data).
     let key = unsafe { &*(&scratch.key as *const ram_common::NameKey as *const NameLpmKey) };
-    let Some(rule) = ALLOWED_NAMES.get(key) else {
+    let Some(rule) = policy.name(key) else {
         count(Counter::AnswerNotAllowed);
         return None;
     };
-    let rule_index = rule.rule_index;
 
     scratch.learning = Learning {
         cgroup_id: unsafe { bpf_skb_cgroup_id(ctx.skb.skb) },
         now_ns: now,
         resolver: packet.resolver,
-        rule_index,
+        rule_id: rule.rule_id,
+        rule_index: rule.rule_index,
+        slot: policy.slot,
         learned: 0,
         refreshed: 0,
         map_full: 0,
@@ -433,8 +436,9 @@ pub fn dns_answer_rr(ctx: SkBuffContext) -> i32 {
 fn answer_record(ctx: &SkBuffContext) -> Option<()> {
     // The slot dns_snoop_in took; it stays taken until next_record ends the chain.
     let scratch = unsafe { &mut *DNS_SCRATCH.get_ptr_mut(SCRATCH_INGRESS)? };
-    let config = DNS_CONFIG.get(0)?;
     let learning = &mut scratch.learning;
+    // The slot the question was judged with, even if the policy changed since.
+    let config = POLICY_CONFIG.get(learning.slot & 1)?;
     dns::answer_step(
         &scratch.msg,
         &mut scratch.answers,
@@ -445,13 +449,7 @@ fn answer_record(ctx: &SkBuffContext) -> Option<()> {
                 learning.forbidden += 1;
                 return;
             }
-            match learn(
-                learning.cgroup_id,
-                found,
-                learning.rule_index,
-                config,
-                learning.now_ns,
-            ) {
+            match learn(learning, found, config) {
                 Ok(true) => learning.learned += 1,
                 Ok(false) => learning.refreshed += 1,
                 Err(full) => learning.map_full += full as u32,
@@ -493,12 +491,11 @@ fn next_record(ctx: &SkBuffContext, scratch: &mut DnsScratch) {
 /// expired), `Ok(false)` for a refresh, `Err(true)` when the map is full.
 #[inline(always)]
 fn learn(
-    cgroup_id: u64,
+    learning: &Learning,
     found: dns::Found,
-    rule_index: u32,
-    config: &ram_common::DnsConfig,
-    now: u64,
+    config: &ram_common::PolicyConfig,
 ) -> Result<bool, bool> {
+    let now = learning.now_ns;
     let ttl = if found.ttl >= TTL_SIGN_BIT {
         0
     } else {
@@ -512,7 +509,7 @@ fn learn(
         lifetime = config.max_ttl_ns;
     }
     let key = LearnedKey {
-        cgroup_id,
+        cgroup_id: learning.cgroup_id,
         addr: found.addr,
     };
     let mut expires_ns = now + lifetime + config.grace_ns;
@@ -525,7 +522,8 @@ fn learn(
     }
     let value = LearnedAddr {
         expires_ns,
-        rule_index,
+        rule_id: learning.rule_id,
+        rule_index: learning.rule_index,
         _reserved: 0,
     };
     match LEARNED.insert(key, value, 0) {
@@ -546,6 +544,7 @@ fn report_answer(ctx: &SkBuffContext, learning: &Learning, len: usize) {
     unsafe {
         (*event).boot_ns = bpf_ktime_get_boot_ns();
         (*event).cgroup_id = learning.cgroup_id;
+        (*event).rule_id = learning.rule_id;
         (*event).resolver = learning.resolver;
         (*event).learned = learning.learned;
         (*event).map_full = learning.map_full;

@@ -21,12 +21,14 @@ use aya_ebpf::{
         generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     },
     macros::cgroup_sock_addr,
-    maps::lpm_trie::Key,
     programs::SockAddrContext,
 };
-use ram_common::{Addr16, BUILTIN_RULE, Counter, GateEvent, Hook, LearnedKey, Reason, v4_mapped};
+use ram_common::{
+    AUDIT_ALLOWED_ALL, AUDIT_ALLOWED_FIRST, Addr16, AuditSeenKey, BUILTIN_RULE, Counter, GateEvent,
+    Hook, LearnedKey, Reason, v4_mapped,
+};
 
-use crate::{ALLOWED_CIDRS, DNS_CONFIG, DNS_SOCKETS, GATE_EVENTS, LEARNED, RESOLVERS, count};
+use crate::{AUDIT_SEEN, DNS_SOCKETS, GATE_EVENTS, LEARNED, Policy, count};
 
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
@@ -95,91 +97,159 @@ fn judge(ctx: &SockAddrContext, addr: Addr16, hook: Hook) -> i32 {
     let sock_addr = unsafe { &*ctx.sock_addr };
     // `user_port` carries the port in network byte order in its low 16 bits.
     let port = u16::from_be(sock_addr.user_port as u16);
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let mut verdict = Verdict {
+        cgroup_id,
+        addr,
+        port,
+        hook,
+        reason: Reason::NotLearned,
+        rule_index: BUILTIN_RULE,
+        rule_id: 0,
+    };
+    // No policy in force (the daemon has not finished its first load): deny, fail closed.
+    let Some(policy) = Policy::in_force() else {
+        count(Counter::Denied);
+        report(sock_addr, &verdict, 0);
+        return DENY;
+    };
 
     // Learned addresses first: a hash lookup, cheaper than the trie, and what registry
     // traffic hits. The order changes no decision (any rule that allows, allows).
-    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    let mut reason = Reason::NotLearned;
     if let Some(learned) = unsafe { LEARNED.get(LearnedKey { cgroup_id, addr }) } {
         if learned.expires_ns > unsafe { bpf_ktime_get_boot_ns() } {
             count(Counter::AllowedLearned);
+            verdict.reason = Reason::AllowedLearned;
+            verdict.rule_index = learned.rule_index;
+            verdict.rule_id = learned.rule_id;
+            report_allowed(sock_addr, &policy, &verdict);
             return ALLOW;
         }
-        reason = Reason::Expired;
+        verdict.reason = Reason::Expired;
     }
 
     // Resolvers before the trie: a hash lookup, and every DNS query passes here.
-    if port == DNS_PORT && unsafe { RESOLVERS.get(addr) }.is_some() {
-        if in_trusted_netns(ctx) {
+    if port == DNS_PORT
+        && let Some(rule) = policy.resolver(addr)
+    {
+        if in_trusted_netns(ctx, &policy) {
             // Only answers to sockets recorded here are ever learned from (dns_snoop_in).
-            // Looking up first spares the LRU update (which takes locks) on every query of a
-            // socket already recorded; the lookup itself keeps the entry recent.
+            // Looking up first spares the LRU update (which takes locks) on every query of
+            // a socket already recorded; the lookup itself keeps the entry recent.
             let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr as *mut c_void) };
             if unsafe { DNS_SOCKETS.get(cookie) }.is_none() {
                 let _ = DNS_SOCKETS.insert(cookie, cgroup_id, 0);
             }
             count(Counter::AllowedResolver);
+            verdict.reason = Reason::AllowedResolver;
+            verdict.rule_index = rule.rule_index;
+            verdict.rule_id = rule.rule_id;
+            report_allowed(sock_addr, &policy, &verdict);
             return ALLOW;
         }
-        reason = Reason::UntrustedNetns;
+        verdict.reason = Reason::UntrustedNetns;
     }
 
-    if let Some(rule) = ALLOWED_CIDRS.get(Key::new(128, addr)) {
-        let counter = if rule.reason == Reason::AllowedLoopback as u32 {
+    if let Some(rule) = policy.cidr(addr) {
+        let loopback = rule.reason == Reason::AllowedLoopback as u32;
+        count(if loopback {
             Counter::AllowedLoopback
         } else {
             Counter::AllowedCidr
+        });
+        verdict.reason = if loopback {
+            Reason::AllowedLoopback
+        } else {
+            Reason::AllowedCidr
         };
-        count(counter);
+        verdict.rule_index = rule.rule_index;
+        verdict.rule_id = rule.rule_id;
+        report_allowed(sock_addr, &policy, &verdict);
         return ALLOW;
     }
 
     count(Counter::Denied);
-    report_denial(sock_addr, cgroup_id, addr, port, hook, reason);
+    report(sock_addr, &verdict, 0);
     DENY
 }
 
-/// Whether the socket lives in the network namespace of the trusted resolvers. A process that
-/// makes its own namespace could otherwise run a fake resolver on a trusted address there.
-#[inline(always)]
-fn in_trusted_netns(ctx: &SockAddrContext) -> bool {
-    let own = unsafe { bpf_get_netns_cookie(ctx.sock_addr as *mut c_void) };
-    let trusted = match DNS_CONFIG.get(0) {
-        Some(config) if config.trusted_netns_cookie != 0 => config.trusted_netns_cookie,
-        // Unset: the initial network namespace (a NULL context asks for its cookie).
-        _ => unsafe { bpf_get_netns_cookie(core::ptr::null_mut()) },
-    };
-    own == trusted
-}
-
-#[inline(always)]
-fn report_denial(
-    sock_addr: &bpf_sock_addr,
+/// One decision, as reported.
+struct Verdict {
     cgroup_id: u64,
     addr: Addr16,
     port: u16,
     hook: Hook,
     reason: Reason,
-) {
+    rule_index: u32,
+    rule_id: u64,
+}
+
+/// Whether the socket lives in the network namespace of the trusted resolvers. A process that
+/// makes its own namespace could otherwise run a fake resolver on a trusted address there.
+#[inline(always)]
+fn in_trusted_netns(ctx: &SockAddrContext, policy: &Policy) -> bool {
+    let own = unsafe { bpf_get_netns_cookie(ctx.sock_addr as *mut c_void) };
+    let trusted = match policy.config.trusted_netns_cookie {
+        // Unset: the initial network namespace (a NULL context asks for its cookie).
+        0 => unsafe { bpf_get_netns_cookie(core::ptr::null_mut()) },
+        cookie => cookie,
+    };
+    own == trusted
+}
+
+/// Reports an allowed connection as `audit.allowed` says: never, always, or the first time a
+/// process reaches a destination within the window (the common case: a registry pull opens
+/// many connections to the same hosts, and one line per host says enough).
+#[inline(always)]
+fn report_allowed(sock_addr: &bpf_sock_addr, policy: &Policy, verdict: &Verdict) {
+    let mode = policy.config.audit_allowed;
+    if mode == AUDIT_ALLOWED_ALL {
+        report(sock_addr, verdict, 1);
+        return;
+    }
+    if mode != AUDIT_ALLOWED_FIRST {
+        return;
+    }
+    let key = AuditSeenKey {
+        cgroup_id: verdict.cgroup_id,
+        addr: verdict.addr,
+        pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        port: verdict.port,
+        protocol: sock_addr.protocol as u8,
+        _reserved: 0,
+    };
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    if let Some(last) = unsafe { AUDIT_SEEN.get(key) }
+        && now.wrapping_sub(*last) < policy.config.allowed_window_ns
+    {
+        return;
+    }
+    let _ = AUDIT_SEEN.insert(key, now, 0);
+    report(sock_addr, verdict, 1);
+}
+
+#[inline(always)]
+fn report(sock_addr: &bpf_sock_addr, verdict: &Verdict, allowed: u8) {
     let Some(mut entry) = GATE_EVENTS.reserve::<GateEvent>(0) else {
         count(Counter::EventsDropped);
         return;
     };
     entry.write(GateEvent {
         boot_ns: unsafe { bpf_ktime_get_boot_ns() },
-        cgroup_id,
+        cgroup_id: verdict.cgroup_id,
         pid_tgid: bpf_get_current_pid_tgid(),
         uid_gid: bpf_get_current_uid_gid(),
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
-        addr,
-        port,
-        hook: hook as u8,
-        reason: reason as u8,
-        verdict: 0,
+        addr: verdict.addr,
+        port: verdict.port,
+        hook: verdict.hook as u8,
+        reason: verdict.reason as u8,
+        verdict: allowed,
         protocol: sock_addr.protocol as u8,
         _reserved: [0; 2],
-        rule_index: BUILTIN_RULE,
+        rule_index: verdict.rule_index,
         _reserved2: 0,
+        rule_id: verdict.rule_id,
     });
     entry.submit(0);
 }

@@ -11,31 +11,48 @@
 mod dns;
 mod gate;
 
+use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use ram_common::{
-    Addr16, CidrRule, Counter, DnsConfig, DnsScratch, LearnedAddr, LearnedKey, NameRule,
-    PendingKey, PendingQuery, ResolverRule, TcpDnsStream,
+    Addr16, AuditSeenKey, CidrRule, Counter, DnsScratch, LearnedAddr, LearnedKey, NameRule,
+    PendingKey, PendingQuery, PolicyConfig, ResolverRule, TcpDnsStream,
     dns::NAME_BUF,
     maps::{
-        ALLOWED_CIDRS_MAX, ALLOWED_NAMES_MAX, DNS_EVENTS_BYTES, DNS_SOCKETS_MAX, GATE_EVENTS_BYTES,
-        LEARNED_MAX, PENDING_QUERIES_MAX, RESOLVERS_MAX, TCP_DNS_STREAMS_MAX,
+        ALLOWED_CIDRS_MAX, ALLOWED_NAMES_MAX, AUDIT_SEEN_MAX, DNS_EVENTS_BYTES, DNS_SOCKETS_MAX,
+        GATE_EVENTS_BYTES, LEARNED_MAX, PENDING_QUERIES_MAX, RESOLVERS_MAX, TCP_DNS_STREAMS_MAX,
     },
 };
 
 // Map statics: names, sizes and value types are documented in ram_common::maps (who writes,
-// who reads). Max entries here are upper bounds; the daemon sizes the maps from the policy.
+// who reads). LEARNED's size is set by the daemon from the policy; the others are fixed.
 #[map]
-static ALLOWED_CIDRS: LpmTrie<Addr16, CidrRule> = LpmTrie::with_max_entries(ALLOWED_CIDRS_MAX, 0);
+static POLICY_SLOT: Array<u32> = Array::with_max_entries(1, 0);
 
 #[map]
-static RESOLVERS: HashMap<Addr16, ResolverRule> = HashMap::with_max_entries(RESOLVERS_MAX, 0);
+static POLICY_CONFIG: Array<PolicyConfig> = Array::with_max_entries(2, 0);
 
 #[map]
-static ALLOWED_NAMES: LpmTrie<[u8; NAME_BUF], NameRule> =
+static ALLOWED_CIDRS_0: LpmTrie<Addr16, CidrRule> = LpmTrie::with_max_entries(ALLOWED_CIDRS_MAX, 0);
+#[map]
+static ALLOWED_CIDRS_1: LpmTrie<Addr16, CidrRule> = LpmTrie::with_max_entries(ALLOWED_CIDRS_MAX, 0);
+
+#[map]
+static RESOLVERS_0: HashMap<Addr16, ResolverRule> = HashMap::with_max_entries(RESOLVERS_MAX, 0);
+#[map]
+static RESOLVERS_1: HashMap<Addr16, ResolverRule> = HashMap::with_max_entries(RESOLVERS_MAX, 0);
+
+#[map]
+static ALLOWED_NAMES_0: LpmTrie<[u8; NAME_BUF], NameRule> =
     LpmTrie::with_max_entries(ALLOWED_NAMES_MAX, 0);
+#[map]
+static ALLOWED_NAMES_1: LpmTrie<[u8; NAME_BUF], NameRule> =
+    LpmTrie::with_max_entries(ALLOWED_NAMES_MAX, 0);
+
+#[map]
+static AUDIT_SEEN: LruHashMap<AuditSeenKey, u64> = LruHashMap::with_max_entries(AUDIT_SEEN_MAX, 0);
 
 #[map]
 static LEARNED: HashMap<LearnedKey, LearnedAddr> = HashMap::with_max_entries(LEARNED_MAX, 0);
@@ -55,9 +72,6 @@ static TCP_DNS_STREAMS: LruHashMap<u64, TcpDnsStream> =
     LruHashMap::with_max_entries(TCP_DNS_STREAMS_MAX, 0);
 
 #[map]
-static DNS_CONFIG: Array<DnsConfig> = Array::with_max_entries(1, 0);
-
-#[map]
 static DNS_TAIL_CALLS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
 #[map]
@@ -68,6 +82,54 @@ static GATE_EVENTS: RingBuf = RingBuf::with_byte_size(GATE_EVENTS_BYTES, 0);
 
 #[map]
 static DNS_EVENTS: RingBuf = RingBuf::with_byte_size(DNS_EVENTS_BYTES, 0);
+
+/// The policy in force for one program run: read once at the start, so that a run never mixes
+/// two policies (the daemon flips `POLICY_SLOT` only after filling the other slot).
+#[derive(Clone, Copy)]
+struct Policy {
+    slot: u32,
+    config: &'static PolicyConfig,
+}
+
+impl Policy {
+    #[inline(always)]
+    fn in_force() -> Option<Self> {
+        // `& 1`: the verifier then knows the index is 0 or 1.
+        let slot = *POLICY_SLOT.get(0)? & 1;
+        let config = POLICY_CONFIG.get(slot)?;
+        Some(Self { slot, config })
+    }
+
+    #[inline(always)]
+    fn resolver(&self, addr: Addr16) -> Option<&'static ResolverRule> {
+        let map = if self.slot == 0 {
+            &RESOLVERS_0
+        } else {
+            &RESOLVERS_1
+        };
+        unsafe { map.get(addr) }
+    }
+
+    #[inline(always)]
+    fn cidr(&self, addr: Addr16) -> Option<&'static CidrRule> {
+        let map = if self.slot == 0 {
+            &ALLOWED_CIDRS_0
+        } else {
+            &ALLOWED_CIDRS_1
+        };
+        map.get(Key::new(128, addr))
+    }
+
+    #[inline(always)]
+    fn name(&self, key: &Key<[u8; NAME_BUF]>) -> Option<&'static NameRule> {
+        let map = if self.slot == 0 {
+            &ALLOWED_NAMES_0
+        } else {
+            &ALLOWED_NAMES_1
+        };
+        map.get(key)
+    }
+}
 
 #[inline(always)]
 fn count(counter: Counter) {
