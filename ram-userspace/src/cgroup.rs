@@ -140,7 +140,7 @@ impl CgroupDir {
     }
 
     /// The daemon's own cgroup, `<mount>/ram.enforced`, created if missing. Returns whether this
-    /// call created it (then the daemon removes it again when it stops).
+    /// call created it.
     pub fn ensure_dedicated(mount: &Path) -> Result<(Self, bool), CgroupError> {
         let path = mount.join(DEDICATED_CGROUP);
         let created = match fs::DirBuilder::new().mode(0o755).create(&path) {

@@ -1,12 +1,13 @@
 //! Turns a validated [`Policy`] into the entries of the kernel maps.
 
-use std::net::IpAddr;
+use std::{collections::HashMap, net::IpAddr};
 
 use ram_common::{
-    Addr16, BUILTIN_RULE, CidrRule, DnsConfig, NameRule, Reason, ResolverRule, dns::NAME_BUF,
+    AUDIT_ALLOWED_ALL, AUDIT_ALLOWED_FIRST, AUDIT_ALLOWED_NONE, Addr16, BUILTIN_RULE, CidrRule,
+    NameRule, PolicyConfig, Reason, ResolverRule, dns::NAME_BUF, rule_id,
 };
 
-use crate::policy::{Cidr, HostPattern, Policy, to_v6};
+use crate::policy::{AllowedAudit, Cidr, HostPattern, Policy, to_v6};
 
 /// How long a query waits for its answer before an answer no longer counts (resolvers time out
 /// well before: glibc after 5 s by default, with up to 2 attempts per server).
@@ -47,10 +48,13 @@ pub struct CompiledPolicy {
     pub names: Vec<NameEntry>,
     pub resolvers: Vec<IpAddr>,
     pub resolver_origin: ResolverOrigin,
-    /// `DNS_CONFIG` (its netns cookie is filled in when the programs are loaded).
-    pub dns: DnsConfig,
+    /// `POLICY_CONFIG` (its netns cookie is filled in when the programs are loaded).
+    pub config: PolicyConfig,
     /// Capacity of `LEARNED`.
     pub max_learned: u32,
+    /// Every entry's [`rule_id`] → how the audit log names it (`*.docker.io`, `10.0.0.0/8`,
+    /// `resolver 10.0.0.53`, `loopback 127.0.0.0/8`).
+    pub rules: HashMap<u64, String>,
 }
 
 /// The `ALLOWED_NAMES` key of a hostname pattern: the name character-reversed, followed by a 0
@@ -71,51 +75,76 @@ impl CompiledPolicy {
     /// the policy has no `dns.resolvers`.
     pub fn new(policy: &Policy, system_resolvers: impl FnOnce() -> Vec<IpAddr>) -> Self {
         let access = &policy.registry_access;
+        let mut rules = HashMap::new();
         let mut cidrs = Vec::new();
         if access.allow_loopback {
             for text in LOOPBACK_CIDRS {
                 let cidr: Cidr = text.parse().expect("built-in CIDRs are valid");
-                cidrs.push(entry(&cidr, Reason::AllowedLoopback, BUILTIN_RULE));
+                let id = rule_id(RuleKind::Loopback.as_str(), text);
+                rules.insert(id, format!("loopback {text}"));
+                cidrs.push(entry(&cidr, Reason::AllowedLoopback, BUILTIN_RULE, id));
             }
         }
         for (index, cidr) in access.allow_cidrs.iter().enumerate() {
-            cidrs.push(entry(cidr, Reason::AllowedCidr, index as u32));
+            let text = cidr.to_string();
+            let id = rule_id(RuleKind::Cidr.as_str(), &text);
+            rules.insert(id, text);
+            cidrs.push(entry(cidr, Reason::AllowedCidr, index as u32, id));
         }
-        let (resolvers, resolver_origin) = match &policy.dns.resolvers {
+        let (resolvers, resolver_origin): (Vec<IpAddr>, _) = match &policy.dns.resolvers {
             Some(list) => (list.iter().map(|r| r.0).collect(), ResolverOrigin::Policy),
             None => (system_resolvers(), ResolverOrigin::ResolvConf),
         };
+        for resolver in &resolvers {
+            let text = resolver.to_string();
+            rules.insert(
+                rule_id(RuleKind::Resolver.as_str(), &text),
+                format!("resolver {text}"),
+            );
+        }
         let names = access
             .allow
             .iter()
             .enumerate()
             .map(|(index, pattern)| {
                 let (key, prefix_len) = name_key(pattern);
+                let text = pattern.to_string();
+                let id = rule_id(RuleKind::Allow.as_str(), &text);
+                rules.insert(id, text);
                 NameEntry {
                     key,
                     prefix_len,
                     rule: NameRule {
                         rule_index: index as u32,
                         _reserved: 0,
+                        rule_id: id,
                     },
                 }
             })
             .collect();
         const NS: u64 = 1_000_000_000;
-        let dns = DnsConfig {
+        let config = PolicyConfig {
             min_ttl_ns: policy.dns.min_ttl * NS,
             max_ttl_ns: policy.dns.max_ttl * NS,
             grace_ns: policy.dns.grace_period * NS,
             query_timeout_ns: QUERY_TIMEOUT_SECS * NS,
             trusted_netns_cookie: 0,
+            audit_allowed: match policy.audit.allowed {
+                AllowedAudit::None => AUDIT_ALLOWED_NONE,
+                AllowedAudit::First => AUDIT_ALLOWED_FIRST,
+                AllowedAudit::All => AUDIT_ALLOWED_ALL,
+            },
+            _reserved: 0,
+            allowed_window_ns: policy.audit.allowed_window * NS,
         };
         Self {
             cidrs,
             names,
             resolvers,
             resolver_origin,
-            dns,
+            config,
             max_learned: policy.dns.max_learned as u32,
+            rules,
         }
     }
 
@@ -130,6 +159,7 @@ impl CompiledPolicy {
                     ResolverRule {
                         rule_index: index as u32,
                         _reserved: 0,
+                        rule_id: rule_id(RuleKind::Resolver.as_str(), &addr.to_string()),
                     },
                 )
             })
@@ -137,13 +167,34 @@ impl CompiledPolicy {
     }
 }
 
-fn entry(cidr: &Cidr, reason: Reason, rule_index: u32) -> CidrEntry {
+/// The kinds of policy entries, as [`rule_id`] names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleKind {
+    Allow,
+    Cidr,
+    Resolver,
+    Loopback,
+}
+
+impl RuleKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Cidr => "cidr",
+            Self::Resolver => "resolver",
+            Self::Loopback => "loopback",
+        }
+    }
+}
+
+fn entry(cidr: &Cidr, reason: Reason, rule_index: u32, rule_id: u64) -> CidrEntry {
     CidrEntry {
         addr: to_v6(cidr.addr).octets(),
         prefix_len: u32::from(cidr.prefix_len_v6()),
         rule: CidrRule {
             reason: reason as u32,
             rule_index,
+            rule_id,
         },
     }
 }
@@ -207,10 +258,35 @@ mod tests {
             "[dns]\nmin_ttl = 2\nmax_ttl = 3\ngrace_period = 4\nmax_learned = 100",
             vec![],
         );
-        assert_eq!(compiled.dns.min_ttl_ns, 2_000_000_000);
-        assert_eq!(compiled.dns.max_ttl_ns, 3_000_000_000);
-        assert_eq!(compiled.dns.grace_ns, 4_000_000_000);
+        assert_eq!(compiled.config.min_ttl_ns, 2_000_000_000);
+        assert_eq!(compiled.config.max_ttl_ns, 3_000_000_000);
+        assert_eq!(compiled.config.grace_ns, 4_000_000_000);
         assert_eq!(compiled.max_learned, 100);
+        assert_eq!(compiled.config.audit_allowed, AUDIT_ALLOWED_FIRST);
+        assert_eq!(compiled.config.allowed_window_ns, 600_000_000_000);
+    }
+
+    #[test]
+    fn rule_ids_name_entries_across_versions() {
+        let old = compile(
+            "[registry_access]\nallow = [\"a.example\", \"*.b.example\"]\nallow_cidrs = [\"10.0.0.0/8\"]",
+            vec![],
+        );
+        let new = compile(
+            "[registry_access]\nallow = [\"*.b.example\"]\nallow_cidrs = [\"10.0.0.0/8\"]\n[audit]\nallowed = \"all\"",
+            vec![],
+        );
+        // Same text, same id, whatever the index.
+        assert_eq!(old.names[1].rule.rule_id, new.names[0].rule.rule_id);
+        assert_ne!(old.names[0].rule.rule_id, old.names[1].rule.rule_id);
+        assert_eq!(old.rules[&old.names[0].rule.rule_id], "a.example");
+        assert_eq!(
+            new.rules[&new.cidrs.last().unwrap().rule.rule_id],
+            "10.0.0.0/8"
+        );
+        assert_eq!(new.config.audit_allowed, AUDIT_ALLOWED_ALL);
+        // A hostname and a CIDR with the same text are different rules.
+        assert_ne!(rule_id("allow", "x"), rule_id("cidr", "x"));
     }
 
     #[test]

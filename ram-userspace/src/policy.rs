@@ -22,6 +22,47 @@ pub const DEFAULT_POLICY: &str = include_str!("../default-policy.toml");
 pub struct Policy {
     pub registry_access: RegistryAccess,
     pub dns: Dns,
+    pub audit: Audit,
+}
+
+/// Which allowed connections reach the audit log (denials and learned addresses always do).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AllowedAudit {
+    None,
+    /// The first connection of a process to a destination (address, port, protocol) within
+    /// `allowed_window` seconds.
+    First,
+    All,
+}
+
+impl AllowedAudit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::First => "first",
+            Self::All => "all",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Audit {
+    pub allowed: AllowedAudit,
+    /// Seconds before the same process and destination are reported again (for `first`).
+    pub allowed_window: u64,
+}
+
+impl Audit {
+    pub const DEFAULT_ALLOWED_WINDOW: u64 = 600;
+}
+
+impl Default for Audit {
+    fn default() -> Self {
+        Self {
+            allowed: AllowedAudit::First,
+            allowed_window: Self::DEFAULT_ALLOWED_WINDOW,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +120,15 @@ struct RawPolicy {
     registry_access: RawRegistryAccess,
     #[serde(default)]
     dns: RawDns,
+    #[serde(default)]
+    audit: RawAudit,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    allowed: Option<Spanned<String>>,
+    allowed_window: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -182,6 +232,29 @@ impl Policy {
             invalid(offset, err.message().trim_end().to_owned())
         })?;
         let raw_min_ttl_offset = raw.dns.min_ttl.as_ref().map(|v| v.span().start);
+        let allowed = match &raw.audit.allowed {
+            None => AllowedAudit::First,
+            Some(value) => match value.get_ref().as_str() {
+                "none" => AllowedAudit::None,
+                "first" => AllowedAudit::First,
+                "all" => AllowedAudit::All,
+                other => {
+                    return Err(invalid(
+                        value.span().start,
+                        format!(
+                            "audit.allowed: `{other}` is not one of \"none\", \"first\", \"all\""
+                        ),
+                    ));
+                }
+            },
+        };
+        let allowed_window = seconds(
+            "audit.allowed_window",
+            raw.audit.allowed_window,
+            Audit::DEFAULT_ALLOWED_WINDOW,
+            (1, 7 * 86_400),
+            &invalid,
+        )?;
         let access = raw.registry_access;
         let mut policy = Policy {
             registry_access: RegistryAccess {
@@ -230,6 +303,10 @@ impl Policy {
                     ),
                     &invalid,
                 )?,
+            },
+            audit: Audit {
+                allowed,
+                allowed_window,
             },
         };
         if policy.dns.min_ttl > policy.dns.max_ttl {

@@ -1,24 +1,43 @@
-//! Loading ram's eBPF object, filling its maps from a compiled policy, and attaching the gate
-//! programs to cgroups. Dropping an [`Enforcer`] detaches everything it attached.
+//! Loading ram's eBPF object, filling its maps from a compiled policy, and attaching the
+//! programs to cgroups — all of it pinned under bpffs, so that enforcement outlives the daemon.
+//!
+//! Pinned state (`<pin dir>`, default `/sys/fs/bpf/ram`, mode 0700):
+//! - `maps-v<LAYOUT>/<MAP>`: every map. A daemon that starts finds them and reuses them, so
+//!   learned addresses, counters, the policy in force and the audit backlog carry over.
+//! - `progs/<program>`: the programs in force.
+//! - `links/<cgroup id>/<program>`: one bpf_link per program and enforced cgroup. A starting
+//!   daemon swaps each pinned link to its own freshly loaded program with `BPF_LINK_UPDATE`, so
+//!   there is no instant with nothing attached; `ram uninstall` removes them on purpose.
+
+use std::{
+    collections::{HashMap as StdHashMap, HashSet},
+    fs, io,
+    os::{
+        fd::{AsFd as _, AsRawFd as _, OwnedFd},
+        unix::fs::{DirBuilderExt as _, PermissionsExt as _},
+    },
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, ProgramArray, RingBuf, lpm_trie::Key},
-    programs::{
-        CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError, links::CgroupAttachMode,
-    },
+    programs::{CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError},
 };
 use ram_common::{
-    Addr16, CidrRule, Counter, DnsConfig, LearnedAddr, LearnedKey, NameRule, ResolverRule,
+    Addr16, CidrRule, Counter, LearnedAddr, LearnedKey, NameRule, PolicyConfig, ResolverRule,
     dns::NAME_BUF,
     maps::{
-        ALLOWED_CIDRS, ALLOWED_CIDRS_MAX, ALLOWED_NAMES, ALLOWED_NAMES_MAX, ANSWER_RR_SLOT,
-        COUNTERS, DNS_CONFIG, DNS_EVENTS, DNS_TAIL_CALLS, GATE_EVENTS, LEARNED, LEARNED_MAX,
-        RESOLVERS, RESOLVERS_MAX,
+        ALL, ALLOWED_CIDRS, ALLOWED_CIDRS_MAX, ALLOWED_NAMES, ALLOWED_NAMES_MAX, ANSWER_RR_SLOT,
+        COUNTERS, DNS_EVENTS, DNS_TAIL_CALLS, GATE_EVENTS, LAYOUT, LEARNED, LEARNED_MAX,
+        POLICY_CONFIG, POLICY_SLOT, RESOLVERS, RESOLVERS_MAX,
     },
 };
 
-use crate::{cgroup::CgroupDir, compile::CompiledPolicy};
+use crate::{bpf, cgroup::CgroupDir, compile::CompiledPolicy};
+
+/// Where ram pins its programs, links and maps unless told otherwise.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/ram";
 
 /// The eBPF object built by build.rs from `ram-ebpf`, embedded in the binary.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ram-ebpf"));
@@ -85,6 +104,160 @@ pub fn program_names() -> impl Iterator<Item = &'static str> {
         .chain(GATES.iter().map(|g| g.name))
 }
 
+/// Every program attached to an enforced cgroup, with its `bpf_attach_type`, in attach order
+/// (the DNS programs first, so that no query a gate lets through goes unrecorded).
+pub fn attached_programs() -> impl Iterator<Item = (&'static str, u32)> {
+    SNOOPERS
+        .iter()
+        .map(|s| (s.name, s.attach_type))
+        .chain(GATES.iter().map(|g| (g.name, g.attach_type)))
+}
+
+/// The paths of ram's pinned state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinDir {
+    pub root: PathBuf,
+}
+
+impl PinDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn maps(&self) -> PathBuf {
+        self.root.join(format!("maps-v{LAYOUT}"))
+    }
+
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.maps().join(name)
+    }
+
+    pub fn programs(&self) -> PathBuf {
+        self.root.join("progs")
+    }
+
+    pub fn links(&self) -> PathBuf {
+        self.root.join("links")
+    }
+
+    pub fn cgroup_links(&self, cgroup_id: u64) -> PathBuf {
+        self.links().join(cgroup_id.to_string())
+    }
+
+    /// Takes the pin directory for this process (creating it 0700): one daemon per directory.
+    /// The lock is an `flock` on the directory, released when the returned file closes (also
+    /// when the daemon is killed).
+    fn lock(&self) -> Result<fs::File, EnforceError> {
+        let parent = self.root.parent().unwrap_or(Path::new("/"));
+        if !bpf::is_bpffs(parent) && !bpf::is_bpffs(&self.root) {
+            // systemd mounts it at boot; where nothing did (minimal VMs, some WSL set-ups), ram
+            // mounts it at its standard place, as Cilium does.
+            if parent != Path::new(bpf::BPFFS_MOUNT) || bpf::mount_bpffs(parent).is_err() {
+                return Err(EnforceError::NoBpffs {
+                    path: parent.to_owned(),
+                });
+            }
+            log::info!("mounted a bpf filesystem at {}", parent.display());
+        }
+        let io_error = |source| EnforceError::PinDir {
+            path: self.root.clone(),
+            source,
+        };
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.root)
+            .map_err(io_error)?;
+        fs::set_permissions(&self.root, fs::Permissions::from_mode(0o700)).map_err(io_error)?;
+        let dir = fs::File::open(&self.root).map_err(io_error)?;
+        // SAFETY: a valid descriptor; flock has no memory arguments.
+        if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(EnforceError::Busy {
+                path: self.root.clone(),
+            });
+        }
+        for dir in [self.maps(), self.programs(), self.links()] {
+            fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&dir)
+                .or_else(|err| match err.kind() {
+                    io::ErrorKind::AlreadyExists => Ok(()),
+                    _ => Err(err),
+                })
+                .map_err(io_error)?;
+        }
+        Ok(dir)
+    }
+
+    /// Pinned map directories of other layouts (left by another version of ram).
+    fn foreign_layouts(&self) -> Vec<PathBuf> {
+        let own = self.maps();
+        fs::read_dir(&self.root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                *p != own
+                    && p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("maps-v"))
+            })
+            .collect()
+    }
+}
+
+/// What [`uninstall`] removed.
+#[derive(Debug, Default)]
+pub struct Removed {
+    pub links: usize,
+    pub programs: usize,
+    pub maps: usize,
+    /// The cgroups (ids) whose links were removed.
+    pub cgroup_ids: Vec<u64>,
+}
+
+/// Removes all of ram's pinned state under `pins`: links first (which detaches the programs
+/// from every cgroup), then programs and maps. Refuses while a daemon holds the directory.
+pub fn uninstall(pins: &PinDir) -> Result<Removed, EnforceError> {
+    if !pins.root.exists() {
+        return Ok(Removed::default());
+    }
+    let _lock = pins.lock()?;
+    let io_error = |source| EnforceError::PinDir {
+        path: pins.root.clone(),
+        source,
+    };
+    let mut removed = Removed::default();
+    for cgroup in fs::read_dir(pins.links()).map_err(io_error)?.flatten() {
+        if let Ok(id) = cgroup.file_name().to_string_lossy().parse() {
+            removed.cgroup_ids.push(id);
+        }
+        for link in fs::read_dir(cgroup.path()).map_err(io_error)?.flatten() {
+            fs::remove_file(link.path()).map_err(io_error)?;
+            removed.links += 1;
+        }
+        fs::remove_dir(cgroup.path()).map_err(io_error)?;
+    }
+    for program in fs::read_dir(pins.programs()).map_err(io_error)?.flatten() {
+        fs::remove_file(program.path()).map_err(io_error)?;
+        removed.programs += 1;
+    }
+    let mut map_dirs = pins.foreign_layouts();
+    map_dirs.push(pins.maps());
+    for dir in map_dirs {
+        for map in fs::read_dir(&dir).map_err(io_error)?.flatten() {
+            fs::remove_file(map.path()).map_err(io_error)?;
+            removed.maps += 1;
+        }
+        fs::remove_dir(&dir).map_err(io_error)?;
+    }
+    fs::remove_dir(pins.links()).map_err(io_error)?;
+    fs::remove_dir(pins.programs()).map_err(io_error)?;
+    fs::remove_dir(&pins.root).map_err(io_error)?;
+    Ok(removed)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EnforceError {
     #[error(
@@ -108,6 +281,14 @@ pub enum EnforceError {
     Object(#[from] aya::EbpfError),
     #[error("map {map} is missing from ram's eBPF object (a build mismatch; rebuild ram)")]
     MissingMap { map: &'static str },
+    #[error(
+        "ram's eBPF object has maps {found:?}, but ram pins {expected:?} (a build mismatch; \
+         rebuild ram)"
+    )]
+    UnexpectedMaps {
+        found: Vec<String>,
+        expected: Vec<&'static str>,
+    },
     #[error("program {program} is missing from ram's eBPF object (a build mismatch; rebuild ram)")]
     MissingProgram { program: &'static str },
     #[error("writing map {map} failed: {source}")]
@@ -133,62 +314,102 @@ pub enum EnforceError {
     Attach {
         program: &'static str,
         cgroup: String,
-        source: ProgramError,
+        source: io::Error,
     },
+    #[error(
+        "{path} is not on a bpf filesystem; mount one with `mount -t bpf bpf /sys/fs/bpf` (or \
+         choose another --pin-dir on bpffs)"
+    )]
+    NoBpffs { path: PathBuf },
+    #[error("pin directory {path}: {source}")]
+    PinDir { path: PathBuf, source: io::Error },
+    #[error(
+        "another ram daemon holds {path}; stop it first (`systemctl stop ram`), or give this one \
+         its own --pin-dir"
+    )]
+    Busy { path: PathBuf },
 }
 
-/// The loaded programs and maps. Attachments live as long as this value.
+/// How [`Enforcer::open`] found the pinned state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    /// Maps of a previous daemon were reused (learned addresses and counters carried over).
+    pub adopted_maps: bool,
+    /// Links of a previous daemon swapped to this daemon's programs.
+    pub links_updated: usize,
+    pub links_created: usize,
+    /// Links of cgroups this daemon no longer enforces, removed (with their cgroups' ids).
+    pub stale_cgroups: Vec<u64>,
+    /// Map directories of another ram version, removed after the swap.
+    pub foreign_layouts: Vec<PathBuf>,
+    /// `LEARNED`'s capacity when it differs from `dns.max_learned` (a reused map keeps its size).
+    pub learned_capacity_kept: Option<u32>,
+}
+
+/// What [`Enforcer::apply`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// The slot now in force.
+    pub slot: u32,
+    /// Learned addresses dropped because the new policy no longer has their rule.
+    pub learned_dropped: usize,
+}
+
+/// One enforced cgroup.
+#[derive(Debug)]
+struct Enforced {
+    dir: CgroupDir,
+    id: u64,
+    /// Set once the cgroup was found removed (reported once).
+    gone: bool,
+}
+
+/// The loaded programs and their pinned maps and links.
 pub struct Enforcer {
     ebpf: Ebpf,
+    pins: PinDir,
+    /// Holds the pin directory's lock while the daemon runs.
+    _lock: fs::File,
+    enforced: Vec<Enforced>,
+    program_ids: StdHashMap<&'static str, u32>,
+    learned_capacity: u32,
 }
 
 impl Enforcer {
-    /// Loads the object with maps sized to `policy`, fills the maps, and loads (verifies) every
-    /// program. Nothing is attached yet, so a failure here leaves the system untouched.
-    pub fn load(policy: &CompiledPolicy) -> Result<Self, EnforceError> {
+    /// Loads the programs with the maps pinned under `pins` (reusing those a previous daemon
+    /// left), puts `policy` in force, and attaches to `cgroups` — swapping the programs of
+    /// links a previous daemon pinned, so that a restart leaves no gap. Links of other cgroups
+    /// are removed. Before the first attach a failure leaves the system untouched.
+    pub fn open(
+        pins: PinDir,
+        policy: &CompiledPolicy,
+        cgroups: &[CgroupDir],
+    ) -> Result<(Self, OpenReport), EnforceError> {
         if EBPF_OBJECT.is_empty() {
             return Err(EnforceError::NoObject);
         }
         raise_memlock_limit();
-
-        let cidr_entries = check_size(ALLOWED_CIDRS, policy.cidrs.len(), ALLOWED_CIDRS_MAX)?;
-        let resolver_entries = check_size(RESOLVERS, policy.resolvers.len(), RESOLVERS_MAX)?;
-        let name_entries = check_size(ALLOWED_NAMES, policy.names.len(), ALLOWED_NAMES_MAX)?;
-        let learned_entries = check_size(LEARNED, policy.max_learned as usize, LEARNED_MAX)?;
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(ALLOWED_CIDRS, cidr_entries)
-            .map_max_entries(RESOLVERS, resolver_entries)
-            .map_max_entries(ALLOWED_NAMES, name_entries)
-            .map_max_entries(LEARNED, learned_entries)
-            .load(EBPF_OBJECT)?;
-
-        let mut names: LpmTrie<_, [u8; NAME_BUF], NameRule> = typed_map(&mut ebpf, ALLOWED_NAMES)?;
-        for entry in &policy.names {
-            names
-                .insert(&Key::new(entry.prefix_len, entry.key), entry.rule, 0)
-                .map_err(|source| map_error(ALLOWED_NAMES, source))?;
-        }
-        let mut config: Array<_, DnsConfig> = typed_map(&mut ebpf, DNS_CONFIG)?;
-        let value = DnsConfig {
-            trusted_netns_cookie: own_netns_cookie().unwrap_or(0),
-            ..policy.dns
+        let lock = pins.lock()?;
+        let mut report = OpenReport {
+            adopted_maps: pins.map(POLICY_SLOT).exists(),
+            ..Default::default()
         };
-        config
-            .set(0, value, 0)
-            .map_err(|source| map_error(DNS_CONFIG, source))?;
-        let mut cidrs: LpmTrie<_, Addr16, CidrRule> = typed_map(&mut ebpf, ALLOWED_CIDRS)?;
-        for entry in &policy.cidrs {
-            cidrs
-                .insert(&Key::new(entry.prefix_len, entry.addr), entry.rule, 0)
-                .map_err(|source| map_error(ALLOWED_CIDRS, source))?;
+
+        let learned_entries = check_size(LEARNED, policy.max_learned as usize, LEARNED_MAX)?;
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(LEARNED, learned_entries);
+        let map_paths: Vec<(&str, PathBuf)> = ALL.iter().map(|n| (*n, pins.map(n))).collect();
+        for (name, path) in &map_paths {
+            loader.map_pin_path(name, path.as_path());
         }
-        let mut resolvers: HashMap<_, Addr16, ResolverRule> = typed_map(&mut ebpf, RESOLVERS)?;
-        for (addr, rule) in policy.resolver_entries() {
-            resolvers
-                .insert(addr, rule, 0)
-                .map_err(|source| map_error(RESOLVERS, source))?;
+        let mut ebpf = loader.load(EBPF_OBJECT)?;
+        check_maps(&ebpf)?;
+        let learned_capacity = map_capacity(&ebpf, LEARNED)?;
+        if learned_capacity != learned_entries {
+            report.learned_capacity_kept = Some(learned_capacity);
         }
 
+        let mut program_ids = StdHashMap::new();
         {
             let answer_rr = skb_program_mut(&mut ebpf, ANSWER_RR)?;
             answer_rr
@@ -199,13 +420,7 @@ impl Enforcer {
                 .map_err(|source| load_error(ANSWER_RR, source))?
                 .try_clone()
                 .map_err(|err| load_error(ANSWER_RR, ProgramError::IOError(err)))?;
-            let map = ebpf
-                .map_mut(DNS_TAIL_CALLS)
-                .ok_or(EnforceError::MissingMap {
-                    map: DNS_TAIL_CALLS,
-                })?;
-            let mut tail_calls =
-                ProgramArray::try_from(map).map_err(|source| map_error(DNS_TAIL_CALLS, source))?;
+            let mut tail_calls: ProgramArray<_> = typed_map(&mut ebpf, DNS_TAIL_CALLS)?;
             tail_calls
                 .set(ANSWER_RR_SLOT, &fd, 0)
                 .map_err(|source| map_error(DNS_TAIL_CALLS, source))?;
@@ -220,42 +435,298 @@ impl Enforcer {
                 .load()
                 .map_err(|source| load_error(gate.name, source))?;
         }
-        Ok(Self { ebpf })
+        for name in program_names() {
+            let program = ebpf
+                .program_mut(name)
+                .ok_or(EnforceError::MissingProgram { program: name })?;
+            let id = program
+                .info()
+                .map_err(|source| EnforceError::Program {
+                    program: name,
+                    source,
+                })?
+                .id();
+            program_ids.insert(name, id);
+            // Replace the previous daemon's pin: the links hold their programs, the pins only
+            // name the programs in force for operators (`bpftool prog show pinned ...`).
+            let path = pins.programs().join(name);
+            let _ = fs::remove_file(&path);
+            program.pin(&path).map_err(|err| EnforceError::PinDir {
+                path: path.clone(),
+                source: io::Error::other(err.to_string()),
+            })?;
+        }
+
+        let mut enforcer = Self {
+            ebpf,
+            pins,
+            _lock: lock,
+            enforced: Vec::new(),
+            program_ids,
+            learned_capacity,
+        };
+        // The policy goes in before any new attach: a fresh link never runs without one.
+        enforcer.apply(policy)?;
+        for dir in cgroups {
+            let id = dir.id;
+            let (updated, created) = enforcer.attach(dir, id)?;
+            report.links_updated += updated;
+            report.links_created += created;
+            enforcer.enforced.push(Enforced {
+                dir: dir.clone(),
+                id,
+                gone: false,
+            });
+        }
+        report.stale_cgroups = enforcer.remove_stale_links()?;
+        for dir in enforcer.pins.foreign_layouts() {
+            // The links now run programs bound to this layout's maps; the old ones are unused.
+            if fs::remove_dir_all(&dir).is_ok() {
+                report.foreign_layouts.push(dir);
+            }
+        }
+        Ok((enforcer, report))
     }
 
-    /// Attaches every gate to `cgroup` as a bpf_link. Links are always multi-attach: programs
-    /// others attached to the same cgroup keep running, and all of them must allow a call. (The
-    /// kernel rejects link-create flags, so the mode passed is `Single`, i.e. no flags; aya only
-    /// falls back to exclusive `BPF_PROG_ATTACH` on kernels before 5.7, which ram does not
-    /// support.) On error, the gates attached by this call stay attached
-    /// until the enforcer is dropped (the caller drops it: a partial attach is never kept).
-    pub fn attach(&mut self, cgroup: &CgroupDir) -> Result<(), EnforceError> {
-        let file = cgroup.open().map_err(|err| EnforceError::Attach {
+    /// Pins a link for every program on `dir`, or swaps the program of a link already pinned
+    /// there. Returns (links updated, links created).
+    fn attach(&mut self, dir: &CgroupDir, id: u64) -> Result<(usize, usize), EnforceError> {
+        let cgroup = dir.open().map_err(|err| EnforceError::Attach {
             program: GATES[0].name,
-            cgroup: cgroup.path.display().to_string(),
-            source: ProgramError::IOError(std::io::Error::other(err.to_string())),
+            cgroup: dir.path.display().to_string(),
+            source: io::Error::other(err.to_string()),
         })?;
-        for snooper in SNOOPERS {
-            skb_program_mut(&mut self.ebpf, snooper.name)?
-                .attach(&file, snooper.direction, CgroupAttachMode::Single)
-                .map_err(|source| EnforceError::Attach {
-                    program: snooper.name,
-                    cgroup: cgroup.path.display().to_string(),
-                    source,
-                })?;
+        let link_dir = self.pins.cgroup_links(id);
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&link_dir)
+            .or_else(|err| match err.kind() {
+                io::ErrorKind::AlreadyExists => Ok(()),
+                _ => Err(err),
+            })
+            .map_err(|source| EnforceError::PinDir {
+                path: link_dir.clone(),
+                source,
+            })?;
+        let (mut updated, mut created) = (0, 0);
+        for (name, attach_type) in attached_programs() {
+            let program = self.program_fd(name)?;
+            let path = link_dir.join(name);
+            let attach_error = |source| EnforceError::Attach {
+                program: name,
+                cgroup: dir.path.display().to_string(),
+                source,
+            };
+            if let Ok(link) = bpf::obj_get(&path) {
+                match bpf::link_update(link.as_fd(), program.as_fd()) {
+                    Ok(()) => {
+                        updated += 1;
+                        continue;
+                    }
+                    // Detached by someone (ENOLINK): make a new one below.
+                    Err(_) => fs::remove_file(&path).map_err(attach_error)?,
+                }
+            }
+            let link = bpf::link_create(program.as_fd(), cgroup.as_fd(), attach_type)
+                .map_err(attach_error)?;
+            bpf::obj_pin(&link, &path).map_err(attach_error)?;
+            created += 1;
         }
-        for gate in GATES {
-            program_mut(&mut self.ebpf, gate.name)?
-                .attach(&file, CgroupAttachMode::Single)
-                .map_err(|source| EnforceError::Attach {
-                    program: gate.name,
-                    cgroup: cgroup.path.display().to_string(),
-                    source,
-                })?;
-        }
-        Ok(())
+        Ok((updated, created))
     }
 
+    fn program_fd(&self, name: &'static str) -> Result<OwnedFd, EnforceError> {
+        let program = self
+            .ebpf
+            .program(name)
+            .ok_or(EnforceError::MissingProgram { program: name })?;
+        let fd = match program {
+            aya::programs::Program::CgroupSkb(p) => p.fd(),
+            aya::programs::Program::CgroupSockAddr(p) => p.fd(),
+            _ => return Err(EnforceError::MissingProgram { program: name }),
+        }
+        .map_err(|source| EnforceError::Program {
+            program: name,
+            source,
+        })?;
+        fd.as_fd()
+            .try_clone_to_owned()
+            .map_err(|err| EnforceError::Program {
+                program: name,
+                source: ProgramError::IOError(err),
+            })
+    }
+
+    /// Removes pinned links of cgroups not in this daemon's list (which detaches them).
+    fn remove_stale_links(&mut self) -> Result<Vec<u64>, EnforceError> {
+        let keep: HashSet<String> = self.enforced.iter().map(|e| e.id.to_string()).collect();
+        let mut stale = Vec::new();
+        let links = self.pins.links();
+        let io_error = |source| EnforceError::PinDir {
+            path: links.clone(),
+            source,
+        };
+        for entry in fs::read_dir(&links).map_err(io_error)?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if keep.contains(&name) {
+                continue;
+            }
+            for link in fs::read_dir(entry.path()).map_err(io_error)?.flatten() {
+                fs::remove_file(link.path()).map_err(io_error)?;
+            }
+            fs::remove_dir(entry.path()).map_err(io_error)?;
+            stale.push(name.parse().unwrap_or(0));
+        }
+        Ok(stale)
+    }
+
+    /// Checks that every program is still attached to every enforced cgroup (someone may have
+    /// detached a link, e.g. with `bpftool link detach`) and re-attaches what is missing.
+    /// Returns one message per repair or per cgroup found removed.
+    pub fn verify_attachments(&mut self) -> Vec<String> {
+        let mut messages = Vec::new();
+        for index in 0..self.enforced.len() {
+            if self.enforced[index].gone {
+                continue;
+            }
+            let dir = self.enforced[index].dir.clone();
+            let id = self.enforced[index].id;
+            let Ok(file) = dir.open() else {
+                self.enforced[index].gone = true;
+                messages.push(format!(
+                    "cgroup {} was removed; nothing is left to enforce there",
+                    dir.path.display()
+                ));
+                continue;
+            };
+            let mut missing = Vec::new();
+            for (name, attach_type) in attached_programs() {
+                let ours = self.program_ids.get(name).copied();
+                match crate::cgroup::attached_program_ids(&file, attach_type) {
+                    Ok(ids) if ours.is_some_and(|id| ids.contains(&id)) => {}
+                    _ => missing.push(name),
+                }
+            }
+            if missing.is_empty() {
+                continue;
+            }
+            let outcome = match self.attach(&dir, id) {
+                Ok((_, created)) => format!("re-attached {created} program(s)"),
+                Err(err) => format!("re-attaching failed: {err}"),
+            };
+            messages.push(format!(
+                "{} detached from cgroup {} by someone else; {outcome}",
+                missing.join(", "),
+                dir.path.display()
+            ));
+        }
+        messages
+    }
+
+    /// Puts `policy` in force atomically: fills the policy maps' inactive slot, then flips
+    /// `POLICY_SLOT`. Then forgets learned addresses whose rule the policy no longer has.
+    pub fn apply(&mut self, policy: &CompiledPolicy) -> Result<ApplyReport, EnforceError> {
+        check_size(ALLOWED_CIDRS[0], policy.cidrs.len(), ALLOWED_CIDRS_MAX)?;
+        check_size(RESOLVERS[0], policy.resolvers.len(), RESOLVERS_MAX)?;
+        check_size(ALLOWED_NAMES[0], policy.names.len(), ALLOWED_NAMES_MAX)?;
+        let active = {
+            let slot: Array<_, u32> = typed_map(&mut self.ebpf, POLICY_SLOT)?;
+            slot.get(&0, 0)
+                .map_err(|source| map_error(POLICY_SLOT, source))?
+                & 1
+        };
+        let next = 1 - active;
+        let index = next as usize;
+
+        {
+            let mut names: LpmTrie<_, [u8; NAME_BUF], NameRule> =
+                typed_map(&mut self.ebpf, ALLOWED_NAMES[index])?;
+            let old: Vec<_> = names.keys().flatten().collect();
+            for key in &old {
+                let _ = names.remove(key);
+            }
+            for entry in &policy.names {
+                names
+                    .insert(&Key::new(entry.prefix_len, entry.key), entry.rule, 0)
+                    .map_err(|source| map_error(ALLOWED_NAMES[index], source))?;
+            }
+        }
+        {
+            let mut cidrs: LpmTrie<_, Addr16, CidrRule> =
+                typed_map(&mut self.ebpf, ALLOWED_CIDRS[index])?;
+            let old: Vec<_> = cidrs.keys().flatten().collect();
+            for key in &old {
+                let _ = cidrs.remove(key);
+            }
+            for entry in &policy.cidrs {
+                cidrs
+                    .insert(&Key::new(entry.prefix_len, entry.addr), entry.rule, 0)
+                    .map_err(|source| map_error(ALLOWED_CIDRS[index], source))?;
+            }
+        }
+        {
+            let mut resolvers: HashMap<_, Addr16, ResolverRule> =
+                typed_map(&mut self.ebpf, RESOLVERS[index])?;
+            let old: Vec<_> = resolvers.keys().flatten().collect();
+            for key in &old {
+                let _ = resolvers.remove(key);
+            }
+            for (addr, rule) in policy.resolver_entries() {
+                resolvers
+                    .insert(addr, rule, 0)
+                    .map_err(|source| map_error(RESOLVERS[index], source))?;
+            }
+        }
+        {
+            let mut config: Array<_, PolicyConfig> = typed_map(&mut self.ebpf, POLICY_CONFIG)?;
+            let value = PolicyConfig {
+                trusted_netns_cookie: own_netns_cookie().unwrap_or(0),
+                ..policy.config
+            };
+            config
+                .set(next, value, 0)
+                .map_err(|source| map_error(POLICY_CONFIG, source))?;
+        }
+        // The switch: one 4-byte array update, which every program reads once per run.
+        {
+            let mut slot: Array<_, u32> = typed_map(&mut self.ebpf, POLICY_SLOT)?;
+            slot.set(0, next, 0)
+                .map_err(|source| map_error(POLICY_SLOT, source))?;
+        }
+
+        let kept: HashSet<u64> = policy.names.iter().map(|n| n.rule.rule_id).collect();
+        let mut learned: HashMap<_, LearnedKey, LearnedAddr> = typed_map(&mut self.ebpf, LEARNED)?;
+        let dropped: Vec<LearnedKey> = learned
+            .iter()
+            .flatten()
+            .filter(|(_, value)| !kept.contains(&value.rule_id))
+            .map(|(key, _)| key)
+            .collect();
+        for key in &dropped {
+            let _ = learned.remove(key);
+        }
+        Ok(ApplyReport {
+            slot: next,
+            learned_dropped: dropped.len(),
+        })
+    }
+
+    /// The enforced cgroups (path, id, still there).
+    pub fn cgroups(&self) -> Vec<(PathBuf, u64, bool)> {
+        self.enforced
+            .iter()
+            .map(|e| (e.dir.path.clone(), e.id, !e.gone))
+            .collect()
+    }
+
+    pub fn pins(&self) -> &PinDir {
+        &self.pins
+    }
+
+    /// Capacity of `LEARNED` (the pinned map's, which may predate the policy).
+    pub fn learned_capacity(&self) -> u32 {
+        self.learned_capacity
+    }
     /// Per-counter totals over all CPUs, indexed like [`Counter::ALL`].
     pub fn counters(&self) -> Result<[u64; Counter::COUNT as usize], EnforceError> {
         let map = self
@@ -304,6 +775,17 @@ impl Enforcer {
         let map = self.ebpf.map(LEARNED)?;
         let learned: HashMap<_, LearnedKey, LearnedAddr> = HashMap::try_from(map).ok()?;
         learned.get(key, 0).ok()
+    }
+
+    /// Every learned address (for `ram learned` and fill levels).
+    pub fn learned_entries(&self) -> Result<Vec<(LearnedKey, LearnedAddr)>, EnforceError> {
+        let map = self
+            .ebpf
+            .map(LEARNED)
+            .ok_or(EnforceError::MissingMap { map: LEARNED })?;
+        let learned: HashMap<_, LearnedKey, LearnedAddr> =
+            HashMap::try_from(map).map_err(|source| map_error(LEARNED, source))?;
+        Ok(learned.iter().flatten().collect())
     }
 
     /// Instructions the verifier processed per program (kernels 5.16+), for the README table.
@@ -415,6 +897,37 @@ where
 
 fn map_error(map: &'static str, source: aya::maps::MapError) -> EnforceError {
     EnforceError::Map { map, source }
+}
+
+/// The object must hold exactly the maps ram pins (section maps such as `.rodata` aside): a map
+/// left unpinned would silently start empty on every restart.
+fn check_maps(ebpf: &Ebpf) -> Result<(), EnforceError> {
+    let mut found: Vec<String> = ebpf
+        .maps()
+        .map(|(name, _)| name.to_owned())
+        .filter(|name| !name.starts_with('.'))
+        .collect();
+    found.sort();
+    let mut expected = ALL.to_vec();
+    expected.sort();
+    if found != expected {
+        return Err(EnforceError::UnexpectedMaps { found, expected });
+    }
+    Ok(())
+}
+
+/// `max_entries` of a loaded map, as the kernel has it.
+fn map_capacity(ebpf: &Ebpf, name: &'static str) -> Result<u32, EnforceError> {
+    let map = ebpf
+        .map(name)
+        .ok_or(EnforceError::MissingMap { map: name })?;
+    let data = match map {
+        aya::maps::Map::HashMap(data) => data,
+        _ => return Err(EnforceError::MissingMap { map: name }),
+    };
+    data.info()
+        .map(|info| info.max_entries())
+        .map_err(|source| map_error(name, source))
 }
 
 /// Map sizes follow the policy (at least one entry: the kernel refuses empty maps).

@@ -1,0 +1,202 @@
+//! The few bpf(2) commands aya 0.14 does not expose for what ram needs: creating, pinning,
+//! opening and atomically updating cgroup links by file descriptor, and reading a link's
+//! program. Each is a thin, checked wrapper over the raw system call.
+
+use std::{
+    ffi::CString,
+    io,
+    os::{
+        fd::{AsFd, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+        unix::ffi::OsStrExt as _,
+    },
+    path::Path,
+};
+
+// Commands of `enum bpf_cmd` (include/uapi/linux/bpf.h).
+const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_LINK_UPDATE: libc::c_long = 29;
+
+/// Calls bpf(2) with `attr` (a `union bpf_attr` member, zero-padded as the kernel wants).
+fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+    // SAFETY: attr is a properly sized, initialized bpf_attr member for `cmd`; pointers inside
+    // it are set by the callers to live buffers.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>()) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+fn owned_fd(fd: libc::c_long) -> OwnedFd {
+    // SAFETY: the kernel just returned this new descriptor to us.
+    unsafe { OwnedFd::from_raw_fd(fd as i32) }
+}
+
+fn c_path(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+/// `BPF_LINK_CREATE` for a cgroup hook: attaches `program` to `cgroup` (multi-attach; flags must
+/// be 0 for cgroup links). The link lives as long as the descriptor or a pin.
+pub fn link_create(
+    program: BorrowedFd<'_>,
+    cgroup: BorrowedFd<'_>,
+    attach_type: u32,
+) -> io::Result<OwnedFd> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct Attr {
+        prog_fd: u32,
+        target_fd: u32,
+        attach_type: u32,
+        flags: u32,
+        // The rest of the link_create member (target-specific data), left zero.
+        _rest: [u64; 4],
+    }
+    let mut attr = Attr {
+        prog_fd: program.as_raw_fd() as u32,
+        target_fd: cgroup.as_raw_fd() as u32,
+        attach_type,
+        ..Default::default()
+    };
+    bpf(BPF_LINK_CREATE, &mut attr).map(owned_fd)
+}
+
+/// `BPF_LINK_UPDATE`: swaps the program of `link` for `program` in one step, with no moment
+/// where neither runs (Linux 5.7+ for cgroup links). Fails with ENOLINK if someone detached
+/// the link.
+pub fn link_update(link: BorrowedFd<'_>, program: BorrowedFd<'_>) -> io::Result<()> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct Attr {
+        link_fd: u32,
+        new_prog_fd: u32,
+        flags: u32,
+        old_prog_fd: u32,
+    }
+    let mut attr = Attr {
+        link_fd: link.as_raw_fd() as u32,
+        new_prog_fd: program.as_raw_fd() as u32,
+        ..Default::default()
+    };
+    bpf(BPF_LINK_UPDATE, &mut attr).map(drop)
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct ObjAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+    path_fd: i32,
+    _pad: u32,
+}
+
+/// `BPF_OBJ_PIN`: pins `object` at `path` on bpffs.
+pub fn obj_pin(object: impl AsFd, path: &Path) -> io::Result<()> {
+    let path = c_path(path)?;
+    let mut attr = ObjAttr {
+        pathname: path.as_ptr() as u64,
+        bpf_fd: object.as_fd().as_raw_fd() as u32,
+        ..Default::default()
+    };
+    bpf(BPF_OBJ_PIN, &mut attr).map(drop)
+}
+
+/// `BPF_OBJ_GET`: opens the object pinned at `path`.
+pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+    let path = c_path(path)?;
+    let mut attr = ObjAttr {
+        pathname: path.as_ptr() as u64,
+        ..Default::default()
+    };
+    bpf(BPF_OBJ_GET, &mut attr).map(owned_fd)
+}
+
+/// What the kernel says of a cgroup link (`struct bpf_link_info`, its first fields and the
+/// cgroup member).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub link_id: u32,
+    pub program_id: u32,
+    /// 0 once the link was detached (or its cgroup removed).
+    pub cgroup_id: u64,
+}
+
+/// `BPF_OBJ_GET_INFO_BY_FD` on a link.
+pub fn link_info(link: BorrowedFd<'_>) -> io::Result<LinkInfo> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct RawLinkInfo {
+        link_type: u32,
+        id: u32,
+        prog_id: u32,
+        _pad: u32,
+        // union: for cgroup links, cgroup_id (u64) then attach_type (u32).
+        cgroup_id: u64,
+        attach_type: u32,
+        _rest: [u32; 11],
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct Attr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let mut info = RawLinkInfo::default();
+    let mut attr = Attr {
+        bpf_fd: link.as_raw_fd() as u32,
+        info_len: std::mem::size_of::<RawLinkInfo>() as u32,
+        info: &mut info as *mut RawLinkInfo as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(LinkInfo {
+        link_id: info.id,
+        program_id: info.prog_id,
+        cgroup_id: info.cgroup_id,
+    })
+}
+
+/// `BPF_FS_MAGIC` (include/uapi/linux/magic.h).
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Whether `path` is on a bpf filesystem.
+pub fn is_bpffs(path: &Path) -> bool {
+    let Ok(path) = c_path(path) else {
+        return false;
+    };
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid NUL-terminated path and a properly sized out-parameter.
+    let rc = unsafe { libc::statfs(path.as_ptr(), &mut stat) };
+    rc == 0 && stat.f_type as i64 == BPF_FS_MAGIC
+}
+
+/// The standard mount point of the bpf filesystem.
+pub const BPFFS_MOUNT: &str = "/sys/fs/bpf";
+
+/// Mounts a bpf filesystem (mode 0700) at `path`.
+pub fn mount_bpffs(path: &Path) -> io::Result<()> {
+    let target = c_path(path)?;
+    let source = c"bpf";
+    let options = c"mode=0700";
+    // SAFETY: NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            source.as_ptr(),
+            0,
+            options.as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
