@@ -16,8 +16,9 @@ pub struct AuditRecord {
     /// The kernel hook: connect4, connect6, sendmsg4, sendmsg6.
     pub hook: &'static str,
     pub protocol: String,
-    /// Process id (tgid) and thread id.
+    /// Process id (the kernel's tgid; both names are written) and thread id.
     pub pid: u32,
+    pub tgid: u32,
     pub tid: u32,
     pub uid: u32,
     pub gid: u32,
@@ -25,10 +26,15 @@ pub struct AuditRecord {
     /// The cgroup v2 path of the process, when it could be found.
     pub cgroup: Option<String>,
     pub cgroup_id: u64,
+    /// The container's id, when the cgroup is a container's (Docker, containerd, CRI-O, Podman).
+    pub container_id: Option<String>,
     /// Destination address (IPv4-mapped IPv6 shown as IPv4) and port.
     pub dst_addr: String,
     pub dst_port: u16,
-    /// Index of the policy entry that matched (none for denials).
+    /// The hostname the address was learned from, or last seen for in a DNS answer.
+    pub hostname: Option<String>,
+    /// The policy entry that matched (none for denials), and its index in its list.
+    pub rule: Option<String>,
     pub rule_index: Option<u32>,
 }
 
@@ -40,29 +46,44 @@ impl AuditRecord {
         cgroup: Option<String>,
     ) -> Self {
         let wall_ns = i128::from(event.boot_ns) + realtime_minus_boottime_ns;
+        let pid = (event.pid_tgid >> 32) as u32;
         Self {
             time: rfc3339_utc(wall_ns),
             verdict: if event.verdict == 0 { "deny" } else { "allow" },
             reason: Reason::from_u8(event.reason).map_or("unknown", Reason::as_str),
             hook: Hook::from_u8(event.hook).map_or("unknown", Hook::as_str),
             protocol: protocol_name(event.protocol),
-            pid: (event.pid_tgid >> 32) as u32,
+            pid,
+            tgid: pid,
             tid: event.pid_tgid as u32,
             uid: event.uid_gid as u32,
             gid: (event.uid_gid >> 32) as u32,
             comm: comm_string(&event.comm),
+            container_id: cgroup.as_deref().and_then(container_id),
             cgroup,
             cgroup_id: event.cgroup_id,
             dst_addr: display_addr(event.addr).to_string(),
             dst_port: event.port,
+            hostname: None,
+            rule: None,
             rule_index: (event.rule_index != BUILTIN_RULE).then_some(event.rule_index),
         }
     }
 
     /// A short human-readable line for the daemon's own log.
     pub fn summary(&self) -> String {
+        let host = self
+            .hostname
+            .as_deref()
+            .map(|h| format!(" ({h})"))
+            .unwrap_or_default();
+        let rule = self
+            .rule
+            .as_deref()
+            .map(|r| format!(", rule `{r}`"))
+            .unwrap_or_default();
         format!(
-            "{} {} {} {}:{} by pid {} ({}) in {} ({})",
+            "{} {} {} {}:{}{host} by pid {} ({}) in {} ({}{rule})",
             self.verdict,
             self.hook,
             self.protocol,
@@ -74,6 +95,43 @@ impl AuditRecord {
             self.reason
         )
     }
+}
+
+/// The audit line for events the kernel could not hand over (its ring buffers were full):
+/// lost detail is never silent.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DroppedRecord {
+    pub time: String,
+    /// Always "dropped".
+    pub verdict: &'static str,
+    /// Always "events_dropped".
+    pub reason: &'static str,
+    /// Events lost since the previous such line (the kernel's counter is in `ram status`).
+    pub count: u64,
+    pub total: u64,
+}
+
+/// The container id in a cgroup path, for the layouts of Docker (`/docker/<id>`,
+/// `docker-<id>.scope`), containerd/CRI (`cri-containerd-<id>.scope`), CRI-O (`crio-<id>.scope`)
+/// and Podman (`libpod-<id>.scope`): a 64-hex-digit name, with the runtime's prefix and
+/// `.scope` suffix removed.
+pub fn container_id(cgroup_path: &str) -> Option<String> {
+    const PREFIXES: [&str; 5] = [
+        "docker-",
+        "cri-containerd-",
+        "crio-",
+        "libpod-",
+        "containerd-",
+    ];
+    cgroup_path.rsplit('/').find_map(|component| {
+        let name = component.strip_suffix(".scope").unwrap_or(component);
+        let name = PREFIXES
+            .iter()
+            .find_map(|p| name.strip_prefix(p))
+            .unwrap_or(name);
+        (name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| name.to_ascii_lowercase())
+    })
 }
 
 /// One JSON line of the audit log for an address learned from a DNS answer.
@@ -196,6 +254,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn container_ids_from_cgroup_layouts() {
+        let id = "4f2a".repeat(16);
+        for path in [
+            format!("/system.slice/docker-{id}.scope"),
+            format!("/docker/{id}"),
+            format!("/kubepods.slice/kubepods-pod1.slice/cri-containerd-{id}.scope"),
+            format!("/machine.slice/libpod-{id}.scope/container"),
+            format!("/crio-{id}.scope"),
+        ] {
+            assert_eq!(container_id(&path).as_deref(), Some(id.as_str()), "{path}");
+        }
+        assert_eq!(container_id("/system.slice/docker.service"), None);
+        assert_eq!(container_id("/ram.enforced"), None);
+        assert_eq!(container_id(&format!("/docker/{}", &id[1..])), None);
+    }
+
+    #[test]
     fn rfc3339_known_instants() {
         assert_eq!(rfc3339_utc(0), "1970-01-01T00:00:00.000000000Z");
         assert_eq!(
@@ -227,6 +302,7 @@ mod tests {
             _reserved: [0; 2],
             rule_index: BUILTIN_RULE,
             _reserved2: 0,
+            rule_id: 0,
         };
         let record = AuditRecord::from_event(&event, 0, Some("/ram.enforced".into()));
         assert_eq!(record.time, "1970-01-01T00:00:05.000000000Z");
@@ -240,6 +316,8 @@ mod tests {
         assert_eq!(record.dst_addr, "203.0.113.3");
         assert_eq!(record.protocol, "tcp");
         assert_eq!(record.rule_index, None);
+        assert_eq!(record.tgid, 1234);
+        assert_eq!(record.container_id, None);
         let json = serde_json::to_string(&record).unwrap();
         assert!(json.contains(r#""dst_addr":"203.0.113.3""#), "{json}");
         assert!(

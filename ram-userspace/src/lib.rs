@@ -3,8 +3,12 @@
 
 pub mod answers;
 pub mod audit;
+pub mod bpf;
 pub mod cgroup;
 pub mod compile;
+pub mod notify;
 pub mod policy;
 pub mod programs;
+pub mod protect;
 pub mod resolv;
+pub mod watch;

@@ -1,36 +1,26 @@
 //! `ram`: the daemon and its command line.
 
+mod control;
+mod daemon;
+
 use std::{
     collections::HashMap,
     ffi::OsString,
-    fs,
-    io::{self, Write as _},
-    os::unix::{fs::OpenOptionsExt as _, process::CommandExt as _},
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::ExitCode,
 };
 
 use anyhow::{Context as _, Result, bail};
-use aya::maps::{MapData, RingBuf};
 use clap::{Parser, Subcommand};
-use log::{info, warn};
 use ram::{
-    answers::named_addresses,
-    audit::{
-        AuditRecord, LearnRecord, display_addr, protocol_name, realtime_minus_boottime_ns,
-        rfc3339_utc,
-    },
     cgroup::{self, CgroupDir, DEDICATED_CGROUP},
-    compile::{CompiledPolicy, ResolverOrigin},
-    policy::{DEFAULT_POLICY, Policy, PolicySource},
-    programs::{Enforcer, GATES},
-    resolv,
+    policy::Policy,
+    programs::{DEFAULT_PIN_DIR, GATES, PinDir, uninstall},
+    protect, resolv,
 };
-use ram_common::{Counter, DnsEvent, GateEvent};
-use tokio::{
-    io::unix::AsyncFd,
-    signal::unix::{SignalKind, signal},
-};
+
+use crate::control::{DEFAULT_RUN_DIR, Request, Response};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -40,6 +30,9 @@ use tokio::{
              the destinations a policy allows"
 )]
 struct Cli {
+    /// Where the daemon keeps its control socket and the copy of the policy in force.
+    #[arg(long, global = true, value_name = "DIR", env = "RAM_RUN_DIR", default_value = DEFAULT_RUN_DIR)]
+    run_dir: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -47,19 +40,46 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Load ram's eBPF programs, enforce a policy on cgroups, and stay in the foreground.
+    /// Enforcement is pinned in the kernel and stays when the daemon stops or dies; a restarted
+    /// daemon takes it over without a gap; `ram uninstall` removes it.
     Daemon(DaemonArgs),
     /// Run a command inside an enforced cgroup (one a running `ram daemon` enforces).
     Exec(ExecArgs),
+    /// What the daemon enforces: cgroups, policy, counters, map fill levels.
+    Status(JsonArg),
+    /// The addresses learned from DNS answers, with hostname, cgroup and expiry.
+    Learned(JsonArg),
+    /// Whether the policy in force allows HOST (a hostname or an address), and by which entry.
+    Check {
+        host: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Work with policy files.
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Remove ram's pinned programs, links and maps (ends enforcement everywhere) and its own
+    /// cgroup if empty. Stop the daemon first.
+    Uninstall {
+        #[arg(long, value_name = "DIR", env = "RAM_PIN_DIR", default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct JsonArg {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
 struct DaemonArgs {
-    /// Policy file (TOML). Without it, the embedded default policy (see `ram policy default`).
+    /// Policy file (TOML), re-read when it changes and on SIGHUP. It must be owned by root and
+    /// writable only by root, as must every directory above it. Without it, the embedded default
+    /// policy (see `ram policy default`).
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
     /// cgroup v2 directory to enforce: a filesystem path, or a path relative to the cgroup2
@@ -67,9 +87,13 @@ struct DaemonArgs {
     /// `ram.enforced` under the cgroup2 mount.
     #[arg(long = "cgroup", value_name = "PATH")]
     cgroups: Vec<PathBuf>,
-    /// Append one JSON line per denied connection to FILE (created 0600); `-` for stdout.
+    /// Append one JSON line per decision to FILE (created 0600; reopened on SIGHUP); `-` for
+    /// stdout.
     #[arg(long, value_name = "FILE")]
     audit_log: Option<PathBuf>,
+    /// bpffs directory for the pinned programs, links and maps.
+    #[arg(long, value_name = "DIR", env = "RAM_PIN_DIR", default_value = DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -88,6 +112,8 @@ enum PolicyCommand {
     Check { file: PathBuf },
     /// Print the embedded default policy.
     Default,
+    /// Print the policy the running daemon enforces (any user may run this).
+    Show,
 }
 
 fn main() -> ExitCode {
@@ -95,18 +121,22 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_target(false)
         .init();
+    let run_dir = cli.run_dir;
     let result = match cli.command {
-        Command::Daemon(args) => run_daemon(args),
+        Command::Daemon(args) => run_daemon(args, run_dir),
         Command::Exec(args) => run_exec(args),
-        Command::Policy {
-            command: PolicyCommand::Check { file },
-        } => check_policy(&file),
-        Command::Policy {
-            command: PolicyCommand::Default,
-        } => {
-            print!("{DEFAULT_POLICY}");
-            Ok(())
-        }
+        Command::Status(JsonArg { json }) => show_status(&run_dir, json),
+        Command::Learned(JsonArg { json }) => show_learned(&run_dir, json),
+        Command::Check { host, json } => show_check(&run_dir, host, json),
+        Command::Policy { command } => match command {
+            PolicyCommand::Check { file } => check_policy(&file),
+            PolicyCommand::Default => {
+                print!("{}", ram::policy::DEFAULT_POLICY);
+                Ok(())
+            }
+            PolicyCommand::Show => show_policy(&run_dir),
+        },
+        Command::Uninstall { pin_dir } => run_uninstall(&pin_dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -115,6 +145,59 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run_daemon(args: DaemonArgs, run_dir: PathBuf) -> Result<()> {
+    let mount = cgroup::cgroup2_mount()?;
+    let mut cgroups: Vec<(CgroupDir, String)> = Vec::new();
+    if args.cgroups.is_empty() {
+        let (dir, _created) = CgroupDir::ensure_dedicated(&mount)?;
+        cgroups.push((dir, "ram's own cgroup (no --cgroup given)".into()));
+    } else {
+        for given in &args.cgroups {
+            let dir = CgroupDir::resolve(&mount, given)?;
+            if !cgroups.iter().any(|(d, _)| *d == dir) {
+                cgroups.push((dir, format!("--cgroup {}", given.display())));
+            }
+        }
+    }
+    daemon::run(daemon::Options {
+        policy: args.policy,
+        cgroups,
+        audit_log: args.audit_log,
+        pin_dir: args.pin_dir,
+        run_dir,
+    })
+}
+
+fn run_uninstall(pin_dir: &Path) -> Result<()> {
+    let removed = uninstall(&PinDir::new(pin_dir))?;
+    println!(
+        "removed {} link(s), {} program(s) and {} map(s) under {}; nothing is enforced by ram now",
+        removed.links,
+        removed.programs,
+        removed.maps,
+        pin_dir.display()
+    );
+    // ram's own cgroup goes too, if this installation enforced it and nothing runs in it.
+    if let Ok(mount) = cgroup::cgroup2_mount() {
+        let own = mount.join(DEDICATED_CGROUP);
+        let ours = std::fs::metadata(&own).is_ok_and(|m| {
+            removed
+                .cgroup_ids
+                .contains(&std::os::unix::fs::MetadataExt::ino(&m))
+        });
+        if ours {
+            match std::fs::remove_dir(&own) {
+                Ok(()) => println!("removed cgroup {}", own.display()),
+                Err(err) => println!(
+                    "left cgroup {} in place ({err}); processes still run in it, unenforced",
+                    own.display()
+                ),
+            }
+        }
+    }
+    Ok(())
 }
 
 fn check_policy(file: &Path) -> Result<()> {
@@ -131,7 +214,7 @@ fn check_policy(file: &Path) -> Result<()> {
     let dns = &policy.dns;
     println!(
         "{}: ok: {} hostname(s), {} CIDR(s), loopback {}, resolvers: {}; learned addresses live \
-         {}..{} s plus {} s grace, at most {} of them",
+         {}..{} s plus {} s grace, at most {} of them; allowed connections audited: {}",
         file.display(),
         access.allow.len(),
         access.allow_cidrs.len(),
@@ -144,369 +227,134 @@ fn check_policy(file: &Path) -> Result<()> {
         dns.min_ttl,
         dns.max_ttl,
         dns.grace_period,
-        dns.max_learned
+        dns.max_learned,
+        policy.audit.allowed.as_str(),
     );
+    if let Err(err) = protect::check_policy_path(file) {
+        println!("note: `ram daemon --policy` would refuse this file where it is: {err}");
+    }
     Ok(())
 }
 
-/// Where audit records go.
-enum AuditSink {
-    None,
-    Stdout,
-    File(fs::File),
+fn show_policy(run_dir: &Path) -> Result<()> {
+    let path = run_dir.join(control::POLICY_COPY_NAME);
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "cannot read {}; is the ram daemon running (`systemctl status ram`)?",
+            path.display()
+        )
+    })?;
+    print!("{text}");
+    Ok(())
 }
 
-impl AuditSink {
-    fn open(path: Option<&Path>) -> Result<Self> {
-        Ok(match path {
-            None => Self::None,
-            Some(path) if path == Path::new("-") => Self::Stdout,
-            Some(path) => Self::File(
-                fs::OpenOptions::new()
-                    .append(true)
-                    .create(true)
-                    .mode(0o600)
-                    .open(path)
-                    .with_context(|| {
-                        format!(
-                            "cannot open audit log {}; check that its directory exists and is \
-                             writable",
-                            path.display()
-                        )
-                    })?,
-            ),
-        })
-    }
-
-    fn write(&mut self, record: &impl serde::Serialize) -> io::Result<()> {
-        let mut line = serde_json::to_vec(record).map_err(io::Error::other)?;
-        line.push(b'\n');
-        // One write per line: O_APPEND keeps lines whole even with other writers.
-        match self {
-            Self::None => Ok(()),
-            Self::Stdout => {
-                let mut stdout = io::stdout().lock();
-                stdout.write_all(&line)?;
-                stdout.flush()
-            }
-            Self::File(file) => file.write_all(&line),
-        }
-    }
-}
-
-fn run_daemon(args: DaemonArgs) -> Result<()> {
-    let (policy, source) = match &args.policy {
-        Some(path) => (
-            Policy::from_file(path).context("the policy was rejected; nothing was attached")?,
-            PolicySource::File(path.clone()),
-        ),
-        None => (Policy::embedded_default(), PolicySource::Embedded),
+fn show_status(run_dir: &Path, json: bool) -> Result<()> {
+    let Response::Status(status) = control::ask(run_dir, &Request::Status)? else {
+        bail!("the daemon answered something else than a status");
     };
-    let compiled = CompiledPolicy::new(&policy, || {
-        resolv::nameservers_from(Path::new(resolv::RESOLV_CONF)).unwrap_or_else(|err| {
-            warn!("cannot read {}: {err}", resolv::RESOLV_CONF);
-            Vec::new()
-        })
-    });
-    if compiled.resolvers.is_empty() {
-        match compiled.resolver_origin {
-            ResolverOrigin::Policy => {
-                warn!("dns.resolvers is empty: DNS from enforced cgroups is denied")
-            }
-            ResolverOrigin::ResolvConf => warn!(
-                "dns.resolvers is unset and {} names no nameserver: DNS from enforced cgroups \
-                 is denied",
-                resolv::RESOLV_CONF
-            ),
-        }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(());
     }
-
-    let mount = cgroup::cgroup2_mount()?;
-    let mut created_cgroup = None;
-    let mut cgroups: Vec<CgroupDir> = Vec::new();
-    if args.cgroups.is_empty() {
-        let (dir, created) = CgroupDir::ensure_dedicated(&mount)?;
-        if created {
-            created_cgroup = Some(dir.clone());
-        }
-        cgroups.push(dir);
-    } else {
-        for given in &args.cgroups {
-            let dir = CgroupDir::resolve(&mount, given)?;
-            if !cgroups.contains(&dir) {
-                cgroups.push(dir);
-            }
-        }
-    }
-    let audit = AuditSink::open(args.audit_log.as_deref())?;
-
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let rules: Vec<String> = policy
-        .registry_access
-        .allow
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    let result = runtime.block_on(enforce(&compiled, &source, &cgroups, audit, &rules));
-    if let Some(dir) = created_cgroup {
-        match dir.remove() {
-            Ok(()) => info!("removed cgroup {}", dir.path.display()),
-            Err(err) => info!(
-                "left cgroup {} in place ({err}); processes still run in it, unenforced",
-                dir.path.display()
-            ),
-        }
-    }
-    result
-}
-
-async fn enforce(
-    compiled: &CompiledPolicy,
-    source: &PolicySource,
-    cgroups: &[CgroupDir],
-    mut audit: AuditSink,
-    rules: &[String],
-) -> Result<()> {
-    // Subscribe before attaching: a signal that arrives mid-way must still detach cleanly.
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-
-    let mut enforcer = Enforcer::load(compiled)?;
-    for dir in cgroups {
-        // On error the enforcer is dropped on return, which detaches what was attached.
-        enforcer.attach(dir)?;
-    }
-    for (program, count) in enforcer.verified_instructions() {
-        log::debug!(
-            "{program}: {} instructions verified",
-            count.map_or("?".to_string(), |c| c.to_string())
+    println!(
+        "ram: enforcing (daemon pid {}, since {})",
+        status.pid, status.started
+    );
+    println!("pinned state: {}", status.pin_dir.display());
+    println!(
+        "audit log: {}",
+        status.audit_log.as_deref().unwrap_or("(none)")
+    );
+    println!("cgroups:");
+    for cgroup in &status.cgroups {
+        println!(
+            "  {} (id {}){}: {}",
+            cgroup.path,
+            cgroup.id,
+            if cgroup.present { "" } else { " [removed]" },
+            cgroup.reason
         );
     }
-    let events = enforcer.take_events()?;
-    let dns_events = enforcer.take_dns_events()?;
-    // SAFETY: each ring buffer owns its map fd and keeps it open for as long as it lives, which
-    // is as long as its AsyncFd.
-    let mut events =
-        unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
-            .map_err(|err| anyhow::anyhow!("watching the event ring buffer: {err}"))?;
-    let mut dns_events =
-        unsafe { AsyncFd::register_with_interest(dns_events, tokio::io::Interest::READABLE) }
-            .map_err(|err| anyhow::anyhow!("watching the DNS event ring buffer: {err}"))?;
-    let mut expiry = tokio::time::interval(std::time::Duration::from_secs(1));
-
-    let paths: Vec<String> = cgroups
-        .iter()
-        .map(|c| c.path.display().to_string())
-        .collect();
-    info!(
-        "enforcing on {} (policy {source}: {} hostname rule(s), {} address rule(s), resolvers {} \
-         from {})",
-        paths.join(", "),
-        compiled.names.len(),
-        compiled.cidrs.len(),
-        if compiled.resolvers.is_empty() {
+    let policy = &status.policy;
+    println!(
+        "policy: {}\n  sha256 {}\n  loaded {} ({} reload(s))\n  {} hostname rule(s), {} address \
+         rule(s), resolvers: {}; allowed connections audited: {}",
+        policy.source,
+        policy.sha256,
+        policy.loaded,
+        policy.reloads,
+        policy.hostnames,
+        policy.cidrs,
+        if policy.resolvers.is_empty() {
             "none".to_string()
         } else {
-            compiled
-                .resolvers
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
+            policy.resolvers.join(", ")
         },
-        match compiled.resolver_origin {
-            ResolverOrigin::Policy => "the policy",
-            ResolverOrigin::ResolvConf => resolv::RESOLV_CONF,
-        }
+        policy.allowed_audit
     );
-
-    let mut cgroup_names = CgroupNames::new(cgroups);
-    let clock_offset = realtime_minus_boottime_ns();
-    let stop = loop {
-        tokio::select! {
-            _ = sigint.recv() => break "SIGINT",
-            _ = sigterm.recv() => break "SIGTERM",
-            guard = events.readable_mut() => {
-                let mut guard = guard.context("waiting for events")?;
-                drain(guard.get_inner_mut(), |event: GateEvent| {
-                    let cgroup = cgroup_names.lookup(event.cgroup_id);
-                    let record = AuditRecord::from_event(&event, clock_offset, cgroup);
-                    info!("{}", record.summary());
-                    if let Err(err) = audit.write(&record) {
-                        warn!("writing the audit log failed: {err}");
-                    }
-                });
-                guard.clear_ready();
-            }
-            guard = dns_events.readable_mut() => {
-                let mut guard = guard.context("waiting for DNS events")?;
-                drain(guard.get_inner_mut(), |event: DnsEvent| {
-                    let cgroup = cgroup_names.lookup(event.cgroup_id);
-                    let learned = |addr: std::net::IpAddr| {
-                        let key = ram_common::LearnedKey {
-                            cgroup_id: event.cgroup_id,
-                            addr: ram::policy::to_v6(addr).octets(),
-                        };
-                        enforcer.learned_entry(&key).is_some()
-                    };
-                    for record in learn_records(&event, clock_offset, cgroup, rules, learned) {
-                        info!("{}", record.summary());
-                        if let Err(err) = audit.write(&record) {
-                            warn!("writing the audit log failed: {err}");
-                        }
-                    }
-                });
-                guard.clear_ready();
-            }
-            _ = expiry.tick() => {
-                let now = boottime_ns();
-                match enforcer.expire_learned(now) {
-                    Ok((0, _)) => {}
-                    Ok((removed, left)) => log::debug!("expired {removed} learned address(es); {left} left"),
-                    Err(err) => warn!("removing expired learned addresses failed: {err}"),
-                }
-            }
-        }
-    };
-
-    let counters = enforcer.counters().unwrap_or_default();
-    let summary: Vec<String> = Counter::ALL
-        .iter()
-        .map(|c| format!("{}={}", c.as_str(), counters[*c as usize]))
-        .collect();
-    drop(events);
-    drop(dns_events);
-    drop(enforcer);
-    info!(
-        "{stop}: detached from {} cgroup(s); counters: {}",
-        paths.len(),
-        summary.join(" ")
-    );
+    if let Some(rejected) = &policy.rejected {
+        println!("  LAST CHANGE REJECTED (the policy above stays in force): {rejected}");
+    }
+    println!("counters:");
+    for (name, value) in &status.counters {
+        println!("  {name:<24} {value}");
+    }
+    println!("maps:");
+    for fill in &status.maps {
+        println!("  {:<24} {} / {}", fill.map, fill.used, fill.capacity);
+    }
     Ok(())
 }
 
-/// Hands every event waiting in `ring` to `handle`, as a `T` (the `repr(C)` event type the
-/// programs write into that ring buffer); short records are logged and skipped.
-fn drain<T>(ring: &mut RingBuf<MapData>, mut handle: impl FnMut(T)) {
-    while let Some(item) = ring.next() {
-        if item.len() < std::mem::size_of::<T>() {
-            warn!("ignoring a short event ({} bytes)", item.len());
-            continue;
-        }
-        // SAFETY: the kernel wrote a whole T (every ring buffer carries one event type);
-        // read_unaligned copes with any alignment of the ring buffer's data.
-        handle(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
-    }
-}
-
-/// CLOCK_BOOTTIME in nanoseconds: the clock of the programs' expiry times.
-fn boottime_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
+fn show_learned(run_dir: &Path, json: bool) -> Result<()> {
+    let Response::Learned { entries } = control::ask(run_dir, &Request::Learned)? else {
+        bail!("the daemon answered something else than the learned addresses");
     };
-    // SAFETY: valid clock id and out-parameter.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// Audit records for the addresses a DNS event taught the kernel.
-fn learn_records(
-    event: &DnsEvent,
-    clock_offset: i128,
-    cgroup: Option<String>,
-    rules: &[String],
-    in_kernel_map: impl Fn(std::net::IpAddr) -> bool,
-) -> Vec<LearnRecord> {
-    let time = rfc3339_utc(i128::from(event.boot_ns) + clock_offset);
-    let rule = rules
-        .get(event.rule_index as usize)
-        .cloned()
-        .unwrap_or_else(|| format!("#{}", event.rule_index));
-    let resolver = display_addr(event.resolver).to_string();
-    let message = &event.msg[..(event.msg_len as usize).min(event.msg.len())];
-    if event.map_full > 0 {
-        warn!(
-            "{} address(es) answered by {resolver} were NOT learned: the learned-address map is \
-             full (raise dns.max_learned); connections to them are denied",
-            event.map_full
+    if json {
+        println!("{}", serde_json::to_string_pretty(&entries)?);
+        return Ok(());
+    }
+    if entries.is_empty() {
+        println!("no learned addresses");
+    }
+    for entry in &entries {
+        println!(
+            "{:<40} {:<28} {:<30} expires in {} s (rule `{}`)",
+            entry.hostname.as_deref().unwrap_or("?"),
+            entry.addr,
+            entry
+                .cgroup
+                .clone()
+                .unwrap_or_else(|| format!("cgroup id {}", entry.cgroup_id)),
+            entry.expires_in_s,
+            entry.rule.as_deref().unwrap_or("?")
         );
     }
-    if event.forbidden > 0 {
-        warn!(
-            "{} address(es) in an answer from {resolver} were refused (loopback, link-local, \
-             multicast or unspecified addresses are never learned from DNS)",
-            event.forbidden
+    Ok(())
+}
+
+fn show_check(run_dir: &Path, host: String, json: bool) -> Result<()> {
+    let Response::Check(answer) = control::ask(run_dir, &Request::Check { host })? else {
+        bail!("the daemon answered something else than a check");
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+    } else if answer.allowed {
+        println!(
+            "{}: allowed by {} entry `{}`{}: {}",
+            answer.host,
+            answer.kind.as_deref().unwrap_or("?"),
+            answer.rule.as_deref().unwrap_or("?"),
+            answer
+                .rule_index
+                .map(|i| format!(" (#{i})"))
+                .unwrap_or_default(),
+            answer.explanation
         );
+    } else {
+        println!("{}: denied: {}", answer.host, answer.explanation);
     }
-    match named_addresses(message) {
-        // The kernel's map decides what was learned (refused and map-full addresses are not).
-        Ok(named) => named
-            .into_iter()
-            .filter(|n| in_kernel_map(n.addr))
-            .map(|n| LearnRecord {
-                time: time.clone(),
-                verdict: "learn",
-                reason: "learned",
-                cgroup: cgroup.clone(),
-                cgroup_id: event.cgroup_id,
-                hostname: n.question,
-                record_owner: n.owner,
-                dst_addr: n.addr.to_string(),
-                ttl: n.ttl,
-                rule: rule.clone(),
-                rule_index: event.rule_index,
-                resolver: resolver.clone(),
-                protocol: protocol_name(event.protocol),
-            })
-            .collect(),
-        Err(err) => {
-            warn!("could not decode an answer the kernel learned from ({err})");
-            Vec::new()
-        }
-    }
-}
-
-/// cgroup id → path, for audit records (the process may be in a child of an enforced cgroup).
-struct CgroupNames {
-    roots: Vec<CgroupDir>,
-    mount: Option<PathBuf>,
-    known: HashMap<u64, Option<String>>,
-}
-
-impl CgroupNames {
-    /// A cgroup tree walked per unknown id is bounded by this many directories.
-    const MAX_WALK: usize = 10_000;
-
-    fn new(roots: &[CgroupDir]) -> Self {
-        Self {
-            roots: roots.to_vec(),
-            mount: cgroup::cgroup2_mount().ok(),
-            known: HashMap::new(),
-        }
-    }
-
-    /// The path relative to the cgroup2 mount (`/ram.enforced/job`), as systemd shows them.
-    fn lookup(&mut self, id: u64) -> Option<String> {
-        if let Some(known) = self.known.get(&id) {
-            return known.clone();
-        }
-        let found = cgroup::find_by_id(&self.roots, id, Self::MAX_WALK).map(|path| {
-            match self.mount.as_ref().and_then(|m| path.strip_prefix(m).ok()) {
-                Some(relative) => format!("/{}", relative.display()),
-                None => path.display().to_string(),
-            }
-        });
-        // Bounded cache: cgroups come and go; forget everything rather than grow forever.
-        if self.known.len() > 4096 {
-            self.known.clear();
-        }
-        self.known.insert(id, found.clone());
-        found
-    }
+    Ok(())
 }
 
 fn run_exec(args: ExecArgs) -> Result<()> {

@@ -1,0 +1,161 @@
+//! The daemon's control socket: one JSON request per connection, one JSON answer.
+//!
+//! `<run dir>/ram.sock` is root-only (0600): it tells what is enforced and learned. The policy
+//! in force is also written to `<run dir>/policy.toml` (0644) for `ram policy show`, which any
+//! user may run, like Docker's read-only view of registry.json.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde::{Deserialize, Serialize};
+
+pub const SOCKET_NAME: &str = "ram.sock";
+pub const POLICY_COPY_NAME: &str = "policy.toml";
+/// Where the daemon keeps its socket and the copy of the policy in force.
+pub const DEFAULT_RUN_DIR: &str = "/run/ram";
+/// Longest request the daemon reads (a hostname to check is the largest part).
+pub const MAX_REQUEST: usize = 4096;
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    Learned,
+    Check { host: String },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub enforcing: bool,
+    pub pid: u32,
+    pub started: String,
+    pub pin_dir: PathBuf,
+    pub audit_log: Option<String>,
+    pub cgroups: Vec<CgroupStatus>,
+    pub policy: PolicyStatus,
+    /// Every kernel counter by name (allowed_learned, denied, events_dropped, ...).
+    pub counters: Vec<(String, u64)>,
+    pub maps: Vec<MapFill>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CgroupStatus {
+    pub path: String,
+    pub id: u64,
+    /// False once the cgroup was removed.
+    pub present: bool,
+    /// Why it is enforced (e.g. `--cgroup`, or ram's own cgroup).
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PolicyStatus {
+    pub source: String,
+    pub sha256: String,
+    pub loaded: String,
+    pub hostnames: usize,
+    pub cidrs: usize,
+    pub resolvers: Vec<String>,
+    pub allowed_audit: String,
+    pub reloads: u64,
+    /// The last rejected change, if the file now differs from the policy in force.
+    pub rejected: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MapFill {
+    pub map: String,
+    pub used: usize,
+    pub capacity: usize,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LearnedEntry {
+    pub addr: String,
+    pub cgroup: Option<String>,
+    pub cgroup_id: u64,
+    pub hostname: Option<String>,
+    pub rule: Option<String>,
+    pub expires: String,
+    pub expires_in_s: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CheckAnswer {
+    pub host: String,
+    pub allowed: bool,
+    /// The policy entry that allows it, and its kind (`allow`, `allow_cidrs`, `loopback`).
+    pub rule: Option<String>,
+    pub kind: Option<String>,
+    pub rule_index: Option<usize>,
+    /// For a hostname: how its addresses get allowed; for an address: why or why not.
+    pub explanation: String,
+}
+
+/// The daemon's answer to any request.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "snake_case")]
+pub enum Response {
+    Status(Box<Status>),
+    Learned { entries: Vec<LearnedEntry> },
+    Check(CheckAnswer),
+    Error { message: String },
+}
+
+pub fn socket_path(run_dir: &Path) -> PathBuf {
+    run_dir.join(SOCKET_NAME)
+}
+
+/// Sends `request` to the daemon listening under `run_dir` and returns its answer.
+pub fn ask(run_dir: &Path, request: &Request) -> Result<Response> {
+    let path = socket_path(run_dir);
+    let mut stream = UnixStream::connect(&path).with_context(|| {
+        format!(
+            "cannot reach the ram daemon at {}; is it running (`systemctl status ram`), and are \
+             you root?",
+            path.display()
+        )
+    })?;
+    // Bounded: the daemon answers from memory and maps, in milliseconds.
+    let timeout = Some(Duration::from_secs(10));
+    stream.set_read_timeout(timeout)?;
+    stream.set_write_timeout(timeout)?;
+    let mut line = serde_json::to_vec(request)?;
+    line.push(b'\n');
+    stream.write_all(&line)?;
+    let mut answer = String::new();
+    BufReader::new(stream)
+        .read_line(&mut answer)
+        .context("reading the daemon's answer")?;
+    if answer.is_empty() {
+        bail!("the daemon closed the connection without answering; see its log");
+    }
+    let response: Response =
+        serde_json::from_str(&answer).context("the daemon's answer is not valid JSON")?;
+    if let Response::Error { message } = &response {
+        bail!("the daemon refused the request: {message}");
+    }
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_tagged_json() {
+        let json = serde_json::to_string(&Request::Check {
+            host: "ghcr.io".into(),
+        })
+        .unwrap();
+        assert_eq!(json, r#"{"command":"check","host":"ghcr.io"}"#);
+        let back: Request = serde_json::from_str(r#"{"command":"status"}"#).unwrap();
+        assert_eq!(back, Request::Status);
+        assert!(serde_json::from_str::<Request>(r#"{"command":"rm -rf"}"#).is_err());
+    }
+}
