@@ -130,7 +130,24 @@ pub fn remove_stale_leftovers() {
             }
         }
     }
+    // Pinned state of killed test daemons (removing the pins detaches their links).
+    for root in [Path::new(BPFFS), Path::new(TEMP_ROOT)] {
+        if let Ok(entries) = fs::read_dir(root) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if stale(&name) {
+                    let _ = fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+    }
 }
+
+/// Where test daemons pin their state (each in its own directory).
+const BPFFS: &str = "/sys/fs/bpf";
+/// Parent of the tests' temporary directories: root-owned and not writable by others, because
+/// the daemon refuses policy files reached through a directory others can write (such as /tmp).
+const TEMP_ROOT: &str = "/run/ram-tests";
 
 /// A cgroup v2 directory made for one test, under the cgroup2 mount. On drop, every process
 /// still in it (or in a child) is killed by PID and the directories are removed.
@@ -501,9 +518,15 @@ impl Drop for Background {
 pub struct TempDir(PathBuf);
 
 impl TempDir {
+    /// A new directory under [`TEMP_ROOT`], both mode 0755.
     pub fn new() -> Self {
-        let path = std::env::temp_dir().join(unique('t'));
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = Path::new(TEMP_ROOT).join(unique('t'));
         fs::create_dir_all(&path).expect("creating a temporary directory");
+        for dir in [Path::new(TEMP_ROOT), path.as_path()] {
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
+                .expect("setting a temporary directory's mode");
+        }
         Self(path)
     }
 
@@ -530,42 +553,78 @@ impl Drop for TempDir {
     }
 }
 
-/// A running `ram daemon`. Started with [`Daemon::start`], which returns once the daemon logs
-/// that it is enforcing. Dropping it sends SIGTERM (then SIGKILL after 5 s) to its PID.
-pub struct Daemon {
-    child: Option<Child>,
-    log: mpsc::Receiver<String>,
-    pub lines: Vec<String>,
-    pub audit_log: PathBuf,
-    _dir: TempDir,
+/// What a test daemon keeps across restarts: its directory (policy, audit log, run dir) and
+/// its pinned state under bpffs. Dropping it removes both (removing the pins detaches the
+/// links), so a test never leaves enforcement behind.
+pub struct DaemonState {
+    dir: TempDir,
+    pin_dir: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
-impl Daemon {
-    /// `ram daemon --policy <policy_toml> --cgroup <each> --audit-log <tmp>`.
-    pub fn start(policy_toml: &str, cgroups: &[&Path]) -> Result<Self> {
-        let dir = TempDir::new();
-        let policy = dir.write("policy.toml", policy_toml);
-        let mut args: Vec<String> = vec!["--policy".into(), policy.display().to_string()];
-        for cgroup in cgroups {
-            args.push("--cgroup".into());
-            args.push(cgroup.display().to_string());
+impl DaemonState {
+    /// `ram daemon ARGS --audit-log <dir>/audit.jsonl` with its own pin and run directories.
+    pub fn new(dir: TempDir, args: Vec<String>) -> Self {
+        Self {
+            pin_dir: Path::new(BPFFS).join(unique('p')),
+            dir,
+            args,
+            env: Vec::new(),
         }
-        Self::start_with(dir, &args)
     }
 
-    /// `ram daemon ARGS --audit-log <tmp>`, any arguments.
-    pub fn start_args(args: &[&str]) -> Result<Self> {
-        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        Self::start_with(TempDir::new(), &args)
+    /// Sets an environment variable for the daemon (e.g. NOTIFY_SOCKET).
+    pub fn with_env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
     }
 
-    fn start_with(dir: TempDir, args: &[String]) -> Result<Self> {
-        let audit_log = dir.path().join("audit.jsonl");
-        let mut child = Command::new(ram_bin())
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
+    pub fn audit_log(&self) -> PathBuf {
+        self.dir.path().join("audit.jsonl")
+    }
+
+    pub fn policy_path(&self) -> PathBuf {
+        self.dir.path().join("policy.toml")
+    }
+
+    /// Replaces the policy file the way config tools do: write a temporary file, then rename.
+    pub fn write_policy(&self, text: &str) {
+        let temp = self.dir.path().join(".policy.toml.new");
+        fs::write(&temp, text).expect("writing the new policy");
+        fs::rename(&temp, self.policy_path()).expect("renaming the new policy into place");
+    }
+
+    /// A `ram` command aimed at this daemon (its run and pin directories).
+    pub fn ram(&self) -> Command {
+        let mut cmd = Command::new(ram_bin());
+        cmd.env("RAM_RUN_DIR", self.run_dir())
+            .env("RAM_PIN_DIR", &self.pin_dir)
+            .env("RUST_LOG", "warn");
+        cmd
+    }
+
+    /// Starts the daemon; returns once it logs that it is enforcing.
+    pub fn start(self) -> Result<Daemon> {
+        let mut child = self
+            .ram()
             .arg("daemon")
-            .args(args)
+            .args(&self.args)
             .arg("--audit-log")
-            .arg(&audit_log)
+            .arg(self.audit_log())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -582,17 +641,70 @@ impl Daemon {
                 }
             }
         });
-        let mut daemon = Self {
+        let mut daemon = Daemon {
             child: Some(child),
             log,
             lines: Vec::new(),
-            audit_log,
-            _dir: dir,
+            audit_log: self.audit_log(),
+            state: Some(self),
         };
         daemon
             .wait_for_line("enforcing on", Duration::from_secs(20))
             .map_err(|err| anyhow!("ram daemon did not start enforcing: {err:#}"))?;
         Ok(daemon)
+    }
+}
+
+impl Drop for DaemonState {
+    fn drop(&mut self) {
+        if self.pin_dir.exists()
+            && let Err(err) = fs::remove_dir_all(&self.pin_dir)
+        {
+            eprintln!(
+                "warning: removing pinned state {}: {err}",
+                self.pin_dir.display()
+            );
+        }
+    }
+}
+
+/// A running `ram daemon`. Started with [`Daemon::start`], which returns once the daemon logs
+/// that it is enforcing. Dropping it sends SIGTERM (then SIGKILL after 5 s) to its PID, then
+/// removes its pinned state.
+pub struct Daemon {
+    child: Option<Child>,
+    log: mpsc::Receiver<String>,
+    pub lines: Vec<String>,
+    pub audit_log: PathBuf,
+    state: Option<DaemonState>,
+}
+
+impl Daemon {
+    /// `ram daemon --policy <policy_toml> --cgroup <each> --audit-log <tmp>`.
+    pub fn start(policy_toml: &str, cgroups: &[&Path]) -> Result<Self> {
+        Self::prepare(policy_toml, cgroups).start()
+    }
+
+    /// The state of a daemon for `policy_toml` and `cgroups`, not started yet.
+    pub fn prepare(policy_toml: &str, cgroups: &[&Path]) -> DaemonState {
+        let dir = TempDir::new();
+        let policy = dir.write("policy.toml", policy_toml);
+        let mut args: Vec<String> = vec!["--policy".into(), policy.display().to_string()];
+        for cgroup in cgroups {
+            args.push("--cgroup".into());
+            args.push(cgroup.display().to_string());
+        }
+        DaemonState::new(dir, args)
+    }
+
+    /// `ram daemon ARGS --audit-log <tmp>`, any arguments.
+    pub fn start_args(args: &[&str]) -> Result<Self> {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        DaemonState::new(TempDir::new(), args).start()
+    }
+
+    pub fn state(&self) -> &DaemonState {
+        self.state.as_ref().expect("a daemon has its state")
     }
 
     pub fn pid(&self) -> u32 {
@@ -629,11 +741,29 @@ impl Daemon {
         )
     }
 
-    /// Sends SIGTERM and waits (≤ 10 s) for a clean exit; returns the exit status.
-    pub fn stop(mut self) -> Result<ExitStatus> {
+    /// Sends SIGTERM and waits (≤ 10 s) for a clean exit; returns the exit status. The pinned
+    /// state goes when the returned daemon state is dropped, so a caller can look at what the
+    /// stopped daemon left, or start it again.
+    pub fn stop_keeping_state(mut self) -> Result<(ExitStatus, DaemonState)> {
+        let status = self.signal_and_wait(libc::SIGTERM)?;
+        Ok((status, self.state.take().expect("a daemon has its state")))
+    }
+
+    /// Sends SIGTERM and waits; then removes the pinned state.
+    pub fn stop(self) -> Result<ExitStatus> {
+        Ok(self.stop_keeping_state()?.0)
+    }
+
+    /// SIGKILL: the daemon gets no chance to clean up, as in a crash or an OOM kill.
+    pub fn kill9(mut self) -> Result<DaemonState> {
+        self.signal_and_wait(libc::SIGKILL)?;
+        Ok(self.state.take().expect("a daemon has its state"))
+    }
+
+    fn signal_and_wait(&mut self, signal: i32) -> Result<ExitStatus> {
         let mut child = self.child.take().expect("running daemon");
         // SAFETY: kill(2) of our own child's PID.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        unsafe { libc::kill(child.id() as i32, signal) };
         let status = wait_bounded(&mut child, Duration::from_secs(10))?;
         // Drain the rest of the log for the caller.
         while let Ok(line) = self.log.recv_timeout(Duration::from_millis(200)) {
@@ -644,12 +774,47 @@ impl Daemon {
 
     /// The JSON lines of the audit log so far.
     pub fn audit_records(&self) -> Vec<serde_json::Value> {
-        fs::read_to_string(&self.audit_log)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("audit lines are JSON"))
-            .collect()
+        audit_records(&self.audit_log)
     }
+
+    /// Runs `ram ARGS` against this daemon; fails unless it exits 0. Returns stdout.
+    pub fn ram(&self, args: &[&str]) -> Result<String> {
+        let output = self.state().ram().args(args).output()?;
+        if !output.status.success() {
+            bail!(
+                "ram {args:?} failed ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// `ram status --json`, parsed.
+    pub fn status(&self) -> serde_json::Value {
+        let text = self.ram(&["status", "--json"]).expect("ram status");
+        serde_json::from_str(&text).expect("ram status --json prints JSON")
+    }
+
+    /// A kernel counter from `ram status`.
+    pub fn counter(&self, name: &str) -> u64 {
+        self.status()["counters"]
+            .as_array()
+            .expect("counters")
+            .iter()
+            .find(|pair| pair[0] == name)
+            .and_then(|pair| pair[1].as_u64())
+            .unwrap_or_else(|| panic!("no counter {name}"))
+    }
+}
+
+/// The JSON lines of an audit log file.
+pub fn audit_records(path: &Path) -> Vec<serde_json::Value> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("audit lines are JSON"))
+        .collect()
 }
 
 fn wait_bounded(child: &mut Child, timeout: Duration) -> Result<ExitStatus> {
@@ -679,6 +844,7 @@ impl Drop for Daemon {
                 eprintln!("warning: ram daemon {} needed SIGKILL", child.id());
             }
         }
+        // Then the state drops: pins removed, links detached.
     }
 }
 

@@ -38,12 +38,17 @@ fn default_policy_on_the_dedicated_cgroup() {
     let port = listener.local_addr().unwrap().port();
     assert!(probe_with(in_dedicated(), "tcp-connect", "127.0.0.1", port).ok());
 
-    let status = daemon.stop().expect("daemon stops");
+    // Stopping the daemon leaves enforcement in place; `ram uninstall` removes it, and the
+    // cgroup the daemon created.
+    let (status, state) = daemon.stop_keeping_state().expect("daemon stops");
     assert!(status.success());
-    assert!(
-        !dedicated.exists(),
-        "the daemon removes the cgroup it created"
-    );
+    assert_eq!(attached_programs(&dedicated).len(), 6);
+    let output = state.ram().arg("uninstall").output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("removed 6 link(s)"), "{stdout}");
+    assert!(!dedicated.exists(), "uninstall removes ram's own cgroup");
+    assert!(!state.pin_dir().exists());
 }
 
 #[test]
@@ -69,7 +74,7 @@ fn an_invalid_policy_attaches_nothing_and_names_the_line() {
         "{stderr}"
     );
     assert!(stderr.contains("10.1.2.0/33"), "{stderr}");
-    assert!(stderr.contains("nothing was attached"), "{stderr}");
+    assert!(stderr.contains("nothing was changed"), "{stderr}");
     assert!(attached_programs(cgroup.path()).is_empty());
 }
 
@@ -144,16 +149,21 @@ fn missing_cgroup_is_refused_with_advice() {
 }
 
 #[test]
-fn sigint_also_detaches() {
+fn sigint_stops_the_daemon_but_not_enforcement() {
     let cgroup = TestCgroup::new();
     let mut daemon = Daemon::start("", &[cgroup.path()]).expect("daemon starts");
     assert_eq!(attached_programs(cgroup.path()).len(), 6);
     // SAFETY: kill(2) of the daemon's own PID.
     unsafe { libc::kill(daemon.pid() as i32, libc::SIGINT) };
     daemon
-        .wait_for_line("SIGINT: detached from 1 cgroup(s)", Duration::from_secs(10))
+        .wait_for_line(
+            "SIGINT: the daemon stops; enforcement stays in the kernel",
+            Duration::from_secs(10),
+        )
         .expect("the daemon logs its stop");
-    let status = daemon.stop().expect("exited");
+    let (status, state) = daemon.stop_keeping_state().expect("exited");
     assert!(status.success());
+    assert_eq!(attached_programs(cgroup.path()).len(), 6);
+    drop(state);
     assert!(attached_programs(cgroup.path()).is_empty());
 }

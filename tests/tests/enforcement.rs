@@ -327,7 +327,7 @@ fn child_cgroups_are_enforced_too() {
 }
 
 #[test]
-fn stopping_the_daemon_detaches_everything() {
+fn enforcement_outlives_the_daemon_until_uninstall() {
     let net = TestNet::new();
     let _http = net.http_server(HTTP_PORT);
     let cgroup = TestCgroup::new();
@@ -350,14 +350,23 @@ fn stopping_the_daemon_detaches_everything() {
         "EPERM"
     );
 
-    let status = daemon.stop().expect("daemon stops");
+    let (status, state) = daemon.stop_keeping_state().expect("daemon stops");
     assert!(status.success(), "daemon exit status: {status}");
+    assert_eq!(attached_programs(cgroup.path()).len(), 6, "fail-closed");
+    assert_eq!(
+        probe_in(&cgroup, "tcp-connect", &b(), HTTP_PORT).result,
+        "EPERM",
+        "still denied with no daemon"
+    );
+
+    let output = state.ram().arg("uninstall").output().unwrap();
+    assert!(output.status.success(), "{output:?}");
     assert!(
         attached_programs(cgroup.path()).is_empty(),
-        "programs left attached"
+        "programs left attached after uninstall"
     );
     let after = probe_in(&cgroup, "tcp-http", &b(), HTTP_PORT);
-    assert!(after.ok(), "after the daemon stopped: {after:?}");
+    assert!(after.ok(), "after uninstall: {after:?}");
 }
 
 #[test]
