@@ -374,10 +374,16 @@ async fn serve(options: Options, policy: LoadedPolicy, audit: AuditSink) -> Resu
         daemon.dns_event(&event)
     });
     let _ = fs::remove_file(control::socket_path(&daemon.options.run_dir));
+    let counters = daemon.enforcer.counters().unwrap_or_default();
+    let summary: Vec<String> = Counter::ALL
+        .iter()
+        .map(|c| format!("{}={}", c.as_str(), counters[*c as usize]))
+        .collect();
     info!(
         "{stop}: the daemon stops; enforcement stays in the kernel (pinned under {}). `ram \
-         uninstall` removes it.",
-        daemon.options.pin_dir.display()
+         uninstall` removes it. counters: {} ",
+        daemon.options.pin_dir.display(),
+        summary.join(" ")
     );
     Ok(())
 }
@@ -426,6 +432,7 @@ impl Daemon {
             info!("{why}: no policy file (the embedded default is in force); nothing to re-read");
             return;
         };
+        let started = std::time::Instant::now();
         let new = match LoadedPolicy::read(Some(&path)) {
             Ok(new) => new,
             Err(err) => {
@@ -443,11 +450,15 @@ impl Daemon {
             self.rejected = None;
             return;
         }
+        let compiled_in = started.elapsed();
         let _ = notify::reloading();
         match self.enforcer.apply(&new.compiled) {
             Ok(report) => {
                 info!(
-                    "{why}: now in force: {}{}",
+                    "{why}: now in force (read and compiled in {:.1} ms, swapped in {:.1} ms): \
+                     {}{}",
+                    compiled_in.as_secs_f64() * 1e3,
+                    (started.elapsed() - compiled_in).as_secs_f64() * 1e3,
                     new.describe(),
                     match report.learned_dropped {
                         0 => String::new(),

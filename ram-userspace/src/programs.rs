@@ -373,6 +373,8 @@ pub struct Enforcer {
     enforced: Vec<Enforced>,
     program_ids: StdHashMap<&'static str, u32>,
     learned_capacity: u32,
+    /// Rule ids of the hostname rules in force: learned entries of other rules are removed.
+    kept_rules: HashSet<u64>,
 }
 
 impl Enforcer {
@@ -464,6 +466,7 @@ impl Enforcer {
             enforced: Vec::new(),
             program_ids,
             learned_capacity,
+            kept_rules: HashSet::new(),
         };
         // The policy goes in before any new attach: a fresh link never runs without one.
         enforcer.apply(policy)?;
@@ -695,6 +698,7 @@ impl Enforcer {
         }
 
         let kept: HashSet<u64> = policy.names.iter().map(|n| n.rule.rule_id).collect();
+        self.kept_rules = kept.clone();
         let mut learned: HashMap<_, LearnedKey, LearnedAddr> = typed_map(&mut self.ebpf, LEARNED)?;
         let dropped: Vec<LearnedKey> = learned
             .iter()
@@ -746,8 +750,11 @@ impl Enforcer {
     }
 
     /// Removes learned addresses that expired before `now_boot_ns` (CLOCK_BOOTTIME, the
-    /// programs' clock). Returns how many were removed and how many remain.
+    /// programs' clock), and those whose rule the policy in force does not have (an answer
+    /// judged under the previous policy just before a change can land after [`Self::apply`]
+    /// cleaned up). Returns how many were removed and how many remain.
     pub fn expire_learned(&mut self, now_boot_ns: u64) -> Result<(usize, usize), EnforceError> {
+        let kept = self.kept_rules.clone();
         let map = self
             .ebpf
             .map_mut(LEARNED)
@@ -759,7 +766,7 @@ impl Enforcer {
         for item in learned.iter() {
             let (key, value) = item.map_err(|source| map_error(LEARNED, source))?;
             total += 1;
-            if value.expires_ns <= now_boot_ns {
+            if value.expires_ns <= now_boot_ns || !kept.contains(&value.rule_id) {
                 expired.push(key);
             }
         }

@@ -713,15 +713,32 @@ impl Daemon {
 
     /// Waits until a log line contains `needle`; fails if the daemon exits or `timeout` passes.
     pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> Result<String> {
-        if let Some(line) = self.lines.iter().find(|l| l.contains(needle)) {
-            return Ok(line.clone());
+        self.wait_for_nth_line(needle, 1, timeout)
+    }
+
+    /// Waits until `n` log lines contain `needle`; returns the n-th.
+    pub fn wait_for_nth_line(
+        &mut self,
+        needle: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<String> {
+        let nth = |lines: &[String]| {
+            lines
+                .iter()
+                .filter(|l| l.contains(needle))
+                .nth(n - 1)
+                .cloned()
+        };
+        if let Some(line) = nth(&self.lines) {
+            return Ok(line);
         }
         let deadline = Instant::now() + timeout;
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             match self.log.recv_timeout(left) {
                 Ok(line) => {
-                    self.lines.push(line.clone());
-                    if line.contains(needle) {
+                    self.lines.push(line);
+                    if let Some(line) = nth(&self.lines) {
                         return Ok(line);
                     }
                 }

@@ -13,7 +13,8 @@ fn default_policy_on_the_dedicated_cgroup() {
     let dedicated = cgroup2_mount().join("ram.enforced");
     assert!(
         !dedicated.exists(),
-        "{} exists already: is a ram daemon running on this machine?",
+        "{} exists already: a ram daemon runs on this machine, or one ran and its enforcement \
+         stays (`ram uninstall` removes it)",
         dedicated.display()
     );
 

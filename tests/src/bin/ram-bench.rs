@@ -7,6 +7,11 @@
 //! - dns-lookup: a DNS query to dnsmasq on a test host and its answer, for an allowed name
 //!   (the enforced side tracks the query and learns from every answer in the kernel).
 //! - connect-learned: TCP connect + close to a test-host address learned from DNS.
+//! - policy-reload: a 10,000-hostname policy file replaced by rename while the daemon runs;
+//!   time until a connection the new policy allows goes through (and, the other way, is
+//!   refused again), with the daemon's own read+compile and swap times. Absolute times: there
+//!   is no unenforced side to a reload.
+//! - daemon-rss: the daemon's resident memory with a 10-hostname and a 10,000-hostname policy.
 
 use std::{
     io::{Read as _, Write as _},
@@ -38,6 +43,9 @@ fn main() -> anyhow::Result<()> {
             }
             if wanted("dns-lookup") || wanted("connect-learned") {
                 dns_benchmarks()?;
+            }
+            if wanted("policy-reload") || wanted("daemon-rss") {
+                policy_benchmarks()?;
             }
             Ok(())
         }
@@ -287,4 +295,118 @@ fn dns_benchmarks() -> anyhow::Result<()> {
         &enforced,
         &connect,
     )
+}
+
+/// A policy with `names` hostnames (`host<i>.registry<j>.test`) and `cidrs`; loopback denied.
+fn big_policy(names: usize, cidrs: &[&str]) -> String {
+    let mut text = String::from("[registry_access]\nallow_loopback = false\nallow = [\n");
+    for i in 0..names {
+        text.push_str(&format!("  \"host{i}.registry{}.test\",\n", i % 97));
+    }
+    text.push_str("]\nallow_cidrs = [");
+    text.push_str(
+        &cidrs
+            .iter()
+            .map(|c| format!("\"{c}\""))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    text.push_str("]\n[dns]\nresolvers = []\n");
+    text
+}
+
+/// Resident memory of `pid` in KiB (VmRSS).
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS")
+}
+
+/// Milliseconds in a daemon log line's `... in X ms` after `label`.
+fn logged_ms(line: &str, label: &str) -> Option<f64> {
+    let rest = &line[line.find(label)? + label.len()..];
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+fn policy_benchmarks() -> anyhow::Result<()> {
+    const NAMES: usize = 10_000;
+    const REPEATS: usize = 10;
+    let target = "127.0.0.2:9191";
+    let listener = deep_listener(target.parse()?)?;
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            drop(stream);
+        }
+    });
+    let cgroup = TestCgroup::new();
+
+    let small = Daemon::start(&big_policy(10, &[]), &[cgroup.path()])?;
+    thread::sleep(Duration::from_millis(500));
+    let small_rss = rss_kib(small.pid())?;
+    drop(small);
+
+    let closed = big_policy(NAMES, &[]);
+    let open = big_policy(NAMES, &["127.0.0.2/32"]);
+    let mut daemon = Daemon::start(&closed, &[cgroup.path()])?;
+    thread::sleep(Duration::from_millis(500));
+    let big_rss = rss_kib(daemon.pid())?;
+    let connects = || {
+        let output = cgroup
+            .command(std::env::current_exe().expect("own path"))
+            .args(["worker-connect", target, "1"])
+            .stderr(Stdio::null())
+            .output()
+            .expect("running a connect worker");
+        output.status.success()
+    };
+    ensure!(!connects(), "the closed policy must deny {target}");
+
+    let mut took = Vec::new();
+    let (mut compile, mut swap) = (Vec::new(), Vec::new());
+    for round in 0..REPEATS * 2 {
+        let opening = round % 2 == 0;
+        let start = Instant::now();
+        daemon
+            .state()
+            .write_policy(if opening { &open } else { &closed });
+        let deadline = start + Duration::from_secs(5);
+        while connects() != opening {
+            ensure!(
+                Instant::now() < deadline,
+                "the reload did not take effect in 5 s"
+            );
+        }
+        took.push(start.elapsed().as_secs_f64() * 1e3);
+        // The daemon's own timings, from its log line for this reload.
+        let line = daemon.wait_for_nth_line("now in force", round + 1, Duration::from_secs(5))?;
+        compile.extend(logged_ms(&line, "compiled in"));
+        swap.extend(logged_ms(&line, "swapped in"));
+    }
+    let after_rss = rss_kib(daemon.pid())?;
+    let max = took.iter().cloned().fold(0.0, f64::max);
+    println!(
+        "policy-reload: {NAMES}-hostname policy replaced by rename, {} times; file write to \
+         enforced (a connection allowed or refused accordingly)",
+        took.len()
+    );
+    println!(
+        "  write -> enforced: median {:.0} ms, max {max:.0} ms (goal < 1000 ms)",
+        median(&mut took)
+    );
+    if !compile.is_empty() {
+        println!(
+            "  daemon: read+compile median {:.1} ms (goal < 100 ms), swap into the kernel median {:.1} ms",
+            median(&mut compile),
+            median(&mut swap)
+        );
+    }
+    println!(
+        "daemon-rss: {small_rss} KiB with 10 hostnames, {big_rss} KiB with {NAMES}, {after_rss} KiB after {} reloads",
+        took.len()
+    );
+    Ok(())
 }
