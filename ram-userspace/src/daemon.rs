@@ -235,8 +235,8 @@ struct Daemon {
     options: Options,
     enforcer: Enforcer,
     policy: LoadedPolicy,
-    /// Every rule id seen in this daemon's life → its text (ids are stable across policies, so
-    /// events from just before a reload still find their rule).
+    /// Rule id → text for the policy in force and the one before it (ids are stable across
+    /// policies, so events from just before a reload still find their rule).
     rules: HashMap<u64, String>,
     reloads: u64,
     rejected: Option<String>,
@@ -474,7 +474,11 @@ impl Daemon {
                         self.enforcer.learned_capacity()
                     );
                 }
-                self.rules.extend(new.compiled.rules.clone());
+                let mut rules = new.compiled.rules.clone();
+                for (id, text) in &self.policy.compiled.rules {
+                    rules.entry(*id).or_insert_with(|| text.clone());
+                }
+                self.rules = rules;
                 write_policy_copy(&self.options.run_dir, &new);
                 self.policy = new;
                 self.reloads += 1;

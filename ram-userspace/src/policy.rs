@@ -374,16 +374,10 @@ fn seconds(
     }
 }
 
-fn dedup_in_order<T: PartialEq + Clone>(items: &mut Vec<T>) {
-    let mut seen: Vec<T> = Vec::with_capacity(items.len());
-    items.retain(|item| {
-        if seen.contains(item) {
-            false
-        } else {
-            seen.push(item.clone());
-            true
-        }
-    });
+/// Drops repeated entries, keeping the first of each (a set: policies list 10,000s of names).
+fn dedup_in_order<T: Eq + std::hash::Hash + Clone>(items: &mut Vec<T>) {
+    let mut seen = std::collections::HashSet::with_capacity(items.len());
+    items.retain(|item| seen.insert(item.clone()));
 }
 
 /// 1-based line and column of byte `offset`, and the line itself with a caret under the column.

@@ -39,7 +39,11 @@ enum Task {
         filter: Option<String>,
     },
     /// Set up, then run the benchmarks and print the ratios (root required).
-    Bench,
+    Bench {
+        /// Only benchmarks whose name contains this (connect-loopback, dns-lookup,
+        /// connect-learned, policy-reload, daemon-rss).
+        filter: Option<String>,
+    },
     /// Fuzz the kernel's DNS parsing code (ram_common::dns) with libFuzzer for SECONDS
     /// (installs cargo-fuzz if missing).
     Fuzz {
@@ -54,7 +58,7 @@ fn main() {
         Task::Setup => setup::run(),
         Task::Daemon { args } => daemon(&args),
         Task::Test { filter } => test(filter.as_deref()),
-        Task::Bench => bench(),
+        Task::Bench { filter } => bench(filter.as_deref()),
         Task::Fuzz { seconds } => fuzz(seconds),
     };
     if let Err(err) = result {
@@ -158,7 +162,7 @@ fn test(filter: Option<&str>) -> Result<()> {
     run(&mut integration, "integration tests")
 }
 
-fn bench() -> Result<()> {
+fn bench(filter: Option<&str>) -> Result<()> {
     setup::run()?;
     require_root("bench")?;
     let ram = build_ram(true)?;
@@ -171,6 +175,7 @@ fn bench() -> Result<()> {
         "--bin",
         "ram-bench",
     ])
+    .args(filter)
     .env("RAM_BIN", &ram);
     run(&mut cmd, "benchmarks")
 }
