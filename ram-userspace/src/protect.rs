@@ -126,7 +126,12 @@ pub fn check_policy_path(path: &Path) -> Result<(), ProtectError> {
             path: path.to_path_buf(),
             source,
         })?;
-    walk(&current_directory.join(path))
+    check_relative_to(&current_directory, path)
+}
+
+/// `path` taken from `directory` (the current directory, in use).
+fn check_relative_to(directory: &Path, path: &Path) -> Result<(), ProtectError> {
+    walk(&directory.join(path))
 }
 
 /// One step of a lookup still to be taken.
@@ -552,22 +557,17 @@ mod tests {
 
     #[test]
     fn relative_path_works() {
+        // From a directory of the test's own (the process's current directory is shared by
+        // every test, and may lie below /tmp, which the check rightly refuses).
         let root = TestDirectory::new();
-        let policy = root.file("policy.json", 0o644);
-        // Climb from the current directory to `/` rather than changing it: the current
-        // directory is shared by every test running in this process.
-        let current_directory = std::env::current_dir().unwrap();
-        let mut relative = PathBuf::new();
-        for _ in current_directory.components().skip(1) {
-            relative.push("..");
-        }
-        relative.push(policy.strip_prefix("/").unwrap());
-        assert!(relative.is_relative());
-        check_policy_path(&relative).unwrap();
+        root.file("policy.json", 0o644);
+        let subdirectory = root.path.join("sub");
+        fs::create_dir(&subdirectory).unwrap();
+        check_relative_to(&root.path, Path::new("policy.json")).unwrap();
+        check_relative_to(&subdirectory, Path::new("../policy.json")).unwrap();
 
         let unsafe_policy = root.file("unsafe.json", 0o666);
-        relative.set_file_name("unsafe.json");
-        let error = check_policy_path(&relative).unwrap_err();
+        let error = check_relative_to(&subdirectory, Path::new("../unsafe.json")).unwrap_err();
         assert!(
             matches!(&error, ProtectError::FileWritable { path, .. } if *path == unsafe_policy),
             "{error:?}"
