@@ -315,7 +315,9 @@ pub struct Learning {
     /// Where the message is in the packet, to copy it into the event.
     pub msg_offset: u32,
     pub protocol: u8,
-    pub _reserved: [u8; 3],
+    /// 1 when the question matched no allow rule (the answer is only reported).
+    pub not_allowed: u8,
+    pub _reserved: [u8; 2],
 }
 
 /// Value of [`maps::POLICY_CONFIG`]. Times in nanoseconds.
@@ -380,7 +382,10 @@ pub struct DnsEvent {
     pub rule_index: u32,
     /// IPPROTO_UDP or IPPROTO_TCP.
     pub protocol: u8,
-    pub _reserved: [u8; 3],
+    /// 1 when the question is not allowed (nothing learned; sent so that the daemon can name
+    /// the addresses in later denials), else 0.
+    pub not_allowed: u8,
+    pub _reserved: [u8; 2],
     pub msg: [u8; dns::MSG_MAX],
 }
 

@@ -400,17 +400,13 @@ fn check_answer(
     scratch.key.prefix_len = (key_len * 8) as u32;
     // NameKey has the layout of the trie's key (prefix length, then the data).
     let key = unsafe { &*(&scratch.key as *const ram_common::NameKey as *const NameLpmKey) };
-    let Some(rule) = policy.name(key) else {
-        count(Counter::AnswerNotAllowed);
-        return None;
-    };
-
+    let rule = policy.name(key);
     scratch.learning = Learning {
         cgroup_id: unsafe { bpf_skb_cgroup_id(ctx.skb.skb) },
         now_ns: now,
         resolver: packet.resolver,
-        rule_id: rule.rule_id,
-        rule_index: rule.rule_index,
+        rule_id: rule.map_or(0, |r| r.rule_id),
+        rule_index: rule.map_or(0, |r| r.rule_index),
         slot: policy.slot,
         learned: 0,
         refreshed: 0,
@@ -418,8 +414,16 @@ fn check_answer(
         forbidden: 0,
         msg_offset: packet.msg_offset as u32,
         protocol: packet.protocol,
-        _reserved: [0; 3],
+        not_allowed: rule.is_none() as u8,
+        _reserved: [0; 2],
     };
+    if rule.is_none() {
+        // Nothing is learned, but the daemon hears of the answer, so that a denial of one of
+        // its addresses names the host the client asked for.
+        count(Counter::AnswerNotAllowed);
+        report_answer(ctx, &scratch.learning, scratch.msg.len());
+        return None;
+    }
     scratch.answers = dns::AnswerWalk::new(question.end, header.ancount, &question);
     next_record(ctx, scratch);
     Some(())
@@ -551,7 +555,8 @@ fn report_answer(ctx: &SkBuffContext, learning: &Learning, len: usize) {
         (*event).forbidden = learning.forbidden;
         (*event).rule_index = learning.rule_index;
         (*event).protocol = learning.protocol;
-        (*event)._reserved = [0; 3];
+        (*event).not_allowed = learning.not_allowed;
+        (*event)._reserved = [0; 2];
         let mut copied = len;
         if copied > MSG_MAX {
             copied = MSG_MAX;

@@ -112,26 +112,11 @@ pub struct DroppedRecord {
 }
 
 /// The container id in a cgroup path, for the layouts of Docker (`/docker/<id>`,
-/// `docker-<id>.scope`), containerd/CRI (`cri-containerd-<id>.scope`), CRI-O (`crio-<id>.scope`)
-/// and Podman (`libpod-<id>.scope`): a 64-hex-digit name, with the runtime's prefix and
-/// `.scope` suffix removed.
+/// `docker-<id>.scope`), containerd/CRI, CRI-O and Podman (see [`crate::scope::container_id`]).
 pub fn container_id(cgroup_path: &str) -> Option<String> {
-    const PREFIXES: [&str; 5] = [
-        "docker-",
-        "cri-containerd-",
-        "crio-",
-        "libpod-",
-        "containerd-",
-    ];
-    cgroup_path.rsplit('/').find_map(|component| {
-        let name = component.strip_suffix(".scope").unwrap_or(component);
-        let name = PREFIXES
-            .iter()
-            .find_map(|p| name.strip_prefix(p))
-            .unwrap_or(name);
-        (name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()))
-            .then(|| name.to_ascii_lowercase())
-    })
+    cgroup_path
+        .rsplit('/')
+        .find_map(crate::scope::container_id)
 }
 
 /// One JSON line of the audit log for an address learned from a DNS answer.

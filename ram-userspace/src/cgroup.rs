@@ -139,6 +139,27 @@ impl CgroupDir {
         })
     }
 
+    /// The cgroup2 root itself: every process on the host. Only for `scope.whole_host`, which a
+    /// policy must ask for by name; `resolve` refuses the root.
+    pub fn whole_host(mount: &Path) -> Result<Self, CgroupError> {
+        let path = fs::canonicalize(mount).unwrap_or_else(|_| mount.to_owned());
+        if !is_cgroup2(&path) {
+            return Err(CgroupError::NotCgroup2 {
+                path: path.clone(),
+                mount: path,
+            });
+        }
+        let metadata = fs::metadata(&path).map_err(|source| CgroupError::Io {
+            action: "stat",
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Self {
+            path,
+            id: metadata.ino(),
+        })
+    }
+
     /// The daemon's own cgroup, `<mount>/ram.enforced`, created if missing. Returns whether this
     /// call created it.
     pub fn ensure_dedicated(mount: &Path) -> Result<(Self, bool), CgroupError> {

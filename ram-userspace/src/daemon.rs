@@ -25,7 +25,7 @@ use ram::{
     notify,
     policy::{Policy, PolicySource, to_v6},
     programs::{Enforcer, OpenReport, PinDir},
-    protect, resolv,
+    protect, resolv, scope,
     watch::PolicyWatcher,
 };
 use ram_common::{
@@ -46,8 +46,10 @@ use crate::control::{
 /// What `ram daemon` was asked to do.
 pub struct Options {
     pub policy: Option<PathBuf>,
-    /// Enforced cgroups, with the reason each is enforced.
+    /// Cgroups given on the command line (or ram's own), with the reason each is enforced. The
+    /// policy's `[scope]` adds more.
     pub cgroups: Vec<(CgroupDir, String)>,
+    pub mount: PathBuf,
     pub audit_log: Option<PathBuf>,
     pub pin_dir: PathBuf,
     pub run_dir: PathBuf,
@@ -238,6 +240,8 @@ struct Daemon {
     /// Rule id → text for the policy in force and the one before it (ids are stable across
     /// policies, so events from just before a reload still find their rule).
     rules: HashMap<u64, String>,
+    /// Why each enforced cgroup (by id) is enforced: `--cgroup`, or the scope rule that found it.
+    reasons: HashMap<u64, String>,
     reloads: u64,
     rejected: Option<String>,
     audit: AuditSink,
@@ -274,7 +278,8 @@ async fn serve(options: Options, policy: LoadedPolicy, audit: AuditSink) -> Resu
         None => None,
     };
 
-    let dirs: Vec<CgroupDir> = options.cgroups.iter().map(|(d, _)| d.clone()).collect();
+    let scoped = in_scope(&options, &policy.policy.scope);
+    let dirs: Vec<CgroupDir> = scoped.iter().map(|(d, _)| d.clone()).collect();
     let (mut enforcer, report) = Enforcer::open(
         PinDir::new(options.pin_dir.clone()),
         &policy.compiled,
@@ -302,6 +307,7 @@ async fn serve(options: Options, policy: LoadedPolicy, audit: AuditSink) -> Resu
     info!("enforcing on {}: {}", paths.join(", "), policy.describe());
     write_policy_copy(&options.run_dir, &policy);
     let mut daemon = Daemon {
+        reasons: scoped.iter().map(|(d, why)| (d.id, why.clone())).collect(),
         rules: policy.compiled.rules.clone(),
         cgroup_names: CgroupNames::new(&dirs),
         enforcer,
@@ -483,6 +489,7 @@ impl Daemon {
                 self.policy = new;
                 self.reloads += 1;
                 self.rejected = None;
+                self.follow_scope();
             }
             Err(err) => {
                 // apply() fills the unused slot first: a failure leaves the old policy in force.
@@ -544,6 +551,26 @@ impl Daemon {
             );
         }
         let message = &event.msg[..(event.msg_len as usize).min(event.msg.len())];
+        if event.not_allowed != 0 {
+            // Nothing learned: remember the names only, for the denials that may follow.
+            if let Ok(named) = named_addresses(message) {
+                for address in named {
+                    log::debug!(
+                        "{} answered for {}, which no allow rule matches: not learned",
+                        address.addr,
+                        address.question
+                    );
+                    self.hostnames.note(
+                        address.addr,
+                        SeenAddress {
+                            hostname: address.question,
+                            map_full_in: None,
+                        },
+                    );
+                }
+            }
+            return;
+        }
         let named = match named_addresses(message) {
             Ok(named) => named,
             Err(err) => {
@@ -592,7 +619,40 @@ impl Daemon {
     }
 
     /// Once a second: expire learned addresses, repair detached programs, report lost events.
+    /// Brings the enforced cgroups in line with the command line and the policy's scope:
+    /// containers that started are enforced, cgroups that left the scope (or vanished) are
+    /// released. Cgroups given on the command line are never released.
+    fn follow_scope(&mut self) {
+        let wanted = in_scope(&self.options, &self.policy.policy.scope);
+        for (dir, why) in &wanted {
+            match self.enforcer.enforce(dir) {
+                Ok(true) => {
+                    info!("enforcing on {} ({why})", dir.path.display());
+                    self.reasons.insert(dir.id, why.clone());
+                }
+                Ok(false) => {}
+                Err(err) => error!("cannot enforce on {} ({why}): {err}", dir.path.display()),
+            }
+        }
+        let fixed: Vec<u64> = self.options.cgroups.iter().map(|(d, _)| d.id).collect();
+        for (path, id, present) in self.enforcer.cgroups() {
+            if fixed.contains(&id) || wanted.iter().any(|(d, _)| d.id == id) {
+                continue;
+            }
+            match self.enforcer.release(id) {
+                Ok(()) => info!(
+                    "no longer enforcing on {} ({})",
+                    path.display(),
+                    if present { "left the scope" } else { "removed" }
+                ),
+                Err(err) => warn!("releasing {}: {err}", path.display()),
+            }
+            self.reasons.remove(&id);
+        }
+    }
+
     fn housekeeping(&mut self) {
+        self.follow_scope();
         match self.enforcer.expire_learned(boottime_ns()) {
             Ok((0, _)) => {}
             Ok((removed, left)) => {
@@ -681,12 +741,6 @@ impl Daemon {
             .map(|e| e.len())
             .unwrap_or(0);
         let compiled = &self.policy.compiled;
-        let reasons: HashMap<PathBuf, String> = self
-            .options
-            .cgroups
-            .iter()
-            .map(|(d, why)| (d.path.clone(), why.clone()))
-            .collect();
         Status {
             enforcing: true,
             pid: std::process::id(),
@@ -698,7 +752,7 @@ impl Daemon {
                 .cgroups()
                 .into_iter()
                 .map(|(path, id, present)| CgroupStatus {
-                    reason: reasons.get(&path).cloned().unwrap_or_default(),
+                    reason: self.reasons.get(&id).cloned().unwrap_or_default(),
                     path: path.display().to_string(),
                     id,
                     present,
@@ -767,6 +821,43 @@ impl Daemon {
         entries.sort_by(|a, b| (&a.hostname, &a.addr).cmp(&(&b.hostname, &b.addr)));
         Ok(entries)
     }
+}
+
+/// The cgroups to enforce now: the command line's, then what the policy's scope finds.
+fn in_scope(options: &Options, scope: &ram::policy::Scope) -> Vec<(CgroupDir, String)> {
+    let mut wanted = options.cgroups.clone();
+    let mut add = |path: &Path, why: String| match CgroupDir::resolve(&options.mount, path) {
+        Ok(dir) => {
+            if !wanted.iter().any(|(d, _)| d.id == dir.id) {
+                wanted.push((dir, why));
+            }
+        }
+        Err(err) => log::debug!("scope: {} not enforced: {err}", path.display()),
+    };
+    for path in &scope.cgroups {
+        add(path, format!("scope.cgroups: {}", path.display()));
+    }
+    if scope.docker {
+        let (found, skipped) = scope::engine_cgroups(&options.mount, Path::new("/proc"));
+        for found in found {
+            add(&found.path, found.reason);
+        }
+        for message in skipped {
+            log::debug!("{message}");
+        }
+    }
+    if scope.containers {
+        for found in scope::container_cgroups(&options.mount) {
+            add(&found.path, found.reason);
+        }
+    }
+    if scope.whole_host {
+        match CgroupDir::whole_host(&options.mount) {
+            Ok(dir) => wanted.push((dir, "scope.whole_host: every process on the host".into())),
+            Err(err) => warn!("scope.whole_host: {err}"),
+        }
+    }
+    wanted
 }
 
 fn fill(map: &str, used: usize, capacity: usize) -> MapFill {

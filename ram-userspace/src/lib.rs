@@ -11,4 +11,5 @@ pub mod policy;
 pub mod programs;
 pub mod protect;
 pub mod resolv;
+pub mod scope;
 pub mod watch;

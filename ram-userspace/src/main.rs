@@ -164,6 +164,7 @@ fn run_daemon(args: DaemonArgs, run_dir: PathBuf) -> Result<()> {
     daemon::run(daemon::Options {
         policy: args.policy,
         cgroups,
+        mount,
         audit_log: args.audit_log,
         pin_dir: args.pin_dir,
         run_dir,

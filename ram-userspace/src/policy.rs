@@ -23,6 +23,21 @@ pub struct Policy {
     pub registry_access: RegistryAccess,
     pub dns: Dns,
     pub audit: Audit,
+    pub scope: Scope,
+}
+
+/// What is enforced besides the cgroups given on the command line (`[scope]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    /// The Docker Engine's and containerd's cgroups (systemd units, or the cgroups of running
+    /// dockerd/containerd processes).
+    pub docker: bool,
+    /// Every container's cgroup, followed as containers come and go.
+    pub containers: bool,
+    /// More cgroups, relative to the cgroup2 mount or absolute.
+    pub cgroups: Vec<PathBuf>,
+    /// The cgroup2 root: every process on the host. Only when asked for by name.
+    pub whole_host: bool,
 }
 
 /// Which allowed connections reach the audit log (denials and learned addresses always do).
@@ -122,6 +137,21 @@ struct RawPolicy {
     dns: RawDns,
     #[serde(default)]
     audit: RawAudit,
+    #[serde(default)]
+    scope: RawScope,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScope {
+    #[serde(default)]
+    docker: bool,
+    #[serde(default)]
+    containers: bool,
+    #[serde(default)]
+    cgroups: Vec<PathBuf>,
+    #[serde(default)]
+    whole_host: bool,
 }
 
 #[derive(Default, Deserialize)]
@@ -308,6 +338,12 @@ impl Policy {
                 allowed,
                 allowed_window,
             },
+            scope: Scope {
+                docker: raw.scope.docker,
+                containers: raw.scope.containers,
+                cgroups: raw.scope.cgroups,
+                whole_host: raw.scope.whole_host,
+            },
         };
         if policy.dns.min_ttl > policy.dns.max_ttl {
             let offset = raw_min_ttl_offset.unwrap_or(0);
@@ -403,6 +439,9 @@ pub struct HostPattern {
     /// The name, or for a wildcard the domain after `*.`.
     pub domain: String,
     pub wildcard: bool,
+    /// A registry's port as written (`nexus.corp:8443`). Kept for display only: ram allows a
+    /// host's learned addresses on every port, as it allows `allow_cidrs` entries.
+    pub port: Option<u16>,
 }
 
 impl HostPattern {
@@ -423,9 +462,13 @@ impl HostPattern {
 impl fmt::Display for HostPattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.wildcard {
-            write!(f, "*.{}", self.domain)
+            write!(f, "*.{}", self.domain)?;
         } else {
-            f.write_str(&self.domain)
+            f.write_str(&self.domain)?;
+        }
+        match self.port {
+            Some(port) => write!(f, ":{port}"),
+            None => Ok(()),
         }
     }
 }
@@ -434,6 +477,20 @@ impl FromStr for HostPattern {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
+        // `registry.corp:5000`, as registries are named in image references.
+        let (text, port) = match text.rsplit_once(':') {
+            Some((host, port))
+                if !host.contains(':') && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                let port: u16 = port
+                    .parse()
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| format!("port {port} is not a port number (1 to 65535)"))?;
+                (host, Some(port))
+            }
+            _ => (text, None),
+        };
         let (wildcard, name) = match text.strip_prefix("*.") {
             Some(rest) => (true, rest),
             None => (false, text),
@@ -447,7 +504,9 @@ impl FromStr for HostPattern {
         }
         if name.contains(':') {
             return Err(
-                "ports are not part of a hostname; write the registry's host name only".into(),
+                "a registry is written `host` or `host:port`; IPv6 addresses belong in \
+                 `allow_cidrs`"
+                    .into(),
             );
         }
         if name.contains('*') {
@@ -503,6 +562,7 @@ impl FromStr for HostPattern {
         Ok(Self {
             domain: name,
             wildcard,
+            port,
         })
     }
 }
@@ -643,6 +703,37 @@ mod tests {
 
     fn error_of(text: &str) -> String {
         parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn registries_may_carry_a_port_and_a_scope() {
+        let policy = Policy::from_toml(
+            "[scope]\ndocker = true\ncgroups = [\"/system.slice/buildkit.service\"]\n\
+             [registry_access]\nallow = [\"Nexus.Corp:8443\", \"*.harbor.example:443\"]",
+            &PolicySource::Embedded,
+        )
+        .unwrap();
+        let allow = &policy.registry_access.allow;
+        assert_eq!(allow[0].domain, "nexus.corp");
+        assert_eq!(allow[0].port, Some(8443));
+        assert_eq!(allow[0].to_string(), "nexus.corp:8443");
+        assert!(allow[0].matches("NEXUS.corp."));
+        assert!(allow[1].wildcard && allow[1].matches("a.harbor.example"));
+        assert!(policy.scope.docker && !policy.scope.containers && !policy.scope.whole_host);
+        assert_eq!(policy.scope.cgroups.len(), 1);
+        for bad in ["nexus.corp:0", "nexus.corp:70000", "nexus.corp:", "[::1]:5000"] {
+            let text = format!("[registry_access]\nallow = [\"{bad}\"]");
+            assert!(
+                Policy::from_toml(&text, &PolicySource::Embedded).is_err(),
+                "{bad} was accepted"
+            );
+        }
+        // No [scope]: nothing beyond the command line's cgroups.
+        let plain = Policy::from_toml("", &PolicySource::Embedded).unwrap();
+        assert_eq!(plain.scope, Scope::default());
+        // The embedded default follows Docker and its containers.
+        let default = Policy::embedded_default();
+        assert!(default.scope.docker && default.scope.containers);
     }
 
     #[test]

@@ -560,6 +560,43 @@ impl Enforcer {
             })
     }
 
+    /// Enforces one more cgroup (a container that just started, a scope change). Returns
+    /// whether it was new.
+    pub fn enforce(&mut self, dir: &CgroupDir) -> Result<bool, EnforceError> {
+        if self.enforced.iter().any(|e| e.id == dir.id && !e.gone) {
+            return Ok(false);
+        }
+        self.enforced.retain(|e| e.id != dir.id);
+        self.attach(dir, dir.id)?;
+        self.enforced.push(Enforced {
+            dir: dir.clone(),
+            id: dir.id,
+            gone: false,
+        });
+        Ok(true)
+    }
+
+    /// Stops enforcing cgroup `id`: removes its pinned links (which detaches the programs if
+    /// the cgroup still exists) and forgets it.
+    pub fn release(&mut self, id: u64) -> Result<(), EnforceError> {
+        self.enforced.retain(|e| e.id != id);
+        let dir = self.pins.cgroup_links(id);
+        let io_error = |source| EnforceError::PinDir {
+            path: dir.clone(),
+            source,
+        };
+        match fs::read_dir(&dir) {
+            Ok(entries) => {
+                for link in entries.flatten() {
+                    fs::remove_file(link.path()).map_err(io_error)?;
+                }
+                fs::remove_dir(&dir).map_err(io_error)
+            }
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(err) => Err(io_error(err)),
+        }
+    }
+
     /// Removes pinned links of cgroups not in this daemon's list (which detaches them).
     fn remove_stale_links(&mut self) -> Result<Vec<u64>, EnforceError> {
         let keep: HashSet<String> = self.enforced.iter().map(|e| e.id.to_string()).collect();

@@ -981,3 +981,170 @@ pub mod peers {
         TestNet::PEER_V6[1].to_string()
     }
 }
+
+/// A Docker Engine for one test: `dockerd` (and the containerd it starts) in the test's cgroup
+/// and in a mount namespace of its own, where `/etc/resolv.conf` names the test's resolver;
+/// its own data-root, exec-root and socket; no iptables, no bridge, vfs storage. So it cannot
+/// disturb the machine, and the machine's files cannot steer it.
+pub struct TestDocker {
+    dir: TempDir,
+    daemon: Option<Background>,
+}
+
+impl TestDocker {
+    /// Starts dockerd in `cgroup`; `insecure_registries` are `host:port` registries reached
+    /// over plain HTTP. Returns once `docker version` answers (at most 60 s).
+    pub fn start(cgroup: &TestCgroup, resolver: IpAddr, insecure_registries: &[&str]) -> Self {
+        let others = other_engines(cgroup.path());
+        assert!(
+            others.is_empty(),
+            "a Docker Engine or containerd already runs on this machine (pids {others:?}); this \
+             test enforces ram's scope.docker, which would find it too: stop it first"
+        );
+        let dir = TempDir::new();
+        let resolv = dir.write("resolv.conf", &format!("nameserver {resolver}\n"));
+        let root = dir.path();
+        let mut cmd = cgroup.command("unshare");
+        cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg("r=$1; shift; mount --bind \"$r\" /etc/resolv.conf && exec dockerd \"$@\"")
+            .arg("sh")
+            .arg(&resolv)
+            .arg(format!("--data-root={}", root.join("data").display()))
+            .arg(format!("--exec-root={}", root.join("exec").display()))
+            .arg(format!("--pidfile={}", root.join("dockerd.pid").display()))
+            .arg(format!("--host=unix://{}", root.join("docker.sock").display()))
+            .args([
+                "--iptables=false",
+                "--ip-forward=false",
+                "--ip-masq=false",
+                "--bridge=none",
+                "--storage-driver=vfs",
+                "--log-level=warn",
+            ])
+            .args(
+                insecure_registries
+                    .iter()
+                    .map(|r| format!("--insecure-registry={r}")),
+            );
+        let daemon = Background::spawn("dockerd", cmd);
+        let docker = Self {
+            dir,
+            daemon: Some(daemon),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = docker
+                .docker()
+                .arg("version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ready {
+                break;
+            }
+            assert!(Instant::now() < deadline, "dockerd did not answer within 60 s");
+            thread::sleep(Duration::from_millis(200));
+        }
+        docker
+    }
+
+    /// `docker` aimed at this engine.
+    pub fn docker(&self) -> Command {
+        let mut cmd = Command::new("docker");
+        cmd.arg(format!(
+            "--host=unix://{}",
+            self.dir.path().join("docker.sock").display()
+        ));
+        cmd
+    }
+
+    /// Runs `docker ARGS`; returns (success, stdout, stderr, seconds taken).
+    pub fn run(&self, args: &[&str]) -> (bool, String, String, f64) {
+        let start = Instant::now();
+        let output = self.docker().args(args).output().expect("running docker");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+            start.elapsed().as_secs_f64(),
+        )
+    }
+
+    /// A directory of this engine's (for build contexts and image files).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.daemon.as_ref().map_or(0, Background::pid)
+    }
+}
+
+impl Drop for TestDocker {
+    fn drop(&mut self) {
+        // dockerd stops its containerd; what is left dies with the test's cgroup.
+        drop(self.daemon.take());
+    }
+}
+
+/// PIDs of dockerd/containerd processes outside `cgroup` (the machine's own engines).
+pub fn other_engines(cgroup: &Path) -> Vec<u32> {
+    let relative = cgroup
+        .strip_prefix(cgroup2_mount())
+        .map(|p| format!("/{}", p.display()))
+        .unwrap_or_default();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let comm = fs::read_to_string(e.path().join("comm")).ok()?;
+            if !matches!(comm.trim(), "dockerd" | "containerd") {
+                return None;
+            }
+            let cgroups = fs::read_to_string(e.path().join("cgroup")).ok()?;
+            let own = cgroups
+                .lines()
+                .filter_map(|l| l.strip_prefix("0::"))
+                .any(|p| p == relative || p.starts_with(&format!("{relative}/")));
+            (!own).then_some(pid)
+        })
+        .collect()
+}
+
+impl TestNet {
+    /// Starts a docker-registry (distribution) on `addr:port` in the peer namespace, storing
+    /// images under `dir`.
+    pub fn registry(&self, dir: &TempDir, addr: IpAddr, port: u16) -> Background {
+        let storage = dir.path().join(format!("registry-{addr}"));
+        fs::create_dir_all(&storage).expect("creating registry storage");
+        let config = dir.write(
+            &format!("registry-{addr}.yml"),
+            &format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+                 http:\n  addr: {}\n",
+                storage.display(),
+                SocketAddr::new(addr, port)
+            ),
+        );
+        let mut cmd = self.command("docker-registry");
+        cmd.arg("serve").arg(config);
+        let server = Background::spawn("docker-registry", cmd);
+        wait_for_tcp(SocketAddr::new(addr, port));
+        server
+    }
+
+    /// Starts `python3 -m http.server` serving `dir` on `port` in the peer namespace.
+    pub fn file_server(&self, dir: &Path, port: u16) -> Background {
+        let mut cmd = self.command("python3");
+        cmd.args(["-m", "http.server", "--bind", "::", "--directory"])
+            .arg(dir)
+            .arg(port.to_string());
+        let server = Background::spawn("file server", cmd);
+        wait_for_tcp(SocketAddr::new(IpAddr::V4(Self::PEER_V4[0]), port));
+        server
+    }
+}

@@ -18,6 +18,15 @@ fn default_policy_on_the_dedicated_cgroup() {
         dedicated.display()
     );
 
+    // The embedded default's scope enforces the machine's Docker Engine and containers: never
+    // run it where one exists (tests enforce only what they made).
+    let engines = ram_tests::other_engines(std::path::Path::new("/nonexistent"));
+    assert!(
+        engines.is_empty(),
+        "dockerd/containerd run here (pids {engines:?}); the embedded default policy would \
+         enforce them: stop them before running this test"
+    );
+
     // The README's main command: no policy, no cgroup.
     let daemon = Daemon::start_args(&[]).expect("daemon starts on the embedded default");
     assert!(dedicated.is_dir(), "the daemon creates ram.enforced");

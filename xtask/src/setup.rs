@@ -25,7 +25,17 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
     ),
     ("dnsmasq-base", "a real DNS server on test hosts"),
     ("dnsutils", "dig, a real DNS client"),
+    (
+        "docker.io",
+        "a real Docker Engine (dockerd, docker) for the end-to-end tests; started by the tests \
+         only, in their own cgroup and mount namespace",
+    ),
+    ("docker-registry", "real registries (distribution) on test hosts"),
 ];
+
+/// Debian's policy-rc.d: while it exits 101, package scripts start no services. Set during
+/// the install so that installing docker.io never starts a system-wide Docker Engine.
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
 /// bpf-linker release used to link the BPF object (its `llvm-NN` features select the LLVM).
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -74,13 +84,24 @@ fn apt_packages() -> Result<()> {
         Command::new("apt-get").args(["update", "-qq"]),
         "apt-get update",
     )?;
-    run_step(
+    let made_policy_rc_d = !Path::new(POLICY_RC_D).exists();
+    if made_policy_rc_d {
+        fs::write(POLICY_RC_D, "#!/bin/sh\n# ram's xtask setup: start no services\nexit 101\n")
+            .with_context(|| format!("writing {POLICY_RC_D}"))?;
+        use std::os::unix::fs::PermissionsExt as _;
+        fs::set_permissions(POLICY_RC_D, fs::Permissions::from_mode(0o755))?;
+    }
+    let installed = run_step(
         Command::new("apt-get")
             .args(["install", "-y", "-qq", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
         "apt-get install",
-    )
+    );
+    if made_policy_rc_d {
+        let _ = fs::remove_file(POLICY_RC_D);
+    }
+    installed
 }
 
 fn rustc_nightly(args: &[&str]) -> Result<String> {

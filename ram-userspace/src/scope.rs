@@ -1,0 +1,249 @@
+//! What ram enforces: finding the cgroups of the Docker Engine, containerd and their containers
+//! (the policy's `[scope]`), on systemd and cgroupfs layouts. Pure functions over a cgroup2
+//! mount and a /proc, so that tests can hand them a fake tree.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+};
+
+/// The engine processes and systemd units `scope.docker` looks for.
+const ENGINE_UNITS: [&str; 2] = ["docker.service", "containerd.service"];
+const ENGINE_PROCESSES: [&str; 2] = ["dockerd", "containerd"];
+
+/// Prefixes runtimes put before a container id in a cgroup name (`docker-<id>.scope`).
+const CONTAINER_PREFIXES: [&str; 5] = ["docker-", "cri-containerd-", "crio-", "libpod-", ""];
+
+/// A container cgroup is at most this deep below the mount (kubepods nest three or four deep);
+/// with the directory bound, a walk stays cheap on any host.
+const MAX_DEPTH: usize = 6;
+const MAX_DIRS: usize = 20_000;
+
+/// A cgroup to enforce (an absolute path under the mount) and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+/// The Docker Engine's and containerd's cgroups: the systemd units' cgroups when they exist
+/// (`system.slice/docker.service`), otherwise the cgroups of running `dockerd`/`containerd`
+/// processes (cgroupfs layouts, engines started by hand). The cgroup2 root is never returned:
+/// an engine running there is reported in `skipped`.
+pub fn engine_cgroups(mount: &Path, proc_root: &Path) -> (Vec<Found>, Vec<String>) {
+    let mut found = Vec::new();
+    let mut skipped = Vec::new();
+    for unit in ENGINE_UNITS {
+        let path = mount.join("system.slice").join(unit);
+        if path.is_dir() {
+            found.push(Found {
+                path,
+                reason: format!("scope.docker: systemd unit {unit}"),
+            });
+        }
+    }
+    if !found.is_empty() {
+        return (found, skipped);
+    }
+    let mut by_path: BTreeMap<PathBuf, String> = BTreeMap::new();
+    for (pid, comm) in processes(proc_root) {
+        if !ENGINE_PROCESSES.contains(&comm.as_str()) {
+            continue;
+        }
+        let Some(relative) = cgroup_of(proc_root, pid) else {
+            continue;
+        };
+        if relative == "/" {
+            skipped.push(format!(
+                "{comm} (pid {pid}) runs in the cgroup2 root; ram enforces the whole host only \
+                 with scope.whole_host = true, so {comm} is not enforced"
+            ));
+            continue;
+        }
+        let path = mount.join(relative.trim_start_matches('/'));
+        by_path
+            .entry(path)
+            .or_insert_with(|| format!("scope.docker: cgroup of {comm} (pid {pid})"));
+    }
+    found.extend(
+        by_path
+            .into_iter()
+            .map(|(path, reason)| Found { path, reason }),
+    );
+    (found, skipped)
+}
+
+/// Every container's cgroup under `mount`: directories named by a 64-hex-digit container id,
+/// bare or with a runtime's prefix and `.scope` (Docker with the systemd or cgroupfs driver,
+/// containerd/CRI, CRI-O, Podman).
+pub fn container_cgroups(mount: &Path) -> Vec<Found> {
+    let mut found = Vec::new();
+    let mut stack = vec![(mount.to_path_buf(), 0usize)];
+    let mut visited = 0;
+    while let Some((dir, depth)) = stack.pop() {
+        visited += 1;
+        if visited > MAX_DIRS {
+            break;
+        }
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(id) = container_id(&name) {
+                // A container's own children (e.g. Podman's `container`) are covered by it.
+                found.push(Found {
+                    path: entry.path(),
+                    reason: format!("scope.containers: container {}", &id[..12]),
+                });
+            } else if depth + 1 < MAX_DEPTH {
+                stack.push((entry.path(), depth + 1));
+            }
+        }
+    }
+    found.sort_by(|a, b| a.path.cmp(&b.path));
+    found
+}
+
+/// The container id a cgroup directory's name carries, if any.
+pub fn container_id(name: &str) -> Option<String> {
+    let name = name.strip_suffix(".scope").unwrap_or(name);
+    CONTAINER_PREFIXES.iter().find_map(|prefix| {
+        let id = name.strip_prefix(prefix)?;
+        (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| id.to_ascii_lowercase())
+    })
+}
+
+/// (pid, comm) of every process in `proc_root`.
+fn processes(proc_root: &Path) -> Vec<(u32, String)> {
+    let Ok(entries) = fs::read_dir(proc_root) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let comm = fs::read_to_string(e.path().join("comm")).ok()?;
+            Some((pid, comm.trim_end().to_owned()))
+        })
+        .collect()
+}
+
+/// The cgroup v2 path of `pid` (`0::/system.slice/docker.service` → that path).
+fn cgroup_of(proc_root: &Path, pid: u32) -> Option<String> {
+    let text = fs::read_to_string(proc_root.join(pid.to_string()).join("cgroup")).ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Tree(PathBuf);
+
+    impl Tree {
+        fn new(tag: &str) -> Self {
+            let path = std::env::temp_dir().join(format!("ram-scope-{tag}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&path);
+            fs::create_dir_all(&path).unwrap();
+            Self(path)
+        }
+
+        fn dir(&self, relative: &str) -> PathBuf {
+            let path = self.0.join(relative);
+            fs::create_dir_all(&path).unwrap();
+            path
+        }
+
+        fn file(&self, relative: &str, text: &str) {
+            let path = self.0.join(relative);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(path, text).unwrap();
+        }
+    }
+
+    impl Drop for Tree {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn systemd_units_come_first() {
+        let mount = Tree::new("units");
+        let proc = Tree::new("units-proc");
+        mount.dir("system.slice/docker.service");
+        mount.dir("system.slice/containerd.service");
+        proc.file("10/comm", "dockerd\n");
+        proc.file("10/cgroup", "0::/elsewhere\n");
+        let (found, skipped) = engine_cgroups(&mount.0, &proc.0);
+        assert_eq!(found.len(), 2);
+        assert_eq!(found[0].path, mount.0.join("system.slice/docker.service"));
+        assert!(found[0].reason.contains("systemd unit docker.service"));
+        assert!(skipped.is_empty());
+    }
+
+    #[test]
+    fn cgroupfs_layouts_use_the_processes_cgroups() {
+        let mount = Tree::new("procs");
+        let proc = Tree::new("procs-proc");
+        proc.file("10/comm", "dockerd\n");
+        proc.file("10/cgroup", "0::/docker-engine\n");
+        proc.file("11/comm", "containerd\n");
+        proc.file("11/cgroup", "0::/docker-engine\n");
+        proc.file("12/comm", "bash\n");
+        proc.file("12/cgroup", "0::/user.slice\n");
+        proc.file("13/comm", "containerd\n");
+        proc.file("13/cgroup", "0::/\n");
+        let (found, skipped) = engine_cgroups(&mount.0, &proc.0);
+        assert_eq!(
+            found,
+            vec![Found {
+                path: mount.0.join("docker-engine"),
+                reason: "scope.docker: cgroup of dockerd (pid 10)".into(),
+            }]
+        );
+        assert_eq!(skipped.len(), 1);
+        assert!(skipped[0].contains("cgroup2 root"), "{skipped:?}");
+    }
+
+    #[test]
+    fn containers_are_found_in_every_layout() {
+        let mount = Tree::new("containers");
+        mount.dir(&format!("system.slice/docker-{ID}.scope"));
+        mount.dir(&format!("docker/{}", ID.replace('0', "1")));
+        mount.dir(&format!(
+            "kubepods.slice/kubepods-besteffort.slice/kubepods-pod1.slice/cri-containerd-{}.scope",
+            ID.replace('0', "2")
+        ));
+        mount.dir(&format!("machine.slice/libpod-{}.scope/container", ID.replace('0', "3")));
+        mount.dir("system.slice/docker.service");
+        mount.dir("docker/not-a-container");
+        let found = container_cgroups(&mount.0);
+        assert_eq!(found.len(), 4, "{found:#?}");
+        assert!(found.iter().all(|f| f.reason.starts_with("scope.containers: container")));
+        assert!(
+            found
+                .iter()
+                .any(|f| f.path.ends_with(format!("system.slice/docker-{ID}.scope")))
+        );
+    }
+
+    #[test]
+    fn container_ids_need_64_hex_digits() {
+        assert_eq!(container_id(&format!("docker-{ID}.scope")).as_deref(), Some(ID));
+        assert_eq!(container_id(ID).as_deref(), Some(ID));
+        assert_eq!(container_id(&format!("docker-{}.scope", &ID[1..])), None);
+        assert_eq!(container_id("docker.service"), None);
+        assert_eq!(container_id(&format!("docker-{}x.scope", &ID[1..])), None);
+    }
+}
