@@ -30,15 +30,19 @@ pub mod maps {
 
     /// Version of the pinned maps' layout. Pinned maps live in `<pin dir>/maps-v<LAYOUT>/`; a
     /// daemon adopts only maps of its own layout. Bump it whenever a map is added, removed or
-    /// changes type, size or key/value layout: a newer daemon then builds fresh maps instead of
-    /// misreading old ones (and learned addresses are learned again).
+    /// changes type, size or key/value layout, or when [`crate::GateEvent`] or
+    /// [`crate::DnsEvent`] change other than in `_reserved` bytes (the ring buffers are pinned
+    /// too, and hold events of the previous programs): a newer daemon then builds fresh maps
+    /// instead of misreading old ones (and learned addresses are learned again).
     pub const LAYOUT: u32 = 1;
 
     /// Every map of `ram-ebpf`, all pinned (under `maps-v<LAYOUT>/`) so that enforcement,
     /// learning and the audit backlog outlive the daemon.
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 20] = [
         POLICY_SLOT,
         POLICY_CONFIG,
+        RULE_IDS[0],
+        RULE_IDS[1],
         ALLOWED_CIDRS[0],
         ALLOWED_CIDRS[1],
         RESOLVERS[0],
@@ -63,6 +67,15 @@ pub mod maps {
     /// change is atomic (every program run sees the old policy or the new one, never a mix).
     /// Read by every program at the start of each run.
     pub const POLICY_SLOT: &str = "POLICY_SLOT";
+
+    /// `HashMap<u64, u8>` ×2: the [`crate::rule_id`]s of the hostname rules and resolvers of
+    /// the policy in each slot. Written by the daemon with the other policy maps; read by the
+    /// gates, which honour a learned address only if both the rule that allowed its name and
+    /// the resolver that answered are in the policy in force. So a policy that drops a name or
+    /// a resolver stops its learned addresses at the flip, not at the next cleanup.
+    pub const RULE_IDS: [&str; 2] = ["RULE_IDS_0", "RULE_IDS_1"];
+    /// Entries per slot of [`RULE_IDS`]: every hostname rule and every resolver.
+    pub const RULE_IDS_MAX: u32 = ALLOWED_NAMES_MAX + RESOLVERS_MAX;
 
     /// `LpmTrie<LpmKey<Addr16>, CidrRule>` ×2 (slots 0 and 1): destinations allowed on any port.
     /// Written by the daemon from `allow_cidrs` and `allow_loopback`; read by every `*_gate`
@@ -184,6 +197,9 @@ pub struct LearnedAddr {
     /// [`rule_id`] of the `registry_access.allow` entry the question matched: survives policy
     /// changes (indexes do not), so a new policy keeps exactly the entries of rules it keeps.
     pub rule_id: u64,
+    /// [`rule_id`] of the resolver that answered: a policy that stops trusting it drops the
+    /// entry too.
+    pub resolver_rule_id: u64,
     /// Index of that entry in the policy in force when the address was learned.
     pub rule_index: u32,
     pub _reserved: u32,
@@ -303,6 +319,7 @@ pub struct Learning {
     pub now_ns: u64,
     pub resolver: Addr16,
     pub rule_id: u64,
+    pub resolver_rule_id: u64,
     pub rule_index: u32,
     /// The policy slot the question was judged with (its TTL settings apply).
     pub slot: u32,
@@ -634,7 +651,7 @@ mod tests {
     #[test]
     fn layouts_are_stable() {
         assert_eq!(core::mem::size_of::<GateEvent>(), 88);
-        assert_eq!(core::mem::size_of::<LearnedAddr>(), 24);
+        assert_eq!(core::mem::size_of::<LearnedAddr>(), 32);
         assert_eq!(core::mem::size_of::<AuditSeenKey>(), 32);
         assert_eq!(core::mem::size_of::<CidrRule>(), 16);
         assert_eq!(core::mem::size_of::<ResolverRule>(), 16);

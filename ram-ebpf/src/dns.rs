@@ -339,12 +339,13 @@ fn learn_from_answer(ctx: &SkBuffContext) -> Option<()> {
     // Answers count only from a trusted resolver.
     let (cookie, packet) = dns_socket_packet(ctx, false)?;
     let policy = Policy::in_force()?;
-    if policy.resolver(packet.resolver).is_none() {
+    let Some(resolver) = policy.resolver(packet.resolver) else {
         count(Counter::AnswerUntrusted);
         return None;
-    }
+    };
+    let resolver_rule_id = resolver.rule_id;
     let scratch = take_scratch(SCRATCH_INGRESS)?;
-    if check_answer(ctx, cookie, &packet, &policy, scratch).is_none() {
+    if check_answer(ctx, cookie, &packet, &policy, resolver_rule_id, scratch).is_none() {
         // Ended before the tail calls, which free the slot at the end of the chain.
         scratch.busy_since_ns = 0;
     }
@@ -359,6 +360,7 @@ fn check_answer(
     cookie: u64,
     packet: &DnsPacket,
     policy: &Policy,
+    resolver_rule_id: u64,
     scratch: &mut DnsScratch,
 ) -> Option<()> {
     let config = policy.config;
@@ -406,6 +408,7 @@ fn check_answer(
         now_ns: now,
         resolver: packet.resolver,
         rule_id: rule.map_or(0, |r| r.rule_id),
+        resolver_rule_id,
         rule_index: rule.map_or(0, |r| r.rule_index),
         slot: policy.slot,
         learned: 0,
@@ -527,6 +530,7 @@ fn learn(
     let value = LearnedAddr {
         expires_ns,
         rule_id: learning.rule_id,
+        resolver_rule_id: learning.resolver_rule_id,
         rule_index: learning.rule_index,
         _reserved: 0,
     };

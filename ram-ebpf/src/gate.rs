@@ -117,7 +117,7 @@ fn judge(ctx: &SockAddrContext, addr: Addr16, hook: Hook) -> i32 {
     // Learned addresses first: a hash lookup, cheaper than the trie, and what registry
     // traffic hits. The order changes no decision (any rule that allows, allows).
     if let Some(learned) = unsafe { LEARNED.get(LearnedKey { cgroup_id, addr }) } {
-        if learned.expires_ns > unsafe { bpf_ktime_get_boot_ns() } {
+        if learned.expires_ns > unsafe { bpf_ktime_get_boot_ns() } && policy.keeps(learned) {
             count(Counter::AllowedLearned);
             verdict.reason = Reason::AllowedLearned;
             verdict.rule_index = learned.rule_index;

@@ -22,7 +22,8 @@ use ram_common::{
     dns::NAME_BUF,
     maps::{
         ALLOWED_CIDRS_MAX, ALLOWED_NAMES_MAX, AUDIT_SEEN_MAX, DNS_EVENTS_BYTES, DNS_SOCKETS_MAX,
-        GATE_EVENTS_BYTES, LEARNED_MAX, PENDING_QUERIES_MAX, RESOLVERS_MAX, TCP_DNS_STREAMS_MAX,
+        GATE_EVENTS_BYTES, LEARNED_MAX, PENDING_QUERIES_MAX, RESOLVERS_MAX, RULE_IDS_MAX,
+        TCP_DNS_STREAMS_MAX,
     },
 };
 
@@ -33,6 +34,11 @@ static POLICY_SLOT: Array<u32> = Array::with_max_entries(1, 0);
 
 #[map]
 static POLICY_CONFIG: Array<PolicyConfig> = Array::with_max_entries(2, 0);
+
+#[map]
+static RULE_IDS_0: HashMap<u64, u8> = HashMap::with_max_entries(RULE_IDS_MAX, 0);
+#[map]
+static RULE_IDS_1: HashMap<u64, u8> = HashMap::with_max_entries(RULE_IDS_MAX, 0);
 
 #[map]
 static ALLOWED_CIDRS_0: LpmTrie<Addr16, CidrRule> = LpmTrie::with_max_entries(ALLOWED_CIDRS_MAX, 0);
@@ -98,6 +104,18 @@ impl Policy {
         let slot = *POLICY_SLOT.get(0)? & 1;
         let config = POLICY_CONFIG.get(slot)?;
         Some(Self { slot, config })
+    }
+
+    /// Whether a learned address still stands: the rule that allowed its name and the
+    /// resolver that answered are both in this policy.
+    #[inline(always)]
+    fn keeps(&self, learned: &LearnedAddr) -> bool {
+        let map = if self.slot == 0 {
+            &RULE_IDS_0
+        } else {
+            &RULE_IDS_1
+        };
+        unsafe { map.get(learned.rule_id).is_some() && map.get(learned.resolver_rule_id).is_some() }
     }
 
     #[inline(always)]

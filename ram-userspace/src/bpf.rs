@@ -1,6 +1,6 @@
 //! The few bpf(2) commands aya 0.14 does not expose for what ram needs: creating, pinning,
-//! opening and atomically updating cgroup links by file descriptor, and reading a link's
-//! program. Each is a thin, checked wrapper over the raw system call.
+//! opening and atomically updating cgroup links by file descriptor. Each is a thin, checked
+//! wrapper over the raw system call.
 
 use std::{
     ffi::CString,
@@ -15,7 +15,6 @@ use std::{
 // Commands of `enum bpf_cmd` (include/uapi/linux/bpf.h).
 const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
-const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_LINK_UPDATE: libc::c_long = 29;
 
@@ -118,51 +117,6 @@ pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     bpf(BPF_OBJ_GET, &mut attr).map(owned_fd)
 }
 
-/// What the kernel says of a cgroup link (`struct bpf_link_info`, its first fields and the
-/// cgroup member).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LinkInfo {
-    pub link_id: u32,
-    pub program_id: u32,
-    /// 0 once the link was detached (or its cgroup removed).
-    pub cgroup_id: u64,
-}
-
-/// `BPF_OBJ_GET_INFO_BY_FD` on a link.
-pub fn link_info(link: BorrowedFd<'_>) -> io::Result<LinkInfo> {
-    #[repr(C)]
-    #[derive(Default)]
-    struct RawLinkInfo {
-        link_type: u32,
-        id: u32,
-        prog_id: u32,
-        _pad: u32,
-        // union: for cgroup links, cgroup_id (u64) then attach_type (u32).
-        cgroup_id: u64,
-        attach_type: u32,
-        _rest: [u32; 11],
-    }
-    #[repr(C)]
-    #[derive(Default)]
-    struct Attr {
-        bpf_fd: u32,
-        info_len: u32,
-        info: u64,
-    }
-    let mut info = RawLinkInfo::default();
-    let mut attr = Attr {
-        bpf_fd: link.as_raw_fd() as u32,
-        info_len: std::mem::size_of::<RawLinkInfo>() as u32,
-        info: &mut info as *mut RawLinkInfo as u64,
-    };
-    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-    Ok(LinkInfo {
-        link_id: info.id,
-        program_id: info.prog_id,
-        cgroup_id: info.cgroup_id,
-    })
-}
-
 /// `BPF_FS_MAGIC` (include/uapi/linux/magic.h).
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
@@ -199,4 +153,15 @@ pub fn mount_bpffs(path: &Path) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Whether this process shares the mount namespace of PID 1 (the host's).
+pub fn in_initial_mount_namespace() -> bool {
+    match (
+        std::fs::read_link("/proc/self/ns/mnt"),
+        std::fs::read_link("/proc/1/ns/mnt"),
+    ) {
+        (Ok(own), Ok(init)) => own == init,
+        _ => false,
+    }
 }

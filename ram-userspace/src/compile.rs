@@ -1,6 +1,9 @@
 //! Turns a validated [`Policy`] into the entries of the kernel maps.
 
-use std::{collections::HashMap, net::IpAddr};
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+};
 
 use ram_common::{
     AUDIT_ALLOWED_ALL, AUDIT_ALLOWED_FIRST, AUDIT_ALLOWED_NONE, Addr16, BUILTIN_RULE, CidrRule,
@@ -146,6 +149,18 @@ impl CompiledPolicy {
             max_learned: policy.dns.max_learned as u32,
             rules,
         }
+    }
+
+    /// Rule ids a learned address may carry under this policy (`RULE_IDS`): its hostname
+    /// rules and its resolvers.
+    pub fn learned_rule_ids(&self) -> (HashSet<u64>, HashSet<u64>) {
+        (
+            self.names.iter().map(|n| n.rule.rule_id).collect(),
+            self.resolver_entries()
+                .iter()
+                .map(|(_, r)| r.rule_id)
+                .collect(),
+        )
     }
 
     /// Entries of `RESOLVERS`.

@@ -6,7 +6,7 @@ use std::{
     fs,
     io::{self, Write as _},
     net::IpAddr,
-    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
+    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -24,7 +24,7 @@ use ram::{
     compile::{CompiledPolicy, ResolverOrigin},
     notify,
     policy::{Policy, PolicySource, to_v6},
-    programs::{Enforcer, OpenReport, PinDir},
+    programs::{Enforcer, OpenReport, PinDir, boottime_ns},
     protect, resolv, scope,
     watch::PolicyWatcher,
 };
@@ -190,11 +190,20 @@ impl AuditSink {
     }
 }
 
+/// Opens the audit log for appending, never through a symlink, in a directory only root can
+/// change (a log root appends to must not be redirectable at another file).
 fn open_append(path: &Path) -> Result<fs::File> {
+    let directory = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    protect::check_directory_path(directory)
+        .context("the audit log's directory is not safe for root")?;
     fs::OpenOptions::new()
         .append(true)
         .create(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .with_context(|| {
             format!(
@@ -249,7 +258,10 @@ struct Daemon {
     hostnames: Hostnames,
     clock_offset: i128,
     started: String,
+    /// Lost events already written to the audit log, kept in the run directory across restarts
+    /// (the kernel's counter is pinned and counts from installation).
     dropped_reported: u64,
+    ticks: u64,
 }
 
 pub fn run(options: Options) -> Result<()> {
@@ -320,7 +332,8 @@ async fn serve(options: Options, policy: LoadedPolicy, audit: AuditSink) -> Resu
         },
         clock_offset: realtime_minus_boottime_ns(),
         started: now_rfc3339(),
-        dropped_reported: 0,
+        dropped_reported: read_dropped_reported(&options.run_dir),
+        ticks: 0,
         options,
     };
     // Events lost while no daemon ran are reported now (the counter is pinned).
@@ -353,13 +366,24 @@ async fn serve(options: Options, policy: LoadedPolicy, audit: AuditSink) -> Resu
             }
             guard = events.readable_mut() => {
                 let mut guard = guard.context("waiting for events")?;
-                drain(guard.get_inner_mut(), |event: GateEvent| daemon.gate_event(&event));
-                guard.clear_ready();
+                let gate_event = |event: GateEvent| daemon.gate_event(&event);
+                // Left ready when not emptied: the loop comes back to it after the others.
+                if drain(guard.get_inner_mut(), EVENTS_PER_TURN, gate_event) {
+                    guard.clear_ready();
+                } else {
+                    // Let the runtime's driver run (it delivers signals and socket readiness),
+                    // which it does only when this task yields.
+                    tokio::task::yield_now().await;
+                }
             }
             guard = dns_events.readable_mut() => {
                 let mut guard = guard.context("waiting for DNS events")?;
-                drain(guard.get_inner_mut(), |event: DnsEvent| daemon.dns_event(&event));
-                guard.clear_ready();
+                let dns_event = |event: DnsEvent| daemon.dns_event(&event);
+                if drain(guard.get_inner_mut(), EVENTS_PER_TURN, dns_event) {
+                    guard.clear_ready();
+                } else {
+                    tokio::task::yield_now().await;
+                }
             }
             accepted = listener.accept() => {
                 match accepted {
@@ -372,11 +396,13 @@ async fn serve(options: Options, policy: LoadedPolicy, audit: AuditSink) -> Resu
     };
 
     let _ = notify::stopping();
-    // Whatever is still in the ring buffers goes to the log before we go.
-    drain(events.get_mut(), |event: GateEvent| {
+    // What is in the ring buffers now goes to the log before we go (bounded: a flood must not
+    // keep the daemon from stopping; the rest waits, pinned, for the next daemon).
+    const AT_STOP: usize = 8192;
+    drain(events.get_mut(), AT_STOP, |event: GateEvent| {
         daemon.gate_event(&event)
     });
-    drain(dns_events.get_mut(), |event: DnsEvent| {
+    drain(dns_events.get_mut(), AT_STOP, |event: DnsEvent| {
         daemon.dns_event(&event)
     });
     let _ = fs::remove_file(control::socket_path(&daemon.options.run_dir));
@@ -452,7 +478,8 @@ impl Daemon {
                 return;
             }
         };
-        if new.sha256 == self.policy.sha256 {
+        // The same file can still mean a new policy: resolvers from /etc/resolv.conf.
+        if new.sha256 == self.policy.sha256 && new.compiled == self.policy.compiled {
             self.rejected = None;
             return;
         }
@@ -653,6 +680,15 @@ impl Daemon {
 
     fn housekeeping(&mut self) {
         self.follow_scope();
+        self.ticks += 1;
+        for message in self.enforcer.verify_attachments() {
+            warn!("{message}");
+        }
+        self.report_dropped();
+        // Every 10 s: the gates check expiry and rules themselves, this only frees room.
+        if !self.ticks.is_multiple_of(10) {
+            return;
+        }
         match self.enforcer.expire_learned(boottime_ns()) {
             Ok((0, _)) => {}
             Ok((removed, left)) => {
@@ -660,10 +696,6 @@ impl Daemon {
             }
             Err(err) => warn!("removing expired learned addresses failed: {err}"),
         }
-        for message in self.enforcer.verify_attachments() {
-            warn!("{message}");
-        }
-        self.report_dropped();
     }
 
     /// Writes an audit line when the kernel counted events it could not hand over.
@@ -678,6 +710,7 @@ impl Daemon {
         }
         let count = total - self.dropped_reported;
         self.dropped_reported = total;
+        write_dropped_reported(&self.options.run_dir, total);
         warn!(
             "{count} audit event(s) were lost: the kernel's ring buffer was full ({total} in all; \
              see `ram status`)"
@@ -946,11 +979,34 @@ fn check_host(policy: &LoadedPolicy, host: &str) -> CheckAnswer {
     }
 }
 
+const DROPPED_REPORTED: &str = "events-dropped-reported";
+
+fn read_dropped_reported(run_dir: &Path) -> u64 {
+    fs::read_to_string(run_dir.join(DROPPED_REPORTED))
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn write_dropped_reported(run_dir: &Path, total: u64) {
+    if let Err(err) = fs::write(run_dir.join(DROPPED_REPORTED), format!("{total}\n")) {
+        warn!(
+            "cannot record the lost-event count in {}: {err}",
+            run_dir.display()
+        );
+    }
+}
+
 /// The control socket, root-only. A socket left by a dead daemon is replaced; a live one means
 /// another daemon uses this run directory.
 fn bind_control_socket(run_dir: &Path) -> Result<UnixListener> {
-    fs::create_dir_all(run_dir)
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(run_dir)
         .with_context(|| format!("creating the run directory {}", run_dir.display()))?;
+    // Root writes here (socket, policy copy): nobody else may be able to redirect it.
+    protect::check_directory_path(run_dir).context("the run directory is not safe for root")?;
     let path = control::socket_path(run_dir);
     if std::os::unix::net::UnixStream::connect(&path).is_ok() {
         bail!(
@@ -987,10 +1043,19 @@ fn write_policy_copy(run_dir: &Path, policy: &LoadedPolicy) {
     }
 }
 
-/// Hands every event waiting in `ring` to `handle`, as a `T` (the `repr(C)` event type the
-/// programs write into that ring buffer); short records are logged and skipped.
-fn drain<T>(ring: &mut RingBuf<MapData>, mut handle: impl FnMut(T)) {
-    while let Some(item) = ring.next() {
+/// Events handled per wake-up: a process hammering denied addresses can produce events as
+/// fast as the daemon writes them, and the daemon must still get to signals, reloads and the
+/// control socket in between (the kernel counts what overflows meanwhile).
+const EVENTS_PER_TURN: usize = 512;
+
+/// Hands up to `max` events waiting in `ring` to `handle`, as a `T` (the `repr(C)` event type
+/// the programs write into that ring buffer); short records are logged and skipped. Returns
+/// whether the ring is empty.
+fn drain<T>(ring: &mut RingBuf<MapData>, max: usize, mut handle: impl FnMut(T)) -> bool {
+    for _ in 0..max {
+        let Some(item) = ring.next() else {
+            return true;
+        };
         if item.len() < std::mem::size_of::<T>() {
             warn!("ignoring a short event ({} bytes)", item.len());
             continue;
@@ -999,17 +1064,7 @@ fn drain<T>(ring: &mut RingBuf<MapData>, mut handle: impl FnMut(T)) {
         // read_unaligned copes with any alignment of the ring buffer's data.
         handle(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
     }
-}
-
-/// CLOCK_BOOTTIME in nanoseconds: the clock of the programs' expiry times.
-pub fn boottime_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid clock id and out-parameter.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    false
 }
 
 fn now_rfc3339() -> String {

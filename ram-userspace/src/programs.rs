@@ -30,7 +30,7 @@ use ram_common::{
     maps::{
         ALL, ALLOWED_CIDRS, ALLOWED_CIDRS_MAX, ALLOWED_NAMES, ALLOWED_NAMES_MAX, ANSWER_RR_SLOT,
         COUNTERS, DNS_EVENTS, DNS_TAIL_CALLS, GATE_EVENTS, LAYOUT, LEARNED, LEARNED_MAX,
-        POLICY_CONFIG, POLICY_SLOT, RESOLVERS, RESOLVERS_MAX,
+        POLICY_CONFIG, POLICY_SLOT, RESOLVERS, RESOLVERS_MAX, RULE_IDS,
     },
 };
 
@@ -152,7 +152,12 @@ impl PinDir {
         if !bpf::is_bpffs(parent) && !bpf::is_bpffs(&self.root) {
             // systemd mounts it at boot; where nothing did (minimal VMs, some WSL set-ups), ram
             // mounts it at its standard place, as Cilium does.
-            if parent != Path::new(bpf::BPFFS_MOUNT) || bpf::mount_bpffs(parent).is_err() {
+            // Only in the host's mount namespace: a mount made in a private one (a sandboxed
+            // service, a container) would vanish with it, taking the pins along.
+            if parent != Path::new(bpf::BPFFS_MOUNT)
+                || !bpf::in_initial_mount_namespace()
+                || bpf::mount_bpffs(parent).is_err()
+            {
                 return Err(EnforceError::NoBpffs {
                     path: parent.to_owned(),
                 });
@@ -373,15 +378,19 @@ pub struct Enforcer {
     enforced: Vec<Enforced>,
     program_ids: StdHashMap<&'static str, u32>,
     learned_capacity: u32,
-    /// Rule ids of the hostname rules in force: learned entries of other rules are removed.
+    /// Rule ids of the hostname rules and resolvers in force: learned entries of others are
+    /// removed.
     kept_rules: HashSet<u64>,
+    kept_resolvers: HashSet<u64>,
 }
 
 impl Enforcer {
     /// Loads the programs with the maps pinned under `pins` (reusing those a previous daemon
     /// left), puts `policy` in force, and attaches to `cgroups` — swapping the programs of
     /// links a previous daemon pinned, so that a restart leaves no gap. Links of other cgroups
-    /// are removed. Before the first attach a failure leaves the system untouched.
+    /// are removed. A failure before the attaches leaves no new link; it may have updated the
+    /// pinned programs' tail-call entry, their `progs/` pins and (on adopted maps) the policy in
+    /// force, all of which the running programs accept.
     pub fn open(
         pins: PinDir,
         policy: &CompiledPolicy,
@@ -467,6 +476,7 @@ impl Enforcer {
             program_ids,
             learned_capacity,
             kept_rules: HashSet::new(),
+            kept_resolvers: HashSet::new(),
         };
         // The policy goes in before any new attach: a fresh link never runs without one.
         enforcer.apply(policy)?;
@@ -526,8 +536,12 @@ impl Enforcer {
                         updated += 1;
                         continue;
                     }
-                    // Detached by someone (ENOLINK): make a new one below.
-                    Err(_) => fs::remove_file(&path).map_err(attach_error)?,
+                    // Detached by someone: the link is dead, make a new one below.
+                    Err(err) if err.raw_os_error() == Some(libc::ENOLINK) => {
+                        fs::remove_file(&path).map_err(attach_error)?
+                    }
+                    // Anything else: the link may still be live (and enforcing); keep it.
+                    Err(err) => return Err(attach_error(err)),
                 }
             }
             let link = bpf::link_create(program.as_fd(), cgroup.as_fd(), attach_type)
@@ -644,7 +658,10 @@ impl Enforcer {
                 let ours = self.program_ids.get(name).copied();
                 match crate::cgroup::attached_program_ids(&file, attach_type) {
                     Ok(ids) if ours.is_some_and(|id| ids.contains(&id)) => {}
-                    _ => missing.push(name),
+                    Ok(_) => missing.push(name),
+                    // Cannot tell (e.g. the cgroup is going away): check again next time
+                    // rather than re-attach on a guess.
+                    Err(err) => log::debug!("querying {}: {err}", dir.path.display()),
                 }
             }
             if missing.is_empty() {
@@ -717,6 +734,18 @@ impl Enforcer {
                     .map_err(|source| map_error(RESOLVERS[index], source))?;
             }
         }
+        let (names_kept, resolvers_kept) = policy.learned_rule_ids();
+        {
+            let mut ids: HashMap<_, u64, u8> = typed_map(&mut self.ebpf, RULE_IDS[index])?;
+            let old: Vec<_> = ids.keys().flatten().collect();
+            for key in &old {
+                let _ = ids.remove(key);
+            }
+            for id in names_kept.iter().chain(&resolvers_kept) {
+                ids.insert(id, 1, 0)
+                    .map_err(|source| map_error(RULE_IDS[index], source))?;
+            }
+        }
         {
             let mut config: Array<_, PolicyConfig> = typed_map(&mut self.ebpf, POLICY_CONFIG)?;
             let value = PolicyConfig {
@@ -734,17 +763,35 @@ impl Enforcer {
                 .map_err(|source| map_error(POLICY_SLOT, source))?;
         }
 
-        let kept: HashSet<u64> = policy.names.iter().map(|n| n.rule.rule_id).collect();
-        self.kept_rules = kept.clone();
+        // The gates already ignore learned addresses of dropped rules and resolvers (RULE_IDS);
+        // removing them frees their room. Lifetimes are capped to the new max_ttl + grace.
+        self.kept_rules = names_kept;
+        self.kept_resolvers = resolvers_kept;
+        let cap = boottime_ns() + policy.config.max_ttl_ns + policy.config.grace_ns;
         let mut learned: HashMap<_, LearnedKey, LearnedAddr> = typed_map(&mut self.ebpf, LEARNED)?;
-        let dropped: Vec<LearnedKey> = learned
-            .iter()
-            .flatten()
-            .filter(|(_, value)| !kept.contains(&value.rule_id))
-            .map(|(key, _)| key)
-            .collect();
+        let mut dropped = Vec::new();
+        let mut capped = Vec::new();
+        for (key, value) in learned.iter().flatten() {
+            if !self.kept_rules.contains(&value.rule_id)
+                || !self.kept_resolvers.contains(&value.resolver_rule_id)
+            {
+                dropped.push(key);
+            } else if value.expires_ns > cap {
+                capped.push((
+                    key,
+                    LearnedAddr {
+                        expires_ns: cap,
+                        ..value
+                    },
+                ));
+            }
+        }
         for key in &dropped {
             let _ = learned.remove(key);
+        }
+        for (key, value) in &capped {
+            // BPF_EXIST: only if the kernel has not removed it meanwhile.
+            let _ = learned.insert(key, value, 2);
         }
         Ok(ApplyReport {
             slot: next,
@@ -787,11 +834,11 @@ impl Enforcer {
     }
 
     /// Removes learned addresses that expired before `now_boot_ns` (CLOCK_BOOTTIME, the
-    /// programs' clock), and those whose rule the policy in force does not have (an answer
-    /// judged under the previous policy just before a change can land after [`Self::apply`]
-    /// cleaned up). Returns how many were removed and how many remain.
+    /// programs' clock), and those whose rule or resolver the policy in force does not have
+    /// (an answer judged under the previous policy just before a change can land after
+    /// [`Self::apply`] cleaned up; the gates ignore such entries already). Frees room only:
+    /// the gates check expiry themselves. Returns how many were removed and how many remain.
     pub fn expire_learned(&mut self, now_boot_ns: u64) -> Result<(usize, usize), EnforceError> {
-        let kept = self.kept_rules.clone();
         let map = self
             .ebpf
             .map_mut(LEARNED)
@@ -803,7 +850,10 @@ impl Enforcer {
         for item in learned.iter() {
             let (key, value) = item.map_err(|source| map_error(LEARNED, source))?;
             total += 1;
-            if value.expires_ns <= now_boot_ns || !kept.contains(&value.rule_id) {
+            if value.expires_ns <= now_boot_ns
+                || !self.kept_rules.contains(&value.rule_id)
+                || !self.kept_resolvers.contains(&value.resolver_rule_id)
+            {
                 expired.push(key);
             }
         }
@@ -1010,4 +1060,15 @@ fn raise_memlock_limit() {
             }
         }
     }
+}
+
+/// CLOCK_BOOTTIME in nanoseconds: the clock of the programs' expiry times.
+pub fn boottime_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid clock id and out-parameter.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

@@ -155,6 +155,34 @@ fn steps(path: &Path) -> impl DoubleEndedIterator<Item = Step> + '_ {
 /// `resolved` only ever holds directories that passed, with no symlinks in it, so `..` can be
 /// taken lexically on it and lands where the kernel's `..` would.
 fn walk(absolute: &Path) -> Result<(), ProtectError> {
+    walk_to(absolute, Target::File)
+}
+
+/// What the path must end in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Target {
+    File,
+    Directory,
+}
+
+/// Checks that only root can change what lies in directory `path` (the same rules as for a
+/// policy file, the directory itself included): for the daemon's run directory and the audit
+/// log's directory, where a path a user could redirect would let them steer root's writes.
+pub fn check_directory_path(path: &Path) -> Result<(), ProtectError> {
+    let absolute = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|source| ProtectError::CurrentDirectory {
+                path: path.to_path_buf(),
+                source,
+            })?
+            .join(path)
+    };
+    walk_to(&absolute, Target::Directory)
+}
+
+fn walk_to(absolute: &Path, target: Target) -> Result<(), ProtectError> {
     // A stack: the next step is at the end, so a symlink's target can be pushed in front of
     // what remains.
     let mut pending: Vec<Step> = steps(absolute).rev().collect();
@@ -195,7 +223,7 @@ fn walk(absolute: &Path) -> Result<(), ProtectError> {
             // An absolute target starts with `Step::Root`; a relative one goes on from
             // `resolved`, the symlink's own directory.
             pending.extend(steps(&target).rev());
-        } else if pending.is_empty() {
+        } else if pending.is_empty() && target == Target::File {
             return check_policy_file(&candidate, &metadata);
         } else if file_type.is_dir() {
             check_directory(&candidate, &metadata)?;
@@ -203,6 +231,9 @@ fn walk(absolute: &Path) -> Result<(), ProtectError> {
         } else {
             return Err(ProtectError::NotADirectory { path: candidate });
         }
+    }
+    if target == Target::Directory {
+        return Ok(());
     }
     // The last step was `/` or `..`, so the path names a directory.
     Err(ProtectError::NotRegularFile {
@@ -570,6 +601,17 @@ mod tests {
         let error = check_relative_to(&subdirectory, Path::new("../unsafe.json")).unwrap_err();
         assert!(
             matches!(&error, ProtectError::FileWritable { path, .. } if *path == unsafe_policy),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn directories_are_checked_like_the_policy_path() {
+        let root = TestDirectory::new();
+        check_directory_path(&root.path).unwrap();
+        let error = check_directory_path(Path::new("/tmp")).unwrap_err();
+        assert!(
+            matches!(error, ProtectError::DirectoryWritable { .. }),
             "{error:?}"
         );
     }

@@ -4,7 +4,7 @@ attempt went: the client that must never get through (or be turned away) while t
 restarts.
 
 usage: connect_loop.py ALLOWED_ADDR DENIED_ADDR PORT SECONDS MAX_ROUNDS
-Bounded by both SECONDS and MAX_ROUNDS. A connection "got through" when it reached the host:
+Bounded by both SECONDS and MAX_ROUNDS; SIGTERM ends it early (it still reports). A connection "got through" when it reached the host:
 it was accepted, or refused by the host (ECONNREFUSED: nothing listens on PORT, which makes the
 loop fast, thousands of rounds a second). Anything else (EPERM from ram's gate) did not.
 Prints one JSON line at the end:
@@ -13,9 +13,17 @@ Prints one JSON line at the end:
 """
 import errno
 import json
+import signal
 import socket
 import sys
 import time
+
+stopping = False
+
+
+def stop(_signum, _frame):
+    global stopping
+    stopping = True
 
 
 def attempt(addr, port):
@@ -37,8 +45,10 @@ def main():
     seconds, max_rounds = float(sys.argv[4]), int(sys.argv[5])
     report = {"rounds": 0, "allowed_ok": 0, "allowed_failed": {}, "denied_ok": 0,
               "denied_refused": {}, "first_allowed_failure_ms": None}
+    signal.signal(signal.SIGTERM, stop)
     start = time.monotonic()
-    while report["rounds"] < max_rounds and time.monotonic() - start < seconds:
+    while (not stopping and report["rounds"] < max_rounds
+           and time.monotonic() - start < seconds):
         report["rounds"] += 1
         got = attempt(allowed, port)
         if got == "ok":
