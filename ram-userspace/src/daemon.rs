@@ -648,7 +648,8 @@ impl Daemon {
     /// Once a second: expire learned addresses, repair detached programs, report lost events.
     /// Brings the enforced cgroups in line with the command line and the policy's scope:
     /// containers that started are enforced, cgroups that left the scope (or vanished) are
-    /// released. Cgroups given on the command line are never released.
+    /// released, and a command-line cgroup made anew (e.g. a restarted service's) is enforced
+    /// again.
     fn follow_scope(&mut self) {
         let wanted = in_scope(&self.options, &self.policy.policy.scope);
         for (dir, why) in &wanted {
@@ -661,9 +662,13 @@ impl Daemon {
                 Err(err) => error!("cannot enforce on {} ({why}): {err}", dir.path.display()),
             }
         }
-        let fixed: Vec<u64> = self.options.cgroups.iter().map(|(d, _)| d.id).collect();
+        let given: Vec<&PathBuf> = self.options.cgroups.iter().map(|(d, _)| &d.path).collect();
         for (path, id, present) in self.enforcer.cgroups() {
-            if fixed.contains(&id) || wanted.iter().any(|(d, _)| d.id == id) {
+            if wanted.iter().any(|(d, _)| d.id == id) {
+                continue;
+            }
+            // A command-line cgroup that is gone stays listed (as removed) until it returns.
+            if given.contains(&&path) && !present {
                 continue;
             }
             match self.enforcer.release(id) {
@@ -858,7 +863,16 @@ impl Daemon {
 
 /// The cgroups to enforce now: the command line's, then what the policy's scope finds.
 fn in_scope(options: &Options, scope: &ram::policy::Scope) -> Vec<(CgroupDir, String)> {
-    let mut wanted = options.cgroups.clone();
+    // Command-line cgroups are looked up by path again: a cgroup removed and made anew (a
+    // service restarted) has a new id, and is enforced again.
+    let mut wanted: Vec<(CgroupDir, String)> = options
+        .cgroups
+        .iter()
+        .filter_map(|(dir, why)| {
+            let current = CgroupDir::resolve(&options.mount, &dir.path).ok()?;
+            Some((current, why.clone()))
+        })
+        .collect();
     let mut add = |path: &Path, why: String| match CgroupDir::resolve(&options.mount, path) {
         Ok(dir) => {
             if !wanted.iter().any(|(d, _)| d.id == dir.id) {

@@ -172,6 +172,12 @@ impl TestCgroup {
         &self.path
     }
 
+    /// Takes charge of a cgroup directory the test made itself under another test cgroup
+    /// (one with a name of its choosing); removed on drop like any other.
+    pub fn adopt(path: PathBuf) -> Self {
+        Self { path }
+    }
+
     /// A command that starts inside this cgroup (it moves itself in before exec).
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let procs = self.path.join("cgroup.procs");
@@ -1049,9 +1055,14 @@ impl TestDocker {
         docker
     }
 
-    /// `docker` aimed at this engine.
+    /// `docker` aimed at this engine: Debian's client, of dockerd's own version, when present.
     pub fn docker(&self) -> Command {
-        let mut cmd = Command::new("docker");
+        let client = if Path::new("/usr/bin/docker").exists() {
+            "/usr/bin/docker"
+        } else {
+            "docker"
+        };
+        let mut cmd = Command::new(client);
         cmd.arg(format!(
             "--host=unix://{}",
             self.dir.path().join("docker.sock").display()
