@@ -114,9 +114,7 @@ pub struct DroppedRecord {
 /// The container id in a cgroup path, for the layouts of Docker (`/docker/<id>`,
 /// `docker-<id>.scope`), containerd/CRI, CRI-O and Podman (see [`crate::scope::container_id`]).
 pub fn container_id(cgroup_path: &str) -> Option<String> {
-    cgroup_path
-        .rsplit('/')
-        .find_map(crate::scope::container_id)
+    cgroup_path.rsplit('/').find_map(crate::scope::container_id)
 }
 
 /// One JSON line of the audit log for an address learned from a DNS answer.

@@ -10,7 +10,10 @@ use ram_common::{
     NameRule, PolicyConfig, Reason, ResolverRule, dns::NAME_BUF, rule_id,
 };
 
-use crate::policy::{AllowedAudit, Cidr, HostPattern, Policy, to_v6};
+use crate::{
+    policy::{AllowedAudit, Cidr, HostPattern, Policy, to_v6},
+    presets,
+};
 
 /// How long a query waits for its answer before an answer no longer counts (resolvers time out
 /// well before: glibc after 5 s by default, with up to 2 attempts per server).
@@ -105,16 +108,25 @@ impl CompiledPolicy {
                 format!("resolver {text}"),
             );
         }
-        let names = access
-            .allow
-            .iter()
-            .enumerate()
-            .map(|(index, pattern)| {
-                let (key, prefix_len) = name_key(pattern);
-                let text = pattern.to_string();
+        // Each entry, and for a registry preset every host it stands for (same index; the
+        // rule's text names both: `ghcr.io → pkg-containers.githubusercontent.com`).
+        let mut names = Vec::new();
+        for (index, pattern) in access.allow.iter().enumerate() {
+            let entry = pattern.to_string();
+            let hosts = match presets::expand(pattern) {
+                Some(expansion) => expansion.hosts,
+                None => vec![pattern.clone()],
+            };
+            for host in hosts {
+                let (key, prefix_len) = name_key(&host);
+                let text = if host == *pattern {
+                    entry.clone()
+                } else {
+                    format!("{entry} → {host}")
+                };
                 let id = rule_id(RuleKind::Allow.as_str(), &text);
                 rules.insert(id, text);
-                NameEntry {
+                names.push(NameEntry {
                     key,
                     prefix_len,
                     rule: NameRule {
@@ -122,9 +134,9 @@ impl CompiledPolicy {
                         _reserved: 0,
                         rule_id: id,
                     },
-                }
-            })
-            .collect();
+                });
+            }
+        }
         const NS: u64 = 1_000_000_000;
         let config = PolicyConfig {
             min_ttl_ns: policy.dns.min_ttl * NS,
@@ -255,12 +267,12 @@ mod tests {
     #[test]
     fn name_keys_are_reversed_with_terminator_or_dot() {
         let compiled = compile(
-            "[registry_access]\nallow = [\"Docker.IO\", \"*.example.com\"]",
+            "[registry_access]\nallow = [\"Example.ORG\", \"*.example.com\"]",
             vec![],
         );
         let exact = &compiled.names[0];
-        assert_eq!(&exact.key[..10], b"oi.rekcod\0");
-        assert_eq!(exact.prefix_len, 80);
+        assert_eq!(&exact.key[..12], b"gro.elpmaxe\0");
+        assert_eq!(exact.prefix_len, 96);
         let wildcard = &compiled.names[1];
         assert_eq!(&wildcard.key[..12], b"moc.elpmaxe.");
         assert_eq!(wildcard.prefix_len, 96);
@@ -279,6 +291,26 @@ mod tests {
         assert_eq!(compiled.max_learned, 100);
         assert_eq!(compiled.config.audit_allowed, AUDIT_ALLOWED_FIRST);
         assert_eq!(compiled.config.allowed_window_ns, 600_000_000_000);
+    }
+
+    #[test]
+    fn registry_presets_expand_with_the_entry_index() {
+        let compiled = compile(
+            "[registry_access]\nallow = [\"nexus.corp:8443\", \"ghcr.io\"]",
+            vec![],
+        );
+        assert_eq!(compiled.names.len(), 3, "nexus, ghcr.io and its blob host");
+        assert!(compiled.names[1..].iter().all(|n| n.rule.rule_index == 1));
+        let blob = &compiled.names[2];
+        assert_eq!(
+            compiled.rules[&blob.rule.rule_id],
+            "ghcr.io → pkg-containers.githubusercontent.com"
+        );
+        assert_eq!(
+            compiled.rules[&compiled.names[0].rule.rule_id],
+            "nexus.corp:8443"
+        );
+        assert_eq!(&compiled.names[0].key[..11], b"proc.suxen\0");
     }
 
     #[test]

@@ -970,18 +970,45 @@ fn check_host(policy: &LoadedPolicy, host: &str) -> CheckAnswer {
         );
     }
     let name = host.trim_end_matches('.').to_ascii_lowercase();
-    match access
+    // A bare registry name as written in image references may carry a port.
+    let name = match name.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host.to_owned(),
+        _ => name,
+    };
+    let found = access
         .allow
         .iter()
         .enumerate()
-        .find(|(_, p)| p.matches(&name))
-    {
-        Some((index, pattern)) => answer(
+        .find_map(|(index, pattern)| {
+            let expansion = ram::presets::expand(pattern);
+            let hosts = match &expansion {
+                Some(e) => e.hosts.clone(),
+                None => vec![pattern.clone()],
+            };
+            let host = hosts.into_iter().find(|h| h.matches(&name))?;
+            Some((index, pattern, host, expansion))
+        });
+    match found {
+        Some((index, pattern, host, expansion)) => answer(
             true,
             Some(pattern.to_string()),
             Some("allow"),
             Some(index),
-            "its addresses are allowed once a trusted resolver answers for it".into(),
+            match expansion {
+                Some(expansion) => format!(
+                    "preset {} ({}) stands for {}; `{host}` matches; its addresses are \
+                     allowed once a trusted resolver answers for it",
+                    expansion.preset,
+                    pattern,
+                    expansion
+                        .hosts
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                None => "its addresses are allowed once a trusted resolver answers for it".into(),
+            },
         ),
         None => answer(
             false,
@@ -1176,6 +1203,16 @@ mod tests {
             Some("loopback")
         );
         assert!(!check_host(&policy, "[2001:db8::1]").allowed);
+        // The preset shows its expansion.
+        let blob = check_host(&policy, "pkg-containers.githubusercontent.com");
+        assert!(blob.allowed, "{blob:?}");
+        assert_eq!(blob.rule.as_deref(), Some("ghcr.io"));
+        assert!(
+            blob.explanation.contains("GitHub Container Registry"),
+            "{}",
+            blob.explanation
+        );
+        assert!(check_host(&policy, "ghcr.io:443").allowed);
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod cgroup;
 pub mod compile;
 pub mod notify;
 pub mod policy;
+pub mod presets;
 pub mod programs;
 pub mod protect;
 pub mod resolv;

@@ -480,7 +480,9 @@ impl FromStr for HostPattern {
         // `registry.corp:5000`, as registries are named in image references.
         let (text, port) = match text.rsplit_once(':') {
             Some((host, port))
-                if !host.contains(':') && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) =>
+                if !host.contains(':')
+                    && !port.is_empty()
+                    && port.bytes().all(|b| b.is_ascii_digit()) =>
             {
                 let port: u16 = port
                     .parse()
@@ -721,7 +723,12 @@ mod tests {
         assert!(allow[1].wildcard && allow[1].matches("a.harbor.example"));
         assert!(policy.scope.docker && !policy.scope.containers && !policy.scope.whole_host);
         assert_eq!(policy.scope.cgroups.len(), 1);
-        for bad in ["nexus.corp:0", "nexus.corp:70000", "nexus.corp:", "[::1]:5000"] {
+        for bad in [
+            "nexus.corp:0",
+            "nexus.corp:70000",
+            "nexus.corp:",
+            "[::1]:5000",
+        ] {
             let text = format!("[registry_access]\nallow = [\"{bad}\"]");
             assert!(
                 Policy::from_toml(&text, &PolicySource::Embedded).is_err(),
@@ -740,13 +747,14 @@ mod tests {
     fn embedded_default_is_valid_and_allows_docker_hub() {
         let policy = Policy::embedded_default();
         assert!(policy.registry_access.allow_loopback);
-        assert!(
-            policy
-                .registry_access
-                .allow
-                .iter()
-                .any(|p| p.matches("registry-1.docker.io"))
-        );
+        let hub = crate::presets::expand(&policy.registry_access.allow[0]).unwrap();
+        for needed in [
+            "registry-1.docker.io",
+            "auth.docker.io",
+            "production.cloudflare.docker.com",
+        ] {
+            assert!(hub.hosts.iter().any(|h| h.matches(needed)), "{needed}");
+        }
     }
 
     #[test]
@@ -810,7 +818,6 @@ mod tests {
         for (name, why) in [
             ("", "empty hostname"),
             ("10.0.0.1", "allow_cidrs"),
-            ("registry.local:5000", "ports"),
             ("a..b", "empty label"),
             ("reg_istry.io", "character `_`"),
             ("-bad.io", "starts or ends"),

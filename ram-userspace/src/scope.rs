@@ -47,10 +47,17 @@ pub fn engine_cgroups(mount: &Path, proc_root: &Path) -> (Vec<Found>, Vec<String
         return (found, skipped);
     }
     let mut by_path: BTreeMap<PathBuf, String> = BTreeMap::new();
-    for (pid, comm) in processes(proc_root) {
-        if !ENGINE_PROCESSES.contains(&comm.as_str()) {
-            continue;
-        }
+    // dockerd before containerd, then by pid: a cgroup holding both is named after dockerd,
+    // whatever order /proc lists them in.
+    let mut engines: Vec<(usize, u32, String)> = processes(proc_root)
+        .into_iter()
+        .filter_map(|(pid, comm)| {
+            let rank = ENGINE_PROCESSES.iter().position(|e| *e == comm)?;
+            Some((rank, pid, comm))
+        })
+        .collect();
+    engines.sort();
+    for (_, pid, comm) in engines {
         let Some(relative) = cgroup_of(proc_root, pid) else {
             continue;
         };
@@ -225,12 +232,19 @@ mod tests {
             "kubepods.slice/kubepods-besteffort.slice/kubepods-pod1.slice/cri-containerd-{}.scope",
             ID.replace('0', "2")
         ));
-        mount.dir(&format!("machine.slice/libpod-{}.scope/container", ID.replace('0', "3")));
+        mount.dir(&format!(
+            "machine.slice/libpod-{}.scope/container",
+            ID.replace('0', "3")
+        ));
         mount.dir("system.slice/docker.service");
         mount.dir("docker/not-a-container");
         let found = container_cgroups(&mount.0);
         assert_eq!(found.len(), 4, "{found:#?}");
-        assert!(found.iter().all(|f| f.reason.starts_with("scope.containers: container")));
+        assert!(
+            found
+                .iter()
+                .all(|f| f.reason.starts_with("scope.containers: container"))
+        );
         assert!(
             found
                 .iter()
@@ -240,7 +254,10 @@ mod tests {
 
     #[test]
     fn container_ids_need_64_hex_digits() {
-        assert_eq!(container_id(&format!("docker-{ID}.scope")).as_deref(), Some(ID));
+        assert_eq!(
+            container_id(&format!("docker-{ID}.scope")).as_deref(),
+            Some(ID)
+        );
         assert_eq!(container_id(ID).as_deref(), Some(ID));
         assert_eq!(container_id(&format!("docker-{}.scope", &ID[1..])), None);
         assert_eq!(container_id("docker.service"), None);

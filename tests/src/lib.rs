@@ -1018,7 +1018,10 @@ impl TestDocker {
             .arg(format!("--data-root={}", root.join("data").display()))
             .arg(format!("--exec-root={}", root.join("exec").display()))
             .arg(format!("--pidfile={}", root.join("dockerd.pid").display()))
-            .arg(format!("--host=unix://{}", root.join("docker.sock").display()))
+            .arg(format!(
+                "--host=unix://{}",
+                root.join("docker.sock").display()
+            ))
             .args([
                 "--iptables=false",
                 "--ip-forward=false",
@@ -1049,7 +1052,10 @@ impl TestDocker {
             if ready {
                 break;
             }
-            assert!(Instant::now() < deadline, "dockerd did not answer within 60 s");
+            assert!(
+                Instant::now() < deadline,
+                "dockerd did not answer within 60 s"
+            );
             thread::sleep(Duration::from_millis(200));
         }
         docker

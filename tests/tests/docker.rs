@@ -101,7 +101,10 @@ fn docker_pulls_and_builds_reach_only_allowed_registries() {
     ]);
     assert!(ok, "docker create: {err}");
     let (ok, out, err, _) = docker.run(&["cp", "tiny:/hello.txt", "-"]);
-    assert!(ok && out.contains("hello from a tiny image"), "docker cp: {err}");
+    assert!(
+        ok && out.contains("hello from a tiny image"),
+        "docker cp: {err}"
+    );
 
     // The blocked one: refused at once, with an error that says so.
     let (ok, _, err, seconds) = docker.run(&["pull", &format!("{blocked}/tiny:1")]);
@@ -112,9 +115,15 @@ fn docker_pulls_and_builds_reach_only_allowed_registries() {
         "{err}"
     );
     let line = daemon
-        .wait_for_line("deny connect4 tcp 198.51.100.4:5000", Duration::from_secs(5))
+        .wait_for_line(
+            "deny connect4 tcp 198.51.100.4:5000",
+            Duration::from_secs(5),
+        )
         .unwrap();
-    assert!(line.contains("(blocked.test)") && line.contains("(dockerd)"), "{line}");
+    assert!(
+        line.contains("(blocked.test)") && line.contains("(dockerd)"),
+        "{line}"
+    );
     let records = daemon.audit_records();
     let denial: &Value = records
         .iter()

@@ -42,14 +42,13 @@ fn enforced_paths(daemon: &Daemon) -> Vec<(String, String)> {
 fn containers_are_followed_as_they_come_and_go() {
     let _net = TestNet::new();
     let engines = ram_tests::other_engines(Path::new("/nonexistent"));
-    assert!(engines.is_empty(), "container engines run here: {engines:?}");
+    assert!(
+        engines.is_empty(),
+        "container engines run here: {engines:?}"
+    );
     let parent = TestCgroup::new();
     let bystander = TestCgroup::new();
-    let daemon = Daemon::start(
-        &policy("[scope]\ncontainers = true"),
-        &[bystander.path()],
-    )
-    .unwrap();
+    let daemon = Daemon::start(&policy("[scope]\ncontainers = true"), &[bystander.path()]).unwrap();
 
     // A "container" appears: a cgroup named as Docker's systemd driver names them.
     let id = "5e".repeat(32);
@@ -59,13 +58,18 @@ fn containers_are_followed_as_they_come_and_go() {
     assert!(
         eventually(Duration::from_secs(3), || enforced_paths(&daemon)
             .iter()
-            .any(|(p, why)| *p == path && why == &format!("scope.containers: container {}", &id[..12]))),
+            .any(|(p, why)| *p == path
+                && why
+                    == &format!("scope.containers: container {}", &id[..12]))),
         "{:?}",
         enforced_paths(&daemon)
     );
     assert_eq!(attached_programs(&container).len(), 6);
     let in_container = TestCgroup::adopt(container.clone());
-    assert_eq!(probe_in(&in_container, "tcp-connect", &c(), HTTP_PORT).result, "EPERM");
+    assert_eq!(
+        probe_in(&in_container, "tcp-connect", &c(), HTTP_PORT).result,
+        "EPERM"
+    );
 
     // It goes: released.
     drop(in_container);
@@ -90,8 +94,13 @@ fn a_cgroup_made_anew_is_enforced_again() {
     fs::create_dir(cgroup.path()).unwrap();
     assert!(attached_programs(cgroup.path()).is_empty());
     assert!(
-        eventually(Duration::from_secs(3), || attached_programs(cgroup.path()).len() == 6),
+        eventually(Duration::from_secs(3), || attached_programs(cgroup.path())
+            .len()
+            == 6),
         "not enforced again"
     );
-    assert_eq!(probe_in(&cgroup, "tcp-connect", &c(), HTTP_PORT).result, "EPERM");
+    assert_eq!(
+        probe_in(&cgroup, "tcp-connect", &c(), HTTP_PORT).result,
+        "EPERM"
+    );
 }

@@ -30,7 +30,10 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
         "a real Docker Engine (dockerd, docker) for the end-to-end tests; started by the tests \
          only, in their own cgroup and mount namespace",
     ),
-    ("docker-registry", "real registries (distribution) on test hosts"),
+    (
+        "docker-registry",
+        "real registries (distribution) on test hosts",
+    ),
 ];
 
 /// Debian's policy-rc.d: while it exits 101, package scripts start no services. Set during
@@ -86,8 +89,11 @@ fn apt_packages() -> Result<()> {
     )?;
     let made_policy_rc_d = !Path::new(POLICY_RC_D).exists();
     if made_policy_rc_d {
-        fs::write(POLICY_RC_D, "#!/bin/sh\n# ram's xtask setup: start no services\nexit 101\n")
-            .with_context(|| format!("writing {POLICY_RC_D}"))?;
+        fs::write(
+            POLICY_RC_D,
+            "#!/bin/sh\n# ram's xtask setup: start no services\nexit 101\n",
+        )
+        .with_context(|| format!("writing {POLICY_RC_D}"))?;
         use std::os::unix::fs::PermissionsExt as _;
         fs::set_permissions(POLICY_RC_D, fs::Permissions::from_mode(0o755))?;
     }

@@ -1,0 +1,205 @@
+//! Registry presets: an allow entry that names a known registry (`ghcr.io`) stands for every
+//! host a pull from it needs. The table is data, in `registries.toml`, so that it is easy to
+//! keep current; this module reads it and expands entries.
+
+use std::{collections::HashMap, sync::OnceLock};
+
+use serde::Deserialize;
+
+use crate::policy::HostPattern;
+
+/// The preset table, embedded from `ram-userspace/registries.toml`.
+pub const REGISTRIES: &str = include_str!("../registries.toml");
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Table {
+    registry: Vec<Preset>,
+}
+
+/// One registry of the table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Preset {
+    pub name: String,
+    #[serde(default)]
+    entries: Vec<String>,
+    #[serde(default)]
+    pattern: Option<String>,
+    hosts: Vec<String>,
+    pub source: String,
+}
+
+/// What an allow entry expands to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expansion {
+    /// The preset's name.
+    pub preset: String,
+    /// Every host, the entry itself first.
+    pub hosts: Vec<HostPattern>,
+}
+
+/// The parsed table (parsed once; a unit test proves the embedded table valid).
+pub fn presets() -> &'static [Preset] {
+    static TABLE: OnceLock<Vec<Preset>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        toml::from_str::<Table>(REGISTRIES)
+            .expect("registries.toml is valid (checked by a unit test)")
+            .registry
+    })
+}
+
+/// The expansion of `entry`, if it names a preset's registry.
+pub fn expand(entry: &HostPattern) -> Option<Expansion> {
+    let text = HostPattern {
+        port: None,
+        ..entry.clone()
+    }
+    .to_string();
+    presets().iter().find_map(|preset| {
+        let captures = if preset.entries.contains(&text) {
+            HashMap::new()
+        } else {
+            match_pattern(preset.pattern.as_deref()?, &text)?
+        };
+        let mut hosts = vec![entry.clone()];
+        for template in &preset.hosts {
+            let mut host = template.replace("{entry}", &text);
+            for (name, value) in &captures {
+                host = host.replace(&format!("{{{name}}}"), value);
+            }
+            let host: HostPattern = host.parse().ok()?;
+            if !hosts
+                .iter()
+                .any(|h| h.domain == host.domain && h.wildcard == host.wildcard)
+            {
+                hosts.push(host);
+            }
+        }
+        Some(Expansion {
+            preset: preset.name.clone(),
+            hosts,
+        })
+    })
+}
+
+/// Matches `text` (an allow entry, `*.` included) against `pattern`: `*` as the first label
+/// stands for one or more labels; `{name}` inside a label stands for the rest of that label
+/// (letters, digits, `-`) and is captured.
+fn match_pattern(pattern: &str, text: &str) -> Option<HashMap<String, String>> {
+    let pattern: Vec<&str> = pattern.split('.').collect();
+    let text: Vec<&str> = text.split('.').collect();
+    let (pattern, text) = match pattern.first() {
+        Some(&"*") => {
+            // At least one label for the `*`.
+            if text.len() < pattern.len() {
+                return None;
+            }
+            (&pattern[1..], &text[text.len() - (pattern.len() - 1)..])
+        }
+        _ if pattern.len() == text.len() => (&pattern[..], &text[..]),
+        _ => return None,
+    };
+    let mut captures = HashMap::new();
+    for (p, t) in pattern.iter().zip(text) {
+        match (p.find('{'), p.find('}')) {
+            (Some(open), Some(close)) if open < close => {
+                let (prefix, suffix) = (&p[..open], &p[close + 1..]);
+                let value = t.strip_prefix(prefix)?.strip_suffix(suffix)?;
+                if value.is_empty()
+                    || !value
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                {
+                    return None;
+                }
+                captures.insert(p[open + 1..close].to_owned(), value.to_owned());
+            }
+            _ if p == t => {}
+            _ => return None,
+        }
+    }
+    Some(captures)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(text: &str) -> HostPattern {
+        text.parse().unwrap()
+    }
+
+    fn expanded(entry: &str) -> Option<(String, Vec<String>)> {
+        expand(&host(entry)).map(|e| (e.preset, e.hosts.iter().map(ToString::to_string).collect()))
+    }
+
+    #[test]
+    fn the_table_is_valid_and_every_host_parses() {
+        assert!(presets().len() >= 9);
+        for preset in presets() {
+            assert!(!preset.source.is_empty(), "{} has no source", preset.name);
+            assert!(
+                !preset.entries.is_empty() || preset.pattern.is_some(),
+                "{} selects nothing",
+                preset.name
+            );
+            for entry in &preset.entries {
+                let expansion = expand(&host(entry)).unwrap();
+                assert_eq!(expansion.preset, preset.name);
+            }
+        }
+    }
+
+    #[test]
+    fn docker_hub_and_ghcr_expand_to_their_blob_hosts() {
+        let (name, hosts) = expanded("docker.io").unwrap();
+        assert_eq!(name, "Docker Hub");
+        assert_eq!(hosts[0], "docker.io");
+        for needed in [
+            "registry-1.docker.io",
+            "auth.docker.io",
+            "production.cloudflare.docker.com",
+        ] {
+            assert!(hosts.iter().any(|h| h == needed), "{needed} in {hosts:?}");
+        }
+        let (_, hosts) = expanded("ghcr.io").unwrap();
+        assert_eq!(hosts, ["ghcr.io", "pkg-containers.githubusercontent.com"]);
+        // Case and a trailing dot do not matter (entries are normalized when parsed).
+        assert!(expanded("GHCR.IO.").is_some());
+    }
+
+    #[test]
+    fn ecr_and_artifact_registry_patterns_capture_the_region() {
+        let (name, hosts) = expanded("123456789012.dkr.ecr.eu-west-1.amazonaws.com").unwrap();
+        assert_eq!(name, "Amazon ECR");
+        assert!(hosts.contains(
+            &"prod-eu-west-1-starport-layer-bucket.s3.eu-west-1.amazonaws.com".to_string()
+        ));
+        let (_, hosts) = expanded("*.dkr.ecr.us-east-1.amazonaws.com").unwrap();
+        assert_eq!(hosts[0], "*.dkr.ecr.us-east-1.amazonaws.com");
+        assert!(
+            hosts.contains(&"prod-us-east-1-starport-layer-bucket.s3.amazonaws.com".to_string())
+        );
+        assert!(
+            expanded("dkr.ecr.us-east-1.amazonaws.com").is_none(),
+            "no account label"
+        );
+        let (name, hosts) = expanded("europe-west1-docker.pkg.dev").unwrap();
+        assert_eq!(name, "Google Artifact Registry");
+        assert_eq!(
+            hosts,
+            ["europe-west1-docker.pkg.dev", "storage.googleapis.com"]
+        );
+    }
+
+    #[test]
+    fn other_registries_stay_as_written() {
+        assert_eq!(expanded("nexus.corp.example:8443"), None);
+        assert_eq!(expanded("harbor.example"), None);
+        assert_eq!(expanded("evilghcr.io"), None);
+        // A preset entry with a port keeps its port on the entry itself.
+        let expansion = expand(&host("ghcr.io:443")).unwrap();
+        assert_eq!(expansion.hosts[0].to_string(), "ghcr.io:443");
+    }
+}
