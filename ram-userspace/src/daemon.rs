@@ -1056,8 +1056,13 @@ fn bind_control_socket(run_dir: &Path) -> Result<UnixListener> {
         );
     }
     let _ = fs::remove_file(&path);
-    let listener = UnixListener::bind(&path)
-        .with_context(|| format!("binding the control socket {}", path.display()))?;
+    // Created 0600 (umask), so that no one else can connect between bind and chmod.
+    // SAFETY: umask has no memory arguments; the daemon is single-threaded here.
+    let previous = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(&path);
+    unsafe { libc::umask(previous) };
+    let listener =
+        bound.with_context(|| format!("binding the control socket {}", path.display()))?;
     fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
         .with_context(|| format!("making {} root-only", path.display()))?;
     Ok(listener)
