@@ -128,6 +128,11 @@ impl CgroupDir {
         if path == mount {
             return Err(CgroupError::Root(path));
         }
+        Self::with_id(path)
+    }
+
+    /// The directory with the id the kernel reports for it (its inode).
+    fn with_id(path: PathBuf) -> Result<Self, CgroupError> {
         let metadata = fs::metadata(&path).map_err(|source| CgroupError::Io {
             action: "stat",
             path: path.clone(),
@@ -149,15 +154,7 @@ impl CgroupDir {
                 mount: path,
             });
         }
-        let metadata = fs::metadata(&path).map_err(|source| CgroupError::Io {
-            action: "stat",
-            path: path.clone(),
-            source,
-        })?;
-        Ok(Self {
-            path,
-            id: metadata.ino(),
-        })
+        Self::with_id(path)
     }
 
     /// The daemon's own cgroup, `<mount>/ram.enforced`, created if missing. Returns whether this
