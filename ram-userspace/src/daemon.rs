@@ -20,6 +20,7 @@ use ram::{
         AuditRecord, DroppedRecord, LearnRecord, display_addr, protocol_name,
         realtime_minus_boottime_ns, rfc3339_utc,
     },
+    authz,
     cgroup::{self, CgroupDir},
     compile::{CompiledPolicy, ResolverOrigin},
     notify,
@@ -53,6 +54,8 @@ pub struct Options {
     pub audit_log: Option<PathBuf>,
     pub pin_dir: PathBuf,
     pub run_dir: PathBuf,
+    /// Where the Docker authorization plugin listens (when `image_access.enabled`).
+    pub authz_socket: PathBuf,
 }
 
 /// A policy as read: its text (for `ram policy show` and the hash), the parsed form and the
@@ -262,6 +265,11 @@ struct Daemon {
     /// (the kernel's counter is pinned and counts from installation).
     dropped_reported: u64,
     ticks: u64,
+    /// The image rules the authorization plugin applies (`None`: image access off).
+    image_rules: authz::SharedRules,
+    /// Whether the plugin's socket is being served.
+    authz_serving: bool,
+    image_decisions: Option<tokio::sync::mpsc::UnboundedSender<authz::Decision>>,
 }
 
 pub fn run(options: Options) -> Result<()> {
@@ -334,6 +342,9 @@ async fn serve(options: Options, policy: LoadedPolicy, audit: AuditSink) -> Resu
         started: now_rfc3339(),
         dropped_reported: read_dropped_reported(&options.run_dir),
         ticks: 0,
+        image_rules: Default::default(),
+        authz_serving: false,
+        image_decisions: None,
         options,
     };
     // Events lost while no daemon ran are reported now (the counter is pinned).
@@ -341,6 +352,11 @@ async fn serve(options: Options, policy: LoadedPolicy, audit: AuditSink) -> Resu
     if let Err(err) = notify::ready(&format!("enforcing on {} cgroup(s)", paths.len())) {
         warn!("telling systemd we are ready failed: {err}");
     }
+
+    let (image_decisions, mut image_decisions_rx) =
+        tokio::sync::mpsc::unbounded_channel::<authz::Decision>();
+    daemon.image_decisions = Some(image_decisions);
+    daemon.update_image_access();
 
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let stop = loop {
@@ -391,6 +407,7 @@ async fn serve(options: Options, policy: LoadedPolicy, audit: AuditSink) -> Resu
                     Err(err) => warn!("control socket: {err}"),
                 }
             }
+            Some(decision) = image_decisions_rx.recv() => daemon.image_decision(decision),
             _ = tick.tick() => daemon.housekeeping(),
         }
     };
@@ -517,6 +534,7 @@ impl Daemon {
                 self.reloads += 1;
                 self.rejected = None;
                 self.follow_scope();
+                self.update_image_access();
             }
             Err(err) => {
                 // apply() fills the unused slot first: a failure leaves the old policy in force.
@@ -643,6 +661,56 @@ impl Daemon {
             info!("{}", record.summary());
             self.audit.write(&record);
         }
+    }
+
+    /// Puts the policy's `[image_access]` in force for the authorization plugin, and starts
+    /// serving the plugin the first time it is enabled.
+    fn update_image_access(&mut self) {
+        let access = &self.policy.policy.image_access;
+        let rules = access.enabled.then(|| access.rules.clone());
+        if let Ok(mut shared) = self.image_rules.write() {
+            *shared = rules;
+        }
+        if !access.enabled || self.authz_serving {
+            return;
+        }
+        let path = self.options.authz_socket.clone();
+        match bind_authz_socket(&path) {
+            Ok(listener) => {
+                let sender = self.image_decisions.clone();
+                authz::serve(listener, self.image_rules.clone(), move |decision| {
+                    if let Some(sender) = &sender {
+                        let _ = sender.send(decision);
+                    }
+                });
+                self.authz_serving = true;
+                info!(
+                    "image access: Docker authorization plugin `{}` on {} (start dockerd with \
+                     --authorization-plugin={})",
+                    authz::PLUGIN_NAME,
+                    path.display(),
+                    authz::PLUGIN_NAME
+                );
+            }
+            Err(err) => error!("image access: {err:#}; Docker Hub images are NOT judged"),
+        }
+    }
+
+    fn image_decision(&mut self, decision: authz::Decision) {
+        let record = ImageRecord {
+            time: now_rfc3339(),
+            verdict: if decision.allowed { "allow" } else { "deny" },
+            reason: decision.reason,
+            action: decision.action,
+            image: decision.image,
+            user: decision.user,
+            via: "authorization_plugin",
+        };
+        info!(
+            "image {} {} {} ({})",
+            record.verdict, record.action, record.image, record.reason
+        );
+        self.audit.write(&record);
     }
 
     /// Once a second: expire learned addresses, repair detached programs, report lost events.
@@ -1036,6 +1104,44 @@ fn write_dropped_reported(run_dir: &Path, total: u64) {
             run_dir.display()
         );
     }
+}
+
+/// One Image Access Management decision in the audit log.
+#[derive(serde::Serialize)]
+struct ImageRecord {
+    time: String,
+    verdict: &'static str,
+    /// The image's category (`official`, `organization`, `verified_publisher`, `community`,
+    /// `other_registry`) or, for a denial, the message the user saw.
+    reason: String,
+    /// `image_pull` or `container_create`.
+    action: &'static str,
+    image: String,
+    user: Option<String>,
+    via: &'static str,
+}
+
+/// The plugin socket (root-only), in a directory made if missing; a stale socket is replaced.
+fn bind_authz_socket(path: &Path) -> Result<std::os::unix::net::UnixListener> {
+    if let Some(dir) = path.parent() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        bail!(
+            "{} answers already (another ram daemon?); give this one its own --authz-socket",
+            path.display()
+        );
+    }
+    let _ = fs::remove_file(path);
+    // SAFETY: umask has no memory arguments.
+    let previous = unsafe { libc::umask(0o177) };
+    let bound = std::os::unix::net::UnixListener::bind(path);
+    unsafe { libc::umask(previous) };
+    bound.with_context(|| format!("binding the authorization plugin socket {}", path.display()))
 }
 
 /// The control socket, root-only. A socket left by a dead daemon is replaced; a live one means

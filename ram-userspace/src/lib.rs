@@ -3,9 +3,11 @@
 
 pub mod answers;
 pub mod audit;
+pub mod authz;
 pub mod bpf;
 pub mod cgroup;
 pub mod compile;
+pub mod image;
 pub mod notify;
 pub mod policy;
 pub mod presets;

@@ -94,6 +94,10 @@ struct DaemonArgs {
     /// bpffs directory for the pinned programs, links and maps.
     #[arg(long, value_name = "DIR", env = "RAM_PIN_DIR", default_value = DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
+    /// Socket of the Docker authorization plugin (served when the policy enables
+    /// image_access); dockerd finds plugins in /run/docker/plugins.
+    #[arg(long, value_name = "PATH", default_value = ram::authz::DEFAULT_SOCKET)]
+    authz_socket: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -168,6 +172,7 @@ fn run_daemon(args: DaemonArgs, run_dir: PathBuf) -> Result<()> {
         audit_log: args.audit_log,
         pin_dir: args.pin_dir,
         run_dir,
+        authz_socket: args.authz_socket,
     })
 }
 

@@ -24,6 +24,32 @@ pub struct Policy {
     pub dns: Dns,
     pub audit: Audit,
     pub scope: Scope,
+    pub image_access: ImageAccess,
+}
+
+/// Image Access Management (`[image_access]`): which kinds of Docker Hub images may be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageAccess {
+    pub enabled: bool,
+    pub rules: crate::image::Rules,
+}
+
+impl Default for ImageAccess {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            rules: crate::image::Rules {
+                official: true,
+                verified_publishers: true,
+                community: false,
+                organizations: Vec::new(),
+                verified_publisher_namespaces: crate::image::DEFAULT_VERIFIED_PUBLISHERS
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
+            },
+        }
+    }
 }
 
 /// What is enforced besides the cgroups given on the command line (`[scope]`).
@@ -139,6 +165,25 @@ struct RawPolicy {
     audit: RawAudit,
     #[serde(default)]
     scope: RawScope,
+    #[serde(default)]
+    image_access: RawImageAccess,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawImageAccess {
+    #[serde(default)]
+    enabled: bool,
+    official: Option<bool>,
+    verified_publishers: Option<bool>,
+    community: Option<bool>,
+    #[serde(default)]
+    organizations: Vec<Spanned<String>>,
+    /// Added to ram's shipped list.
+    #[serde(default)]
+    verified_publisher_namespaces: Vec<Spanned<String>>,
+    /// Docker's registry.json, whose `allowedOrgs` are organizations too.
+    registry_json: Option<Spanned<String>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -338,6 +383,7 @@ impl Policy {
                 allowed,
                 allowed_window,
             },
+            image_access: image_access(raw.image_access, &invalid)?,
             scope: Scope {
                 docker: raw.scope.docker,
                 containers: raw.scope.containers,
@@ -363,6 +409,77 @@ impl Policy {
         }
         Ok(policy)
     }
+}
+
+/// `[image_access]`, with namespaces checked and registry.json's `allowedOrgs` read.
+fn image_access(
+    raw: RawImageAccess,
+    invalid: &impl Fn(usize, String) -> PolicyError,
+) -> Result<ImageAccess, PolicyError> {
+    let mut access = ImageAccess {
+        enabled: raw.enabled,
+        ..ImageAccess::default()
+    };
+    let rules = &mut access.rules;
+    rules.official = raw.official.unwrap_or(true);
+    rules.verified_publishers = raw.verified_publishers.unwrap_or(true);
+    rules.community = raw.community.unwrap_or(false);
+    let namespace = |key: &str, value: &Spanned<String>| {
+        let text = value.get_ref().trim().to_ascii_lowercase();
+        let valid = !text.is_empty()
+            && text.len() <= 255
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+        if valid {
+            Ok(text)
+        } else {
+            Err(invalid(
+                value.span().start,
+                format!(
+                    "{key}: `{}` is not a Docker Hub namespace (lowercase letters, digits, . _ -)",
+                    value.get_ref()
+                ),
+            ))
+        }
+    };
+    for value in &raw.organizations {
+        rules
+            .organizations
+            .push(namespace("image_access.organizations", value)?);
+    }
+    for value in &raw.verified_publisher_namespaces {
+        rules.verified_publisher_namespaces.push(namespace(
+            "image_access.verified_publisher_namespaces",
+            value,
+        )?);
+    }
+    if let Some(path) = &raw.registry_json {
+        let text = std::fs::read_to_string(path.get_ref()).map_err(|err| {
+            invalid(
+                path.span().start,
+                format!(
+                    "image_access.registry_json: cannot read {}: {err}",
+                    path.get_ref()
+                ),
+            )
+        })?;
+        let parsed: serde_json::Value = serde_json::from_str(&text).map_err(|err| {
+            invalid(
+                path.span().start,
+                format!(
+                    "image_access.registry_json: {} is not JSON: {err}",
+                    path.get_ref()
+                ),
+            )
+        })?;
+        for org in parsed["allowedOrgs"].as_array().into_iter().flatten() {
+            if let Some(org) = org.as_str() {
+                rules.organizations.push(org.to_ascii_lowercase());
+            }
+        }
+    }
+    Ok(access)
 }
 
 /// Parses every value of the list `key`; the first bad one becomes an error at its position.

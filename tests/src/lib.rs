@@ -492,11 +492,25 @@ pub struct Background {
 }
 
 impl Background {
-    pub fn spawn(name: &'static str, mut cmd: Command) -> Self {
+    pub fn spawn(name: &'static str, cmd: Command) -> Self {
+        Self::spawn_logging(name, cmd, None)
+    }
+
+    /// As [`Self::spawn`], with stdout and stderr appended to `log` (for tests to show).
+    pub fn spawn_logging(name: &'static str, mut cmd: Command, log: Option<&Path>) -> Self {
+        let output = || match log {
+            Some(path) => fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map(Stdio::from)
+                .unwrap_or_else(|_| Stdio::null()),
+            None => Stdio::null(),
+        };
         let child = cmd
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(output())
+            .stderr(output())
             .spawn()
             .unwrap_or_else(|err| panic!("starting {name}: {err}"));
         Self { name, child }
@@ -578,6 +592,12 @@ impl DaemonState {
             args,
             env: Vec::new(),
         }
+    }
+
+    /// Adds `ram daemon` arguments.
+    pub fn with_args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+        self
     }
 
     /// Sets an environment variable for the daemon (e.g. NOTIFY_SOCKET).
@@ -995,12 +1015,27 @@ pub mod peers {
 pub struct TestDocker {
     dir: TempDir,
     daemon: Option<Background>,
+    /// dockerd makes /run/docker/plugins whatever its exec-root; removed again if it made it.
+    run_docker_existed: bool,
 }
 
 impl TestDocker {
     /// Starts dockerd in `cgroup`; `insecure_registries` are `host:port` registries reached
     /// over plain HTTP. Returns once `docker version` answers (at most 60 s).
     pub fn start(cgroup: &TestCgroup, resolver: IpAddr, insecure_registries: &[&str]) -> Self {
+        Self::start_with(cgroup, resolver, insecure_registries, &[], None)
+    }
+
+    /// As [`Self::start`], with more dockerd arguments, and with `authz_socket` (if given)
+    /// registered as the plugin `ram` by a spec file in dockerd's own /etc/docker/plugins (a
+    /// directory of the test's, bind-mounted in dockerd's mount namespace only).
+    pub fn start_with(
+        cgroup: &TestCgroup,
+        resolver: IpAddr,
+        insecure_registries: &[&str],
+        extra_args: &[&str],
+        authz_socket: Option<&Path>,
+    ) -> Self {
         let others = other_engines(cgroup.path());
         assert!(
             others.is_empty(),
@@ -1010,11 +1045,25 @@ impl TestDocker {
         let dir = TempDir::new();
         let resolv = dir.write("resolv.conf", &format!("nameserver {resolver}\n"));
         let root = dir.path();
+        let etc_docker = root.join("etc-docker");
+        fs::create_dir_all(etc_docker.join("plugins")).expect("creating dockerd's /etc/docker");
+        if let Some(socket) = authz_socket {
+            fs::write(
+                etc_docker.join("plugins/ram.spec"),
+                format!("unix://{}\n", socket.display()),
+            )
+            .expect("writing the plugin spec");
+        }
+        let run_docker_existed = Path::new("/run/docker").exists();
         let mut cmd = cgroup.command("unshare");
         cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
-            .arg("r=$1; shift; mount --bind \"$r\" /etc/resolv.conf && exec dockerd \"$@\"")
+            .arg(
+                "r=$1; e=$2; shift 2; mount --bind \"$r\" /etc/resolv.conf && \
+                 mount --bind \"$e\" /etc/docker && exec dockerd \"$@\"",
+            )
             .arg("sh")
             .arg(&resolv)
+            .arg(&etc_docker)
             .arg(format!("--data-root={}", root.join("data").display()))
             .arg(format!("--exec-root={}", root.join("exec").display()))
             .arg(format!("--pidfile={}", root.join("dockerd.pid").display()))
@@ -1034,11 +1083,13 @@ impl TestDocker {
                 insecure_registries
                     .iter()
                     .map(|r| format!("--insecure-registry={r}")),
-            );
-        let daemon = Background::spawn("dockerd", cmd);
+            )
+            .args(extra_args);
+        let daemon = Background::spawn_logging("dockerd", cmd, Some(&root.join("dockerd.log")));
         let docker = Self {
             dir,
             daemon: Some(daemon),
+            run_docker_existed,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -1088,6 +1139,11 @@ impl TestDocker {
         )
     }
 
+    /// What dockerd logged so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("dockerd.log")).unwrap_or_default()
+    }
+
     /// A directory of this engine's (for build contexts and image files).
     pub fn dir(&self) -> &Path {
         self.dir.path()
@@ -1102,6 +1158,10 @@ impl Drop for TestDocker {
     fn drop(&mut self) {
         // dockerd stops its containerd; what is left dies with the test's cgroup.
         drop(self.daemon.take());
+        if !self.run_docker_existed {
+            let _ = fs::remove_dir("/run/docker/plugins");
+            let _ = fs::remove_dir("/run/docker");
+        }
     }
 }
 

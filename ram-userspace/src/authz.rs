@@ -1,0 +1,439 @@
+//! A Docker Engine authorization plugin (`dockerd --authorization-plugin=ram`): Image Access
+//! Management on the engine's API. dockerd asks the plugin, over HTTP on a unix socket in
+//! `/run/docker/plugins/`, about every API request before serving it.
+//!
+//! What is judged, and what happens when a request cannot be read:
+//! - `POST /images/create?fromImage=…` (docker pull, compose pull): the image's category.
+//!   Unreadable: **denied** (fail closed: it is a pull).
+//! - `POST /containers/create` (docker run/create, compose up): the `Image` of the body.
+//!   Unreadable: **denied**.
+//! - Everything else (the engine's many other calls, `/build` whose `FROM` the pull gate
+//!   judges): allowed at once, never parsed (fail open: the plugin must not stall the engine).
+//!
+//! Runs on threads of its own, so that the engine never waits on the daemon's event loop.
+
+use std::{
+    io::{self, BufRead as _, BufReader, Read as _, Write as _},
+    os::unix::net::{UnixListener, UnixStream},
+    sync::{Arc, RwLock},
+    thread,
+    time::Duration,
+};
+
+use serde_json::{Value, json};
+
+use crate::image::Rules;
+
+/// The plugin's name, as dockerd's `--authorization-plugin=` gives it.
+pub const PLUGIN_NAME: &str = "ram";
+/// Where dockerd looks for plugin sockets.
+pub const DEFAULT_SOCKET: &str = "/run/docker/plugins/ram.sock";
+/// Largest request read: dockerd sends bodies only up to 1 MiB to authorization plugins.
+const MAX_REQUEST: usize = 4 << 20;
+const MAX_HEADER: usize = 64 << 10;
+
+/// What the plugin decided, for the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    /// `image_pull` or `container_create`.
+    pub action: &'static str,
+    pub image: String,
+    /// The category, or why it could not be judged.
+    pub reason: String,
+    pub user: Option<String>,
+}
+
+/// The rules in force (`None`: image access off, everything allowed), swapped on reload.
+pub type SharedRules = Arc<RwLock<Option<Rules>>>;
+
+/// Serves the plugin on `listener` until the process ends: one thread per connection (dockerd
+/// keeps a few open).
+pub fn serve(
+    listener: UnixListener,
+    rules: SharedRules,
+    decisions: impl Fn(Decision) + Send + Sync + 'static,
+) {
+    let decisions = Arc::new(decisions);
+    thread::Builder::new()
+        .name("authz-accept".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let rules = rules.clone();
+                let decisions = decisions.clone();
+                let _ = thread::Builder::new()
+                    .name("authz-conn".into())
+                    .spawn(move || {
+                        if let Err(err) = connection(stream, &rules, &*decisions) {
+                            log::debug!("authorization plugin connection: {err}");
+                        }
+                    });
+            }
+        })
+        .expect("spawning the authorization plugin thread");
+}
+
+fn connection(
+    stream: UnixStream,
+    rules: &SharedRules,
+    decisions: &dyn Fn(Decision),
+) -> io::Result<()> {
+    // An idle keep-alive connection is closed after a minute; dockerd reconnects.
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    loop {
+        let Some((path, body)) = read_request(&mut reader)? else {
+            return Ok(());
+        };
+        let (status, answer) = match path.as_str() {
+            "/Plugin.Activate" => {
+                log::info!("a Docker Engine activated the authorization plugin");
+                (200, json!({ "Implements": ["authz"] }))
+            }
+            "/AuthZPlugin.AuthZReq" => {
+                let rules = rules.read().map(|r| r.clone()).unwrap_or(None);
+                let (allow, message, decision) = authorize(&body, rules.as_ref());
+                if let Some(decision) = decision {
+                    decisions(decision);
+                }
+                (200, json!({ "Allow": allow, "Msg": message }))
+            }
+            "/AuthZPlugin.AuthZRes" => (200, json!({ "Allow": true })),
+            _ => {
+                log::warn!("authorization plugin: unknown call {path}");
+                (404, json!({ "Err": format!("ram's plugin has no {path}") }))
+            }
+        };
+        let body = answer.to_string();
+        write!(
+            writer,
+            "HTTP/1.1 {status} {}\r\nContent-Type: application/vnd.docker.plugins.v1.2+json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            if status == 200 { "OK" } else { "Not Found" },
+            body.len()
+        )?;
+        writer.flush()?;
+    }
+}
+
+/// One HTTP/1.1 request: its path and body (`Content-Length` only: dockerd's plugin client
+/// sends whole bodies). `None` at a clean end of the connection.
+fn read_request(reader: &mut BufReader<UnixStream>) -> io::Result<Option<(String, Vec<u8>)>> {
+    let mut line = String::new();
+    if reader.read_line(&mut line)? == 0 {
+        return Ok(None);
+    }
+    let path = line
+        .split_whitespace()
+        .nth(1)
+        .ok_or_else(|| io::Error::other("malformed request line"))?
+        .to_owned();
+    let mut length = 0usize;
+    let mut header_bytes = line.len();
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header)? == 0 {
+            return Err(io::Error::other("connection closed inside the headers"));
+        }
+        header_bytes += header.len();
+        if header_bytes > MAX_HEADER {
+            return Err(io::Error::other("headers too large"));
+        }
+        let header = header.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value
+                .trim()
+                .parse()
+                .map_err(|_| io::Error::other("bad Content-Length"))?;
+        }
+    }
+    if length > MAX_REQUEST {
+        return Err(io::Error::other("request too large"));
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body)?;
+    Ok(Some((path, body)))
+}
+
+/// The decision on one `AuthZReq`: (allow, message for the user, what to audit).
+pub fn authorize(body: &[u8], rules: Option<&Rules>) -> (bool, String, Option<Decision>) {
+    let Some(rules) = rules else {
+        return (true, String::new(), None);
+    };
+    let request: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let method = request["RequestMethod"].as_str().unwrap_or("");
+    // Docker's field is `RequestUri` (authorization.Request in moby's pkg/authorization).
+    let uri = request["RequestUri"]
+        .as_str()
+        .or_else(|| request["RequestURI"].as_str())
+        .unwrap_or("");
+    let user = request["User"]
+        .as_str()
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned);
+    let (path, query) = uri.split_once('?').unwrap_or((uri, ""));
+    // `/v1.41/images/create` → `/images/create`.
+    let path = match path.strip_prefix("/v") {
+        Some(rest) => rest.find('/').map_or(path, |slash| &rest[slash..]),
+        None => path,
+    };
+    let (action, image) = match (method, path) {
+        ("POST", "/images/create") => {
+            let params = query_params(query);
+            let get = |key: &str| {
+                params
+                    .iter()
+                    .find(|(k, _)| k == key)
+                    .map(|(_, v)| v.clone())
+            };
+            if get("fromSrc").is_some() {
+                // docker import: builds an image from a tarball, nothing is pulled.
+                return (true, String::new(), None);
+            }
+            let image = get("fromImage").map(|from| match get("tag") {
+                Some(tag) if !tag.is_empty() && !from.contains('@') => {
+                    if tag.starts_with("sha256:") {
+                        format!("{from}@{tag}")
+                    } else {
+                        format!("{from}:{tag}")
+                    }
+                }
+                _ => from,
+            });
+            ("image_pull", image)
+        }
+        ("POST", "/containers/create") => {
+            let image = request["RequestBody"]
+                .as_str()
+                .and_then(base64_decode)
+                .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
+                .and_then(|body| body["Image"].as_str().map(str::to_owned));
+            ("container_create", image)
+        }
+        _ => return (true, String::new(), None),
+    };
+    let Some(image) = image else {
+        let message =
+            format!("image access denied: ram could not read the image of this {action} request");
+        return (
+            false,
+            message.clone(),
+            Some(Decision {
+                allowed: false,
+                action,
+                image: String::new(),
+                reason: "unreadable".into(),
+                user,
+            }),
+        );
+    };
+    match rules.judge(&image) {
+        Ok(category) => (
+            true,
+            String::new(),
+            Some(Decision {
+                allowed: true,
+                action,
+                reason: category.map_or("other_registry", |c| c.as_str()).into(),
+                image,
+                user,
+            }),
+        ),
+        Err(message) => (
+            false,
+            message.clone(),
+            Some(Decision {
+                allowed: false,
+                action,
+                image,
+                reason: message,
+                user,
+            }),
+        ),
+    }
+}
+
+/// `a=1&b=x%2Fy` → [(a, 1), (b, x/y)].
+fn query_params(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(key), percent_decode(value))
+        })
+        .collect()
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(high), Some(low)) => {
+                    out.push(high << 4 | low);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            byte => out.push(byte),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Standard base64 (dockerd encodes request bodies so). `None` if malformed.
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let mut buffer = 0u32;
+    let mut bits = 0;
+    for byte in text.bytes() {
+        let value = match byte {
+            b'A'..=b'Z' => byte - b'A',
+            b'a'..=b'z' => byte - b'a' + 26,
+            b'0'..=b'9' => byte - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            b'=' => break,
+            b'\r' | b'\n' => continue,
+            _ => return None,
+        };
+        buffer = (buffer << 6) | u32::from(value);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buffer >> bits) as u8);
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> Rules {
+        Rules {
+            official: true,
+            verified_publishers: true,
+            community: false,
+            organizations: vec!["mycompany".into()],
+            verified_publisher_namespaces: vec!["somepublisher".into()],
+        }
+    }
+
+    fn request(method: &str, uri: &str, body: Option<&str>) -> Vec<u8> {
+        json!({
+            "User": "",
+            "RequestMethod": method,
+            "RequestUri": uri,
+            "RequestBody": body,
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    #[test]
+    fn pulls_are_judged_by_category() {
+        let rules = rules();
+        let pull = |uri: &str| authorize(&request("POST", uri, None), Some(&rules));
+        let (allow, message, decision) =
+            pull("/v1.41/images/create?fromImage=someuser%2Fcustom-image&tag=latest");
+        assert!(!allow);
+        assert_eq!(message, "image access denied: community images not allowed");
+        assert_eq!(decision.unwrap().image, "someuser/custom-image:latest");
+        assert!(pull("/v1.41/images/create?fromImage=busybox&tag=latest").0);
+        assert!(pull("/images/create?fromImage=mycompany%2Fapp&tag=").0);
+        assert!(pull("/v1.41/images/create?fromImage=ghcr.io%2Fx%2Fy&tag=1").0);
+        assert!(
+            pull("/v1.41/images/create?fromSrc=-&repo=someuser%2Fx").0,
+            "import"
+        );
+        let (allow, message, _) = pull("/v1.41/images/create?tag=latest");
+        assert!(!allow, "a pull without an image is refused");
+        assert!(message.contains("could not read"));
+        let (allow, _, decision) =
+            pull("/v1.41/images/create?fromImage=someuser%2Fx&tag=sha256%3Aabc");
+        assert!(!allow);
+        assert_eq!(decision.unwrap().image, "someuser/x@sha256:abc");
+    }
+
+    #[test]
+    fn container_creation_reads_the_image_from_the_body() {
+        let rules = rules();
+        let body = base64_encode(br#"{"Image":"someuser/custom-image","Cmd":["sh"]}"#);
+        let (allow, message, _) = authorize(
+            &request("POST", "/v1.41/containers/create?name=x", Some(&body)),
+            Some(&rules),
+        );
+        assert!(!allow);
+        assert_eq!(message, "image access denied: community images not allowed");
+        let (allow, ..) = authorize(
+            &request("POST", "/v1.41/containers/create", Some("not base64!")),
+            Some(&rules),
+        );
+        assert!(!allow, "unreadable: fail closed");
+    }
+
+    #[test]
+    fn everything_else_passes_even_when_malformed() {
+        let rules = rules();
+        assert!(
+            authorize(
+                &request("GET", "/v1.41/containers/json", None),
+                Some(&rules)
+            )
+            .0
+        );
+        assert!(authorize(&request("POST", "/v1.41/build?t=x", None), Some(&rules)).0);
+        assert!(authorize(b"{not json", Some(&rules)).0);
+        assert!(
+            authorize(
+                &request("POST", "/images/create?fromImage=someuser%2Fx", None),
+                None
+            )
+            .0
+        );
+    }
+
+    #[test]
+    fn decoders_handle_their_inputs() {
+        assert_eq!(base64_decode("aGVsbG8=").unwrap(), b"hello");
+        assert_eq!(base64_decode("aGVsbG8gd29ybGQ").unwrap(), b"hello world");
+        assert!(base64_decode("a$").is_none());
+        assert_eq!(percent_decode("a%2Fb+c%zz"), "a/b c%zz");
+        assert_eq!(percent_decode("trailing%2"), "trailing%2");
+    }
+
+    fn base64_encode(bytes: &[u8]) -> String {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
+}
