@@ -825,6 +825,60 @@ mod tests {
     }
 
     #[test]
+    fn image_access_reads_namespaces_and_registry_json() {
+        let dir = std::env::temp_dir().join(format!("ram-registry-json-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let registry_json = dir.join("registry.json");
+        std::fs::write(&registry_json, r#"{"allowedOrgs": ["OtherOrg"]}"#).unwrap();
+        let policy = Policy::from_toml(
+            &format!(
+                "[image_access]\nenabled = true\nverified_publishers = false\n\
+                 organizations = [\"MyCompany\"]\nverified_publisher_namespaces = [\"somepublisher\"]\n\
+                 registry_json = \"{}\"\n",
+                registry_json.display()
+            ),
+            &PolicySource::Embedded,
+        )
+        .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let access = &policy.image_access;
+        assert!(access.enabled);
+        assert!(
+            access.rules.official && !access.rules.verified_publishers && !access.rules.community
+        );
+        assert_eq!(access.rules.organizations, ["mycompany", "otherorg"]);
+        assert!(
+            access
+                .rules
+                .verified_publisher_namespaces
+                .contains(&"somepublisher".to_string())
+        );
+        assert!(
+            access
+                .rules
+                .verified_publisher_namespaces
+                .contains(&"bitnami".to_string())
+        );
+        // Off unless enabled; bad namespaces are errors with their position.
+        assert!(
+            !Policy::from_toml("", &PolicySource::Embedded)
+                .unwrap()
+                .image_access
+                .enabled
+        );
+        let error = Policy::from_toml(
+            "[image_access]\norganizations = [\"my company\"]",
+            &PolicySource::Embedded,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains(":2:18") && error.contains("not a Docker Hub namespace"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn registries_may_carry_a_port_and_a_scope() {
         let policy = Policy::from_toml(
             "[scope]\ndocker = true\ncgroups = [\"/system.slice/buildkit.service\"]\n\

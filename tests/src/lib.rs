@@ -1112,6 +1112,11 @@ impl TestDocker {
         docker
     }
 
+    /// The engine's address, as DOCKER_HOST.
+    pub fn host(&self) -> String {
+        format!("unix://{}", self.dir.path().join("docker.sock").display())
+    }
+
     /// `docker` aimed at this engine: Debian's client, of dockerd's own version, when present.
     pub fn docker(&self) -> Command {
         let client = if Path::new("/usr/bin/docker").exists() {

@@ -58,6 +58,25 @@ fn docker_hub_images_are_judged_by_category_with_dockers_message() {
         "{err}"
     );
 
+    // Docker Compose pulls through the same API.
+    let project = ram_tests::TempDir::new();
+    project.write(
+        "docker-compose.yml",
+        "version: \"3\"\nservices:\n  app:\n    image: someuser/custom-image\n",
+    );
+    let output = std::process::Command::new("docker-compose")
+        .current_dir(project.path())
+        .env("DOCKER_HOST", docker.host())
+        .arg("pull")
+        .output()
+        .expect("running docker-compose");
+    let compose_err = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{compose_err}");
+    assert!(
+        compose_err.contains("image access denied: community images not allowed"),
+        "{compose_err}"
+    );
+
     // Official, organization and verified-publisher images pass the plugin (and then fail to
     // reach Docker Hub, which does not exist here).
     for image in [

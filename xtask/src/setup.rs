@@ -34,6 +34,10 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
         "docker-registry",
         "real registries (distribution) on test hosts",
     ),
+    (
+        "docker-compose",
+        "Docker Compose, for the Image Access Management tests",
+    ),
 ];
 
 /// Debian's policy-rc.d: while it exits 101, package scripts start no services. Set during
