@@ -59,7 +59,15 @@ pub fn serve(
         .name("authz-accept".into())
         .spawn(move || {
             for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
+                let stream = match stream {
+                    Ok(stream) => stream,
+                    Err(err) => {
+                        // E.g. out of file descriptors: do not spin.
+                        log::warn!("authorization plugin: accept failed: {err}");
+                        thread::sleep(Duration::from_millis(100));
+                        continue;
+                    }
+                };
                 let rules = rules.clone();
                 let decisions = decisions.clone();
                 let _ = thread::Builder::new()
@@ -79,8 +87,8 @@ fn connection(
     rules: &SharedRules,
     decisions: &dyn Fn(Decision),
 ) -> io::Result<()> {
-    // An idle keep-alive connection is closed after a minute; dockerd reconnects.
-    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    // No idle timeout: dockerd keeps connections open, and a connection closed under a
+    // request it is sending makes its client retry with an empty body.
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
     loop {
@@ -93,7 +101,11 @@ fn connection(
                 (200, json!({ "Implements": ["authz"] }))
             }
             "/AuthZPlugin.AuthZReq" => {
-                let rules = rules.read().map(|r| r.clone()).unwrap_or(None);
+                let rules = match rules.read() {
+                    Ok(rules) => rules.clone(),
+                    // A writer panicked: the rules it left are still the last ones set.
+                    Err(poisoned) => poisoned.into_inner().clone(),
+                };
                 let (allow, message, decision) = authorize(&body, rules.as_ref());
                 if let Some(decision) = decision {
                     decisions(decision);
@@ -145,13 +157,17 @@ fn read_request(reader: &mut BufReader<UnixStream>) -> io::Result<Option<(String
         if header.is_empty() {
             break;
         }
-        if let Some((name, value)) = header.split_once(':')
-            && name.eq_ignore_ascii_case("content-length")
-        {
-            length = value
-                .trim()
-                .parse()
-                .map_err(|_| io::Error::other("bad Content-Length"))?;
+        if let Some((name, value)) = header.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value
+                    .trim()
+                    .parse()
+                    .map_err(|_| io::Error::other("bad Content-Length"))?;
+            }
+            // dockerd's plugin client sends whole bodies; anything else would desynchronize.
+            if name.eq_ignore_ascii_case("transfer-encoding") {
+                return Err(io::Error::other("chunked requests are not supported"));
+            }
         }
     }
     if length > MAX_REQUEST {
@@ -168,37 +184,74 @@ pub fn authorize(body: &[u8], rules: Option<&Rules>) -> (bool, String, Option<De
         return (true, String::new(), None);
     };
     let request: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    let method = request["RequestMethod"].as_str().unwrap_or("");
     // Docker's field is `RequestUri` (authorization.Request in moby's pkg/authorization).
-    let uri = request["RequestUri"]
-        .as_str()
-        .or_else(|| request["RequestURI"].as_str())
-        .unwrap_or("");
+    let (Some(method), Some(uri)) = (
+        request["RequestMethod"].as_str(),
+        request["RequestUri"]
+            .as_str()
+            .or_else(|| request["RequestURI"].as_str()),
+    ) else {
+        // Not a request dockerd would send (or one cut short): it might be a pull.
+        return deny_unreadable("request", None);
+    };
     let user = request["User"]
         .as_str()
         .filter(|u| !u.is_empty())
         .map(str::to_owned);
-    let (path, query) = uri.split_once('?').unwrap_or((uri, ""));
-    // `/v1.41/images/create` → `/images/create`.
-    let path = match path.strip_prefix("/v") {
-        Some(rest) => rest.find('/').map_or(path, |slash| &rest[slash..]),
-        None => path,
+    let (target, query) = uri.split_once('?').unwrap_or((uri, ""));
+    // dockerd routes on the decoded path of the request target, which may be in absolute
+    // form (`http://host/v1.41/...`); judge what it routes. A POST whose path still holds an
+    // escape after that cannot be matched with certainty: refused.
+    let target = match target.find("://") {
+        Some(scheme) => target[scheme + 3..]
+            .find('/')
+            .map_or("/", |slash| &target[scheme + 3 + slash..]),
+        None => target,
     };
-    let (action, image) = match (method, path) {
+    let decoded = percent_decode_path(target);
+    if method.eq_ignore_ascii_case("POST") && (decoded.contains('%') || !decoded.starts_with('/')) {
+        return deny_unreadable("request", user);
+    }
+    // `/v1.41/images/create` → `/images/create`; duplicate and trailing slashes as mux sees
+    // them (it cleans paths).
+    let cleaned: String = decoded
+        .split('/')
+        .filter(|part| !part.is_empty())
+        .collect::<Vec<_>>()
+        .join("/");
+    let path = match cleaned.split_once('/') {
+        Some((version, rest))
+            if version.starts_with('v')
+                && version[1..].starts_with(|c: char| c.is_ascii_digit()) =>
+        {
+            format!("/{rest}")
+        }
+        _ => format!("/{cleaned}"),
+    };
+    let (action, image) = match (method.to_ascii_uppercase().as_str(), path.as_str()) {
         ("POST", "/images/create") => {
+            // A form body would override the query in Go's r.Form, and dockerd does not send
+            // such bodies to plugins: refuse rather than judge the wrong image.
+            if has_body(&request) {
+                return deny_unreadable("image_pull", user);
+            }
             let params = query_params(query);
             let get = |key: &str| {
                 params
                     .iter()
-                    .find(|(k, _)| k == key)
+                    .filter(|(k, _)| k == key)
                     .map(|(_, v)| v.clone())
+                    .next_back()
+                    .filter(|v| !v.is_empty())
             };
-            if get("fromSrc").is_some() {
-                // docker import: builds an image from a tarball, nothing is pulled.
+            let from_image = get("fromImage");
+            if from_image.is_none() && get("fromSrc").is_some() {
+                // docker import: builds an image from a tarball, nothing is pulled (dockerd
+                // pulls whenever fromImage is set, fromSrc or not).
                 return (true, String::new(), None);
             }
-            let image = get("fromImage").map(|from| match get("tag") {
-                Some(tag) if !tag.is_empty() && !from.contains('@') => {
+            let image = from_image.map(|from| match get("tag") {
+                Some(tag) if !from.contains('@') => {
                     if tag.starts_with("sha256:") {
                         format!("{from}@{tag}")
                     } else {
@@ -214,26 +267,30 @@ pub fn authorize(body: &[u8], rules: Option<&Rules>) -> (bool, String, Option<De
                 .as_str()
                 .and_then(base64_decode)
                 .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
-                .and_then(|body| body["Image"].as_str().map(str::to_owned));
+                .and_then(|body| container_image(&body));
             ("container_create", image)
         }
         _ => return (true, String::new(), None),
     };
     let Some(image) = image else {
-        let message =
-            format!("image access denied: ram could not read the image of this {action} request");
+        return deny_unreadable(action, user);
+    };
+    if looks_like_image_id(&image) {
+        let message = "image access denied: ram cannot tell the kind of an image given by its \
+                       ID; use its name"
+            .to_owned();
         return (
             false,
             message.clone(),
             Some(Decision {
                 allowed: false,
                 action,
-                image: String::new(),
-                reason: "unreadable".into(),
+                image,
+                reason: message,
                 user,
             }),
         );
-    };
+    }
     match rules.judge(&image) {
         Ok(category) => (
             true,
@@ -258,6 +315,62 @@ pub fn authorize(body: &[u8], rules: Option<&Rules>) -> (bool, String, Option<De
             }),
         ),
     }
+}
+
+/// The answer for a request ram cannot read with certainty: refused, and audited.
+fn deny_unreadable(action: &'static str, user: Option<String>) -> (bool, String, Option<Decision>) {
+    let message = format!("image access denied: ram could not read the image of this {action}");
+    (
+        false,
+        message.clone(),
+        Some(Decision {
+            allowed: false,
+            action,
+            image: String::new(),
+            reason: "unreadable".into(),
+            user,
+        }),
+    )
+}
+
+/// Whether the request carries a body (a header says so).
+fn has_body(request: &Value) -> bool {
+    let Some(headers) = request["RequestHeaders"].as_object() else {
+        return false;
+    };
+    headers.iter().any(|(name, value)| {
+        let value = value.as_str().unwrap_or("");
+        (name.eq_ignore_ascii_case("content-length") && value.trim() != "0")
+            || (name.eq_ignore_ascii_case("content-type") && value.contains("form"))
+            || name.eq_ignore_ascii_case("transfer-encoding")
+    })
+}
+
+/// The `Image` of a container-create body. Go matches JSON keys case-insensitively (the last
+/// one wins), so every spelling is read; more than one, or not a string: unreadable.
+fn container_image(body: &Value) -> Option<String> {
+    let object = body.as_object()?;
+    let mut images = object
+        .iter()
+        .filter(|(key, _)| key.eq_ignore_ascii_case("image"));
+    let (_, image) = images.next()?;
+    if images.next().is_some() {
+        return None;
+    }
+    image.as_str().map(str::to_owned)
+}
+
+/// `sha256:…` or a bare hex id (12 to 64 digits): no repository name to judge.
+fn looks_like_image_id(image: &str) -> bool {
+    let hex = image.strip_prefix("sha256:").unwrap_or(image);
+    (12..=64).contains(&hex.len()) && hex.bytes().all(|b| b.is_ascii_hexdigit()) && {
+        image.starts_with("sha256:") || !hex.bytes().all(|b| b.is_ascii_digit())
+    }
+}
+
+/// Percent-decodes a path (no `+` for space, as in URLs' paths).
+fn percent_decode_path(path: &str) -> String {
+    percent_decode(&path.replace('+', "%2B"))
 }
 
 /// `a=1&b=x%2Fy` → [(a, 1), (b, x/y)].
@@ -389,7 +502,49 @@ mod tests {
     }
 
     #[test]
-    fn everything_else_passes_even_when_malformed() {
+    fn disguised_pulls_are_judged_or_refused() {
+        let rules = rules();
+        let allowed = |uri: &str| authorize(&request("POST", uri, None), Some(&rules)).0;
+        for uri in [
+            "/v1.41/images%2Fcreate?fromImage=someuser%2Fx",
+            "/v1.41/images/cre%61te?fromImage=someuser%2Fx",
+            "http://docker/v1.41/images/create?fromImage=someuser%2Fx",
+            "//v1.41//images/create/?fromImage=someuser%2Fx",
+            "/v1.41/images/create?fromImage=someuser%2Fx&fromSrc=-",
+            "/v1.41/images/create?fromImage=busybox&fromImage=someuser%2Fx",
+            "/v1.41/images/create?fromImage=registry-1.docker.io:443%2Fsomeuser%2Fx",
+            "/v1.41/images/create?fromImage=Docker.IO%2Fsomeuser%2Fx",
+        ] {
+            assert!(!allowed(uri), "{uri} was allowed");
+        }
+        let with_form_body = json!({
+            "RequestMethod": "POST",
+            "RequestUri": "/v1.41/images/create?fromImage=busybox",
+            "RequestHeaders": {"Content-Type": "application/x-www-form-urlencoded", "Content-Length": "24"},
+        });
+        assert!(!authorize(with_form_body.to_string().as_bytes(), Some(&rules)).0);
+        let create = |body: &[u8]| {
+            let body = base64_encode(body);
+            authorize(
+                &request("POST", "/containers/create", Some(&body)),
+                Some(&rules),
+            )
+            .0
+        };
+        assert!(!create(br#"{"Image":"busybox","image":"someuser/x"}"#));
+        assert!(!create(br#"{"image":"someuser/x"}"#));
+        assert!(!create(
+            br#"{"Image":"sha256:0123456789ab0123456789ab0123456789ab0123456789ab0123456789abcdef"}"#
+        ));
+        assert!(!create(br#"{"Image":"0123456789ab"}"#));
+        assert!(create(br#"{"Image":"busybox:1.36"}"#));
+        // A malformed request might be a pull: refused.
+        assert!(!authorize(b"{not json", Some(&rules)).0);
+        assert!(!authorize(br#"{"RequestMethod":"POST"}"#, Some(&rules)).0);
+    }
+
+    #[test]
+    fn everything_else_passes() {
         let rules = rules();
         assert!(
             authorize(
@@ -399,13 +554,14 @@ mod tests {
             .0
         );
         assert!(authorize(&request("POST", "/v1.41/build?t=x", None), Some(&rules)).0);
-        assert!(authorize(b"{not json", Some(&rules)).0);
+        assert!(authorize(&request("GET", "/_ping", None), Some(&rules)).0);
         assert!(
             authorize(
                 &request("POST", "/images/create?fromImage=someuser%2Fx", None),
                 None
             )
-            .0
+            .0,
+            "image access off"
         );
     }
 

@@ -222,6 +222,8 @@ struct SeenAddress {
     hostname: String,
     /// The cgroup whose answer could not be learned because LEARNED was full.
     map_full_in: Option<u64>,
+    /// From an answer to an allowed name (not one only reported for naming).
+    from_allowed: bool,
 }
 
 /// Bounded memory of hostnames per address (forgotten wholesale when full: it only names
@@ -298,12 +300,13 @@ async fn serve(options: Options, policy: LoadedPolicy, audit: AuditSink) -> Resu
         None => None,
     };
 
-    let scoped = in_scope(&options, &policy.policy.scope);
+    let (scoped, complete) = in_scope(&options, &policy.policy.scope);
     let dirs: Vec<CgroupDir> = scoped.iter().map(|(d, _)| d.clone()).collect();
     let (mut enforcer, report) = Enforcer::open(
         PinDir::new(options.pin_dir.clone()),
         &policy.compiled,
         &dirs,
+        complete,
     )?;
     log_open_report(&report, &options.pin_dir, policy.policy.dns.max_learned);
     for (program, count) in enforcer.verified_instructions() {
@@ -361,6 +364,10 @@ async fn serve(options: Options, policy: LoadedPolicy, audit: AuditSink) -> Resu
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let stop = loop {
         tokio::select! {
+            // In this order: signals, policy changes, the control socket and the tick first
+            // (rarely ready, never starved by a flood of events); then DNS answers before
+            // decisions, so that a denial finds the name its address was answered for.
+            biased;
             _ = sigint.recv() => break "SIGINT",
             _ = sigterm.recv() => break "SIGTERM",
             _ = sighup.recv() => {
@@ -380,6 +387,23 @@ async fn serve(options: Options, policy: LoadedPolicy, audit: AuditSink) -> Resu
                     }
                 }
             }
+            accepted = listener.accept() => {
+                match accepted {
+                    Ok((stream, _)) => daemon.answer(stream).await,
+                    Err(err) => warn!("control socket: {err}"),
+                }
+            }
+            Some(decision) = image_decisions_rx.recv() => daemon.image_decision(decision),
+            _ = tick.tick() => daemon.housekeeping(),
+            guard = dns_events.readable_mut() => {
+                let mut guard = guard.context("waiting for DNS events")?;
+                let dns_event = |event: DnsEvent| daemon.dns_event(&event);
+                if drain(guard.get_inner_mut(), EVENTS_PER_TURN, dns_event) {
+                    guard.clear_ready();
+                } else {
+                    tokio::task::yield_now().await;
+                }
+            }
             guard = events.readable_mut() => {
                 let mut guard = guard.context("waiting for events")?;
                 let gate_event = |event: GateEvent| daemon.gate_event(&event);
@@ -392,23 +416,6 @@ async fn serve(options: Options, policy: LoadedPolicy, audit: AuditSink) -> Resu
                     tokio::task::yield_now().await;
                 }
             }
-            guard = dns_events.readable_mut() => {
-                let mut guard = guard.context("waiting for DNS events")?;
-                let dns_event = |event: DnsEvent| daemon.dns_event(&event);
-                if drain(guard.get_inner_mut(), EVENTS_PER_TURN, dns_event) {
-                    guard.clear_ready();
-                } else {
-                    tokio::task::yield_now().await;
-                }
-            }
-            accepted = listener.accept() => {
-                match accepted {
-                    Ok((stream, _)) => daemon.answer(stream).await,
-                    Err(err) => warn!("control socket: {err}"),
-                }
-            }
-            Some(decision) = image_decisions_rx.recv() => daemon.image_decision(decision),
-            _ = tick.tick() => daemon.housekeeping(),
         }
     };
 
@@ -416,11 +423,11 @@ async fn serve(options: Options, policy: LoadedPolicy, audit: AuditSink) -> Resu
     // What is in the ring buffers now goes to the log before we go (bounded: a flood must not
     // keep the daemon from stopping; the rest waits, pinned, for the next daemon).
     const AT_STOP: usize = 8192;
-    drain(events.get_mut(), AT_STOP, |event: GateEvent| {
-        daemon.gate_event(&event)
-    });
     drain(dns_events.get_mut(), AT_STOP, |event: DnsEvent| {
         daemon.dns_event(&event)
+    });
+    drain(events.get_mut(), AT_STOP, |event: GateEvent| {
+        daemon.gate_event(&event)
     });
     let _ = fs::remove_file(control::socket_path(&daemon.options.run_dir));
     let counters = daemon.enforcer.counters().unwrap_or_default();
@@ -605,11 +612,21 @@ impl Daemon {
                         address.addr,
                         address.question
                     );
+                    // Never over a name an allowed answer gave (a shared CDN address must keep
+                    // the registry's name, whatever else a process resolves to it).
+                    if self
+                        .hostnames
+                        .get(&address.addr)
+                        .is_some_and(|seen| seen.from_allowed)
+                    {
+                        continue;
+                    }
                     self.hostnames.note(
                         address.addr,
                         SeenAddress {
                             hostname: address.question,
                             map_full_in: None,
+                            from_allowed: false,
                         },
                     );
                 }
@@ -638,6 +655,7 @@ impl Daemon {
                     hostname: address.question.clone(),
                     map_full_in: (!learned && !refused && event.map_full > 0)
                         .then_some(event.cgroup_id),
+                    from_allowed: true,
                 },
             );
             if !learned {
@@ -719,7 +737,7 @@ impl Daemon {
     /// released, and a command-line cgroup made anew (e.g. a restarted service's) is enforced
     /// again.
     fn follow_scope(&mut self) {
-        let wanted = in_scope(&self.options, &self.policy.policy.scope);
+        let (wanted, complete) = in_scope(&self.options, &self.policy.policy.scope);
         for (dir, why) in &wanted {
             match self.enforcer.enforce(dir) {
                 Ok(true) => {
@@ -729,6 +747,10 @@ impl Daemon {
                 Ok(false) => {}
                 Err(err) => error!("cannot enforce on {} ({why}): {err}", dir.path.display()),
             }
+        }
+        if !complete {
+            log::debug!("scope: the cgroup walk was partial; releasing nothing this time");
+            return;
         }
         let given: Vec<&PathBuf> = self.options.cgroups.iter().map(|(d, _)| &d.path).collect();
         for (path, id, present) in self.enforcer.cgroups() {
@@ -930,7 +952,9 @@ impl Daemon {
 }
 
 /// The cgroups to enforce now: the command line's, then what the policy's scope finds.
-fn in_scope(options: &Options, scope: &ram::policy::Scope) -> Vec<(CgroupDir, String)> {
+/// The cgroups to enforce now, and whether the list is complete (a partial container walk
+/// must not release containers it did not reach).
+fn in_scope(options: &Options, scope: &ram::policy::Scope) -> (Vec<(CgroupDir, String)>, bool) {
     // Command-line cgroups are looked up by path again: a cgroup removed and made anew (a
     // service restarted) has a new id, and is enforced again.
     let mut wanted: Vec<(CgroupDir, String)> = options
@@ -961,8 +985,11 @@ fn in_scope(options: &Options, scope: &ram::policy::Scope) -> Vec<(CgroupDir, St
             log::debug!("{message}");
         }
     }
+    let mut complete = true;
     if scope.containers {
-        for found in scope::container_cgroups(&options.mount) {
+        let containers = scope::container_cgroups(&options.mount);
+        complete = containers.complete;
+        for found in containers.found {
             add(&found.path, found.reason);
         }
     }
@@ -972,7 +999,7 @@ fn in_scope(options: &Options, scope: &ram::policy::Scope) -> Vec<(CgroupDir, St
             Err(err) => warn!("scope.whole_host: {err}"),
         }
     }
-    wanted
+    (wanted, complete)
 }
 
 fn fill(map: &str, used: usize, capacity: usize) -> MapFill {

@@ -109,10 +109,22 @@ pub fn parse_reference(reference: &str) -> Result<Reference, String> {
              digits and . _ - /"
         ));
     }
-    if let Some(registry) = registry
-        && !DOCKER_HUB.contains(&registry.as_str())
-    {
-        return Ok(Reference::Other(registry));
+    if let Some(registry) = registry {
+        // Docker Hub under another spelling (`registry-1.docker.io:443`, `Docker.IO.`) is
+        // Docker Hub; on any other port it is not a registry anyone may mean.
+        let (host, port) = match registry.rsplit_once(':') {
+            Some((host, port)) => (host.trim_end_matches('.'), Some(port)),
+            None => (registry.trim_end_matches('.'), None),
+        };
+        if DOCKER_HUB.contains(&host) {
+            if port.is_some_and(|p| p != "443") {
+                return Err(format!(
+                    "invalid reference: Docker Hub ({host}) is reached on port 443 only"
+                ));
+            }
+        } else {
+            return Ok(Reference::Other(registry));
+        }
     }
     let (namespace, name) = match path.split_once('/') {
         Some((namespace, name)) => (namespace.to_owned(), name.to_owned()),
@@ -252,7 +264,13 @@ mod tests {
         ] {
             assert_eq!(parse_reference(text), Ok(expected), "{text}");
         }
-        for bad in ["", "SomeUser/App", "docker.io/Library/x", "a b"] {
+        for bad in [
+            "",
+            "SomeUser/App",
+            "docker.io/Library/x",
+            "a b",
+            "docker.io:5000/x/y",
+        ] {
             assert!(parse_reference(bad).is_err(), "{bad} was accepted");
         }
     }

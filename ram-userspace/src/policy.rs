@@ -909,9 +909,9 @@ mod tests {
         // No [scope]: nothing beyond the command line's cgroups.
         let plain = Policy::from_toml("", &PolicySource::Embedded).unwrap();
         assert_eq!(plain.scope, Scope::default());
-        // The embedded default follows Docker and its containers.
+        // The embedded default follows Docker (its containers only when asked for).
         let default = Policy::embedded_default();
-        assert!(default.scope.docker && default.scope.containers);
+        assert!(default.scope.docker && !default.scope.containers);
     }
 
     #[test]

@@ -187,9 +187,13 @@ mod tests {
         );
         let (name, hosts) = expanded("europe-west1-docker.pkg.dev").unwrap();
         assert_eq!(name, "Google Artifact Registry");
-        assert_eq!(
-            hosts,
-            ["europe-west1-docker.pkg.dev", "storage.googleapis.com"]
+        assert_eq!(hosts, ["europe-west1-docker.pkg.dev"]);
+        // Never the whole of Cloud Storage, never mirror.gcr.io (a Docker Hub mirror).
+        let (_, hosts) = expanded("gcr.io").unwrap();
+        assert!(
+            !hosts
+                .iter()
+                .any(|h| h.contains("storage.googleapis.com") || h.starts_with('*'))
         );
     }
 

@@ -395,6 +395,7 @@ impl Enforcer {
         pins: PinDir,
         policy: &CompiledPolicy,
         cgroups: &[CgroupDir],
+        cgroups_complete: bool,
     ) -> Result<(Self, OpenReport), EnforceError> {
         if EBPF_OBJECT.is_empty() {
             return Err(EnforceError::NoObject);
@@ -491,7 +492,10 @@ impl Enforcer {
                 gone: false,
             });
         }
-        report.stale_cgroups = enforcer.remove_stale_links()?;
+        // Only with the whole list: a partial one would drop cgroups it did not reach.
+        if cgroups_complete {
+            report.stale_cgroups = enforcer.remove_stale_links()?;
+        }
         for dir in enforcer.pins.foreign_layouts() {
             // The links now run programs bound to this layout's maps; the old ones are unused.
             if fs::remove_dir_all(&dir).is_ok() {

@@ -5,6 +5,7 @@
 use std::{
     collections::BTreeMap,
     fs,
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
 
@@ -49,11 +50,16 @@ pub fn engine_cgroups(mount: &Path, proc_root: &Path) -> (Vec<Found>, Vec<String
     let mut by_path: BTreeMap<PathBuf, String> = BTreeMap::new();
     // dockerd before containerd, then by pid: a cgroup holding both is named after dockerd,
     // whatever order /proc lists them in.
+    // A process only counts if it runs as root from a binary of that name: anyone can name a
+    // process `dockerd`.
     let mut engines: Vec<(usize, u32, String)> = processes(proc_root)
         .into_iter()
         .filter_map(|(pid, comm)| {
             let rank = ENGINE_PROCESSES.iter().position(|e| *e == comm)?;
-            Some((rank, pid, comm))
+            let status = fs::metadata(proc_root.join(pid.to_string())).ok()?;
+            let exe = fs::read_link(proc_root.join(pid.to_string()).join("exe")).ok()?;
+            let named = exe.file_name().is_some_and(|n| n == comm.as_str());
+            (status.uid() == 0 && named).then_some((rank, pid, comm))
         })
         .collect();
     engines.sort();
@@ -81,23 +87,40 @@ pub fn engine_cgroups(mount: &Path, proc_root: &Path) -> (Vec<Found>, Vec<String
     (found, skipped)
 }
 
+/// What a walk for containers found, and whether it saw the whole tree.
+#[derive(Debug, Default)]
+pub struct Containers {
+    pub found: Vec<Found>,
+    /// False when the walk stopped early (too many directories) or could not read one: then
+    /// a container missing from `found` may still exist, and must not be released.
+    pub complete: bool,
+}
+
 /// Every container's cgroup under `mount`: directories named by a 64-hex-digit container id,
 /// bare or with a runtime's prefix and `.scope` (Docker with the systemd or cgroupfs driver,
-/// containerd/CRI, CRI-O, Podman).
-pub fn container_cgroups(mount: &Path) -> Vec<Found> {
+/// containerd/CRI, CRI-O, Podman). Only root-owned directories count: cgroups delegated to a
+/// user (rootless engines, `user@.service`) are theirs to name, so a user cannot steer ram
+/// with a directory name; nor is their subtree walked.
+pub fn container_cgroups(mount: &Path) -> Containers {
     let mut found = Vec::new();
+    let mut complete = true;
     let mut stack = vec![(mount.to_path_buf(), 0usize)];
     let mut visited = 0;
     while let Some((dir, depth)) = stack.pop() {
         visited += 1;
         if visited > MAX_DIRS {
+            complete = false;
             break;
         }
         let Ok(entries) = fs::read_dir(&dir) else {
+            complete = false;
             continue;
         };
         for entry in entries.flatten() {
-            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            let Ok(metadata) = entry.metadata() else {
+                continue;
+            };
+            if !metadata.is_dir() || metadata.uid() != 0 {
                 continue;
             }
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -113,7 +136,7 @@ pub fn container_cgroups(mount: &Path) -> Vec<Found> {
         }
     }
     found.sort_by(|a, b| a.path.cmp(&b.path));
-    found
+    Containers { found, complete }
 }
 
 /// The container id a cgroup directory's name carries, if any.
@@ -169,6 +192,10 @@ mod tests {
             path
         }
 
+        fn exe(&self, pid: &str, target: &str) {
+            std::os::unix::fs::symlink(target, self.0.join(pid).join("exe")).unwrap();
+        }
+
         fn file(&self, relative: &str, text: &str) {
             let path = self.0.join(relative);
             fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -205,12 +232,23 @@ mod tests {
         let proc = Tree::new("procs-proc");
         proc.file("10/comm", "dockerd\n");
         proc.file("10/cgroup", "0::/docker-engine\n");
+        proc.exe("10", "/usr/sbin/dockerd");
         proc.file("11/comm", "containerd\n");
         proc.file("11/cgroup", "0::/docker-engine\n");
+        proc.exe("11", "/usr/bin/containerd");
         proc.file("12/comm", "bash\n");
         proc.file("12/cgroup", "0::/user.slice\n");
+        proc.exe("12", "/usr/bin/bash");
         proc.file("13/comm", "containerd\n");
         proc.file("13/cgroup", "0::/\n");
+        proc.exe("13", "/usr/bin/containerd");
+        // A process that only calls itself dockerd.
+        proc.file("14/comm", "dockerd\n");
+        proc.file(
+            "14/cgroup",
+            "0::/user.slice/user-1000.slice/session-1.scope\n",
+        );
+        proc.exe("14", "/home/mallory/fake");
         let (found, skipped) = engine_cgroups(&mount.0, &proc.0);
         assert_eq!(
             found,
@@ -238,7 +276,12 @@ mod tests {
         ));
         mount.dir("system.slice/docker.service");
         mount.dir("docker/not-a-container");
-        let found = container_cgroups(&mount.0);
+        // A user's directory with a container's name: not root's, not a container.
+        let users = mount.dir(&format!("user.slice/docker-{}.scope", ID.replace('0', "4")));
+        std::os::unix::fs::chown(&users, Some(1000), Some(1000)).unwrap();
+        let containers = container_cgroups(&mount.0);
+        assert!(containers.complete);
+        let found = containers.found;
         assert_eq!(found.len(), 4, "{found:#?}");
         assert!(
             found

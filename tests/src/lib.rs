@@ -1042,6 +1042,15 @@ impl TestDocker {
             "a Docker Engine or containerd already runs on this machine (pids {others:?}); this \
              test enforces ram's scope.docker, which would find it too: stop it first"
         );
+        // dockerd looks in /run/docker/plugins before the spec files: a production ram's
+        // socket there would answer for the test's.
+        if authz_socket.is_some() {
+            assert!(
+                !Path::new("/run/docker/plugins/ram.sock").exists(),
+                "/run/docker/plugins/ram.sock exists: a ram daemon serves Docker here; stop it \
+                 before running this test"
+            );
+        }
         let dir = TempDir::new();
         let resolv = dir.write("resolv.conf", &format!("nameserver {resolver}\n"));
         let root = dir.path();
@@ -1168,6 +1177,32 @@ impl Drop for TestDocker {
             let _ = fs::remove_dir("/run/docker");
         }
     }
+}
+
+/// Cgroups anywhere under the mount whose names look like a container's (what
+/// `scope.containers` would enforce), for tests that must not touch the machine's own.
+pub fn container_like_cgroups() -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![(cgroup2_mount(), 0)];
+    while let Some((dir, depth)) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let id = name.strip_suffix(".scope").unwrap_or(&name);
+            let id = id.rsplit('-').next().unwrap_or(id);
+            if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                found.push(entry.path());
+            } else if depth < 6 {
+                stack.push((entry.path(), depth + 1));
+            }
+        }
+    }
+    found
 }
 
 /// PIDs of dockerd/containerd processes outside `cgroup` (the machine's own engines).

@@ -111,6 +111,22 @@ fn apt_packages() -> Result<()> {
     if made_policy_rc_d {
         let _ = fs::remove_file(POLICY_RC_D);
     }
+    // policy-rc.d only kept the engine from starting now; where systemd runs, the package
+    // also enabled it for the next boot. The tests start their own engines and refuse to run
+    // next to a system-wide one, so switch those units off again (only when this run installed
+    // the engine: an engine the machine had before is not ours to touch).
+    if missing.contains(&"docker.io") && Path::new("/run/systemd/system").exists() {
+        say("disabling the docker and containerd units the docker.io package enabled");
+        let _ = Command::new("systemctl")
+            .args([
+                "disable",
+                "--now",
+                "docker.service",
+                "docker.socket",
+                "containerd.service",
+            ])
+            .status();
+    }
     installed
 }
 
