@@ -123,7 +123,7 @@ pub mod maps {
     pub const ALLOWED_NAMES_MAX: u32 = 65_536;
 
     /// `HashMap<LearnedKey, LearnedAddr>`: addresses learned from DNS answers, per cgroup.
-    /// Written by `dns_snoop_in` before the answer reaches the socket; read by every `*_gate`
+    /// Written by `dns_answer_rr` before the answer reaches the socket; read by every `*_gate`
     /// program; expired entries, and entries of rules a new policy dropped, removed by the
     /// daemon. A plain hash map, not an LRU: when it is full, new addresses are not learned (and
     /// are denied), rather than evicting live ones.
@@ -169,9 +169,10 @@ pub mod maps {
     /// Index of `dns_answer_rr` in [`DNS_TAIL_CALLS`].
     pub const ANSWER_RR_SLOT: u32 = 0;
 
-    /// `RingBuf` of [`crate::DnsEvent`]: one event per answer that taught the kernel something,
-    /// with the message itself, so the daemon can name each learned address. Written by
-    /// `dns_snoop_in`; read by the daemon. Overflow is counted in
+    /// `RingBuf` of [`crate::DnsEvent`]: one event per answer that taught the kernel something
+    /// (or had refused or unlearnable addresses), and per answer to a name no rule allows, with
+    /// the message itself, so the daemon can name addresses. Written by `dns_snoop_in` and
+    /// `dns_answer_rr`; read by the daemon. Overflow is counted in
     /// [`crate::Counter::EventsDropped`].
     pub const DNS_EVENTS: &str = "DNS_EVENTS";
     /// 1 MiB: ~490 answers between two reads by the daemon.
