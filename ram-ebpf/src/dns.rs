@@ -254,13 +254,17 @@ fn copy_message(ctx: &SkBuffContext, packet: &DnsPacket, scratch: &mut DnsScratc
     if len < HEADER_LEN {
         return None;
     }
-    // SAFETY: 12 ≤ len ≤ MSG_MAX, the size of the destination.
+    // The same bound once more, as arithmetic on the value handed to the helper: 1..=MSG_MAX
+    // for 1 ≤ len ≤ MSG_MAX (a power of two). Older verifiers (Linux 6.1 and before) forget the
+    // comparisons above when the compiler spills `len` to the stack and reloads it.
+    let bounded = ((len as u32).wrapping_sub(1) & (MSG_MAX as u32 - 1)) + 1;
+    // SAFETY: 1 ≤ bounded ≤ MSG_MAX, the size of the destination.
     let ret = unsafe {
         bpf_skb_load_bytes(
             ctx.skb.skb as *const c_void,
             packet.msg_offset as u32,
             scratch.msg.bytes.as_mut_ptr() as *mut c_void,
-            len as u32,
+            bounded,
         )
     };
     if ret != 0 {
@@ -565,12 +569,14 @@ fn report_answer(ctx: &SkBuffContext, learning: &Learning, len: usize) {
         if copied > MSG_MAX {
             copied = MSG_MAX;
         }
+        // As in copy_message: the bound once more as arithmetic on the helper's argument.
+        let bounded = ((copied as u32).wrapping_sub(1) & (MSG_MAX as u32 - 1)) + 1;
         if copied < HEADER_LEN
             || bpf_skb_load_bytes(
                 ctx.skb.skb as *const c_void,
                 learning.msg_offset,
                 (*event).msg.as_mut_ptr() as *mut c_void,
-                copied as u32,
+                bounded,
             ) != 0
         {
             copied = 0;
