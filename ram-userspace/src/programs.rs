@@ -303,7 +303,7 @@ pub enum EnforceError {
     },
     #[error(
         "the kernel refused program {program}: {source}\n{verifier_tail}\nram needs a kernel with \
-         cgroup sock_addr hooks (4.17+; 5.15+ is supported); see README \"Supported kernels\""
+         cgroup sock_addr hooks and bpf_link (5.10+ is tested); see README \"Supported kernels\""
     )]
     Verifier {
         program: &'static str,

@@ -5,6 +5,7 @@
 //! - `test`: setup, unit tests, then the integration tests against the real kernel.
 //! - `bench`: setup, build ram (release), run the side-by-side benchmarks.
 
+mod matrix;
 mod setup;
 
 use std::{
@@ -33,7 +34,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, then run the unit tests and the integration tests (root required).
+    /// Set up, then run the unit tests, the integration tests and (without a filter) the kernel
+    /// matrix (root required).
     Test {
         /// Only tests whose name contains this.
         filter: Option<String>,
@@ -44,6 +46,9 @@ enum Task {
         /// connect-learned, policy-reload, daemon-rss).
         filter: Option<String>,
     },
+    /// Boot Debian's 5.10, 6.1 and 6.12 kernels in qemu with `ram` and report, per kernel,
+    /// whether every program loads, attaches and enforces (root required; minutes).
+    Matrix,
     /// Fuzz the kernel's DNS parsing code (ram_common::dns) with libFuzzer for SECONDS
     /// (installs cargo-fuzz if missing).
     Fuzz {
@@ -60,6 +65,7 @@ fn main() {
         Task::Test { filter } => test(filter.as_deref()),
         Task::Bench { filter } => bench(filter.as_deref()),
         Task::Fuzz { seconds } => fuzz(seconds),
+        Task::Matrix => setup::run().and_then(|()| matrix::run()),
     };
     if let Err(err) = result {
         eprintln!("xtask: error: {err:#}");
@@ -159,7 +165,13 @@ fn test(filter: Option<&str>) -> Result<()> {
     if let Some(filter) = filter {
         integration.arg(filter);
     }
-    run(&mut integration, "integration tests")
+    run(&mut integration, "integration tests")?;
+
+    // The whole suite also runs the kernel matrix (a few minutes: other kernels in VMs).
+    if filter.is_none() {
+        matrix::run()?;
+    }
+    Ok(())
 }
 
 fn bench(filter: Option<&str>) -> Result<()> {

@@ -38,6 +38,9 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
         "docker-compose",
         "Docker Compose, for the Image Access Management tests",
     ),
+    ("qemu-system-x86", "the kernel matrix: other kernels in VMs"),
+    ("busybox-static", "the kernel matrix VMs' userland"),
+    ("cpio", "packing the kernel matrix VMs' initramfs"),
 ];
 
 /// Debian's policy-rc.d: while it exits 101, package scripts start no services. Set during

@@ -1,0 +1,257 @@
+//! `cargo xtask matrix`: boots Debian's kernels in qemu (software emulation) with an initramfs
+//! holding `ram`, and reports per kernel whether every program loads, attaches and enforces.
+//! The kernels are fetched as packages (never installed), once, into `target/kernels/`.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    thread,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{build_ram, run as run_step, workspace_root};
+
+/// The kernels of the matrix: Debian cloud kernels bracketing WSL 2's 5.15 and 6.6. Pinned
+/// here, in one place; bump a version by replacing its pool path (from the suite's Packages).
+const KERNELS: &[(&str, &str)] = &[
+    (
+        "5.10 (bullseye)",
+        "debian/pool/main/l/linux-signed-amd64/linux-image-5.10.0-32-cloud-amd64_5.10.223-1_amd64.deb",
+    ),
+    (
+        "6.1 (bookworm-security)",
+        "debian-security/pool/updates/main/l/linux-signed-amd64/linux-image-6.1.0-56-cloud-amd64_6.1.192-2_amd64.deb",
+    ),
+    (
+        "6.12 (bookworm-backports)",
+        "debian/pool/main/l/linux-signed-amd64/linux-image-6.12.95+deb12-cloud-amd64_6.12.95-1~bpo12+1_amd64.deb",
+    ),
+];
+const MIRROR: &str = "http://deb.debian.org";
+/// What a VM may take, boot to power-off, under software emulation.
+const VM_SECONDS: u32 = 420;
+
+pub fn run() -> Result<()> {
+    let ram = build_ram(true)?;
+    let dir = workspace_root().join("target/kernels");
+    fs::create_dir_all(&dir)?;
+    let initrd = build_initramfs(&dir, &ram)?;
+    // Two at a time: each VM is one emulated CPU.
+    let mut results = Vec::new();
+    for pair in KERNELS.chunks(2) {
+        let handles: Vec<_> = pair
+            .iter()
+            .map(|(name, path)| {
+                let (dir, initrd) = (dir.clone(), initrd.clone());
+                let (name, path) = (name.to_string(), path.to_string());
+                thread::spawn(move || (name.clone(), boot(&dir, &path, &initrd)))
+            })
+            .collect();
+        for handle in handles {
+            results.push(handle.join().expect("a matrix thread panicked"));
+        }
+    }
+    let mut failed = 0;
+    for (name, result) in &results {
+        match result {
+            Ok(report) => {
+                println!("kernel {name}: {}", report.summary());
+                for line in &report.verified {
+                    println!("    {line}");
+                }
+                if !report.passed() {
+                    failed += 1;
+                    for line in &report.errors {
+                        println!("    {line}");
+                    }
+                }
+            }
+            Err(err) => {
+                failed += 1;
+                println!("kernel {name}: FAILED to run: {err:#}");
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {} kernels failed", results.len());
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct Report {
+    kernel: String,
+    attached: bool,
+    allowed: String,
+    denied: String,
+    verified: Vec<String>,
+    errors: Vec<String>,
+}
+
+impl Report {
+    fn passed(&self) -> bool {
+        self.attached
+            && self.allowed.contains("Connection refused")
+            && self.denied.contains("Operation not permitted")
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "{} ({}): programs {}, allowed destination {}, denied destination {}",
+            if self.passed() { "PASS" } else { "FAIL" },
+            self.kernel,
+            if self.attached {
+                "loaded and attached"
+            } else {
+                "NOT attached"
+            },
+            if self.allowed.contains("Connection refused") {
+                "reached"
+            } else {
+                "NOT reached"
+            },
+            if self.denied.contains("Operation not permitted") {
+                "EPERM"
+            } else {
+                "NOT denied"
+            },
+        )
+    }
+}
+
+fn boot(dir: &Path, pool_path: &str, initrd: &Path) -> Result<Report> {
+    let deb = dir.join(pool_path.rsplit('/').next().expect("a file name"));
+    if !deb.exists() {
+        let partial = deb.with_extension("part");
+        run_step(
+            Command::new("curl")
+                .args(["-sSfL", "--max-time", "600", "-o"])
+                .arg(&partial)
+                .arg(format!("{MIRROR}/{pool_path}")),
+            "downloading a kernel package",
+        )?;
+        fs::rename(&partial, &deb)?;
+    }
+    let unpacked = deb.with_extension("d");
+    if !unpacked.exists() {
+        fs::create_dir_all(&unpacked)?;
+        run_step(
+            Command::new("sh").arg("-c").arg(format!(
+                "dpkg-deb --fsys-tarfile '{}' | tar -x -C '{}' ./boot",
+                deb.display(),
+                unpacked.display()
+            )),
+            "unpacking a kernel package",
+        )?;
+    }
+    let vmlinuz = fs::read_dir(unpacked.join("boot"))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz"))
+        })
+        .context("no vmlinuz in the kernel package")?;
+    let output = Command::new("timeout")
+        .arg(VM_SECONDS.to_string())
+        .args([
+            "qemu-system-x86_64",
+            "-cpu",
+            "max",
+            "-m",
+            "1024",
+            "-nographic",
+            "-no-reboot",
+        ])
+        .arg("-kernel")
+        .arg(&vmlinuz)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", "console=ttyS0 panic=-1 quiet rdinit=/init"])
+        .output()
+        .context("running qemu-system-x86_64 (`cargo xtask setup` installs it)")?;
+    let console = String::from_utf8_lossy(&output.stdout);
+    let mut report = Report::default();
+    for line in console.lines() {
+        let Some(rest) = line.split("RAM-MATRIX ").nth(1) else {
+            continue;
+        };
+        let rest = rest.trim_end();
+        if let Some(kernel) = rest.strip_prefix("kernel ") {
+            report.kernel = kernel.to_owned();
+        } else if let Some(verified) = rest.strip_prefix("verified ") {
+            report.verified.push(verified.to_owned());
+        } else if rest == "attached" {
+            report.attached = true;
+        } else if let Some(allowed) = rest.strip_prefix("allowed ") {
+            report.allowed = allowed.to_owned();
+        } else if let Some(denied) = rest.strip_prefix("denied ") {
+            report.denied = denied.to_owned();
+        } else if let Some(error) = rest.strip_prefix("error ") {
+            report.errors.push(error.to_owned());
+        }
+    }
+    if report.kernel.is_empty() {
+        let tail: Vec<&str> = console.lines().rev().take(15).collect();
+        bail!(
+            "the VM never reached ram's init within {VM_SECONDS} s; its console ended with:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+    Ok(report)
+}
+
+/// busybox, ram and the libraries ldd lists, the init script and a policy, as a newc cpio.
+fn build_initramfs(dir: &Path, ram: &Path) -> Result<PathBuf> {
+    let root = dir.join("initramfs");
+    let _ = fs::remove_dir_all(&root);
+    for sub in ["bin", "proc", "sys", "dev", "run", "tmp", "etc"] {
+        fs::create_dir_all(root.join(sub))?;
+    }
+    fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .context("/bin/busybox is missing (`cargo xtask setup` installs busybox-static)")?;
+    for applet in [
+        "sh", "mount", "mkdir", "echo", "cat", "sleep", "nc", "poweroff", "grep", "sed", "tail",
+        "ip",
+    ] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
+    }
+    fs::copy(ram, root.join("bin/ram"))?;
+    let ldd = Command::new("ldd")
+        .arg(ram)
+        .output()
+        .context("running ldd")?;
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)` or `/lib64/ld-linux-x86-64.so.2 (0x…)`
+        let library = line
+            .split("=>")
+            .last()
+            .and_then(|s| s.split_whitespace().next())
+            .filter(|p| p.starts_with('/'));
+        if let Some(library) = library {
+            let target = root.join(library.trim_start_matches('/'));
+            fs::create_dir_all(target.parent().expect("a directory"))?;
+            fs::copy(library, &target).with_context(|| format!("copying {library}"))?;
+        }
+    }
+    let init = workspace_root().join("xtask/matrix/init.sh");
+    fs::copy(&init, root.join("init"))?;
+    fs::write(
+        root.join("policy.toml"),
+        "[registry_access]\nallow_loopback = false\nallow_cidrs = [\"127.0.0.1/32\"]\n[dns]\nresolvers = []\n",
+    )?;
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::set_permissions(root.join("init"), fs::Permissions::from_mode(0o755))?;
+    fs::set_permissions(root.join("policy.toml"), fs::Permissions::from_mode(0o644))?;
+    let initrd = dir.join("initramfs.cpio.gz");
+    run_step(
+        Command::new("sh").current_dir(&root).arg("-c").arg(format!(
+            "find . | cpio -o -H newc 2>/dev/null | gzip -1 > '{}'",
+            initrd.display()
+        )),
+        "packing the initramfs",
+    )?;
+    Ok(initrd)
+}
