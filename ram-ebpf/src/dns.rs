@@ -244,6 +244,15 @@ fn take_scratch(slot: u32) -> Option<&'static mut DnsScratch> {
     Some(scratch)
 }
 
+/// The length argument of a `bpf_skb_load_bytes` copy of a message, `len` (already clamped
+/// to 1..=MSG_MAX) bounded once more by arithmetic: older verifiers (Linux 6.1 and before)
+/// forget the comparisons when the compiler spills the length to the stack and reloads it,
+/// but keep what `& (MSG_MAX - 1)` (a power of two) proves about the value handed over.
+#[inline(always)]
+fn copy_len(len: usize) -> u32 {
+    ((len as u32).wrapping_sub(1) & (MSG_MAX as u32 - 1)) + 1
+}
+
 /// Copies the message (at most MSG_MAX bytes of it) into the scratch buffer.
 #[inline(always)]
 fn copy_message(ctx: &SkBuffContext, packet: &DnsPacket, scratch: &mut DnsScratch) -> Option<()> {
@@ -254,10 +263,7 @@ fn copy_message(ctx: &SkBuffContext, packet: &DnsPacket, scratch: &mut DnsScratc
     if len < HEADER_LEN {
         return None;
     }
-    // The same bound once more, as arithmetic on the value handed to the helper: 1..=MSG_MAX
-    // for 1 ≤ len ≤ MSG_MAX (a power of two). Older verifiers (Linux 6.1 and before) forget the
-    // comparisons above when the compiler spills `len` to the stack and reloads it.
-    let bounded = ((len as u32).wrapping_sub(1) & (MSG_MAX as u32 - 1)) + 1;
+    let bounded = copy_len(len);
     // SAFETY: 1 ≤ bounded ≤ MSG_MAX, the size of the destination.
     let ret = unsafe {
         bpf_skb_load_bytes(
@@ -569,8 +575,7 @@ fn report_answer(ctx: &SkBuffContext, learning: &Learning, len: usize) {
         if copied > MSG_MAX {
             copied = MSG_MAX;
         }
-        // As in copy_message: the bound once more as arithmetic on the helper's argument.
-        let bounded = ((copied as u32).wrapping_sub(1) & (MSG_MAX as u32 - 1)) + 1;
+        let bounded = copy_len(copied);
         if copied < HEADER_LEN
             || bpf_skb_load_bytes(
                 ctx.skb.skb as *const c_void,

@@ -278,59 +278,47 @@ pub fn authorize(body: &[u8], rules: Option<&Rules>) -> (bool, String, Option<De
     };
     if looks_like_image_id(&image) {
         let message = "image access denied: ram cannot tell the kind of an image given by its \
-                       ID; use its name"
-            .to_owned();
-        return (
-            false,
-            message.clone(),
-            Some(Decision {
-                allowed: false,
-                action,
-                image,
-                reason: message,
-                user,
-            }),
-        );
+                       ID; use its name";
+        return decided(false, message.into(), message.into(), action, image, user);
     }
     match rules.judge(&image) {
-        Ok(category) => (
-            true,
-            String::new(),
-            Some(Decision {
-                allowed: true,
-                action,
-                reason: category.map_or("other_registry", |c| c.as_str()).into(),
-                image,
-                user,
-            }),
-        ),
-        Err(message) => (
-            false,
-            message.clone(),
-            Some(Decision {
-                allowed: false,
-                action,
-                image,
-                reason: message,
-                user,
-            }),
-        ),
+        Ok(category) => {
+            let kind = category.map_or("other_registry", |c| c.as_str());
+            decided(true, String::new(), kind.into(), action, image, user)
+        }
+        Err(message) => decided(false, message.clone(), message, action, image, user),
     }
+}
+
+/// The plugin's answer (allow, message for the user) and what goes to the audit log.
+fn decided(
+    allowed: bool,
+    message: String,
+    reason: String,
+    action: &'static str,
+    image: String,
+    user: Option<String>,
+) -> (bool, String, Option<Decision>) {
+    let decision = Decision {
+        allowed,
+        action,
+        image,
+        reason,
+        user,
+    };
+    (allowed, message, Some(decision))
 }
 
 /// The answer for a request ram cannot read with certainty: refused, and audited.
 fn deny_unreadable(action: &'static str, user: Option<String>) -> (bool, String, Option<Decision>) {
     let message = format!("image access denied: ram could not read the image of this {action}");
-    (
+    decided(
         false,
-        message.clone(),
-        Some(Decision {
-            allowed: false,
-            action,
-            image: String::new(),
-            reason: "unreadable".into(),
-            user,
-        }),
+        message,
+        "unreadable".into(),
+        action,
+        String::new(),
+        user,
     )
 }
 
@@ -439,15 +427,7 @@ fn base64_decode(text: &str) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
 
-    fn rules() -> Rules {
-        Rules {
-            official: true,
-            verified_publishers: true,
-            community: false,
-            organizations: vec!["mycompany".into()],
-            verified_publisher_namespaces: vec!["somepublisher".into()],
-        }
-    }
+    use crate::image::tests::rules;
 
     fn request(method: &str, uri: &str, body: Option<&str>) -> Vec<u8> {
         json!({

@@ -1148,7 +1148,7 @@ struct ImageRecord {
     via: &'static str,
 }
 
-/// The plugin socket (root-only), in a directory made if missing; a stale socket is replaced.
+/// The plugin socket (root-only), in a directory made if missing.
 fn bind_authz_socket(path: &Path) -> Result<std::os::unix::net::UnixListener> {
     if let Some(dir) = path.parent() {
         fs::DirBuilder::new()
@@ -1157,22 +1157,10 @@ fn bind_authz_socket(path: &Path) -> Result<std::os::unix::net::UnixListener> {
             .create(dir)
             .with_context(|| format!("creating {}", dir.display()))?;
     }
-    if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        bail!(
-            "{} answers already (another ram daemon?); give this one its own --authz-socket",
-            path.display()
-        );
-    }
-    let _ = fs::remove_file(path);
-    // SAFETY: umask has no memory arguments.
-    let previous = unsafe { libc::umask(0o177) };
-    let bound = std::os::unix::net::UnixListener::bind(path);
-    unsafe { libc::umask(previous) };
-    bound.with_context(|| format!("binding the authorization plugin socket {}", path.display()))
+    bind_root_only_socket(path, "the authorization plugin socket", "--authz-socket")
 }
 
-/// The control socket, root-only. A socket left by a dead daemon is replaced; a live one means
-/// another daemon uses this run directory.
+/// The control socket, root-only, in a run directory only root can change.
 fn bind_control_socket(run_dir: &Path) -> Result<UnixListener> {
     fs::DirBuilder::new()
         .recursive(true)
@@ -1181,24 +1169,38 @@ fn bind_control_socket(run_dir: &Path) -> Result<UnixListener> {
         .with_context(|| format!("creating the run directory {}", run_dir.display()))?;
     // Root writes here (socket, policy copy): nobody else may be able to redirect it.
     protect::check_directory_path(run_dir).context("the run directory is not safe for root")?;
-    let path = control::socket_path(run_dir);
-    if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+    let listener = bind_root_only_socket(
+        &control::socket_path(run_dir),
+        "the control socket",
+        "--run-dir",
+    )?;
+    listener
+        .set_nonblocking(true)
+        .context("making the control socket non-blocking")?;
+    UnixListener::from_std(listener).context("watching the control socket")
+}
+
+/// Binds a unix socket created 0600 (umask, so that no one else can connect between bind and
+/// chmod). A socket left by a dead daemon is replaced; a live one means another daemon uses
+/// this path (`option` gives this one its own).
+fn bind_root_only_socket(
+    path: &Path,
+    what: &str,
+    option: &str,
+) -> Result<std::os::unix::net::UnixListener> {
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
         bail!(
-            "another ram daemon answers on {}; stop it first, or give this one its own --run-dir",
+            "another ram daemon answers on {} ({what}); stop it first, or give this one its own \
+             {option}",
             path.display()
         );
     }
-    let _ = fs::remove_file(&path);
-    // Created 0600 (umask), so that no one else can connect between bind and chmod.
-    // SAFETY: umask has no memory arguments; the daemon is single-threaded here.
+    let _ = fs::remove_file(path);
+    // SAFETY: umask has no memory arguments; no other thread creates files meanwhile.
     let previous = unsafe { libc::umask(0o177) };
-    let bound = UnixListener::bind(&path);
+    let bound = std::os::unix::net::UnixListener::bind(path);
     unsafe { libc::umask(previous) };
-    let listener =
-        bound.with_context(|| format!("binding the control socket {}", path.display()))?;
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("making {} root-only", path.display()))?;
-    Ok(listener)
+    bound.with_context(|| format!("binding {what} {}", path.display()))
 }
 
 /// Writes the policy in force to `<run dir>/policy.toml` (0644) for `ram policy show`, by

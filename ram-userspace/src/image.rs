@@ -212,10 +212,11 @@ pub const DEFAULT_VERIFIED_PUBLISHERS: &[&str] = &[
 ];
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn rules() -> Rules {
+    /// The rules the image and plugin tests judge with.
+    pub(crate) fn rules() -> Rules {
         Rules {
             official: true,
             verified_publishers: true,

@@ -99,11 +99,6 @@ pub fn stopping() -> io::Result<bool> {
     sd_notify("STOPPING=1")
 }
 
-/// Sets the one-line status `systemctl status ram` shows.
-pub fn status(text: &str) -> io::Result<bool> {
-    sd_notify(&format!("STATUS={}", one_line(text)))
-}
-
 fn ready_state(status: &str) -> String {
     format!("READY=1\nSTATUS={}", one_line(status))
 }

@@ -811,10 +811,6 @@ impl Enforcer {
             .collect()
     }
 
-    pub fn pins(&self) -> &PinDir {
-        &self.pins
-    }
-
     /// Capacity of `LEARNED` (the pinned map's, which may predate the policy).
     pub fn learned_capacity(&self) -> u32 {
         self.learned_capacity

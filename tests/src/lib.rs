@@ -851,10 +851,12 @@ impl Daemon {
     }
 }
 
-/// The JSON lines of an audit log file.
+/// The complete JSON lines of an audit log file (a last line the daemon is still writing is
+/// left for the next read).
 pub fn audit_records(path: &Path) -> Vec<serde_json::Value> {
-    fs::read_to_string(path)
-        .unwrap_or_default()
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let complete = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
+    complete
         .lines()
         .map(|l| serde_json::from_str(l).expect("audit lines are JSON"))
         .collect()
