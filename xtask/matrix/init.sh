@@ -4,19 +4,46 @@
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 mkdir -p /sys/fs/cgroup /sys/fs/bpf; mount -t cgroup2 none /sys/fs/cgroup; mount -t bpf bpf /sys/fs/bpf
 ip link set lo up
+# Test hosts on lo, outside the addresses ram never learns (loopback, link-local, ...): the
+# resolver 10.77.0.1, registry.test's address 10.77.0.2, a spoofed answer's 10.77.0.3, and a
+# spoofer's source 10.77.0.4.
+for i in 1 2 3 4; do ip addr add 10.77.0.$i/32 dev lo; done
 echo "RAM-MATRIX kernel $(cat /proc/sys/kernel/osrelease)"
 mkdir /sys/fs/cgroup/t
-RUST_LOG=debug /bin/ram --run-dir /run/ram daemon --policy /policy.toml --cgroup /sys/fs/cgroup/t > /tmp/ram.log 2>&1 &
+# In the enforced cgroup: run the rest of the line there.
+in_t() { sh -c 'echo $$ > /sys/fs/cgroup/t/cgroup.procs; exec "$@"' in_t "$@"; }
+/bin/ram-matrix-peer serve 10.77.0.1 registry.test=10.77.0.2 badid.test=10.77.0.3/badid \
+  slow.test=0.0.0.0/silent > /tmp/dns.log 2>&1 &
+RUST_LOG=debug /bin/ram --run-dir /run/ram daemon --policy /policy.toml --cgroup /sys/fs/cgroup/t \
+  --audit-log /run/audit.log > /tmp/ram.log 2>&1 &
 # Bounded: 240 s (software emulation verifies the DNS programs slowly).
 i=0; while [ $i -lt 240 ] && ! grep -q "enforcing on" /tmp/ram.log && ! grep -q "ram: error" /tmp/ram.log; do sleep 1; i=$((i+1)); done
+grep "probe: " /tmp/ram.log | sed 's/.*probe: /RAM-MATRIX probe /'
 grep "instructions verified" /tmp/ram.log | sed 's/.*DEBUG\] /RAM-MATRIX verified /'
 if grep -q "enforcing on" /tmp/ram.log; then echo "RAM-MATRIX attached"; else
-  grep -v "DEBUG" /tmp/ram.log | tail -40 | sed 's/^/RAM-MATRIX error /'; fi
+  grep -v "DEBUG" /tmp/ram.log | tail -40 | sed 's/^/RAM-MATRIX error /'
+  echo RAM-MATRIX done; poweroff -f; fi
 # Allowed: 127.0.0.1 (allow_cidrs); nothing listens, so "reached" is a refusal by the host.
-sh -c 'echo $$ > /sys/fs/cgroup/t/cgroup.procs; nc 127.0.0.1 9 </dev/null' >/tmp/a 2>&1
-echo "RAM-MATRIX allowed $(cat /tmp/a)"
+echo "RAM-MATRIX allowed $(in_t /bin/ram-matrix-peer connect 127.0.0.1 9)"
 # Denied: 127.0.0.2 is loopback too, but allow_loopback is off.
-sh -c 'echo $$ > /sys/fs/cgroup/t/cgroup.procs; nc 127.0.0.2 9 </dev/null' >/tmp/b 2>&1
-echo "RAM-MATRIX denied $(cat /tmp/b)"
+echo "RAM-MATRIX denied $(in_t /bin/ram-matrix-peer connect 127.0.0.2 9)"
+# DNS learning: registry.test's address is denied until the trusted resolver's answer for it.
+echo "RAM-MATRIX before-dns $(in_t /bin/ram-matrix-peer connect 10.77.0.2 80)"
+echo "RAM-MATRIX resolved $(in_t /bin/ram-matrix-peer query 10.77.0.1 registry.test | grep -v '^port')"
+echo "RAM-MATRIX learned $(in_t /bin/ram-matrix-peer connect 10.77.0.2 80)"
+# A spoofed answer: the client waits for slow.test (the resolver stays silent) and takes a
+# forged answer from 10.77.0.4:53 with the right transaction id; its address stays denied.
+in_t /bin/ram-matrix-peer query 10.77.0.1 slow.test --txid 16962 > /tmp/spoofed 2>&1 &
+i=0; while [ $i -lt 50 ] && ! grep -q "^port" /tmp/spoofed; do sleep 0.1; i=$((i+1)); done
+/bin/ram-matrix-peer spoof 10.77.0.4 "$(sed -n 's/^port //p' /tmp/spoofed)" slow.test 16962 10.77.0.3 > /dev/null
+wait $!
+echo "RAM-MATRIX spoof-taken $(grep -v '^port' /tmp/spoofed)"
+echo "RAM-MATRIX spoofed $(in_t /bin/ram-matrix-peer connect 10.77.0.3 80)"
+# A mismatched transaction id from the trusted resolver itself, taken by a careless client.
+echo "RAM-MATRIX badid-taken $(in_t /bin/ram-matrix-peer query 10.77.0.1 badid.test --any-id | grep -v '^port')"
+echo "RAM-MATRIX badid $(in_t /bin/ram-matrix-peer connect 10.77.0.3 80)"
+# The audit log names the learned address and its hostname.
+sleep 1
+grep '"verdict":"learn"' /run/audit.log | head -3 | sed 's/^/RAM-MATRIX audit /'
 echo RAM-MATRIX done
 poweroff -f

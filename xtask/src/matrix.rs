@@ -35,9 +35,10 @@ const VM_SECONDS: u32 = 420;
 
 pub fn run() -> Result<()> {
     let ram = build_ram(true)?;
+    let peer = build_peer()?;
     let dir = workspace_root().join("target/kernels");
     fs::create_dir_all(&dir)?;
-    let initrd = build_initramfs(&dir, &ram)?;
+    let initrd = build_initramfs(&dir, &ram, &peer)?;
     // Two at a time: each VM is one emulated CPU.
     let mut results = Vec::new();
     for pair in KERNELS.chunks(2) {
@@ -58,7 +59,13 @@ pub fn run() -> Result<()> {
         match result {
             Ok(report) => {
                 println!("kernel {name}: {}", report.summary());
+                for line in &report.probe {
+                    println!("    probe: {line}");
+                }
                 for line in &report.verified {
+                    println!("    {line}");
+                }
+                for line in report.details() {
                     println!("    {line}");
                 }
                 if !report.passed() {
@@ -80,26 +87,69 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
+/// What one VM reported: its `RAM-MATRIX KEY VALUE` lines.
 #[derive(Default)]
 struct Report {
     kernel: String,
     attached: bool,
-    allowed: String,
-    denied: String,
+    probe: Vec<String>,
     verified: Vec<String>,
     errors: Vec<String>,
+    /// Scenario steps, in order: (step, what happened).
+    steps: Vec<(String, String)>,
+    audit: Vec<String>,
 }
 
+/// The enforcement scenario of `xtask/matrix/init.sh`: each step and what passes.
+const SCENARIO: &[(&str, &str, &str)] = &[
+    ("allowed", "127.0.0.1 (allow_cidrs)", "reached"),
+    ("denied", "127.0.0.2 (not allowed)", "EPERM"),
+    ("before-dns", "registry.test's address before DNS", "EPERM"),
+    ("resolved", "registry.test resolved", "answer 10.77.0.2"),
+    ("learned", "registry.test's address after DNS", "reached"),
+    (
+        "spoof-taken",
+        "spoofed answer taken by the client",
+        "answer 10.77.0.3",
+    ),
+    ("spoofed", "spoofed answer's address", "EPERM"),
+    (
+        "badid-taken",
+        "wrong-txid answer taken by the client",
+        "answer 10.77.0.3",
+    ),
+    ("badid", "wrong-txid answer's address", "EPERM"),
+];
+
 impl Report {
+    fn step(&self, key: &str) -> &str {
+        self.steps
+            .iter()
+            .find(|(k, _)| k == key)
+            .map_or("(no report)", |(_, v)| v.as_str())
+    }
+
+    fn step_passed(&self, key: &str, expected: &str) -> bool {
+        self.step(key).starts_with(expected)
+    }
+
+    fn audit_passed(&self) -> bool {
+        self.audit
+            .iter()
+            .any(|line| line.contains("\"registry.test\"") && line.contains("\"10.77.0.2\""))
+    }
+
     fn passed(&self) -> bool {
         self.attached
-            && self.allowed.contains("Connection refused")
-            && self.denied.contains("Operation not permitted")
+            && SCENARIO
+                .iter()
+                .all(|(key, _, expected)| self.step_passed(key, expected))
+            && self.audit_passed()
     }
 
     fn summary(&self) -> String {
         format!(
-            "{} ({}): programs {}, allowed destination {}, denied destination {}",
+            "{} ({}): programs {}",
             if self.passed() { "PASS" } else { "FAIL" },
             self.kernel,
             if self.attached {
@@ -107,17 +157,27 @@ impl Report {
             } else {
                 "NOT attached"
             },
-            if self.allowed.contains("Connection refused") {
-                "reached"
-            } else {
-                "NOT reached"
-            },
-            if self.denied.contains("Operation not permitted") {
-                "EPERM"
-            } else {
-                "NOT denied"
-            },
         )
+    }
+
+    /// One line per scenario step: what happened, and whether that was what should.
+    fn details(&self) -> Vec<String> {
+        let mut lines: Vec<String> = SCENARIO
+            .iter()
+            .map(|(key, what, expected)| {
+                let ok = if self.step_passed(key, expected) {
+                    "ok"
+                } else {
+                    "WRONG"
+                };
+                format!("{ok:5} {what}: {}", self.step(key))
+            })
+            .collect();
+        lines.push(format!(
+            "{:5} audit log names the learned address and hostname",
+            if self.audit_passed() { "ok" } else { "WRONG" }
+        ));
+        lines
     }
 }
 
@@ -214,37 +274,36 @@ fn parse_console(console: &str) -> Report {
             report.kernel = kernel.to_owned();
         } else if let Some(verified) = rest.strip_prefix("verified ") {
             report.verified.push(verified.to_owned());
+        } else if let Some(probe) = rest.strip_prefix("probe ") {
+            report.probe.push(probe.to_owned());
         } else if rest == "attached" {
             report.attached = true;
-        } else if let Some(allowed) = rest.strip_prefix("allowed ") {
-            report.allowed = allowed.to_owned();
-        } else if let Some(denied) = rest.strip_prefix("denied ") {
-            report.denied = denied.to_owned();
         } else if let Some(error) = rest.strip_prefix("error ") {
             report.errors.push(error.to_owned());
+        } else if let Some(audit) = rest.strip_prefix("audit ") {
+            report.audit.push(audit.to_owned());
+        } else if let Some((key, value)) = rest.split_once(' ')
+            && SCENARIO.iter().any(|(k, _, _)| *k == key)
+        {
+            report.steps.push((key.to_owned(), value.to_owned()));
         }
     }
     report
 }
 
-/// busybox, ram and the libraries ldd lists, the init script and a policy, as a newc cpio.
-fn build_initramfs(dir: &Path, ram: &Path) -> Result<PathBuf> {
-    let root = dir.join("initramfs");
-    let _ = fs::remove_dir_all(&root);
-    for sub in ["bin", "proc", "sys", "dev", "run", "tmp", "etc"] {
-        fs::create_dir_all(root.join(sub))?;
-    }
-    fs::copy("/bin/busybox", root.join("bin/busybox"))
-        .context("/bin/busybox is missing (`cargo xtask setup` installs busybox-static)")?;
-    for applet in [
-        "sh", "mount", "mkdir", "echo", "cat", "sleep", "nc", "poweroff", "grep", "sed", "tail",
-        "ip",
-    ] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
-    }
-    fs::copy(ram, root.join("bin/ram"))?;
+/// `ram-matrix-peer` (DNS server, spoofer and client of the VMs), built by cargo like xtask.
+fn build_peer() -> Result<PathBuf> {
+    run_step(
+        crate::cargo().args(["build", "--package", "xtask", "--bin", "ram-matrix-peer"]),
+        "building ram-matrix-peer",
+    )?;
+    Ok(workspace_root().join("target/debug/ram-matrix-peer"))
+}
+
+/// Copies the shared libraries `ldd` lists for `binary` to the same paths under `root`.
+fn copy_libraries(binary: &Path, root: &Path) -> Result<()> {
     let ldd = Command::new("ldd")
-        .arg(ram)
+        .arg(binary)
         .output()
         .context("running ldd")?;
     for line in String::from_utf8_lossy(&ldd.stdout).lines() {
@@ -260,11 +319,35 @@ fn build_initramfs(dir: &Path, ram: &Path) -> Result<PathBuf> {
             fs::copy(library, &target).with_context(|| format!("copying {library}"))?;
         }
     }
+    Ok(())
+}
+
+/// busybox, ram, ram-matrix-peer and the libraries ldd lists, the init script and a policy, as a newc cpio.
+fn build_initramfs(dir: &Path, ram: &Path, peer: &Path) -> Result<PathBuf> {
+    let root = dir.join("initramfs");
+    let _ = fs::remove_dir_all(&root);
+    for sub in ["bin", "proc", "sys", "dev", "run", "tmp", "etc"] {
+        fs::create_dir_all(root.join(sub))?;
+    }
+    fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .context("/bin/busybox is missing (`cargo xtask setup` installs busybox-static)")?;
+    for applet in [
+        "sh", "mount", "mkdir", "echo", "cat", "sleep", "nc", "poweroff", "grep", "sed", "tail",
+        "head", "ip",
+    ] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
+    }
+    fs::copy(ram, root.join("bin/ram"))?;
+    fs::copy(peer, root.join("bin/ram-matrix-peer"))?;
+    copy_libraries(ram, &root)?;
+    copy_libraries(peer, &root)?;
     let init = workspace_root().join("xtask/matrix/init.sh");
     fs::copy(&init, root.join("init"))?;
     fs::write(
         root.join("policy.toml"),
-        "[registry_access]\nallow_loopback = false\nallow_cidrs = [\"127.0.0.1/32\"]\n[dns]\nresolvers = []\n",
+        "[registry_access]\nallow = [\"registry.test\", \"slow.test\", \"badid.test\"]\n\
+         allow_loopback = false\nallow_cidrs = [\"127.0.0.1/32\"]\n\
+         [dns]\nresolvers = [\"10.77.0.1\"]\n",
     )?;
     use std::os::unix::fs::PermissionsExt as _;
     fs::set_permissions(root.join("init"), fs::Permissions::from_mode(0o755))?;
