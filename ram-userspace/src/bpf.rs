@@ -165,3 +165,31 @@ pub fn in_initial_mount_namespace() -> bool {
         _ => false,
     }
 }
+
+/// Whether this kernel knows bpf(2) command `command` (`enum bpf_cmd`), asked with a
+/// descriptor that cannot be valid: a kernel that knows the command looks the descriptor up and
+/// answers EBADF; one that does not answers EINVAL. (Used for the link commands, whose
+/// attributes start with descriptors.)
+pub fn command_supported(command: u32) -> io::Result<bool> {
+    #[repr(C)]
+    struct Attr {
+        fd: u32,
+        second_fd: u32,
+        _rest: [u64; 6],
+    }
+    let mut attr = Attr {
+        fd: u32::MAX,
+        second_fd: u32::MAX,
+        _rest: [0; 6],
+    };
+    match bpf(command as libc::c_long, &mut attr) {
+        Ok(fd) => {
+            // Unreachable with these descriptors; close whatever came back.
+            drop(owned_fd(fd));
+            Ok(true)
+        }
+        Err(err) if err.raw_os_error() == Some(libc::EBADF) => Ok(true),
+        Err(err) if err.raw_os_error() == Some(libc::EINVAL) => Ok(false),
+        Err(err) => Err(err),
+    }
+}

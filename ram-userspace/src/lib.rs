@@ -11,6 +11,7 @@ pub mod image;
 pub mod notify;
 pub mod policy;
 pub mod presets;
+pub mod probe;
 pub mod programs;
 pub mod protect;
 pub mod resolv;

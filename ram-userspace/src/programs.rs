@@ -301,12 +301,17 @@ pub enum EnforceError {
         map: &'static str,
         source: aya::maps::MapError,
     },
+    #[error(transparent)]
+    Kernel(#[from] crate::probe::ProbeError),
     #[error(
-        "the kernel refused program {program}: {source}\n{verifier_tail}\nram needs a kernel with \
-         cgroup sock_addr hooks and bpf_link (5.10+ is tested); see README \"Supported kernels\""
+        "Linux {kernel}'s verifier refused ram's program {program} ({source}): this kernel has \
+         every feature ram probes for, so a limit of its verifier was hit; ram is tested on Linux \
+         5.10, 6.1, 6.12 and 6.18 (README \"Supported kernels\"): please report this kernel \
+         with the verifier's log\n  verifier log, last lines:\n{verifier_tail}"
     )]
     Verifier {
         program: &'static str,
+        kernel: String,
         source: std::io::Error,
         verifier_tail: String,
     },
@@ -401,6 +406,8 @@ impl Enforcer {
             return Err(EnforceError::NoObject);
         }
         raise_memlock_limit();
+        // Before anything is loaded: a kernel without a feature ram needs is refused by name.
+        crate::probe::check_kernel()?;
         let lock = pins.lock()?;
         let mut report = OpenReport {
             adopted_maps: pins.map(POLICY_SLOT).exists(),
@@ -950,8 +957,9 @@ fn load_error(program: &'static str, source: ProgramError) -> EnforceError {
             verifier_log,
         } => EnforceError::Verifier {
             program,
+            kernel: crate::probe::kernel_release(),
             source: io_error,
-            verifier_tail: last_lines(&verifier_log.to_string(), 20),
+            verifier_tail: indent(&last_lines(&verifier_log.to_string(), 20)),
         },
         source => EnforceError::Program { program, source },
     }
@@ -1030,6 +1038,13 @@ fn check_size(map: &'static str, needed: usize, limit: u32) -> Result<u32, Enfor
         return Err(EnforceError::TooLarge { map, needed, limit });
     }
     Ok((needed as u32).max(1))
+}
+
+fn indent(text: &str) -> String {
+    text.lines()
+        .map(|line| format!("    {line}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn last_lines(text: &str, count: usize) -> String {
