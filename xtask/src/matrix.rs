@@ -139,8 +139,16 @@ impl Report {
             .any(|line| line.contains("\"registry.test\"") && line.contains("\"10.77.0.2\""))
     }
 
+    /// The daemon's start-up probe found every feature it needs (its summary line).
+    fn probe_passed(&self) -> bool {
+        self.probe
+            .iter()
+            .any(|line| line.contains("kernel features present"))
+    }
+
     fn passed(&self) -> bool {
         self.attached
+            && self.probe_passed()
             && SCENARIO
                 .iter()
                 .all(|(key, _, expected)| self.step_passed(key, expected))
@@ -173,6 +181,10 @@ impl Report {
                 format!("{ok:5} {what}: {}", self.step(key))
             })
             .collect();
+        lines.push(format!(
+            "{:5} start-up probe ran and passed",
+            if self.probe_passed() { "ok" } else { "WRONG" }
+        ));
         lines.push(format!(
             "{:5} audit log names the learned address and hostname",
             if self.audit_passed() { "ok" } else { "WRONG" }
