@@ -34,7 +34,7 @@ pub mod maps {
     /// [`crate::DnsEvent`] change other than in `_reserved` bytes (the ring buffers are pinned
     /// too, and hold events of the previous programs): a newer daemon then builds fresh maps
     /// instead of misreading old ones (and learned addresses are learned again).
-    pub const LAYOUT: u32 = 1;
+    pub const LAYOUT: u32 = 2;
 
     /// Every map of `ram-ebpf`, all pinned (under `maps-v<LAYOUT>/`) so that enforcement,
     /// learning and the audit backlog outlive the daemon.
@@ -418,6 +418,10 @@ pub struct CidrRule {
     pub rule_index: u32,
     /// [`rule_id`] of the entry.
     pub rule_id: u64,
+    /// The one destination port this entry allows, host byte order; 0: every port. The image
+    /// gate's entry names its port, so that nothing else listening on that address is allowed.
+    pub port: u16,
+    pub _reserved: [u16; 3],
 }
 
 /// Value of [`maps::RESOLVERS`].
@@ -453,6 +457,8 @@ pub enum Reason {
     Expired = 6,
     /// A resolver on port 53, but from a network namespace other than the trusted one.
     UntrustedNetns = 7,
+    /// The Docker Hub pull gate of Image Access Management (its address and port).
+    AllowedImageGate = 8,
 }
 
 impl Reason {
@@ -465,6 +471,7 @@ impl Reason {
             5 => Some(Self::AllowedLearned),
             6 => Some(Self::Expired),
             7 => Some(Self::UntrustedNetns),
+            8 => Some(Self::AllowedImageGate),
             _ => None,
         }
     }
@@ -479,6 +486,7 @@ impl Reason {
             Self::AllowedLearned => "learned",
             Self::Expired => "expired",
             Self::UntrustedNetns => "untrusted_netns",
+            Self::AllowedImageGate => "image_gate",
         }
     }
 }
@@ -654,7 +662,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<GateEvent>(), 88);
         assert_eq!(core::mem::size_of::<LearnedAddr>(), 32);
         assert_eq!(core::mem::size_of::<AuditSeenKey>(), 32);
-        assert_eq!(core::mem::size_of::<CidrRule>(), 16);
+        assert_eq!(core::mem::size_of::<CidrRule>(), 24);
         assert_eq!(core::mem::size_of::<ResolverRule>(), 16);
         assert_eq!(core::mem::size_of::<LearnedKey>(), 24);
         assert_eq!(core::mem::size_of::<PendingKey>(), 16);
@@ -679,6 +687,7 @@ mod tests {
             Reason::AllowedLearned,
             Reason::Expired,
             Reason::UntrustedNetns,
+            Reason::AllowedImageGate,
         ] {
             assert_eq!(Reason::from_u8(reason as u8), Some(reason));
         }

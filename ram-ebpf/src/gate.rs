@@ -150,7 +150,9 @@ fn judge(ctx: &SockAddrContext, addr: Addr16, hook: Hook) -> i32 {
         verdict.reason = Reason::UntrustedNetns;
     }
 
-    if let Some(rule) = policy.cidr(addr) {
+    if let Some(rule) = policy.cidr(addr)
+        && (rule.port == 0 || rule.port == port)
+    {
         let loopback = rule.reason == Reason::AllowedLoopback as u32;
         count(if loopback {
             Counter::AllowedLoopback
@@ -159,6 +161,8 @@ fn judge(ctx: &SockAddrContext, addr: Addr16, hook: Hook) -> i32 {
         });
         verdict.reason = if loopback {
             Reason::AllowedLoopback
+        } else if rule.reason == Reason::AllowedImageGate as u32 {
+            Reason::AllowedImageGate
         } else {
             Reason::AllowedCidr
         };

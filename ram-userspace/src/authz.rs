@@ -37,13 +37,19 @@ const MAX_HEADER: usize = 64 << 10;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     pub allowed: bool,
-    /// `image_pull` or `container_create`.
+    /// `image_pull` or `container_create` (the plugin); `manifests`, `blobs`, `tags` or
+    /// `referrers` (the pull gate).
     pub action: &'static str,
     pub image: String,
     /// The category, or why it could not be judged.
     pub reason: String,
     pub user: Option<String>,
+    /// Which enforcement point decided: [`VIA`] or the pull gate's.
+    pub via: &'static str,
 }
+
+/// How the audit log names decisions of the plugin.
+pub const VIA: &str = "authorization_plugin";
 
 /// The rules in force (`None`: image access off, everything allowed), swapped on reload.
 pub type SharedRules = Arc<RwLock<Option<Rules>>>;
@@ -305,6 +311,7 @@ fn decided(
         image,
         reason,
         user,
+        via: VIA,
     };
     (allowed, message, Some(decision))
 }

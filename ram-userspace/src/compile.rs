@@ -11,6 +11,7 @@ use ram_common::{
 };
 
 use crate::{
+    image,
     policy::{AllowedAudit, Cidr, HostPattern, Policy, to_v6},
     presets,
 };
@@ -61,6 +62,9 @@ pub struct CompiledPolicy {
     /// Every entry's [`rule_id`] → how the audit log names it (`*.docker.io`, `10.0.0.0/8`,
     /// `resolver 10.0.0.53`, `loopback 127.0.0.0/8`).
     pub rules: HashMap<u64, String>,
+    /// Allowed names left out because they reach Docker Hub, which Image Access Management
+    /// lets enforced cgroups reach only through its pull gate (as the rules name them).
+    pub withheld_for_gate: Vec<String>,
 }
 
 /// The `ALLOWED_NAMES` key of a hostname pattern: the name character-reversed, followed by a 0
@@ -97,6 +101,23 @@ impl CompiledPolicy {
             rules.insert(id, text);
             cidrs.push(entry(cidr, Reason::AllowedCidr, index as u32, id));
         }
+        // Image Access Management: the pull gate is how enforced cgroups reach Docker Hub.
+        // Its own entry names its port; where a wider entry already allows its address (every
+        // port), that one is left to do it, as the trie would otherwise prefer the narrower
+        // entry and refuse the address's other ports.
+        let gate = policy.image_access.gate;
+        let gate_covered = (access.allow_loopback && gate.ip().is_loopback())
+            || access.allow_cidrs.iter().any(|c| c.contains(gate.ip()));
+        if policy.image_access.enabled && !gate_covered {
+            let text = format!("image gate {gate}");
+            let id = rule_id(RuleKind::ImageGate.as_str(), &text);
+            rules.insert(id, text);
+            let host_bits = if gate.is_ipv4() { 32 } else { 128 };
+            let cidr = Cidr::new(gate.ip(), host_bits).expect("a host prefix is valid");
+            let mut gate_entry = entry(&cidr, Reason::AllowedImageGate, BUILTIN_RULE, id);
+            gate_entry.rule.port = gate.port();
+            cidrs.push(gate_entry);
+        }
         let (resolvers, resolver_origin): (Vec<IpAddr>, _) = match &policy.dns.resolvers {
             Some(list) => (list.iter().map(|r| r.0).collect(), ResolverOrigin::Policy),
             None => (system_resolvers(), ResolverOrigin::ResolvConf),
@@ -111,6 +132,7 @@ impl CompiledPolicy {
         // Each entry, and for a registry preset every host it stands for (same index; the
         // rule's text names both: `ghcr.io → pkg-containers.githubusercontent.com`).
         let mut names = Vec::new();
+        let mut withheld_for_gate = Vec::new();
         for (index, pattern) in access.allow.iter().enumerate() {
             let entry = pattern.to_string();
             let hosts = match presets::expand(pattern) {
@@ -118,12 +140,19 @@ impl CompiledPolicy {
                 None => vec![pattern.clone()],
             };
             for host in hosts {
-                let (key, prefix_len) = name_key(&host);
                 let text = if host == *pattern {
                     entry.clone()
                 } else {
                     format!("{entry} → {host}")
                 };
+                // With Image Access Management on, Docker Hub is reached through the gate
+                // only: a direct way would let dockerd's fallback from its mirror, or any
+                // client, side-step the image rules.
+                if policy.image_access.enabled && image::reaches_docker_hub(&host) {
+                    withheld_for_gate.push(text);
+                    continue;
+                }
+                let (key, prefix_len) = name_key(&host);
                 let id = rule_id(RuleKind::Allow.as_str(), &text);
                 rules.insert(id, text);
                 names.push(NameEntry {
@@ -160,6 +189,7 @@ impl CompiledPolicy {
             config,
             max_learned: policy.dns.max_learned as u32,
             rules,
+            withheld_for_gate,
         }
     }
 
@@ -201,6 +231,7 @@ pub enum RuleKind {
     Cidr,
     Resolver,
     Loopback,
+    ImageGate,
 }
 
 impl RuleKind {
@@ -210,6 +241,7 @@ impl RuleKind {
             Self::Cidr => "cidr",
             Self::Resolver => "resolver",
             Self::Loopback => "loopback",
+            Self::ImageGate => "image_gate",
         }
     }
 }
@@ -222,6 +254,8 @@ fn entry(cidr: &Cidr, reason: Reason, rule_index: u32, rule_id: u64) -> CidrEntr
             reason: reason as u32,
             rule_index,
             rule_id,
+            port: 0,
+            _reserved: [0; 3],
         },
     }
 }
@@ -234,6 +268,53 @@ mod tests {
     fn compile(text: &str, system: Vec<IpAddr>) -> CompiledPolicy {
         let policy = Policy::from_toml(text, &PolicySource::Embedded).unwrap();
         CompiledPolicy::new(&policy, || system)
+    }
+
+    #[test]
+    fn image_access_sends_docker_hub_through_the_gate() {
+        let text = "[registry_access]\nallow = [\"docker.io\", \"*.docker.io\", \"ghcr.io\"]\n\
+                    allow_loopback = false\n[image_access]\nenabled = true\ngate = \"127.0.0.1:5999\"\n";
+        let compiled = compile(text, vec![]);
+        // Every Docker Hub host is withheld, whatever entry named it; other registries stay.
+        assert!(
+            compiled
+                .withheld_for_gate
+                .iter()
+                .any(|w| w.ends_with("auth.docker.io"))
+        );
+        assert!(
+            compiled
+                .withheld_for_gate
+                .contains(&"*.docker.io".to_string())
+        );
+        let names: Vec<&String> = compiled
+            .names
+            .iter()
+            .map(|n| &compiled.rules[&n.rule.rule_id])
+            .collect();
+        assert!(names.iter().all(|n| n.starts_with("ghcr.io")), "{names:?}");
+        // The gate's own entry: its address, its port only.
+        let gate = compiled
+            .cidrs
+            .iter()
+            .find(|c| c.rule.reason == Reason::AllowedImageGate as u32)
+            .expect("the gate has an entry");
+        assert_eq!(gate.prefix_len, 128);
+        assert_eq!(&gate.addr[12..], &[127, 0, 0, 1]);
+        assert_eq!(gate.rule.port, 5999);
+
+        // Loopback allowed on every port already covers the gate: no narrower entry.
+        let covered = compile(&text.replace("allow_loopback = false", ""), vec![]);
+        assert!(
+            !covered
+                .cidrs
+                .iter()
+                .any(|c| c.rule.reason == Reason::AllowedImageGate as u32)
+        );
+        // Image access off: Docker Hub is an ordinary allowed registry.
+        let off = compile(&text.replace("enabled = true", "enabled = false"), vec![]);
+        assert!(off.withheld_for_gate.is_empty());
+        assert!(off.cidrs.is_empty());
     }
 
     #[test]

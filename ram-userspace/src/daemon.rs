@@ -8,6 +8,7 @@ use std::{
     net::IpAddr,
     os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
+    sync::{Arc, RwLock},
     time::Duration,
 };
 
@@ -23,7 +24,7 @@ use ram::{
     authz,
     cgroup::{self, CgroupDir},
     compile::{CompiledPolicy, ResolverOrigin},
-    notify,
+    image_gate, notify,
     policy::{Policy, PolicySource, to_v6},
     programs::{Enforcer, OpenReport, PinDir, boottime_ns},
     protect, resolv, scope,
@@ -271,6 +272,9 @@ struct Daemon {
     image_rules: authz::SharedRules,
     /// Whether the plugin's socket is being served.
     authz_serving: bool,
+    /// The Docker Hub pull gate, while image access is on, and what it applies.
+    gate: Option<image_gate::Gate>,
+    gate_rules: Option<image_gate::SharedGateRules>,
     image_decisions: Option<tokio::sync::mpsc::UnboundedSender<authz::Decision>>,
 }
 
@@ -347,6 +351,8 @@ async fn serve(options: Options, policy: LoadedPolicy, audit: AuditSink) -> Resu
         ticks: 0,
         image_rules: Default::default(),
         authz_serving: false,
+        gate: None,
+        gate_rules: None,
         image_decisions: None,
         options,
     };
@@ -689,6 +695,8 @@ impl Daemon {
         if let Ok(mut shared) = self.image_rules.write() {
             *shared = rules;
         }
+        self.update_gate();
+        let access = &self.policy.policy.image_access;
         if !access.enabled || self.authz_serving {
             return;
         }
@@ -714,6 +722,67 @@ impl Daemon {
         }
     }
 
+    /// Starts, re-targets or stops the pull gate as `[image_access]` says.
+    fn update_gate(&mut self) {
+        let access = &self.policy.policy.image_access;
+        if !access.enabled {
+            if self.gate.take().is_some() {
+                info!("image access off: the Docker Hub pull gate stopped");
+            }
+            return;
+        }
+        let wanted = image_gate::GateRules {
+            rules: access.rules.clone(),
+            upstream: access.upstream.clone(),
+        };
+        if let Some(shared) = &self.gate_rules
+            && let Ok(mut rules) = shared.write()
+        {
+            *rules = wanted.clone();
+        }
+        let withheld = &self.policy.compiled.withheld_for_gate;
+        if !withheld.is_empty() {
+            info!(
+                "image access: Docker Hub only through the pull gate; not allowed directly: {}",
+                withheld.join(", ")
+            );
+        }
+        if self.gate.as_ref().map(|g| g.listen()) == Some(access.gate) {
+            return;
+        }
+        // A new address: the old gate stops before the new one binds (it may be the same
+        // port on another spelling of the address).
+        drop(self.gate.take());
+        let shared = Arc::new(RwLock::new(wanted));
+        let sender = self.image_decisions.clone();
+        let started = std::net::TcpListener::bind(access.gate).and_then(|listener| {
+            image_gate::Gate::start(listener, shared.clone(), move |decision| {
+                if let Some(sender) = &sender {
+                    let _ = sender.send(decision);
+                }
+            })
+        });
+        match started {
+            Ok(gate) => {
+                info!(
+                    "image access: Docker Hub pull gate on http://{} (upstream {}; give dockerd \
+                     \"registry-mirrors\": [\"http://{}\"])",
+                    gate.listen(),
+                    access.upstream,
+                    gate.listen()
+                );
+                self.gate = Some(gate);
+                self.gate_rules = Some(shared);
+            }
+            Err(err) => error!(
+                "image access: the Docker Hub pull gate cannot listen on {}: {err}; pulls \
+                 through it fail (Docker Hub stays unreachable: fail closed). Free the address \
+                 or set image_access.gate",
+                access.gate
+            ),
+        }
+    }
+
     fn image_decision(&mut self, decision: authz::Decision) {
         let record = ImageRecord {
             time: now_rfc3339(),
@@ -722,7 +791,7 @@ impl Daemon {
             action: decision.action,
             image: decision.image,
             user: decision.user,
-            via: "authorization_plugin",
+            via: decision.via,
         };
         info!(
             "image {} {} {} ({})",
@@ -1141,7 +1210,8 @@ struct ImageRecord {
     /// The image's category (`official`, `organization`, `verified_publisher`, `community`,
     /// `other_registry`) or, for a denial, the message the user saw.
     reason: String,
-    /// `image_pull` or `container_create`.
+    /// `image_pull` or `container_create` (plugin); `manifests`, `blobs`, `tags`, `referrers`
+    /// (pull gate).
     action: &'static str,
     image: String,
     user: Option<String>,

@@ -11,7 +11,9 @@
 //! Images from other registries (`ghcr.io/...`, `registry.corp:5000/...`) are not judged here:
 //! Registry Access Management decides whether their registry may be reached at all.
 
-use std::fmt;
+use std::{fmt, sync::OnceLock};
+
+use crate::{policy::HostPattern, presets};
 
 /// Docker Hub's registry names, as references may spell them.
 const DOCKER_HUB: [&str; 4] = [
@@ -20,6 +22,20 @@ const DOCKER_HUB: [&str; 4] = [
     "registry-1.docker.io",
     "registry.hub.docker.com",
 ];
+
+/// Whether `pattern` lets a client reach Docker Hub: it covers one of Hub's registry names or
+/// one of the hosts its pulls use (token service, layer CDNs; the `docker.io` preset's hosts).
+pub fn reaches_docker_hub(pattern: &HostPattern) -> bool {
+    static HOSTS: OnceLock<Vec<String>> = OnceLock::new();
+    let hosts = HOSTS.get_or_init(|| {
+        let mut hosts: Vec<String> = DOCKER_HUB.iter().map(|h| h.to_string()).collect();
+        let hub: HostPattern = "docker.io".parse().expect("docker.io is a valid name");
+        let preset = presets::expand(&hub).expect("registries.toml has the docker.io preset");
+        hosts.extend(preset.hosts.into_iter().map(|h| h.domain));
+        hosts
+    });
+    hosts.iter().any(|host| pattern.matches(host))
+}
 
 /// A Docker Hub repository: `namespace/name`.
 #[derive(Debug, Clone, PartialEq, Eq)]

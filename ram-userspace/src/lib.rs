@@ -8,6 +8,7 @@ pub mod bpf;
 pub mod cgroup;
 pub mod compile;
 pub mod image;
+pub mod image_gate;
 pub mod notify;
 pub mod policy;
 pub mod presets;

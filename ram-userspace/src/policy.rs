@@ -5,7 +5,7 @@
 
 use std::{
     fmt,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
     str::FromStr,
 };
@@ -32,6 +32,16 @@ pub struct Policy {
 pub struct ImageAccess {
     pub enabled: bool,
     pub rules: crate::image::Rules,
+    /// Where the Docker Hub pull gate listens (a loopback address): dockerd's
+    /// `registry-mirrors` entry, and the one way enforced cgroups reach Docker Hub.
+    pub gate: SocketAddr,
+    /// The registry the gate forwards allowed pulls to (Docker Hub unless set).
+    pub upstream: String,
+}
+
+impl ImageAccess {
+    pub const DEFAULT_GATE: &str = "127.0.0.1:5055";
+    pub const DEFAULT_UPSTREAM: &str = "https://registry-1.docker.io";
 }
 
 impl Default for ImageAccess {
@@ -48,6 +58,10 @@ impl Default for ImageAccess {
                     .map(|s| s.to_string())
                     .collect(),
             },
+            gate: Self::DEFAULT_GATE
+                .parse()
+                .expect("the default gate address is valid"),
+            upstream: Self::DEFAULT_UPSTREAM.to_owned(),
         }
     }
 }
@@ -184,6 +198,8 @@ struct RawImageAccess {
     verified_publisher_namespaces: Vec<Spanned<String>>,
     /// Docker's registry.json, whose `allowedOrgs` are organizations too.
     registry_json: Option<Spanned<String>>,
+    gate: Option<Spanned<String>>,
+    upstream: Option<Spanned<String>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -479,7 +495,54 @@ fn image_access(
             }
         }
     }
+    if let Some(gate) = &raw.gate {
+        access.gate = gate
+            .get_ref()
+            .parse::<SocketAddr>()
+            .ok()
+            .filter(|addr| addr.ip().is_loopback() && addr.port() != 0)
+            .ok_or_else(|| {
+                invalid(
+                    gate.span().start,
+                    format!(
+                        "image_access.gate: `{}` is not a loopback address with a port (such as \
+                         {}): the gate must not be reachable from other machines",
+                        gate.get_ref(),
+                        ImageAccess::DEFAULT_GATE
+                    ),
+                )
+            })?;
+    }
+    if let Some(upstream) = &raw.upstream {
+        access.upstream = upstream_url(upstream.get_ref()).map_err(|why| {
+            invalid(
+                upstream.span().start,
+                format!("image_access.upstream: {why}"),
+            )
+        })?;
+    }
     Ok(access)
+}
+
+/// A registry's base URL: `http(s)://host[:port]`, nothing after it.
+fn upstream_url(text: &str) -> Result<String, String> {
+    let url = reqwest::Url::parse(text).map_err(|err| {
+        format!("`{text}` is not a URL ({err}); write it as https://registry.example.com")
+    })?;
+    let plain = matches!(url.scheme(), "http" | "https")
+        && url.host_str().is_some()
+        && url.username().is_empty()
+        && url.password().is_none()
+        && url.path() == "/"
+        && url.query().is_none()
+        && url.fragment().is_none();
+    if !plain {
+        return Err(format!(
+            "`{text}` must be a registry's base URL, http(s)://host[:port] with nothing after \
+             it (the gate adds /v2/...)"
+        ));
+    }
+    Ok(text.trim_end_matches('/').to_owned())
 }
 
 /// Parses every value of the list `key`; the first bad one becomes an error at its position.
@@ -822,6 +885,34 @@ mod tests {
 
     fn error_of(text: &str) -> String {
         parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn image_gate_address_and_upstream_are_checked() {
+        let access =
+            parse("[image_access]\ngate = \"[::1]:7000\"\nupstream = \"http://hub.test:5000/\"\n")
+                .unwrap()
+                .image_access;
+        assert_eq!(access.gate, "[::1]:7000".parse().unwrap());
+        assert_eq!(access.upstream, "http://hub.test:5000");
+        let defaults = parse("").unwrap().image_access;
+        assert_eq!(defaults.gate.to_string(), ImageAccess::DEFAULT_GATE);
+        assert_eq!(defaults.upstream, ImageAccess::DEFAULT_UPSTREAM);
+        for (text, why) in [
+            ("gate = \"0.0.0.0:5055\"", "not a loopback address"),
+            ("gate = \"127.0.0.1\"", "not a loopback address"),
+            ("gate = \"127.0.0.1:0\"", "not a loopback address"),
+            ("upstream = \"ftp://hub.test\"", "base URL"),
+            ("upstream = \"https://hub.test/v2/\"", "base URL"),
+            ("upstream = \"https://user:pw@hub.test\"", "base URL"),
+            ("upstream = \"hub.test\"", "not a URL"),
+        ] {
+            let error = error_of(&format!("[image_access]\n{text}\n"));
+            assert!(
+                error.contains(why) && error.contains(":2:"),
+                "{text}: {error}"
+            );
+        }
     }
 
     #[test]

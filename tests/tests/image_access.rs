@@ -1,18 +1,22 @@
 //! Image Access Management end to end: a real Docker Engine asks ram's authorization plugin
-//! about pulls and container creation, and Docker Hub images of a disallowed category are
-//! refused with Docker's own message. Real dockerd (Debian's docker.io) in its own mount
-//! namespace; "Docker Hub" itself is not reached here (allowed pulls pass the plugin and then
-//! fail on the test's empty DNS, which tells them apart from refusals).
+//! about pulls and container creation, and pulls itself through ram's Docker Hub pull gate (its
+//! `registry-mirrors` entry); Docker Hub images of a disallowed category are refused, with
+//! Docker's own message where the engine passes it on. Real dockerd (Debian's docker.io) in
+//! its own mount namespace; "Docker Hub" is a real docker-registry on a test host, the gate's
+//! upstream.
 
-use std::time::Duration;
+use std::{process::Command, time::Duration};
 
-use ram_tests::{Daemon, TestCgroup, TestDocker, TestNet, audit_records};
+use ram_tests::{
+    Daemon, TempDir, TestCgroup, TestDocker, TestNet, audit_records, client_script, sh,
+};
 
 fn policy(verified_publishers: bool) -> String {
     format!(
         "[registry_access]\nallow = [\"docker.io\"]\n\n[image_access]\nenabled = true\n\
          official = true\nverified_publishers = {verified_publishers}\ncommunity = false\n\
-         organizations = [\"mycompany\"]\nverified_publisher_namespaces = [\"somepublisher\"]\n"
+         organizations = [\"mycompany\"]\nverified_publisher_namespaces = [\"somepublisher\"]\n\
+         gate = \"{GATE}\"\n"
     )
 }
 
@@ -116,4 +120,325 @@ fn docker_hub_images_are_judged_by_category_with_dockers_message() {
     assert_eq!(denial["verdict"], "deny");
     assert_eq!(denial["action"], "image_pull");
     assert_eq!(denial["via"], "authorization_plugin");
+}
+
+/// Where the tests' pull gate listens (not ram's default, so a ram on this machine is left be).
+const GATE: &str = "127.0.0.1:15055";
+const HUB_PORT: u16 = 5000;
+
+fn gate_policy(hub: &str, resolver: &str, verified_publishers: bool) -> String {
+    format!(
+        "[registry_access]\nallow = [\"docker.io\"]\nallow_loopback = false\n\n\
+         [dns]\nresolvers = [\"{resolver}\"]\n\n\
+         [image_access]\nenabled = true\nofficial = true\n\
+         verified_publishers = {verified_publishers}\ncommunity = false\n\
+         organizations = [\"mycompany\"]\nverified_publisher_namespaces = [\"somepublisher\"]\n\
+         gate = \"{GATE}\"\nupstream = \"http://{hub}\"\n"
+    )
+}
+
+/// Pushes a one-file image to the registry at `hub` as `reference` (python, the registry API).
+fn push(hub: &str, reference: &str) {
+    let output = Command::new("python3")
+        .arg(client_script("push_image.py"))
+        .arg(format!("http://{hub}"))
+        .arg(reference)
+        .args(["--file", "hello.txt", &format!("this is {reference}\n")])
+        .output()
+        .expect("running push_image.py");
+    assert!(
+        output.status.success(),
+        "pushing {reference}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// `docker build` of a context whose Dockerfile is `dockerfile`; (success, output).
+fn build(docker: &TestDocker, dockerfile: &str, buildkit: bool) -> (bool, String) {
+    let context = TempDir::new();
+    context.write("Dockerfile", dockerfile);
+    context.write("note.txt", "added by the build\n");
+    let output = docker
+        .docker()
+        .env("DOCKER_BUILDKIT", if buildkit { "1" } else { "0" })
+        .args(["build", "--quiet"])
+        .arg(context.path())
+        .output()
+        .expect("running docker build");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+#[test]
+fn pull_gate_judges_pulls_and_builds_and_docker_hub_is_reached_only_through_it() {
+    let net = TestNet::new();
+    let hub_ip = TestNet::PEER_V4[1];
+    let hub = format!("{hub_ip}:{HUB_PORT}");
+    let hub_dir = TempDir::new();
+    let _hub = net.registry(&hub_dir, hub_ip.into(), HUB_PORT);
+    for image in [
+        "library/busybox:latest",
+        "mycompany/app:latest",
+        "somepublisher/tool:latest",
+        "someuser/custom-image:latest",
+    ] {
+        push(&hub, image);
+    }
+    // Docker Hub's real name answers with a test host: dockerd's fallback from the mirror
+    // resolves it, and must still not connect.
+    let _dns = net.dnsmasq(&[("registry-1.docker.io", TestNet::PEER_V4[2].into())], &[]);
+    let resolver = TestNet::PEER_V4[0].to_string();
+
+    let engine_cgroup = TestCgroup::new();
+    let state = Daemon::prepare(&gate_policy(&hub, &resolver, true), &[engine_cgroup.path()]);
+    let socket = state.dir().join("authz.sock");
+    let mut daemon = state
+        .with_args(&["--authz-socket", socket.to_str().unwrap()])
+        .start()
+        .unwrap();
+    daemon
+        .wait_for_line("Docker Hub pull gate on", Duration::from_secs(5))
+        .unwrap();
+    let docker = TestDocker::start_with(
+        &engine_cgroup,
+        TestNet::PEER_V4[0].into(),
+        &[],
+        &[
+            "--authorization-plugin=ram",
+            &format!("--registry-mirror=http://{GATE}"),
+        ],
+        Some(&socket),
+    );
+
+    // Official and organization images come through the gate from the upstream.
+    for image in ["busybox", "mycompany/app", "somepublisher/tool"] {
+        let (ok, _, err, _) = docker.run(&["pull", image]);
+        assert!(ok, "{image}: {err}\ndockerd:\n{}", docker.log());
+    }
+    let (ok, _, err, _) = docker.run(&["create", "--name", "probe", "busybox", "none"]);
+    assert!(ok, "{err}");
+    let copied = docker.dir().join("copied.txt");
+    let (ok, _, err, _) = docker.run(&["cp", "probe:/hello.txt", copied.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&copied).unwrap(),
+        "this is library/busybox:latest\n"
+    );
+
+    // A community pull: the plugin refuses it with Docker's words.
+    let (ok, _, err, _) = docker.run(&["pull", "someuser/custom-image"]);
+    assert!(!ok);
+    assert_eq!(
+        err.trim(),
+        format!("{PLUGIN_DENIAL}image access denied: community images not allowed")
+    );
+
+    // Builds pull FROM inside the engine, unseen by the plugin: the gate refuses the
+    // manifest, and dockerd's fallback to Docker Hub itself is refused by the kernel.
+    for buildkit in [false, true] {
+        let (ok, output) = build(
+            &docker,
+            "FROM someuser/custom-image\nCOPY note.txt /\n",
+            buildkit,
+        );
+        assert!(!ok, "buildkit={buildkit}: the build succeeded:\n{output}");
+        let (ok, output) = build(&docker, "FROM busybox\nCOPY note.txt /\n", buildkit);
+        assert!(
+            ok,
+            "buildkit={buildkit}: an official base failed:\n{output}"
+        );
+    }
+    let records = audit_records(&daemon.audit_log);
+    let gate_denial = records
+        .iter()
+        .find(|r| r["via"] == "pull_gate" && r["image"] == "someuser/custom-image:latest")
+        .unwrap_or_else(|| panic!("no gate decision in {records:#?}"));
+    assert_eq!(gate_denial["verdict"], "deny");
+    assert_eq!(
+        gate_denial["reason"],
+        "image access denied: community images not allowed"
+    );
+    assert!(
+        records.iter().any(|r| r["verdict"] == "deny"
+            && r["hostname"] == "registry-1.docker.io"
+            && r["comm"] == "dockerd"),
+        "dockerd's fallback to Docker Hub was not refused by the kernel: {records:#?}"
+    );
+
+    // The gate answers a registry client with the registry error DENIED and Docker's message.
+    let answer = sh(
+        "curl",
+        &[
+            "-sS",
+            "-w",
+            "\n%{http_code}",
+            &format!("http://{GATE}/v2/someuser/custom-image/manifests/latest"),
+        ],
+    )
+    .unwrap();
+    let (body, code) = answer.trim().rsplit_once('\n').unwrap();
+    assert_eq!(code, "403");
+    let body: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(body["errors"][0]["code"], "DENIED");
+    assert_eq!(
+        body["errors"][0]["message"],
+        "image access denied: community images not allowed"
+    );
+
+    // The upstream is not reachable around the gate.
+    let (ok, _, err, _) = docker.run(&["pull", &format!("{hub}/someuser/custom-image")]);
+    assert!(!ok);
+    assert!(err.contains("operation not permitted"), "{err}");
+
+    // Verified publishers off, by a policy edit: refused by plugin and gate alike.
+    daemon
+        .state()
+        .write_policy(&gate_policy(&hub, &resolver, false));
+    daemon
+        .wait_for_line("now in force", Duration::from_secs(5))
+        .unwrap();
+    let (ok, _, err, _) = docker.run(&["pull", "somepublisher/tool:latest"]);
+    assert!(!ok);
+    assert_eq!(
+        err.trim(),
+        format!("{PLUGIN_DENIAL}image access denied: verified publisher images not allowed")
+    );
+    let (ok, _, _, _) = docker.run(&["rmi", "somepublisher/tool"]);
+    assert!(ok);
+    let (ok, output) = build(&docker, "FROM somepublisher/tool\nCOPY note.txt /\n", false);
+    assert!(!ok, "{output}");
+    let (ok, output) = build(&docker, "FROM mycompany/app\nCOPY note.txt /\n", false);
+    assert!(ok, "organizations stay allowed: {output}");
+
+    // Docker Compose pulls through the engine API: the plugin refuses the community service.
+    let project = TempDir::new();
+    project.write(
+        "docker-compose.yml",
+        "version: \"3\"\nservices:\n  app:\n    image: someuser/custom-image\n",
+    );
+    let output = Command::new("docker-compose")
+        .current_dir(project.path())
+        .env("DOCKER_HOST", docker.host())
+        .arg("pull")
+        .output()
+        .expect("running docker-compose");
+    let compose_err = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{compose_err}");
+    assert!(
+        compose_err.contains("image access denied: community images not allowed"),
+        "{compose_err}"
+    );
+}
+
+/// `curl ARGS` from the test (outside every enforced cgroup): (status code, headers, body).
+fn curl(args: &[&str]) -> (String, String, String) {
+    let headers = TempDir::new();
+    let header_file = headers.path().join("headers");
+    let out = sh(
+        "curl",
+        &[
+            &["-sS", "--path-as-is", "-D", header_file.to_str().unwrap()],
+            args,
+            &["-w", "\n%{http_code}"],
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let (body, code) = out.rsplit_once('\n').unwrap();
+    let headers = std::fs::read_to_string(&header_file).unwrap_or_default();
+    (code.to_owned(), headers, body.to_owned())
+}
+
+#[test]
+fn pull_gate_passes_token_authentication_and_cdn_redirects_on() {
+    let net = TestNet::new();
+    let [_, registry, cdn] = TestNet::PEER_V4;
+    let mut cmd = net.command("python3");
+    cmd.arg(client_script("token_registry.py")).args([
+        format!("{registry}:5001"),
+        format!("{registry}:5002"),
+        format!("{cdn}:5003"),
+    ]);
+    let _upstream = ram_tests::Background::spawn("token registry", cmd);
+    for port in [5001, 5002] {
+        ram_tests::wait_for_tcp(std::net::SocketAddr::new(registry.into(), port));
+    }
+    ram_tests::wait_for_tcp(std::net::SocketAddr::new(cdn.into(), 5003));
+    let bystander = TestCgroup::new();
+    let state = Daemon::prepare(
+        &format!(
+            "[image_access]\nenabled = true\norganizations = [\"mycompany\"]\n\
+             gate = \"{GATE}\"\nupstream = \"http://{registry}:5001\"\n"
+        ),
+        &[bystander.path()],
+    );
+    let socket = state.dir().join("authz.sock");
+    let mut daemon = state
+        .with_args(&["--authz-socket", socket.to_str().unwrap()])
+        .start()
+        .unwrap();
+    daemon
+        .wait_for_line("Docker Hub pull gate on", Duration::from_secs(5))
+        .unwrap();
+    let gate = format!("http://{GATE}");
+
+    // The challenge comes back with its realm at the gate.
+    let (code, headers, _) = curl(&[&format!("{gate}/v2/")]);
+    assert_eq!(code, "401");
+    let realm = format!("realm=\"http://{GATE}/ram/token/0\",service=\"test-hub\"");
+    assert!(headers.contains(&realm), "{headers}");
+    // The token request goes, with the client's credentials, to the upstream's realm.
+    let scope = "service=test-hub&scope=repository:library/busybox:pull";
+    let (code, _, body) = curl(&["-u", "user:secret", &format!("{gate}/ram/token/0?{scope}")]);
+    assert_eq!(code, "200", "{body}");
+    let token: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(token["token"], "good-token");
+    assert_eq!(token["query"], format!("/token?{scope}"));
+    let (code, _, _) = curl(&["-u", "user:wrong", &format!("{gate}/ram/token/0?{scope}")]);
+    assert_eq!(code, "401");
+    let (code, _, _) = curl(&[&format!("{gate}/ram/token/7")]);
+    assert_eq!(code, "404", "only realms the upstream named are served");
+
+    // With the token: manifests, and blobs fetched from the CDN without the credentials.
+    let bearer = "Authorization: Bearer good-token";
+    let (code, _, body) = curl(&[
+        "-H",
+        bearer,
+        &format!("{gate}/v2/library/busybox/manifests/1"),
+    ]);
+    assert_eq!(code, "200", "{body}");
+    assert!(body.contains("/v2/library/busybox/manifests/1"), "{body}");
+    let (code, _, body) = curl(&[
+        "-H",
+        bearer,
+        &format!("{gate}/v2/mycompany/app/blobs/sha256:ab"),
+    ]);
+    assert_eq!(code, "200", "{body}");
+    assert_eq!(body, "layer bytes from the CDN; authorization: no\n");
+
+    // Judged before anything is fetched; pushes and odd paths are refused.
+    let (code, _, body) = curl(&[
+        "-H",
+        bearer,
+        &format!("{gate}/v2/someuser/x/blobs/sha256:ab"),
+    ]);
+    assert_eq!(code, "403", "{body}");
+    assert!(body.contains("\"DENIED\""), "{body}");
+    for (method, path) in [
+        ("POST", "/v2/library/busybox/blobs/uploads/"),
+        ("PUT", "/v2/library/busybox/manifests/latest"),
+        ("GET", "/v2/library/../someuser/x/manifests/latest"),
+        ("GET", "/v2/_catalog"),
+    ] {
+        let (code, _, body) = curl(&["-X", method, "-H", bearer, &format!("{gate}{path}")]);
+        assert!(
+            code == "404" || code == "405",
+            "{method} {path}: {code} {body}"
+        );
+        assert!(body.contains("UNSUPPORTED"), "{method} {path}: {body}");
+    }
 }

@@ -12,6 +12,9 @@
 //!   refused again), with the daemon's own read+compile and swap times. Absolute times: there
 //!   is no unenforced side to a reload.
 //! - daemon-rss: the daemon's resident memory with a 10-hostname and a 10,000-hostname policy.
+//! - gate-throughput: a 256 MiB layer downloaded (curl) from a docker-registry on a test host,
+//!   directly and through ram's Docker Hub pull gate, rounds interleaved; the ratio of
+//!   throughputs, and the daemon's resident memory before and at its peak (VmHWM).
 
 use std::{
     io::{Read as _, Write as _},
@@ -36,8 +39,12 @@ fn main() -> anyhow::Result<()> {
         Some("listen") => listen(args[2].parse()?),
         // Optional first argument: run only benchmarks whose name contains it.
         filter => {
-            pin_to_last_cpu();
             let wanted = |name: &str| filter.is_none_or(|f| name.contains(f));
+            // Before pinning: registry, gate and curl each need a CPU of their own.
+            if wanted("gate-throughput") {
+                gate_throughput()?;
+            }
+            pin_to_last_cpu();
             if wanted("connect-loopback") {
                 connect_loopback()?;
             }
@@ -407,6 +414,120 @@ fn policy_benchmarks() -> anyhow::Result<()> {
     println!(
         "daemon-rss: {small_rss} KiB with 10 hostnames, {big_rss} KiB with {NAMES}, {after_rss} KiB after {} reloads",
         took.len()
+    );
+    Ok(())
+}
+
+/// Rounds of the gate benchmark (each downloads the layer twice).
+const GATE_ROUNDS: usize = 7;
+const GATE_LAYER_MIB: usize = 256;
+
+/// VmHWM (peak resident memory) of `pid` in KiB.
+fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmHWM")
+}
+
+/// Downloads `url` with curl; returns bytes per second.
+fn download(url: &str, expected: u64) -> anyhow::Result<f64> {
+    let output = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--fail",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{size_download} %{speed_download}",
+        ])
+        .arg(url)
+        .output()?;
+    ensure!(
+        output.status.success(),
+        "curl {url}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout)?;
+    let mut fields = text.split_whitespace();
+    let size: u64 = fields.next().context("curl printed no size")?.parse()?;
+    ensure!(size == expected, "{url}: {size} bytes, not {expected}");
+    Ok(fields.next().context("curl printed no speed")?.parse()?)
+}
+
+fn gate_throughput() -> anyhow::Result<()> {
+    const GATE: &str = "127.0.0.1:15056";
+    let net = TestNet::new();
+    let registry_ip = TestNet::PEER_V4[1];
+    let storage = ram_tests::TempDir::new();
+    let _registry = net.registry(&storage, registry_ip.into(), 5000);
+    let pushed = std::process::Command::new("python3")
+        .arg(ram_tests::client_script("push_image.py"))
+        .arg(format!("http://{registry_ip}:5000"))
+        .arg("library/big:1")
+        .args(["--random-bytes", &(GATE_LAYER_MIB << 20).to_string()])
+        .output()?;
+    ensure!(
+        pushed.status.success(),
+        "push_image.py: {}",
+        String::from_utf8_lossy(&pushed.stderr)
+    );
+    let pushed: serde_json::Value = serde_json::from_slice(&pushed.stdout)?;
+    let layer = pushed["layer"].as_str().context("no layer digest")?;
+    let size = pushed["layer_size"].as_u64().context("no layer size")?;
+
+    let bystander = TestCgroup::new();
+    let mut daemon = Daemon::start(
+        &format!(
+            "[image_access]\nenabled = true\ngate = \"{GATE}\"\n\
+             upstream = \"http://{registry_ip}:5000\"\n"
+        ),
+        &[bystander.path()],
+    )?;
+    daemon.wait_for_line("Docker Hub pull gate on", Duration::from_secs(5))?;
+    let rss_before = rss_kib(daemon.pid())?;
+    let path = format!("/v2/library/big/blobs/{layer}");
+    let direct_url = format!("http://{registry_ip}:5000{path}");
+    let gate_url = format!("http://{GATE}{path}");
+    // Warm-up: the registry's file in the page cache, connections set up once.
+    download(&direct_url, size)?;
+    download(&gate_url, size)?;
+    let (mut direct, mut gated, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..GATE_ROUNDS {
+        let (d, g) = if round % 2 == 0 {
+            let d = download(&direct_url, size)?;
+            (d, download(&gate_url, size)?)
+        } else {
+            let g = download(&gate_url, size)?;
+            (download(&direct_url, size)?, g)
+        };
+        direct.push(d);
+        gated.push(g);
+        ratios.push(g / d);
+    }
+    let peak = peak_rss_kib(daemon.pid())?;
+    let mib = |bytes_per_s: f64| bytes_per_s / f64::from(1 << 20);
+    println!("gate-throughput: a {GATE_LAYER_MIB} MiB layer, {GATE_ROUNDS} rounds");
+    println!(
+        "  direct from the registry: {:.0} MiB/s (median round)",
+        mib(median(&mut direct))
+    );
+    println!(
+        "  through the pull gate:    {:.0} MiB/s (median round)",
+        mib(median(&mut gated))
+    );
+    println!(
+        "  ratio gate/direct: {:.3} (median of per-round ratios; goal >= 0.9)",
+        median(&mut ratios)
+    );
+    println!(
+        "  daemon resident memory: {} KiB before, peak {} KiB after {} layer downloads",
+        rss_before,
+        peak,
+        GATE_ROUNDS + 1
     );
     Ok(())
 }
