@@ -7,9 +7,9 @@
 //!   Unreadable: **denied** (fail closed: it is a pull).
 //! - `POST /containers/create` (docker run/create, compose up): the `Image` of the body.
 //!   Unreadable: **denied**.
-//! - Everything else (the engine's many other calls; `/build`, whose `FROM` only a
-//!   registry-level pull gate could judge, not built yet): allowed at once, never parsed (fail
-//!   open: the plugin must not stall the engine).
+//! - Everything else (the engine's many other calls; `/build`, whose `FROM` the pull gate in
+//!   `image_gate.rs` judges as dockerd pulls it): allowed at once, never parsed (fail open: the
+//!   plugin must not stall the engine).
 //!
 //! Runs on threads of its own, so that the engine never waits on the daemon's event loop.
 

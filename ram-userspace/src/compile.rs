@@ -273,7 +273,7 @@ mod tests {
     #[test]
     fn image_access_sends_docker_hub_through_the_gate() {
         let text = "[registry_access]\nallow = [\"docker.io\", \"*.docker.io\", \"ghcr.io\"]\n\
-                    allow_loopback = false\n[image_access]\nenabled = true\ngate = \"127.0.0.1:5999\"\n";
+                    allow_loopback = false\n[image_access]\nenabled = true\ngate = \"127.0.0.1:599\"\n";
         let compiled = compile(text, vec![]);
         // Every Docker Hub host is withheld, whatever entry named it; other registries stay.
         assert!(
@@ -301,7 +301,7 @@ mod tests {
             .expect("the gate has an entry");
         assert_eq!(gate.prefix_len, 128);
         assert_eq!(&gate.addr[12..], &[127, 0, 0, 1]);
-        assert_eq!(gate.rule.port, 5999);
+        assert_eq!(gate.rule.port, 599);
 
         // Loopback allowed on every port already covers the gate: no narrower entry.
         let covered = compile(&text.replace("allow_loopback = false", ""), vec![]);

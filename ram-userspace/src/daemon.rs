@@ -436,6 +436,11 @@ async fn serve(options: Options, policy: LoadedPolicy, audit: AuditSink) -> Resu
         daemon.gate_event(&event)
     });
     let _ = fs::remove_file(control::socket_path(&daemon.options.run_dir));
+    // dockerd then says the plugin is missing (and refuses what it would have asked about),
+    // rather than failing to connect to a stale socket.
+    if daemon.authz_serving {
+        let _ = fs::remove_file(&daemon.options.authz_socket);
+    }
     let counters = daemon.enforcer.counters().unwrap_or_default();
     let summary: Vec<String> = Counter::ALL
         .iter()
@@ -747,15 +752,34 @@ impl Daemon {
                 withheld.join(", ")
             );
         }
+        let scope = &self.policy.policy.scope;
+        if !scope.docker && !scope.whole_host {
+            warn!(
+                "image access is on but scope.docker is off: dockerd's fallback from the pull \
+                 gate to Docker Hub is refused only if dockerd's cgroup is enforced (set \
+                 scope.docker = true, or give its cgroup with --cgroup)"
+            );
+        }
         if self.gate.as_ref().map(|g| g.listen()) == Some(access.gate) {
             return;
         }
-        // A new address: the old gate stops before the new one binds (it may be the same
-        // port on another spelling of the address).
-        drop(self.gate.take());
+        // A new address: the new gate binds before the old one stops, so there is no moment
+        // without a gate, unless the old one holds the address (another spelling of it).
+        let mut bound = std::net::TcpListener::bind(access.gate);
+        if bound.is_err() && self.gate.is_some() {
+            drop(self.gate.take());
+            // The old listener closes as its thread sees the stop: at most ~1 s here.
+            for _ in 0..10 {
+                std::thread::sleep(Duration::from_millis(100));
+                bound = std::net::TcpListener::bind(access.gate);
+                if bound.is_ok() {
+                    break;
+                }
+            }
+        }
         let shared = Arc::new(RwLock::new(wanted));
         let sender = self.image_decisions.clone();
-        let started = std::net::TcpListener::bind(access.gate).and_then(|listener| {
+        let started = bound.and_then(|listener| {
             image_gate::Gate::start(listener, shared.clone(), move |decision| {
                 if let Some(sender) = &sender {
                     let _ = sender.send(decision);
@@ -774,12 +798,15 @@ impl Daemon {
                 self.gate = Some(gate);
                 self.gate_rules = Some(shared);
             }
-            Err(err) => error!(
-                "image access: the Docker Hub pull gate cannot listen on {}: {err}; pulls \
-                 through it fail (Docker Hub stays unreachable: fail closed). Free the address \
-                 or set image_access.gate",
-                access.gate
-            ),
+            Err(err) => {
+                drop(self.gate.take());
+                error!(
+                    "image access: the Docker Hub pull gate cannot listen on {}: {err}; pulls \
+                     through it fail (Docker Hub stays unreachable: fail closed). Stop what \
+                     listens there, or set image_access.gate to another port below 1024",
+                    access.gate
+                )
+            }
         }
     }
 

@@ -39,7 +39,7 @@ use hyper::{
     server::conn::http1,
     service::service_fn,
 };
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 
 use crate::{authz::Decision, image::Rules};
@@ -55,6 +55,12 @@ const TOKEN_PATH: &str = "/ram/token/";
 const MAX_REALMS: usize = 16;
 /// Largest token request body forwarded (an OAuth2 form with a refresh token).
 const MAX_TOKEN_BODY: usize = 64 << 10;
+/// Connections served at once; more wait to be accepted. dockerd opens a few per pull, so
+/// this is far above need, and keeps a local flood from using up the daemon's descriptors
+/// (which the authorization plugin and the control socket share).
+const MAX_CONNECTIONS: usize = 256;
+/// A client must send its request head within this time (an idle connection is closed).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Request headers a pull needs upstream. Nothing else of the client's is sent on.
 const FORWARDED_REQUEST_HEADERS: [HeaderName; 6] = [
     header::ACCEPT,
@@ -65,8 +71,9 @@ const FORWARDED_REQUEST_HEADERS: [HeaderName; 6] = [
     header::CONTENT_TYPE,
 ];
 /// Response headers a client of a registry reads. `WWW-Authenticate` is rewritten.
-const FORWARDED_RESPONSE_HEADERS: [&str; 12] = [
+const FORWARDED_RESPONSE_HEADERS: [&str; 13] = [
     "content-type",
+    "retry-after",
     "content-length",
     "content-range",
     "accept-ranges",
@@ -97,7 +104,6 @@ type GateBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 pub struct Gate {
     listen: SocketAddr,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<thread::JoinHandle<()>>,
 }
 
 impl Gate {
@@ -109,23 +115,40 @@ impl Gate {
     ) -> std::io::Result<Self> {
         let listen = listener.local_addr()?;
         listener.set_nonblocking(true)?;
-        let client = reqwest::Client::builder()
-            // The machine's proxy settings are not the policy's: the gate goes direct.
-            .no_proxy()
-            .connect_timeout(Duration::from_secs(15))
-            .read_timeout(Duration::from_secs(120))
-            .redirect(reqwest::redirect::Policy::limited(5))
-            .build()
-            .map_err(std::io::Error::other)?;
+        let client = |redirects: reqwest::redirect::Policy| {
+            reqwest::Client::builder()
+                // The machine's proxy settings are not the policy's: the gate goes direct.
+                .no_proxy()
+                .connect_timeout(Duration::from_secs(15))
+                .read_timeout(Duration::from_secs(120))
+                .redirect(redirects)
+                .build()
+                .map_err(std::io::Error::other)
+        };
         let state = Arc::new(State {
             rules,
-            client,
+            // Redirects (layers on a CDN) are followed, never from https to http: reqwest
+            // drops credentials on another host, not on a downgrade.
+            client: client(reqwest::redirect::Policy::custom(|attempt| {
+                let downgrade = attempt.url().scheme() == "http"
+                    && attempt.previous().iter().any(|u| u.scheme() == "https");
+                if downgrade {
+                    attempt.error("the upstream redirected from https to http")
+                } else if attempt.previous().len() > 5 {
+                    attempt.error("more than 5 redirects")
+                } else {
+                    attempt.follow()
+                }
+            }))?,
+            // A token request carries credentials in its body: never re-sent elsewhere.
+            token_client: client(reqwest::redirect::Policy::none())?,
             listen,
-            realms: Mutex::new(Vec::new()),
+            realms: Mutex::new(Realms::default()),
             decisions: Box::new(decisions),
         });
+        let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         let (shutdown, mut stop) = tokio::sync::oneshot::channel::<()>();
-        let thread = thread::Builder::new()
+        thread::Builder::new()
             .name("image-gate".into())
             .spawn(move || {
                 let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -147,6 +170,9 @@ impl Gate {
                         }
                     };
                     loop {
+                        let Ok(permit) = connections.clone().acquire_owned().await else {
+                            return;
+                        };
                         let stream = tokio::select! {
                             _ = &mut stop => return,
                             accepted = listener.accept() => match accepted {
@@ -161,11 +187,14 @@ impl Gate {
                         };
                         let state = state.clone();
                         tokio::spawn(async move {
+                            let _permit = permit;
                             let service = service_fn(move |request| {
                                 let state = state.clone();
                                 async move { Ok::<_, Infallible>(state.handle(request).await) }
                             });
                             if let Err(err) = http1::Builder::new()
+                                .timer(TokioTimer::new())
+                                .header_read_timeout(HEADER_READ_TIMEOUT)
                                 .serve_connection(TokioIo::new(stream), service)
                                 .await
                             {
@@ -174,12 +203,13 @@ impl Gate {
                         });
                     }
                 });
-                // The runtime drops here, ending the connections still open.
+                // Ends the connections still open; a lookup in progress on a blocking thread
+                // is not waited for beyond this.
+                runtime.shutdown_timeout(Duration::from_secs(1));
             })?;
         Ok(Self {
             listen,
             shutdown: Some(shutdown),
-            thread: Some(thread),
         })
     }
 
@@ -190,11 +220,10 @@ impl Gate {
 
 impl Drop for Gate {
     fn drop(&mut self) {
+        // Not joined: the daemon's event loop must not wait on the gate's connections. The
+        // listener closes as the gate's loop returns.
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
         }
     }
 }
@@ -202,10 +231,18 @@ impl Drop for Gate {
 struct State {
     rules: SharedGateRules,
     client: reqwest::Client,
+    token_client: reqwest::Client,
     listen: SocketAddr,
-    /// Token realms the upstream named, by index in `/ram/token/<n>`.
-    realms: Mutex<Vec<String>>,
+    realms: Mutex<Realms>,
     decisions: Box<dyn Fn(Decision) + Send + Sync>,
+}
+
+/// Token realms the upstream named, by index in `/ram/token/<n>`; forgotten when the upstream
+/// changes.
+#[derive(Default)]
+struct Realms {
+    upstream: String,
+    urls: Vec<String>,
 }
 
 /// What a request to the gate asks for.
@@ -248,8 +285,9 @@ pub fn route(path: &str) -> Result<Route, String> {
         return Err("the path has empty, dot or escaped segments".into());
     }
     let n = segments.len();
-    if n < 3 {
-        return Err("not a repository path".into());
+    // Docker Hub repositories are `name` or `namespace/name`: two components at most.
+    if !(3..=4).contains(&n) {
+        return Err("not a Docker Hub repository path".into());
     }
     let kind = match segments[n - 2] {
         "manifests" => "manifests",
@@ -266,11 +304,47 @@ pub fn route(path: &str) -> Result<Route, String> {
     if !valid_reference {
         return Err(format!("`{reference}` is not a tag or digest"));
     }
+    if let Some(bad) = segments[..n - 2].iter().find(|c| !is_name_component(c)) {
+        return Err(format!(
+            "`{bad}` is not a repository name component (lowercase letters and digits, \
+             joined by single . or _, by __, or by dashes)"
+        ));
+    }
     Ok(Route::Repository {
         name: segments[..n - 2].join("/"),
         kind,
         reference: reference.to_owned(),
     })
+}
+
+/// The distribution spec's path component: `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`. Anything
+/// else could be read one way here and another way by an upstream.
+fn is_name_component(component: &str) -> bool {
+    let bytes = component.as_bytes();
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let (Some(&first), Some(&last)) = (bytes.first(), bytes.last()) else {
+        return false;
+    };
+    if !alnum(first) || !alnum(last) {
+        return false;
+    }
+    let mut i = 0;
+    while i < bytes.len() {
+        if alnum(bytes[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < bytes.len() && !alnum(bytes[i]) {
+            i += 1;
+        }
+        let separator = &component[start..i];
+        let valid = matches!(separator, "." | "_" | "__") || separator.bytes().all(|b| b == b'-');
+        if !valid {
+            return false;
+        }
+    }
+    true
 }
 
 impl State {
@@ -308,9 +382,13 @@ impl State {
         let target = match route {
             Route::Ping => format!("{upstream}{path}{query}"),
             Route::Token(index) => {
-                let realm = self.realms.lock().ok().and_then(|r| r.get(index).cloned());
+                let realm = self.realms.lock().ok().and_then(|r| {
+                    (r.upstream == upstream)
+                        .then(|| r.urls.get(index).cloned())
+                        .flatten()
+                });
                 match realm {
-                    Some(realm) => format!("{realm}{query}"),
+                    Some(realm) => with_query(&realm, request.uri().query()),
                     None => {
                         return registry_error(
                             StatusCode::NOT_FOUND,
@@ -367,7 +445,7 @@ impl State {
                 format!("{upstream}{path}{query}")
             }
         };
-        match self.forward(request, &target).await {
+        match self.forward(request, &target, &upstream).await {
             Ok(response) => response,
             Err(err) => registry_error(
                 StatusCode::BAD_GATEWAY,
@@ -382,10 +460,16 @@ impl State {
         &self,
         request: Request<Incoming>,
         target: &str,
+        upstream_base: &str,
     ) -> Result<Response<GateBody>, String> {
         let url = reqwest::Url::parse(target).map_err(|err| err.to_string())?;
         let method = request.method().clone();
-        let mut upstream = self.client.request(method.clone(), url);
+        let client = if request.uri().path().starts_with(TOKEN_PATH) {
+            &self.token_client
+        } else {
+            &self.client
+        };
+        let mut upstream = client.request(method.clone(), url);
         for name in &FORWARDED_REQUEST_HEADERS {
             for value in request.headers().get_all(name) {
                 upstream = upstream.header(name, value);
@@ -408,7 +492,10 @@ impl State {
             }
         }
         for value in answer.headers().get_all(header::WWW_AUTHENTICATE) {
-            response = response.header(header::WWW_AUTHENTICATE, self.challenge(value));
+            response = response.header(
+                header::WWW_AUTHENTICATE,
+                self.challenge(value, upstream_base),
+            );
         }
         let body: GateBody = if method == Method::HEAD {
             Empty::new().map_err(|never| match never {}).boxed()
@@ -423,16 +510,34 @@ impl State {
     }
 
     /// The upstream's challenge with its token realm pointed at the gate.
-    fn challenge(&self, value: &HeaderValue) -> HeaderValue {
+    /// Only realms on the upstream's own host, or Docker Hub's token service when the
+    /// upstream is Docker Hub, and over https unless the upstream itself is plain http, are
+    /// stood in for: the gate must not become a way to other hosts.
+    fn challenge(&self, value: &HeaderValue, upstream: &str) -> HeaderValue {
         let Ok(text) = value.to_str() else {
             return value.clone();
         };
         let Some((realm, start, end)) = realm_of(text) else {
             return value.clone();
         };
+        if !realm_fits_upstream(&realm, upstream) {
+            log::warn!(
+                "image gate: the upstream {upstream} named the token realm {realm}, which is \
+                 neither on its own host nor Docker Hub's token service; passed on as is \
+                 (clients cannot reach it: pulls needing it fail)"
+            );
+            return value.clone();
+        }
         let Ok(mut realms) = self.realms.lock() else {
             return value.clone();
         };
+        if realms.upstream != upstream {
+            *realms = Realms {
+                upstream: upstream.to_owned(),
+                urls: Vec::new(),
+            };
+        }
+        let realms = &mut realms.urls;
         let index = match realms.iter().position(|r| *r == realm) {
             Some(index) => index,
             None if realms.len() < MAX_REALMS => {
@@ -465,13 +570,78 @@ pub fn realm_of(challenge: &str) -> Option<(String, usize, usize)> {
     {
         return None;
     }
-    let lower = challenge.to_ascii_lowercase();
-    let key = lower.find("realm=\"")?;
-    let start = key + "realm=\"".len();
-    let end = start + challenge[start..].find('"')?;
+    // Parameters are `key="value"` or `key=token`, separated by commas: walk them, so that
+    // `realm=` inside another parameter's quoted value is not taken for the realm.
+    let bytes = challenge.as_bytes();
+    let mut i = 7;
+    let (mut start, mut end) = (None, 0);
+    while i < bytes.len() {
+        while i < bytes.len() && (bytes[i] == b' ' || bytes[i] == b',') {
+            i += 1;
+        }
+        let key_start = i;
+        while i < bytes.len() && bytes[i] != b'=' {
+            i += 1;
+        }
+        let key = challenge[key_start..i].trim();
+        i += 1;
+        let value_start;
+        if bytes.get(i) == Some(&b'"') {
+            i += 1;
+            value_start = i;
+            while i < bytes.len() && bytes[i] != b'"' {
+                if bytes[i] == b'\\' {
+                    return None; // escapes: not a realm a registry sends
+                }
+                i += 1;
+            }
+            if i >= bytes.len() {
+                return None;
+            }
+        } else {
+            value_start = i;
+            while i < bytes.len() && bytes[i] != b',' {
+                i += 1;
+            }
+        }
+        if key.eq_ignore_ascii_case("realm") {
+            if start.is_some() {
+                return None; // two realms: ambiguous
+            }
+            (start, end) = (Some(value_start), i);
+        }
+        i += 1;
+    }
+    let start = start?;
     let realm = &challenge[start..end];
     let url = reqwest::Url::parse(realm).ok()?;
     matches!(url.scheme(), "http" | "https").then(|| (realm.to_owned(), start, end))
+}
+
+/// Whether the gate may stand in for token realm `realm` of `upstream` (see
+/// [`State::challenge`]).
+fn realm_fits_upstream(realm: &str, upstream: &str) -> bool {
+    let (Ok(realm), Ok(upstream)) = (reqwest::Url::parse(realm), reqwest::Url::parse(upstream))
+    else {
+        return false;
+    };
+    let scheme_ok = realm.scheme() == "https" || upstream.scheme() == "http";
+    let upstream_is_hub = upstream
+        .host_str()
+        .and_then(|h| h.parse::<crate::policy::HostPattern>().ok())
+        .is_some_and(|h| crate::image::reaches_docker_hub(&h));
+    let host_ok = realm.host_str() == upstream.host_str()
+        || (upstream_is_hub && realm.host_str() == Some("auth.docker.io"));
+    scheme_ok && host_ok
+}
+
+/// `base` with the client's query appended to any query it has.
+fn with_query(base: &str, query: Option<&str>) -> String {
+    match query {
+        None | Some("") => base.to_owned(),
+        Some(query) if base.contains('?') => format!("{base}&{query}"),
+        Some(query) => format!("{base}?{query}"),
+    }
 }
 
 /// A registry API error (the distribution spec's JSON), as Docker clients print it.
@@ -528,8 +698,8 @@ mod tests {
             Ok(repo("library/busybox", "manifests", "latest"))
         );
         assert_eq!(
-            route("/v2/someuser/nested/image/blobs/sha256:abc123"),
-            Ok(repo("someuser/nested/image", "blobs", "sha256:abc123"))
+            route("/v2/someuser/image/blobs/sha256:abc123"),
+            Ok(repo("someuser/image", "blobs", "sha256:abc123"))
         );
         assert_eq!(
             route("/v2/mycompany/app/tags/list"),
@@ -548,6 +718,13 @@ mod tests {
             "/v2/library/busybox/manifests/late$t",
             "/v2/library/busybox/tags/other",
             "/ram/token/x",
+            "/v2/mycompany@x/someuser/custom-image/manifests/latest",
+            "/v2/library/busybox:x/manifests/latest",
+            "/v2/library/a/b/manifests/latest",
+            "/v2/Library/busybox/manifests/latest",
+            "/v2/library/busy..box/manifests/latest",
+            "/v2/library/-busybox/manifests/latest",
+            "/v2/library\\..\\x/manifests/latest",
         ] {
             assert!(route(bad).is_err(), "{bad} was routed");
         }
@@ -562,5 +739,49 @@ mod tests {
         assert_eq!(realm_of(r#"Basic realm="Registry""#), None);
         assert_eq!(realm_of(r#"Bearer realm="file:///etc/passwd""#), None);
         assert_eq!(realm_of("Bearer realm=\"https://x"), None);
+        // `realm=` inside another parameter is not the realm; two realms are ambiguous.
+        let tricky = r#"Bearer error_description="realm=\"http://evil\"",realm="https://a/t""#;
+        assert_eq!(realm_of(tricky), None);
+        let inner = r#"Bearer scope="x,realm=http://evil",realm="https://a/t""#;
+        assert_eq!(realm_of(inner).unwrap().0, "https://a/t");
+        assert_eq!(
+            realm_of(r#"Bearer realm="https://a/t",realm="https://b/t""#),
+            None
+        );
+        assert!(realm_fits_upstream(
+            "https://auth.docker.io/token",
+            "https://registry-1.docker.io"
+        ));
+        assert!(realm_fits_upstream(
+            "http://hub.test:5002/token",
+            "http://hub.test:5001"
+        ));
+        assert!(!realm_fits_upstream(
+            "http://169.254.169.254/",
+            "http://hub.test:5001"
+        ));
+        assert!(!realm_fits_upstream(
+            "http://auth.docker.io/token",
+            "https://registry-1.docker.io"
+        ));
+        assert_eq!(
+            with_query("https://a/t?x=1", Some("y=2")),
+            "https://a/t?x=1&y=2"
+        );
+        assert_eq!(with_query("https://a/t", Some("y=2")), "https://a/t?y=2");
+    }
+
+    #[test]
+    fn name_components_follow_the_distribution_spec() {
+        for good in [
+            "busybox", "a", "my-app", "my--app", "my_app", "my__app", "v1.2", "a0",
+        ] {
+            assert!(is_name_component(good), "{good}");
+        }
+        for bad in [
+            "", "-a", "a-", ".a", "a.", "a..b", "a___b", "a._b", "A", "a@b", "a:b",
+        ] {
+            assert!(!is_name_component(bad), "{bad}");
+        }
     }
 }

@@ -40,7 +40,10 @@ pub struct ImageAccess {
 }
 
 impl ImageAccess {
-    pub const DEFAULT_GATE: &str = "127.0.0.1:5055";
+    /// A privileged port: only root can listen there, so no user's process can stand in for
+    /// the gate while it is down (the kernel allows this address and port to enforced cgroups
+    /// whether or not the gate listens).
+    pub const DEFAULT_GATE: &str = "127.0.0.1:442";
     pub const DEFAULT_UPSTREAM: &str = "https://registry-1.docker.io";
 }
 
@@ -500,13 +503,14 @@ fn image_access(
             .get_ref()
             .parse::<SocketAddr>()
             .ok()
-            .filter(|addr| addr.ip().is_loopback() && addr.port() != 0)
+            .filter(|addr| addr.ip().is_loopback() && (1..1024).contains(&addr.port()))
             .ok_or_else(|| {
                 invalid(
                     gate.span().start,
                     format!(
-                        "image_access.gate: `{}` is not a loopback address with a port (such as \
-                         {}): the gate must not be reachable from other machines",
+                        "image_access.gate: `{}` is not a loopback address with a port below \
+                         1024 (such as {}): other machines must not reach the gate, and only \
+                         root may listen in its place",
                         gate.get_ref(),
                         ImageAccess::DEFAULT_GATE
                     ),
@@ -890,10 +894,10 @@ mod tests {
     #[test]
     fn image_gate_address_and_upstream_are_checked() {
         let access =
-            parse("[image_access]\ngate = \"[::1]:7000\"\nupstream = \"http://hub.test:5000/\"\n")
+            parse("[image_access]\ngate = \"[::1]:700\"\nupstream = \"http://hub.test:5000/\"\n")
                 .unwrap()
                 .image_access;
-        assert_eq!(access.gate, "[::1]:7000".parse().unwrap());
+        assert_eq!(access.gate, "[::1]:700".parse().unwrap());
         assert_eq!(access.upstream, "http://hub.test:5000");
         let defaults = parse("").unwrap().image_access;
         assert_eq!(defaults.gate.to_string(), ImageAccess::DEFAULT_GATE);
@@ -902,6 +906,7 @@ mod tests {
             ("gate = \"0.0.0.0:5055\"", "not a loopback address"),
             ("gate = \"127.0.0.1\"", "not a loopback address"),
             ("gate = \"127.0.0.1:0\"", "not a loopback address"),
+            ("gate = \"127.0.0.1:5055\"", "below 1024"),
             ("upstream = \"ftp://hub.test\"", "base URL"),
             ("upstream = \"https://hub.test/v2/\"", "base URL"),
             ("upstream = \"https://user:pw@hub.test\"", "base URL"),

@@ -123,7 +123,7 @@ fn docker_hub_images_are_judged_by_category_with_dockers_message() {
 }
 
 /// Where the tests' pull gate listens (not ram's default, so a ram on this machine is left be).
-const GATE: &str = "127.0.0.1:15055";
+const GATE: &str = "127.0.0.1:455";
 const HUB_PORT: u16 = 5000;
 
 fn gate_policy(hub: &str, resolver: &str, verified_publishers: bool) -> String {

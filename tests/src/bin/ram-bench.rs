@@ -459,7 +459,7 @@ fn download(url: &str, expected: u64) -> anyhow::Result<f64> {
 }
 
 fn gate_throughput() -> anyhow::Result<()> {
-    const GATE: &str = "127.0.0.1:15056";
+    const GATE: &str = "127.0.0.1:456";
     let net = TestNet::new();
     let registry_ip = TestNet::PEER_V4[1];
     let storage = ram_tests::TempDir::new();
@@ -480,13 +480,18 @@ fn gate_throughput() -> anyhow::Result<()> {
     let size = pushed["layer_size"].as_u64().context("no layer size")?;
 
     let bystander = TestCgroup::new();
-    let mut daemon = Daemon::start(
+    let state = Daemon::prepare(
         &format!(
             "[image_access]\nenabled = true\ngate = \"{GATE}\"\n\
              upstream = \"http://{registry_ip}:5000\"\n"
         ),
         &[bystander.path()],
-    )?;
+    );
+    // The plugin's socket in the benchmark's own directory, not Docker's.
+    let socket = state.dir().join("authz.sock");
+    let mut daemon = state
+        .with_args(&["--authz-socket", socket.to_str().context("socket path")?])
+        .start()?;
     daemon.wait_for_line("Docker Hub pull gate on", Duration::from_secs(5))?;
     let rss_before = rss_kib(daemon.pid())?;
     let path = format!("/v2/library/big/blobs/{layer}");
