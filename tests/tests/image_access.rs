@@ -63,23 +63,7 @@ fn docker_hub_images_are_judged_by_category_with_dockers_message() {
     );
 
     // Docker Compose pulls through the same API.
-    let project = ram_tests::TempDir::new();
-    project.write(
-        "docker-compose.yml",
-        "version: \"3\"\nservices:\n  app:\n    image: someuser/custom-image\n",
-    );
-    let output = std::process::Command::new("docker-compose")
-        .current_dir(project.path())
-        .env("DOCKER_HOST", docker.host())
-        .arg("pull")
-        .output()
-        .expect("running docker-compose");
-    let compose_err = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "{compose_err}");
-    assert!(
-        compose_err.contains("image access denied: community images not allowed"),
-        "{compose_err}"
-    );
+    assert_compose_pull_of_a_community_image_is_refused(&docker);
 
     // Official, organization and verified-publisher images pass the plugin (and then fail to
     // reach Docker Hub, which does not exist here).
@@ -315,6 +299,12 @@ fn pull_gate_judges_pulls_and_builds_and_docker_hub_is_reached_only_through_it()
     assert!(ok, "organizations stay allowed: {output}");
 
     // Docker Compose pulls through the engine API: the plugin refuses the community service.
+    assert_compose_pull_of_a_community_image_is_refused(&docker);
+}
+
+/// `docker-compose pull` (Debian's) of a project whose service uses a community image fails
+/// with Docker's message.
+fn assert_compose_pull_of_a_community_image_is_refused(docker: &TestDocker) {
     let project = TempDir::new();
     project.write(
         "docker-compose.yml",
