@@ -622,6 +622,12 @@ impl DaemonState {
         self.dir.path().join("audit.jsonl")
     }
 
+    /// The daemon's Docker authorization plugin socket: always the test's own, never Docker's
+    /// `/run/docker/plugins/ram.sock` (a daemon left there would answer for later tests).
+    pub fn authz_socket(&self) -> PathBuf {
+        self.dir.path().join("authz.sock")
+    }
+
     pub fn policy_path(&self) -> PathBuf {
         self.dir.path().join("policy.toml")
     }
@@ -650,6 +656,8 @@ impl DaemonState {
             .args(&self.args)
             .arg("--audit-log")
             .arg(self.audit_log())
+            .arg("--authz-socket")
+            .arg(self.authz_socket())
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

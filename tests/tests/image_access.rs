@@ -28,11 +28,8 @@ fn docker_hub_images_are_judged_by_category_with_dockers_message() {
     let _dns = net.dnsmasq(&[], &[]);
     let bystander = TestCgroup::new();
     let state = Daemon::prepare(&policy(true), &[bystander.path()]);
-    let socket = state.dir().join("authz.sock");
-    let mut daemon = state
-        .with_args(&["--authz-socket", socket.to_str().unwrap()])
-        .start()
-        .unwrap();
+    let socket = state.authz_socket();
+    let mut daemon = state.start().unwrap();
     daemon
         .wait_for_line("Docker authorization plugin `ram`", Duration::from_secs(5))
         .unwrap();
@@ -179,11 +176,8 @@ fn pull_gate_judges_pulls_and_builds_and_docker_hub_is_reached_only_through_it()
 
     let engine_cgroup = TestCgroup::new();
     let state = Daemon::prepare(&gate_policy(&hub, &resolver, true), &[engine_cgroup.path()]);
-    let socket = state.dir().join("authz.sock");
-    let mut daemon = state
-        .with_args(&["--authz-socket", socket.to_str().unwrap()])
-        .start()
-        .unwrap();
+    let socket = state.authz_socket();
+    let mut daemon = state.start().unwrap();
     daemon
         .wait_for_line("Docker Hub pull gate on", Duration::from_secs(5))
         .unwrap();
@@ -366,11 +360,7 @@ fn pull_gate_passes_token_authentication_and_cdn_redirects_on() {
         ),
         &[bystander.path()],
     );
-    let socket = state.dir().join("authz.sock");
-    let mut daemon = state
-        .with_args(&["--authz-socket", socket.to_str().unwrap()])
-        .start()
-        .unwrap();
+    let mut daemon = state.start().unwrap();
     daemon
         .wait_for_line("Docker Hub pull gate on", Duration::from_secs(5))
         .unwrap();

@@ -487,11 +487,7 @@ fn gate_throughput() -> anyhow::Result<()> {
         ),
         &[bystander.path()],
     );
-    // The plugin's socket in the benchmark's own directory, not Docker's.
-    let socket = state.dir().join("authz.sock");
-    let mut daemon = state
-        .with_args(&["--authz-socket", socket.to_str().context("socket path")?])
-        .start()?;
+    let mut daemon = state.start()?;
     daemon.wait_for_line("Docker Hub pull gate on", Duration::from_secs(5))?;
     let rss_before = rss_kib(daemon.pid())?;
     let path = format!("/v2/library/big/blobs/{layer}");
