@@ -6,10 +6,10 @@ use std::{collections::HashMap, sync::OnceLock};
 
 use serde::Deserialize;
 
-use crate::policy::HostPattern;
+use super::HostPattern;
 
 /// The preset table, embedded from `ram-userspace/registries.toml`.
-pub const REGISTRIES: &str = include_str!("../registries.toml");
+pub const REGISTRIES: &str = include_str!("../../registries.toml");
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -121,6 +121,33 @@ fn match_pattern(pattern: &str, text: &str) -> Option<HashMap<String, String>> {
     }
     Some(captures)
 }
+
+/// Docker Hub's registry names, as references may spell them.
+pub const DOCKER_HUB_NAMES: [&str; 4] = [
+    "docker.io",
+    "index.docker.io",
+    "registry-1.docker.io",
+    "registry.hub.docker.com",
+];
+
+/// Whether `pattern` lets a client reach Docker Hub: it covers one of Hub's registry names or
+/// one of the hosts its pulls use (token service, layer CDNs; the `docker.io` preset's hosts).
+pub fn reaches_docker_hub(pattern: &HostPattern) -> bool {
+    static HOSTS: OnceLock<Vec<String>> = OnceLock::new();
+    let hosts = HOSTS.get_or_init(|| {
+        let mut hosts: Vec<String> = DOCKER_HUB_NAMES.iter().map(|h| h.to_string()).collect();
+        let hub: HostPattern = "docker.io".parse().expect("docker.io is a valid name");
+        let preset = expand(&hub).expect("registries.toml has the docker.io preset");
+        hosts.extend(preset.hosts.into_iter().map(|h| h.domain));
+        // Public mirrors of Docker Hub: a way around the gate if allowed.
+        hosts.extend(DOCKER_HUB_MIRRORS.iter().map(|h| h.to_string()));
+        hosts
+    });
+    hosts.iter().any(|host| pattern.matches(host))
+}
+
+/// Public pull-through mirrors of Docker Hub (Google's).
+const DOCKER_HUB_MIRRORS: [&str; 1] = ["mirror.gcr.io"];
 
 #[cfg(test)]
 mod tests {

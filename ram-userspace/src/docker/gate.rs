@@ -42,7 +42,9 @@ use hyper::{
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 
-use crate::{authz::Decision, image::Rules};
+use super::image_access::Judge as _;
+use crate::events::records::ImageDecision;
+use crate::policy::ImageRules;
 
 /// How the audit log names decisions of the gate.
 pub const VIA: &str = "pull_gate";
@@ -90,7 +92,7 @@ const FORWARDED_RESPONSE_HEADERS: [&str; 13] = [
 /// What the gate applies; swapped as a whole on reload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GateRules {
-    pub rules: Rules,
+    pub rules: ImageRules,
     /// Base URL, `http(s)://host[:port]`.
     pub upstream: String,
 }
@@ -111,7 +113,7 @@ impl Gate {
     pub fn start(
         listener: std::net::TcpListener,
         rules: SharedGateRules,
-        decisions: impl Fn(Decision) + Send + Sync + 'static,
+        decisions: impl Fn(ImageDecision) + Send + Sync + 'static,
     ) -> std::io::Result<Self> {
         let listen = listener.local_addr()?;
         listener.set_nonblocking(true)?;
@@ -234,7 +236,7 @@ struct State {
     token_client: reqwest::Client,
     listen: SocketAddr,
     realms: Mutex<Realms>,
-    decisions: Box<dyn Fn(Decision) + Send + Sync>,
+    decisions: Box<dyn Fn(ImageDecision) + Send + Sync>,
 }
 
 /// Token realms the upstream named, by index in `/ram/token/<n>`; forgotten when the upstream
@@ -420,7 +422,7 @@ impl State {
                         ),
                         Err(message) => (false, message.clone()),
                     };
-                    (self.decisions)(Decision {
+                    (self.decisions)(ImageDecision {
                         allowed,
                         action: kind,
                         image,
@@ -484,7 +486,10 @@ impl State {
                 .to_bytes();
             upstream = upstream.body(body);
         }
-        let answer = upstream.send().await.map_err(|err| error_chain(&err))?;
+        let answer = upstream
+            .send()
+            .await
+            .map_err(|err| crate::error_chain(&err))?;
         let mut response = Response::builder().status(answer.status().as_u16());
         for name in FORWARDED_RESPONSE_HEADERS {
             for value in answer.headers().get_all(name) {
@@ -629,7 +634,7 @@ fn realm_fits_upstream(realm: &str, upstream: &str) -> bool {
     let upstream_is_hub = upstream
         .host_str()
         .and_then(|h| h.parse::<crate::policy::HostPattern>().ok())
-        .is_some_and(|h| crate::image::reaches_docker_hub(&h));
+        .is_some_and(|h| crate::policy::presets::reaches_docker_hub(&h));
     let host_ok = realm.host_str() == upstream.host_str()
         || (upstream_is_hub && realm.host_str() == Some("auth.docker.io"));
     scheme_ok && host_ok
@@ -664,18 +669,6 @@ fn origin(url: &str) -> String {
     reqwest::Url::parse(url)
         .map(|u| u.origin().ascii_serialization())
         .unwrap_or_else(|_| "the upstream".into())
-}
-
-/// An error with its causes (reqwest's top-level message alone says little).
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -1,4 +1,7 @@
-//! Turns a validated [`Policy`] into the entries of the kernel maps.
+//! Turns a validated [`Policy`] into the entries of the kernel maps; `check` answers `ram check`
+//! from the same policy.
+
+pub mod check;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -10,11 +13,7 @@ use ram_common::{
     NameRule, PolicyConfig, Reason, ResolverRule, dns::NAME_BUF, rule_id,
 };
 
-use crate::{
-    image,
-    policy::{AllowedAudit, Cidr, HostPattern, Policy, to_v6},
-    presets,
-};
+use crate::policy::{AllowedAudit, Cidr, HostPattern, Policy, presets, to_v6};
 
 /// How long a query waits for its answer before an answer no longer counts (resolvers time out
 /// well before: glibc after 5 s by default, with up to 2 attempts per server).
@@ -148,7 +147,7 @@ impl CompiledPolicy {
                 // With Image Access Management on, Docker Hub is reached through the gate
                 // only: a direct way would let dockerd's fallback from its mirror, or any
                 // client, side-step the image rules.
-                if policy.image_access.enabled && image::reaches_docker_hub(&host) {
+                if policy.image_access.enabled && presets::reaches_docker_hub(&host) {
                     withheld_for_gate.push(text);
                     continue;
                 }

@@ -155,14 +155,56 @@ pub fn mount_bpffs(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Whether this process shares the mount namespace of PID 1 (the host's).
-pub fn in_initial_mount_namespace() -> bool {
-    match (
+/// Whether this process runs in the host's (the initial) mount namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountNamespace {
+    Initial,
+    /// A private one (a sandboxed service, a container).
+    Private,
+    /// Cannot tell, and why.
+    Unknown(String),
+}
+
+/// The inode of the initial mount namespace on Linux 6.18+ (`MNT_NS_INIT_INO`,
+/// include/uapi/linux/nsfs.h); older kernels number it like any other namespace.
+const MNT_NS_INIT_INO: u64 = 0xEFFF_FFF8;
+
+/// Whether this process is in the host's mount namespace: the same namespace as PID 1 when PID
+/// 1's is readable (root in some sandboxes may not read it), otherwise by the initial
+/// namespace's fixed inode (Linux 6.18+).
+pub fn mount_namespace() -> MountNamespace {
+    mount_namespace_of(
         std::fs::read_link("/proc/self/ns/mnt"),
         std::fs::read_link("/proc/1/ns/mnt"),
-    ) {
-        (Ok(own), Ok(init)) => own == init,
-        _ => false,
+    )
+}
+
+fn mount_namespace_of(
+    own: io::Result<std::path::PathBuf>,
+    init: io::Result<std::path::PathBuf>,
+) -> MountNamespace {
+    let own = match own {
+        Ok(own) => own,
+        Err(err) => return MountNamespace::Unknown(format!("/proc/self/ns/mnt: {err}")),
+    };
+    match init {
+        Ok(init) if init == own => MountNamespace::Initial,
+        Ok(_) => MountNamespace::Private,
+        Err(init_err) => {
+            let inode = own
+                .to_str()
+                .and_then(|link| link.strip_prefix("mnt:["))
+                .and_then(|rest| rest.strip_suffix(']'))
+                .and_then(|number| number.parse::<u64>().ok());
+            if inode == Some(MNT_NS_INIT_INO) {
+                MountNamespace::Initial
+            } else {
+                MountNamespace::Unknown(format!(
+                    "/proc/1/ns/mnt cannot be read ({init_err}) and this kernel does not number \
+                     the initial mount namespace (Linux 6.18+ does)"
+                ))
+            }
+        }
     }
 }
 
@@ -191,5 +233,92 @@ pub fn command_supported(command: u32) -> io::Result<bool> {
         Err(err) if err.raw_os_error() == Some(libc::EBADF) => Ok(true),
         Err(err) if err.raw_os_error() == Some(libc::EINVAL) => Ok(false),
         Err(err) => Err(err),
+    }
+}
+
+/// The cookie of this process's network namespace (`SO_NETNS_COOKIE`, Linux 5.14+): the
+/// namespace where the trusted resolvers are. `None` on older kernels, where the programs fall
+/// back to the initial namespace.
+pub fn own_netns_cookie() -> Option<u64> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: valid fd, out-parameter of the advertised size.
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(cookie)
+}
+
+/// CLOCK_BOOTTIME in nanoseconds: the clock of the programs' expiry times.
+pub fn boottime_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid clock id and out-parameter.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// CLOCK_REALTIME − CLOCK_BOOTTIME, in nanoseconds.
+pub fn realtime_minus_boottime_ns() -> i128 {
+    fn now(clock: libc::clockid_t) -> i128 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: valid clock id and out-parameter.
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+    }
+    now(libc::CLOCK_REALTIME) - now(libc::CLOCK_BOOTTIME)
+}
+
+/// Runs `create` with the process umask set to `mask`, then restores it: files and sockets
+/// `create` makes never exist with looser modes, not even between creation and a chmod.
+pub fn with_umask<T>(mask: libc::mode_t, create: impl FnOnce() -> T) -> T {
+    // SAFETY: umask has no memory arguments; the daemon creates no files on other threads
+    // while it binds its sockets.
+    let previous = unsafe { libc::umask(mask) };
+    let result = create();
+    // SAFETY: as above.
+    unsafe { libc::umask(previous) };
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_mount_namespace_is_recognized_without_pid_1() {
+        let link = |text: &str| Ok(std::path::PathBuf::from(text));
+        let denied = || Err(io::Error::from_raw_os_error(libc::EACCES));
+        assert_eq!(
+            mount_namespace_of(link("mnt:[4026531832]"), link("mnt:[4026531832]")),
+            MountNamespace::Initial
+        );
+        assert_eq!(
+            mount_namespace_of(link("mnt:[4026532201]"), link("mnt:[4026531832]")),
+            MountNamespace::Private
+        );
+        // Linux 6.18+: the initial namespace's fixed inode decides.
+        assert_eq!(
+            mount_namespace_of(link("mnt:[4026531832]"), denied()),
+            MountNamespace::Initial
+        );
+        let MountNamespace::Unknown(why) = mount_namespace_of(link("mnt:[4026532201]"), denied())
+        else {
+            panic!("a numbered namespace without PID 1 is undecidable");
+        };
+        assert!(why.contains("/proc/1/ns/mnt cannot be read"), "{why}");
     }
 }

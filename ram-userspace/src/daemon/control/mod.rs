@@ -4,15 +4,18 @@
 //! in force is also written to `<run dir>/policy.toml` (0644) for `ram policy show`, which any
 //! user may run, like Docker's read-only view of registry.json.
 
+mod server;
+
 use std::{
-    io::{BufRead as _, BufReader, Write as _},
+    io::{self, BufRead as _, BufReader, Write as _},
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
     time::Duration,
 };
 
-use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
+
+pub use crate::compile::check::CheckAnswer;
 
 pub const SOCKET_NAME: &str = "ram.sock";
 pub const POLICY_COPY_NAME: &str = "policy.toml";
@@ -85,18 +88,6 @@ pub struct LearnedEntry {
     pub expires_in_s: u64,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-pub struct CheckAnswer {
-    pub host: String,
-    pub allowed: bool,
-    /// The policy entry that allows it, and its kind (`allow`, `allow_cidrs`, `loopback`).
-    pub rule: Option<String>,
-    pub kind: Option<String>,
-    pub rule_index: Option<usize>,
-    /// For a hostname: how its addresses get allowed; for an address: why or why not.
-    pub explanation: String,
-}
-
 /// The daemon's answer to any request.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "answer", rename_all = "snake_case")]
@@ -111,16 +102,32 @@ pub fn socket_path(run_dir: &Path) -> PathBuf {
     run_dir.join(SOCKET_NAME)
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(
+        "cannot reach the ram daemon at {path}; is it running (`systemctl status ram`), and are \
+         you root?"
+    )]
+    Unreachable {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("talking to the ram daemon failed")]
+    Io(#[from] io::Error),
+    #[error("the daemon closed the connection without answering; see its log")]
+    NoAnswer,
+    #[error("the daemon's answer is not valid JSON")]
+    BadAnswer(#[from] serde_json::Error),
+    #[error("the daemon refused the request: {0}")]
+    Refused(String),
+}
+
 /// Sends `request` to the daemon listening under `run_dir` and returns its answer.
-pub fn ask(run_dir: &Path, request: &Request) -> Result<Response> {
+pub fn ask(run_dir: &Path, request: &Request) -> Result<Response, ControlError> {
     let path = socket_path(run_dir);
-    let mut stream = UnixStream::connect(&path).with_context(|| {
-        format!(
-            "cannot reach the ram daemon at {}; is it running (`systemctl status ram`), and are \
-             you root?",
-            path.display()
-        )
-    })?;
+    let mut stream =
+        UnixStream::connect(&path).map_err(|source| ControlError::Unreachable { path, source })?;
     // Bounded: the daemon answers from memory and maps, in milliseconds.
     let timeout = Some(Duration::from_secs(10));
     stream.set_read_timeout(timeout)?;
@@ -129,16 +136,13 @@ pub fn ask(run_dir: &Path, request: &Request) -> Result<Response> {
     line.push(b'\n');
     stream.write_all(&line)?;
     let mut answer = String::new();
-    BufReader::new(stream)
-        .read_line(&mut answer)
-        .context("reading the daemon's answer")?;
+    BufReader::new(stream).read_line(&mut answer)?;
     if answer.is_empty() {
-        bail!("the daemon closed the connection without answering; see its log");
+        return Err(ControlError::NoAnswer);
     }
-    let response: Response =
-        serde_json::from_str(&answer).context("the daemon's answer is not valid JSON")?;
-    if let Response::Error { message } = &response {
-        bail!("the daemon refused the request: {message}");
+    let response: Response = serde_json::from_str(&answer)?;
+    if let Response::Error { message } = response {
+        return Err(ControlError::Refused(message));
     }
     Ok(response)
 }

@@ -5,6 +5,8 @@ use std::net::{IpAddr, Ipv6Addr};
 use ram_common::{BUILTIN_RULE, GateEvent, Hook, Reason};
 use serde::Serialize;
 
+use crate::sys;
+
 /// One JSON line of the audit log. The schema is documented in the README ("Audit log").
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct AuditRecord {
@@ -111,10 +113,57 @@ pub struct DroppedRecord {
     pub total: u64,
 }
 
+/// What the authorization plugin or the pull gate decided about an image, for the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageDecision {
+    pub allowed: bool,
+    /// `image_pull` or `container_create` (the plugin); `manifests`, `blobs`, `tags` or
+    /// `referrers` (the pull gate).
+    pub action: &'static str,
+    pub image: String,
+    /// The category, or why it could not be judged.
+    pub reason: String,
+    pub user: Option<String>,
+    /// Which enforcement point decided (`authorization_plugin`, `pull_gate`).
+    pub via: &'static str,
+}
+
+/// One Image Access Management decision in the audit log.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ImageRecord {
+    pub time: String,
+    pub verdict: &'static str,
+    /// The image's category (`official`, `organization`, `verified_publisher`, `community`,
+    /// `other_registry`) or, for a denial, the message the user saw.
+    pub reason: String,
+    /// `image_pull` or `container_create` (plugin); `manifests`, `blobs`, `tags`, `referrers`
+    /// (pull gate).
+    pub action: &'static str,
+    pub image: String,
+    pub user: Option<String>,
+    pub via: &'static str,
+}
+
+impl ImageRecord {
+    pub fn new(decision: ImageDecision) -> Self {
+        Self {
+            time: now_rfc3339(),
+            verdict: if decision.allowed { "allow" } else { "deny" },
+            reason: decision.reason,
+            action: decision.action,
+            image: decision.image,
+            user: decision.user,
+            via: decision.via,
+        }
+    }
+}
+
 /// The container id in a cgroup path, for the layouts of Docker (`/docker/<id>`,
-/// `docker-<id>.scope`), containerd/CRI, CRI-O and Podman (see [`crate::scope::container_id`]).
+/// `docker-<id>.scope`), containerd/CRI, CRI-O and Podman (see [`crate::cgroups::scope::container_id`]).
 pub fn container_id(cgroup_path: &str) -> Option<String> {
-    cgroup_path.rsplit('/').find_map(crate::scope::container_id)
+    cgroup_path
+        .rsplit('/')
+        .find_map(crate::cgroups::scope::container_id)
 }
 
 /// One JSON line of the audit log for an address learned from a DNS answer.
@@ -194,18 +243,9 @@ fn comm_string(comm: &[u8; 16]) -> String {
     String::from_utf8_lossy(&comm[..end]).into_owned()
 }
 
-/// CLOCK_REALTIME − CLOCK_BOOTTIME, in nanoseconds.
-pub fn realtime_minus_boottime_ns() -> i128 {
-    fn now(clock: libc::clockid_t) -> i128 {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: valid clock id and out-parameter.
-        unsafe { libc::clock_gettime(clock, &mut ts) };
-        i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
-    }
-    now(libc::CLOCK_REALTIME) - now(libc::CLOCK_BOOTTIME)
+/// The wall-clock time now, as audit records write it.
+pub fn now_rfc3339() -> String {
+    rfc3339_utc(i128::from(sys::boottime_ns()) + sys::realtime_minus_boottime_ns())
 }
 
 /// Formats nanoseconds since the Unix epoch as `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ`.

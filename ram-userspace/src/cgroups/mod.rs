@@ -1,6 +1,9 @@
 //! cgroup v2: finding the mount, resolving the paths a user gives, creating ram's own cgroup,
 //! moving processes, and asking the kernel which programs are attached.
 
+pub mod names;
+pub mod scope;
+
 use std::{
     fs,
     io::{self, BufRead as _},

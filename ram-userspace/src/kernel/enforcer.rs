@@ -34,7 +34,8 @@ use ram_common::{
     },
 };
 
-use crate::{bpf, cgroup::CgroupDir, compile::CompiledPolicy};
+use super::probe;
+use crate::{cgroups::CgroupDir, compile::CompiledPolicy, sys as bpf};
 
 /// Where ram pins its programs, links and maps unless told otherwise.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/ram";
@@ -154,12 +155,32 @@ impl PinDir {
             // mounts it at its standard place, as Cilium does.
             // Only in the host's mount namespace: a mount made in a private one (a sandboxed
             // service, a container) would vanish with it, taking the pins along.
-            if parent != Path::new(bpf::BPFFS_MOUNT)
-                || !bpf::in_initial_mount_namespace()
-                || bpf::mount_bpffs(parent).is_err()
-            {
+            let why_not = if parent != Path::new(bpf::BPFFS_MOUNT) {
+                Some(format!(
+                    "ram mounts one only at {} (the pin directory's parent is {})",
+                    bpf::BPFFS_MOUNT,
+                    parent.display()
+                ))
+            } else {
+                match bpf::mount_namespace() {
+                    bpf::MountNamespace::Initial => bpf::mount_bpffs(parent)
+                        .err()
+                        .map(|err| format!("mounting one there failed: {err}")),
+                    bpf::MountNamespace::Private => Some(
+                        "ram runs in a private mount namespace, where a mount would vanish \
+                         with the namespace and take the pins along"
+                            .to_owned(),
+                    ),
+                    bpf::MountNamespace::Unknown(why) => Some(format!(
+                        "ram did not mount one because it cannot tell whether it runs in the \
+                         host's mount namespace: {why}"
+                    )),
+                }
+            };
+            if let Some(why_not) = why_not {
                 return Err(EnforceError::NoBpffs {
                     path: parent.to_owned(),
+                    why_not,
                 });
             }
             log::info!("mounted a bpf filesystem at {}", parent.display());
@@ -302,7 +323,7 @@ pub enum EnforceError {
         source: aya::maps::MapError,
     },
     #[error(transparent)]
-    Kernel(#[from] crate::probe::ProbeError),
+    Kernel(#[from] probe::ProbeError),
     #[error(
         "Linux {kernel}'s verifier refused ram's program {program} ({source}): this kernel has \
          every feature ram probes for, so a limit of its verifier was hit; ram is tested on Linux \
@@ -327,10 +348,10 @@ pub enum EnforceError {
         source: io::Error,
     },
     #[error(
-        "{path} is not on a bpf filesystem; mount one with `mount -t bpf bpf /sys/fs/bpf` (or \
-         choose another --pin-dir on bpffs)"
+        "{path} is not on a bpf filesystem ({why_not}); mount one with `mount -t bpf bpf \
+         /sys/fs/bpf` in the host's mount namespace (or choose another --pin-dir on bpffs)"
     )]
-    NoBpffs { path: PathBuf },
+    NoBpffs { path: PathBuf, why_not: String },
     #[error("pin directory {path}: {source}")]
     PinDir { path: PathBuf, source: io::Error },
     #[error(
@@ -407,7 +428,7 @@ impl Enforcer {
         }
         raise_memlock_limit();
         // Before anything is loaded: a kernel without a feature ram needs is refused by name.
-        crate::probe::check_kernel()?;
+        probe::check_kernel()?;
         let lock = pins.lock()?;
         let mut report = OpenReport {
             adopted_maps: pins.map(POLICY_SLOT).exists(),
@@ -667,7 +688,7 @@ impl Enforcer {
             let mut missing = Vec::new();
             for (name, attach_type) in attached_programs() {
                 let ours = self.program_ids.get(name).copied();
-                match crate::cgroup::attached_program_ids(&file, attach_type) {
+                match crate::cgroups::attached_program_ids(&file, attach_type) {
                     Ok(ids) if ours.is_some_and(|id| ids.contains(&id)) => {}
                     Ok(_) => missing.push(name),
                     // Cannot tell (e.g. the cgroup is going away): check again next time
@@ -760,7 +781,7 @@ impl Enforcer {
         {
             let mut config: Array<_, PolicyConfig> = typed_map(&mut self.ebpf, POLICY_CONFIG)?;
             let value = PolicyConfig {
-                trusted_netns_cookie: own_netns_cookie().unwrap_or(0),
+                trusted_netns_cookie: bpf::own_netns_cookie().unwrap_or(0),
                 ..policy.config
             };
             config
@@ -778,7 +799,7 @@ impl Enforcer {
         // removing them frees their room. Lifetimes are capped to the new max_ttl + grace.
         self.kept_rules = names_kept;
         self.kept_resolvers = resolvers_kept;
-        let cap = boottime_ns() + policy.config.max_ttl_ns + policy.config.grace_ns;
+        let cap = bpf::boottime_ns() + policy.config.max_ttl_ns + policy.config.grace_ns;
         let mut learned: HashMap<_, LearnedKey, LearnedAddr> = typed_map(&mut self.ebpf, LEARNED)?;
         let mut dropped = Vec::new();
         let mut capped = Vec::new();
@@ -957,33 +978,12 @@ fn load_error(program: &'static str, source: ProgramError) -> EnforceError {
             verifier_log,
         } => EnforceError::Verifier {
             program,
-            kernel: crate::probe::kernel_release(),
+            kernel: probe::kernel_release(),
             source: io_error,
             verifier_tail: indent(&last_lines(&verifier_log.to_string(), 20)),
         },
         source => EnforceError::Program { program, source },
     }
-}
-
-/// The cookie of this process's network namespace (`SO_NETNS_COOKIE`, Linux 5.14+): the
-/// namespace where the trusted resolvers are. `None` on older kernels, where the programs fall
-/// back to the initial namespace.
-pub fn own_netns_cookie() -> Option<u64> {
-    const SO_NETNS_COOKIE: libc::c_int = 71;
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
-    let mut cookie: u64 = 0;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    // SAFETY: valid fd, out-parameter of the advertised size.
-    let rc = unsafe {
-        libc::getsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&socket),
-            libc::SOL_SOCKET,
-            SO_NETNS_COOKIE,
-            (&mut cookie as *mut u64).cast(),
-            &mut len,
-        )
-    };
-    (rc == 0).then_some(cookie)
 }
 
 /// Map `name` of the object as the typed map `T` (e.g. `HashMap<_, K, V>`).
@@ -1075,15 +1075,4 @@ fn raise_memlock_limit() {
             }
         }
     }
-}
-
-/// CLOCK_BOOTTIME in nanoseconds: the clock of the programs' expiry times.
-pub fn boottime_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid clock id and out-parameter.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

@@ -2,6 +2,9 @@
 //! (the policy's `[scope]`), on systemd and cgroupfs layouts. Pure functions over a cgroup2
 //! mount and a /proc, so that tests can hand them a fake tree.
 
+use super::CgroupDir;
+use crate::policy::Scope;
+
 use std::{
     collections::BTreeMap,
     fs,
@@ -170,6 +173,59 @@ fn cgroup_of(proc_root: &Path, pid: u32) -> Option<String> {
     text.lines()
         .find_map(|line| line.strip_prefix("0::"))
         .map(str::to_owned)
+}
+
+/// The cgroups to enforce now (the command line's, then what the policy's scope finds), and
+/// whether the list is complete (a partial container walk must not release containers it did not reach).
+pub fn in_scope(
+    mount: &Path,
+    given: &[(CgroupDir, String)],
+    scope: &Scope,
+) -> (Vec<(CgroupDir, String)>, bool) {
+    // Command-line cgroups are looked up by path again: a cgroup removed and made anew (a
+    // service restarted) has a new id, and is enforced again.
+    let mut wanted: Vec<(CgroupDir, String)> = given
+        .iter()
+        .filter_map(|(dir, why)| {
+            let current = CgroupDir::resolve(mount, &dir.path).ok()?;
+            Some((current, why.clone()))
+        })
+        .collect();
+    let mut add = |path: &Path, why: String| match CgroupDir::resolve(mount, path) {
+        Ok(dir) => {
+            if !wanted.iter().any(|(d, _)| d.id == dir.id) {
+                wanted.push((dir, why));
+            }
+        }
+        Err(err) => log::debug!("scope: {} not enforced: {err}", path.display()),
+    };
+    for path in &scope.cgroups {
+        add(path, format!("scope.cgroups: {}", path.display()));
+    }
+    if scope.docker {
+        let (found, skipped) = engine_cgroups(mount, Path::new("/proc"));
+        for found in found {
+            add(&found.path, found.reason);
+        }
+        for message in skipped {
+            log::debug!("{message}");
+        }
+    }
+    let mut complete = true;
+    if scope.containers {
+        let containers = container_cgroups(mount);
+        complete = containers.complete;
+        for found in containers.found {
+            add(&found.path, found.reason);
+        }
+    }
+    if scope.whole_host {
+        match CgroupDir::whole_host(mount) {
+            Ok(dir) => wanted.push((dir, "scope.whole_host: every process on the host".into())),
+            Err(err) => log::warn!("scope.whole_host: {err}"),
+        }
+    }
+    (wanted, complete)
 }
 
 #[cfg(test)]

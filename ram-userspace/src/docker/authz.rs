@@ -23,7 +23,8 @@ use std::{
 
 use serde_json::{Value, json};
 
-use crate::image::Rules;
+use super::image_access::Judge as _;
+use crate::{events::records::ImageDecision, policy::ImageRules};
 
 /// The plugin's name, as dockerd's `--authorization-plugin=` gives it.
 pub const PLUGIN_NAME: &str = "ram";
@@ -33,33 +34,18 @@ pub const DEFAULT_SOCKET: &str = "/run/docker/plugins/ram.sock";
 const MAX_REQUEST: usize = 4 << 20;
 const MAX_HEADER: usize = 64 << 10;
 
-/// What the plugin decided, for the audit log.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decision {
-    pub allowed: bool,
-    /// `image_pull` or `container_create` (the plugin); `manifests`, `blobs`, `tags` or
-    /// `referrers` (the pull gate).
-    pub action: &'static str,
-    pub image: String,
-    /// The category, or why it could not be judged.
-    pub reason: String,
-    pub user: Option<String>,
-    /// Which enforcement point decided: [`VIA`] or the pull gate's.
-    pub via: &'static str,
-}
-
 /// How the audit log names decisions of the plugin.
 pub const VIA: &str = "authorization_plugin";
 
 /// The rules in force (`None`: image access off, everything allowed), swapped on reload.
-pub type SharedRules = Arc<RwLock<Option<Rules>>>;
+pub type SharedRules = Arc<RwLock<Option<ImageRules>>>;
 
 /// Serves the plugin on `listener` until the process ends: one thread per connection (dockerd
 /// keeps a few open).
 pub fn serve(
     listener: UnixListener,
     rules: SharedRules,
-    decisions: impl Fn(Decision) + Send + Sync + 'static,
+    decisions: impl Fn(ImageDecision) + Send + Sync + 'static,
 ) {
     let decisions = Arc::new(decisions);
     thread::Builder::new()
@@ -92,7 +78,7 @@ pub fn serve(
 fn connection(
     stream: UnixStream,
     rules: &SharedRules,
-    decisions: &dyn Fn(Decision),
+    decisions: &dyn Fn(ImageDecision),
 ) -> io::Result<()> {
     // No idle timeout: dockerd keeps connections open, and a connection closed under a
     // request it is sending makes its client retry with an empty body.
@@ -186,7 +172,7 @@ fn read_request(reader: &mut BufReader<UnixStream>) -> io::Result<Option<(String
 }
 
 /// The decision on one `AuthZReq`: (allow, message for the user, what to audit).
-pub fn authorize(body: &[u8], rules: Option<&Rules>) -> (bool, String, Option<Decision>) {
+pub fn authorize(body: &[u8], rules: Option<&ImageRules>) -> (bool, String, Option<ImageDecision>) {
     let Some(rules) = rules else {
         return (true, String::new(), None);
     };
@@ -304,8 +290,8 @@ fn decided(
     action: &'static str,
     image: String,
     user: Option<String>,
-) -> (bool, String, Option<Decision>) {
-    let decision = Decision {
+) -> (bool, String, Option<ImageDecision>) {
+    let decision = ImageDecision {
         allowed,
         action,
         image,
@@ -317,7 +303,10 @@ fn decided(
 }
 
 /// The answer for a request ram cannot read with certainty: refused, and audited.
-fn deny_unreadable(action: &'static str, user: Option<String>) -> (bool, String, Option<Decision>) {
+fn deny_unreadable(
+    action: &'static str,
+    user: Option<String>,
+) -> (bool, String, Option<ImageDecision>) {
     let message = format!("image access denied: ram could not read the image of this {action}");
     decided(
         false,
@@ -434,7 +423,7 @@ fn base64_decode(text: &str) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
 
-    use crate::image::tests::rules;
+    use crate::docker::image_access::tests::rules;
 
     fn request(method: &str, uri: &str, body: Option<&str>) -> Vec<u8> {
         json!({

@@ -197,9 +197,9 @@ fn check(check: Check) -> Result<bool, String> {
         Check::Helper(program, helper) => {
             is_helper_supported(program, helper).map_err(|err| err.to_string())
         }
-        Check::Command(command) => crate::bpf::command_supported(command)
+        Check::Command(command) => crate::sys::command_supported(command)
             .map_err(|err| format!("bpf command {command}: {err}")),
-        Check::NetnsCookieSockopt => Ok(crate::programs::own_netns_cookie().is_some()),
+        Check::NetnsCookieSockopt => Ok(crate::sys::own_netns_cookie().is_some()),
     }
 }
 

@@ -1,0 +1,33 @@
+//! `ram learned`: the addresses learned from DNS answers, with hostname, cgroup and expiry.
+
+use std::path::Path;
+
+use anyhow::{Result, bail};
+use ram::daemon::control::{self, Request, Response};
+
+pub fn run(run_dir: &Path, json: bool) -> Result<()> {
+    let Response::Learned { entries } = control::ask(run_dir, &Request::Learned)? else {
+        bail!("the daemon answered something else than the learned addresses");
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&entries)?);
+        return Ok(());
+    }
+    if entries.is_empty() {
+        println!("no learned addresses");
+    }
+    for entry in &entries {
+        println!(
+            "{:<40} {:<28} {:<30} expires in {} s (rule `{}`)",
+            entry.hostname.as_deref().unwrap_or("?"),
+            entry.addr,
+            entry
+                .cgroup
+                .clone()
+                .unwrap_or_else(|| format!("cgroup id {}", entry.cgroup_id)),
+            entry.expires_in_s,
+            entry.rule.as_deref().unwrap_or("?")
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,139 @@
+//! The command line: argument definitions here, one file per command.
+
+mod check;
+mod daemon;
+mod exec;
+mod learned;
+mod policy;
+mod status;
+mod uninstall;
+
+use std::{ffi::OsString, path::PathBuf};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use ram::{
+    cgroups::DEDICATED_CGROUP, daemon::control::DEFAULT_RUN_DIR, docker::authz,
+    kernel::DEFAULT_PIN_DIR,
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ram",
+    version,
+    about = "Registry Access Management for Linux: lets processes in enforced cgroups reach only \
+             the destinations a policy allows"
+)]
+pub struct Cli {
+    /// Where the daemon keeps its control socket and the copy of the policy in force.
+    #[arg(long, global = true, value_name = "DIR", env = "RAM_RUN_DIR", default_value = DEFAULT_RUN_DIR)]
+    run_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Load ram's eBPF programs, enforce a policy on cgroups, and stay in the foreground.
+    /// Enforcement is pinned in the kernel and stays when the daemon stops or dies; a restarted
+    /// daemon takes it over without a gap; `ram uninstall` removes it.
+    Daemon(DaemonArgs),
+    /// Run a command inside an enforced cgroup (one a running `ram daemon` enforces).
+    Exec(ExecArgs),
+    /// What the daemon enforces: cgroups, policy, counters, map fill levels.
+    Status(JsonArg),
+    /// The addresses learned from DNS answers, with hostname, cgroup and expiry.
+    Learned(JsonArg),
+    /// Whether the policy in force allows HOST (a hostname or an address), and by which entry.
+    Check {
+        host: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Work with policy files.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Remove ram's pinned programs, links and maps (ends enforcement everywhere) and its own
+    /// cgroup if empty. Stop the daemon first.
+    Uninstall {
+        #[arg(long, value_name = "DIR", env = "RAM_PIN_DIR", default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct JsonArg {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct DaemonArgs {
+    /// Policy file (TOML), re-read when it changes and on SIGHUP. It must be owned by root and
+    /// writable only by root, as must every directory above it. Without it, the embedded default
+    /// policy (see `ram policy default`).
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// cgroup v2 directory to enforce: a filesystem path, or a path relative to the cgroup2
+    /// mount (`/system.slice/docker.service`). Repeatable. Without it, ram creates and enforces
+    /// `ram.enforced` under the cgroup2 mount.
+    #[arg(long = "cgroup", value_name = "PATH")]
+    cgroups: Vec<PathBuf>,
+    /// Append one JSON line per decision to FILE (created 0600; reopened on SIGHUP); `-` for
+    /// stdout.
+    #[arg(long, value_name = "FILE")]
+    audit_log: Option<PathBuf>,
+    /// bpffs directory for the pinned programs, links and maps.
+    #[arg(long, value_name = "DIR", env = "RAM_PIN_DIR", default_value = DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
+    /// Socket of the Docker authorization plugin (served when the policy enables
+    /// image_access); dockerd finds plugins in /run/docker/plugins.
+    #[arg(long, value_name = "PATH", default_value = authz::DEFAULT_SOCKET)]
+    authz_socket: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+struct ExecArgs {
+    /// The enforced cgroup to run in (same forms as `ram daemon --cgroup`).
+    #[arg(long, value_name = "PATH", default_value = DEDICATED_CGROUP)]
+    cgroup: PathBuf,
+    /// The command and its arguments.
+    #[arg(required = true, last = true, value_name = "CMD")]
+    command: Vec<OsString>,
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Validate a policy file; prints what it allows, or the file, line and value at fault.
+    Check { file: PathBuf },
+    /// Print the embedded default policy.
+    Default,
+    /// Print the policy the running daemon enforces (any user may run this).
+    Show,
+}
+
+impl Cli {
+    /// Runs the command.
+    pub fn run(self) -> Result<()> {
+        let run_dir = self.run_dir;
+        match self.command {
+            Command::Daemon(args) => daemon::run(args, run_dir),
+            Command::Exec(args) => exec::run(args),
+            Command::Status(JsonArg { json }) => status::run(&run_dir, json),
+            Command::Learned(JsonArg { json }) => learned::run(&run_dir, json),
+            Command::Check { host, json } => check::run(&run_dir, host, json),
+            Command::Policy { command } => match command {
+                PolicyCommand::Check { file } => policy::check(&file),
+                PolicyCommand::Default => {
+                    policy::print_default();
+                    Ok(())
+                }
+                PolicyCommand::Show => policy::show(&run_dir),
+            },
+            Command::Uninstall { pin_dir } => uninstall::run(&pin_dir, &run_dir),
+        }
+    }
+}

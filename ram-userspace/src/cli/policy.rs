@@ -1,0 +1,65 @@
+//! `ram policy check|default|show`: validate a file, print the embedded default, print the
+//! policy the daemon enforces.
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result, bail};
+use ram::{
+    daemon::control,
+    policy::{DEFAULT_POLICY, Policy, protect, resolv},
+};
+
+pub fn print_default() {
+    print!("{DEFAULT_POLICY}");
+}
+
+pub fn check(file: &Path) -> Result<()> {
+    let policy = Policy::from_file(file)?;
+    let access = &policy.registry_access;
+    let resolvers = match &policy.dns.resolvers {
+        Some(list) => list
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        None => format!("the nameservers of {}", resolv::RESOLV_CONF),
+    };
+    let dns = &policy.dns;
+    println!(
+        "{}: ok: {} hostname(s), {} CIDR(s), loopback {}, resolvers: {}; learned addresses live \
+         {}..{} s plus {} s grace, at most {} of them; allowed connections audited: {}",
+        file.display(),
+        access.allow.len(),
+        access.allow_cidrs.len(),
+        if access.allow_loopback {
+            "allowed"
+        } else {
+            "denied"
+        },
+        resolvers,
+        dns.min_ttl,
+        dns.max_ttl,
+        dns.grace_period,
+        dns.max_learned,
+        policy.audit.allowed.as_str(),
+    );
+    if let Err(err) = protect::check_policy_path(file) {
+        println!("note: `ram daemon --policy` would refuse this file where it is: {err}");
+    }
+    Ok(())
+}
+
+pub fn show(run_dir: &Path) -> Result<()> {
+    let path = run_dir.join(control::POLICY_COPY_NAME);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => bail!(
+            "no policy is in force: {} does not exist (ram's daemon has not run since boot, or \
+             `ram uninstall` ended its enforcement; see `systemctl status ram`)",
+            path.display()
+        ),
+        Err(err) => return Err(err).with_context(|| format!("cannot read {}", path.display())),
+    };
+    print!("{text}");
+    Ok(())
+}

@@ -1,0 +1,64 @@
+//! `ram status`: what the daemon enforces (cgroups, policy, counters, map fill levels).
+
+use std::path::Path;
+
+use anyhow::{Result, bail};
+use ram::daemon::control::{self, Request, Response};
+
+pub fn run(run_dir: &Path, json: bool) -> Result<()> {
+    let Response::Status(status) = control::ask(run_dir, &Request::Status)? else {
+        bail!("the daemon answered something else than a status");
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(());
+    }
+    println!(
+        "ram: enforcing (daemon pid {}, since {})",
+        status.pid, status.started
+    );
+    println!("pinned state: {}", status.pin_dir.display());
+    println!(
+        "audit log: {}",
+        status.audit_log.as_deref().unwrap_or("(none)")
+    );
+    println!("cgroups:");
+    for cgroup in &status.cgroups {
+        println!(
+            "  {} (id {}){}: {}",
+            cgroup.path,
+            cgroup.id,
+            if cgroup.present { "" } else { " [removed]" },
+            cgroup.reason
+        );
+    }
+    let policy = &status.policy;
+    println!(
+        "policy: {}\n  sha256 {}\n  loaded {} ({} reload(s))\n  {} hostname rule(s), {} address \
+         rule(s), resolvers: {}; allowed connections audited: {}",
+        policy.source,
+        policy.sha256,
+        policy.loaded,
+        policy.reloads,
+        policy.hostnames,
+        policy.cidrs,
+        if policy.resolvers.is_empty() {
+            "none".to_string()
+        } else {
+            policy.resolvers.join(", ")
+        },
+        policy.allowed_audit
+    );
+    if let Some(rejected) = &policy.rejected {
+        println!("  LAST CHANGE REJECTED (the policy above stays in force): {rejected}");
+    }
+    println!("counters:");
+    for (name, value) in &status.counters {
+        println!("  {name:<24} {value}");
+    }
+    println!("maps:");
+    for fill in &status.maps {
+        println!("  {:<24} {} / {}", fill.map, fill.used, fill.capacity);
+    }
+    Ok(())
+}

@@ -1,0 +1,51 @@
+//! `ram uninstall`: removes ram's pinned state (ending enforcement everywhere), its own cgroup
+//! if empty, and the run directory's copy of the policy that no longer is in force.
+
+use std::path::Path;
+
+use anyhow::Result;
+use ram::{
+    cgroups::{self, DEDICATED_CGROUP},
+    daemon::control,
+    events::auditor,
+    kernel::{PinDir, uninstall},
+};
+
+pub fn run(pin_dir: &Path, run_dir: &Path) -> Result<()> {
+    let removed = uninstall(&PinDir::new(pin_dir))?;
+    println!(
+        "removed {} link(s), {} program(s) and {} map(s) under {}; nothing is enforced by ram now",
+        removed.links,
+        removed.programs,
+        removed.maps,
+        pin_dir.display()
+    );
+    // The copy `ram policy show` prints describes enforcement that no longer is; the lost-event
+    // count it kept belongs to the kernel counter just removed.
+    for name in [control::POLICY_COPY_NAME, auditor::DROPPED_REPORTED] {
+        match std::fs::remove_file(run_dir.join(name)) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => println!("could not remove {}: {err}", run_dir.join(name).display()),
+        }
+    }
+    // ram's own cgroup goes too, if this installation enforced it and nothing runs in it.
+    if let Ok(mount) = cgroups::cgroup2_mount() {
+        let own = mount.join(DEDICATED_CGROUP);
+        let ours = std::fs::metadata(&own).is_ok_and(|m| {
+            removed
+                .cgroup_ids
+                .contains(&std::os::unix::fs::MetadataExt::ino(&m))
+        });
+        if ours {
+            match std::fs::remove_dir(&own) {
+                Ok(()) => println!("removed cgroup {}", own.display()),
+                Err(err) => println!(
+                    "left cgroup {} in place ({err}); processes still run in it, unenforced",
+                    own.display()
+                ),
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,42 @@
+//! Once a second: follow the scope (containers come and go), repair detached programs, report
+//! lost events; every ten seconds, free the room of expired learned addresses.
+
+use log::warn;
+use ram_common::Counter;
+
+use super::Daemon;
+use crate::sys;
+
+/// Expired learned addresses are removed every this many ticks: the gates check expiry
+/// themselves, this only frees room.
+const EXPIRE_EVERY_TICKS: u64 = 10;
+
+impl Daemon {
+    pub(super) fn housekeeping(&mut self) {
+        let enforcement = &mut self.enforcement;
+        enforcement.follow_scope();
+        self.ticks += 1;
+        for message in enforcement.enforcer.verify_attachments() {
+            warn!("{message}");
+        }
+        self.report_dropped();
+        if !self.ticks.is_multiple_of(EXPIRE_EVERY_TICKS) {
+            return;
+        }
+        match self.enforcement.enforcer.expire_learned(sys::boottime_ns()) {
+            Ok((0, _)) => {}
+            Ok((removed, left)) => {
+                log::debug!("expired {removed} learned address(es); {left} left")
+            }
+            Err(err) => warn!("removing expired learned addresses failed: {err}"),
+        }
+    }
+
+    /// Writes an audit line when the kernel counted events it could not hand over.
+    pub(super) fn report_dropped(&mut self) {
+        if let Ok(counters) = self.enforcement.enforcer.counters() {
+            self.auditor
+                .report_dropped(counters[Counter::EventsDropped as usize]);
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! The auditor: turns each event of the programs, and each image decision of the Docker
+//! servers, into one audit record and one log line, with the names a reader needs (hostname,
+//! cgroup path, policy entry).
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use log::{info, warn};
+use ram_common::{DnsEvent, GateEvent, LearnedKey, Reason};
+
+use super::{
+    answers::named_addresses,
+    names::{Hostnames, RuleNames, SeenAddress},
+    records::{
+        AuditRecord, DroppedRecord, ImageDecision, ImageRecord, LearnRecord, display_addr,
+        now_rfc3339, protocol_name, rfc3339_utc,
+    },
+    sink::{AuditLogError, AuditSink},
+};
+use crate::{cgroups::names::CgroupNames, policy::to_v6, sys};
+
+/// Where the count of lost events already written to the audit log is kept, in the run
+/// directory, across restarts (the kernel's counter is pinned and counts from installation).
+pub const DROPPED_REPORTED: &str = "events-dropped-reported";
+
+pub struct Auditor {
+    sink: AuditSink,
+    cgroup_names: CgroupNames,
+    hostnames: Hostnames,
+    /// CLOCK_REALTIME − CLOCK_BOOTTIME: the programs stamp events with the boot clock.
+    clock_offset: i128,
+    run_dir: PathBuf,
+    dropped_reported: u64,
+}
+
+impl Auditor {
+    pub fn new(sink: AuditSink, enforced: &[crate::cgroups::CgroupDir], run_dir: &Path) -> Self {
+        Self {
+            sink,
+            cgroup_names: CgroupNames::new(enforced),
+            hostnames: Hostnames::default(),
+            clock_offset: sys::realtime_minus_boottime_ns(),
+            dropped_reported: read_dropped_reported(run_dir),
+            run_dir: run_dir.to_owned(),
+        }
+    }
+
+    /// Reopens the audit log (SIGHUP, after logrotate moved it away).
+    pub fn reopen(&mut self) -> Result<(), AuditLogError> {
+        self.sink.reopen()
+    }
+
+    pub fn describe_sink(&self) -> Option<String> {
+        self.sink.describe()
+    }
+
+    pub fn cgroup_name(&mut self, id: u64) -> Option<String> {
+        self.cgroup_names.lookup(id)
+    }
+
+    pub fn hostname(&self, addr: &std::net::IpAddr) -> Option<String> {
+        self.hostnames.get(addr).map(|seen| seen.hostname.clone())
+    }
+
+    /// Boot-clock nanoseconds as the wall-clock time audit records write.
+    pub fn wall_time(&self, boot_ns: u64) -> String {
+        rfc3339_utc(i128::from(boot_ns) + self.clock_offset)
+    }
+
+    /// A decision of the connect/sendmsg programs.
+    pub fn gate_event(&mut self, event: &GateEvent, rules: &RuleNames) {
+        let cgroup = self.cgroup_names.lookup(event.cgroup_id);
+        let mut record = AuditRecord::from_event(event, self.clock_offset, cgroup);
+        record.rule = rules.text(event.rule_id);
+        if let Some(seen) = self.hostnames.get(&display_addr(event.addr)) {
+            record.hostname = Some(seen.hostname.clone());
+            if event.verdict == 0
+                && event.reason == Reason::NotLearned as u8
+                && seen.map_full_in == Some(event.cgroup_id)
+            {
+                record.reason = "map_full";
+            }
+        }
+        info!("{}", record.summary());
+        self.sink.write(&record);
+    }
+
+    /// A DNS answer the kernel judged: learned addresses are audited; answers for names no
+    /// rule allows are remembered for naming the denials that may follow. `is_learned` asks the
+    /// kernel's map, the authority on what was learned.
+    pub fn dns_event(
+        &mut self,
+        event: &DnsEvent,
+        rules: &RuleNames,
+        is_learned: impl Fn(&LearnedKey) -> bool,
+    ) {
+        let cgroup = self.cgroup_names.lookup(event.cgroup_id);
+        let time = self.wall_time(event.boot_ns);
+        let rule = rules
+            .text(event.rule_id)
+            .unwrap_or_else(|| format!("#{}", event.rule_index));
+        let resolver = display_addr(event.resolver).to_string();
+        if event.map_full > 0 {
+            warn!(
+                "{} address(es) answered by {resolver} were NOT learned: the learned-address map \
+                 is full (raise dns.max_learned); connections to them are denied",
+                event.map_full
+            );
+        }
+        if event.forbidden > 0 {
+            warn!(
+                "{} address(es) in an answer from {resolver} were refused (loopback, link-local, \
+                 multicast or unspecified addresses are never learned from DNS)",
+                event.forbidden
+            );
+        }
+        let message = &event.msg[..(event.msg_len as usize).min(event.msg.len())];
+        if event.not_allowed != 0 {
+            self.note_unallowed_answer(message);
+            return;
+        }
+        let named = match named_addresses(message) {
+            Ok(named) => named,
+            Err(err) => {
+                warn!("could not decode an answer the kernel learned from ({err})");
+                return;
+            }
+        };
+        for address in named {
+            let key = LearnedKey {
+                cgroup_id: event.cgroup_id,
+                addr: to_v6(address.addr).octets(),
+            };
+            // The kernel's map decides what was learned (refused and map-full addresses are
+            // not).
+            let learned = is_learned(&key);
+            let refused = ram_common::dns::never_learned(&key.addr);
+            self.hostnames.note(
+                address.addr,
+                SeenAddress {
+                    hostname: address.question.clone(),
+                    map_full_in: (!learned && !refused && event.map_full > 0)
+                        .then_some(event.cgroup_id),
+                    from_allowed: true,
+                },
+            );
+            if !learned {
+                continue;
+            }
+            let record = LearnRecord {
+                time: time.clone(),
+                verdict: "learn",
+                reason: "learned",
+                cgroup: cgroup.clone(),
+                cgroup_id: event.cgroup_id,
+                hostname: address.question,
+                record_owner: address.owner,
+                dst_addr: address.addr.to_string(),
+                ttl: address.ttl,
+                rule: rule.clone(),
+                rule_index: event.rule_index,
+                resolver: resolver.clone(),
+                protocol: protocol_name(event.protocol),
+            };
+            info!("{}", record.summary());
+            self.sink.write(&record);
+        }
+    }
+
+    /// Nothing was learned from this answer: remember its names only, for the denials that may
+    /// follow.
+    fn note_unallowed_answer(&mut self, message: &[u8]) {
+        let Ok(named) = named_addresses(message) else {
+            return;
+        };
+        for address in named {
+            log::debug!(
+                "{} answered for {}, which no allow rule matches: not learned",
+                address.addr,
+                address.question
+            );
+            // Never over a name an allowed answer gave (a shared CDN address must keep the
+            // registry's name, whatever else a process resolves to it).
+            if self
+                .hostnames
+                .get(&address.addr)
+                .is_some_and(|seen| seen.from_allowed)
+            {
+                continue;
+            }
+            self.hostnames.note(
+                address.addr,
+                SeenAddress {
+                    hostname: address.question,
+                    map_full_in: None,
+                    from_allowed: false,
+                },
+            );
+        }
+    }
+
+    /// A decision of the authorization plugin or the pull gate.
+    pub fn image_decision(&mut self, decision: ImageDecision) {
+        let record = ImageRecord::new(decision);
+        info!(
+            "image {} {} {} ({})",
+            record.verdict, record.action, record.image, record.reason
+        );
+        self.sink.write(&record);
+    }
+
+    /// Writes an audit line when the kernel's count of events it could not hand over
+    /// (`total`, pinned, counted since installation) grew since the last line.
+    pub fn report_dropped(&mut self, total: u64) {
+        if total <= self.dropped_reported {
+            self.dropped_reported = total;
+            return;
+        }
+        let count = total - self.dropped_reported;
+        self.dropped_reported = total;
+        write_dropped_reported(&self.run_dir, total);
+        warn!(
+            "{count} audit event(s) were lost: the kernel's ring buffer was full ({total} in all; \
+             see `ram status`)"
+        );
+        self.sink.write(&DroppedRecord {
+            time: now_rfc3339(),
+            verdict: "dropped",
+            reason: "events_dropped",
+            count,
+            total,
+        });
+    }
+}
+
+fn read_dropped_reported(run_dir: &Path) -> u64 {
+    fs::read_to_string(run_dir.join(DROPPED_REPORTED))
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn write_dropped_reported(run_dir: &Path, total: u64) {
+    if let Err(err) = fs::write(run_dir.join(DROPPED_REPORTED), format!("{total}\n")) {
+        warn!(
+            "cannot record the lost-event count in {}: {err}",
+            run_dir.display()
+        );
+    }
+}
