@@ -12,7 +12,7 @@ use std::{
 
 use super::control;
 use crate::{
-    policy::protect::{self, ProtectError},
+    policy::protect::{self, Guarded, ProtectError},
     sys,
 };
 
@@ -67,7 +67,8 @@ pub fn bind_control_socket(run_dir: &Path) -> Result<tokio::net::UnixListener, S
             source,
         })?;
     // Root writes here (socket, policy copy): nobody else may be able to redirect it.
-    protect::check_directory_path(run_dir).map_err(SocketError::UnsafeRunDir)?;
+    protect::check_directory_path(run_dir, Guarded::RunDirectory)
+        .map_err(SocketError::UnsafeRunDir)?;
     let path = control::socket_path(run_dir);
     let listener = bind_root_only(&path, "the control socket", "--run-dir")?;
     let io_error = |action, source| SocketError::Io {

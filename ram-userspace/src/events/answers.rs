@@ -17,13 +17,21 @@ pub struct NamedAddress {
     pub ttl: u32,
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum AnswerError {
+    #[error("not a DNS message")]
+    Malformed(#[from] dns_parser::Error),
+    #[error("the answer has no question")]
+    NoQuestion,
+}
+
 /// Decodes `message` and follows its CNAME chain from the question, as the kernel does.
-pub fn named_addresses(message: &[u8]) -> Result<Vec<NamedAddress>, String> {
-    let packet = Packet::parse(message).map_err(|err| err.to_string())?;
+pub fn named_addresses(message: &[u8]) -> Result<Vec<NamedAddress>, AnswerError> {
+    let packet = Packet::parse(message)?;
     let question = packet
         .questions
         .first()
-        .ok_or("the answer has no question")?
+        .ok_or(AnswerError::NoQuestion)?
         .qname
         .to_string()
         .to_ascii_lowercase();

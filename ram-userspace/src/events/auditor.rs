@@ -124,7 +124,10 @@ impl Auditor {
         let named = match named_addresses(message) {
             Ok(named) => named,
             Err(err) => {
-                warn!("could not decode an answer the kernel learned from ({err})");
+                warn!(
+                    "could not decode an answer the kernel learned from ({})",
+                    crate::error_chain(&err)
+                );
                 return;
             }
         };

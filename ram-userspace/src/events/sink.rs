@@ -10,7 +10,7 @@ use std::{
 
 use log::warn;
 
-use crate::policy::protect::{self, ProtectError};
+use crate::policy::protect::{self, Guarded, ProtectError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditLogError {
@@ -88,7 +88,8 @@ fn open_append(path: &Path) -> Result<fs::File, AuditLogError> {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
     };
-    protect::check_directory_path(directory).map_err(AuditLogError::Directory)?;
+    protect::check_directory_path(directory, Guarded::AuditLog)
+        .map_err(AuditLogError::Directory)?;
     fs::OpenOptions::new()
         .append(true)
         .create(true)

@@ -14,7 +14,7 @@ use std::{fmt, net::SocketAddr, path::PathBuf};
 
 pub use image_rules::{DEFAULT_VERIFIED_PUBLISHERS, ImageRules};
 pub use parse::PolicyError;
-pub use pattern::{Cidr, HostPattern, ResolverAddr, to_v6};
+pub use pattern::{Cidr, EntryError, HostPattern, ResolverAddr, to_v6};
 /// The policy `ram daemon` enforces when no `--policy` is given: Docker Hub only, as Docker's own
 /// Registry Access Management starts out.
 pub const DEFAULT_POLICY: &str = include_str!("../../default-policy.toml");

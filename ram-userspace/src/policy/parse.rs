@@ -12,8 +12,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    AllowedAudit, Audit, DEFAULT_POLICY, Dns, ImageAccess, Policy, PolicySource, RegistryAccess,
-    Scope,
+    AllowedAudit, Audit, DEFAULT_POLICY, Dns, EntryError, ImageAccess, Policy, PolicySource,
+    RegistryAccess, Scope,
 };
 
 /// values are kept with their position and validated afterwards so errors can point at them.
@@ -358,9 +358,10 @@ fn image_access(
 }
 
 /// A registry's base URL: `http(s)://host[:port]`, nothing after it.
-fn upstream_url(text: &str) -> Result<String, String> {
-    let url = reqwest::Url::parse(text).map_err(|err| {
-        format!("`{text}` is not a URL ({err}); write it as https://registry.example.com")
+fn upstream_url(text: &str) -> Result<String, EntryError> {
+    let url = reqwest::Url::parse(text).map_err(|err| EntryError::NotAUrl {
+        text: text.to_owned(),
+        reason: err.to_string(),
     })?;
     let plain = matches!(url.scheme(), "http" | "https")
         && url.host_str().is_some()
@@ -370,16 +371,13 @@ fn upstream_url(text: &str) -> Result<String, String> {
         && url.query().is_none()
         && url.fragment().is_none();
     if !plain {
-        return Err(format!(
-            "`{text}` must be a registry's base URL, http(s)://host[:port] with nothing after \
-             it (the gate adds /v2/...)"
-        ));
+        return Err(EntryError::NotABaseUrl(text.to_owned()));
     }
     Ok(text.trim_end_matches('/').to_owned())
 }
 
 /// Parses every value of the list `key`; the first bad one becomes an error at its position.
-fn validate_all<T: FromStr<Err = String>>(
+fn validate_all<T: FromStr<Err = EntryError>>(
     key: &str,
     values: &[Spanned<String>],
     what: &str,

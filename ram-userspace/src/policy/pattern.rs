@@ -6,6 +6,68 @@ use std::{
     str::FromStr,
 };
 
+/// Why an entry of the policy is not a valid hostname, prefix or resolver (shown after the
+/// entry's file, line and value).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EntryError {
+    #[error("port {0} is not a port number (1 to 65535)")]
+    Port(String),
+    #[error("empty hostname")]
+    EmptyHostname,
+    #[error("this is an IP address; list addresses in `allow_cidrs`")]
+    AddressAsHostname,
+    #[error("a registry is written `host` or `host:port`; IPv6 addresses belong in `allow_cidrs`")]
+    Colon,
+    #[error("`*` is allowed only as a whole first label (`*.example.com`), meaning any subdomain")]
+    Star,
+    #[error("hostname is {0} characters long; at most 253 are allowed")]
+    NameTooLong(usize),
+    #[error("empty label (two dots in a row, or a leading dot)")]
+    EmptyLabel,
+    #[error("label `{0}` is {len} characters long; at most 63 are allowed", len = .0.len())]
+    LabelTooLong(String),
+    #[error(
+        "character `{0}` is not allowed in a hostname (letters, digits and `-` only; write \
+         internationalized names in their xn-- form)"
+    )]
+    Character(char),
+    #[error("label `{0}` starts or ends with `-`")]
+    Hyphen(String),
+    #[error("the last label is all digits; list addresses in `allow_cidrs`")]
+    NumericTld,
+    #[error(
+        "`*.{0}` would allow every name in a whole top-level domain; name the registry's own \
+         domain (e.g. `*.{0}` → `*.example.{0}`)"
+    )]
+    WholeTld(String),
+    #[error("prefix length {prefix_len} is larger than {max}, the size of an {family} address")]
+    PrefixTooLong {
+        prefix_len: u8,
+        max: u8,
+        family: &'static str,
+    },
+    #[error(
+        "address has bits set beyond the /{prefix_len} prefix; did you mean \
+         `{network}/{prefix_len}`?"
+    )]
+    HostBits { network: IpAddr, prefix_len: u8 },
+    #[error("`{0}` is not an IPv4 or IPv6 address")]
+    NotAnAddress(String),
+    #[error("`{0}` is not a prefix length")]
+    NotAPrefix(String),
+    #[error("write an IPv4 or IPv6 address without a port (resolvers are used on port 53)")]
+    ResolverAddress,
+    #[error("not a unicast address")]
+    NotUnicast,
+    #[error("`{text}` is not a URL ({reason}); write it as https://registry.example.com")]
+    NotAUrl { text: String, reason: String },
+    #[error(
+        "`{0}` must be a registry's base URL, http(s)://host[:port] with nothing after it (the \
+         gate adds /v2/...)"
+    )]
+    NotABaseUrl(String),
+}
+
 /// A hostname pattern from `registry_access.allow`: `registry.example.com` (exactly that name)
 /// or `*.example.com` (any name below example.com, at any depth, but not example.com itself).
 /// Stored lower-case without a trailing dot.
@@ -49,7 +111,7 @@ impl fmt::Display for HostPattern {
 }
 
 impl FromStr for HostPattern {
-    type Err = String;
+    type Err = EntryError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         // `registry.corp:5000`, as registries are named in image references.
@@ -63,7 +125,7 @@ impl FromStr for HostPattern {
                     .parse()
                     .ok()
                     .filter(|p| *p > 0)
-                    .ok_or_else(|| format!("port {port} is not a port number (1 to 65535)"))?;
+                    .ok_or_else(|| EntryError::Port(port.to_owned()))?;
                 (host, Some(port))
             }
             _ => (text, None),
@@ -74,67 +136,47 @@ impl FromStr for HostPattern {
         };
         let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
         if name.is_empty() {
-            return Err("empty hostname".into());
+            return Err(EntryError::EmptyHostname);
         }
         if name.parse::<IpAddr>().is_ok() {
-            return Err("this is an IP address; list addresses in `allow_cidrs`".into());
+            return Err(EntryError::AddressAsHostname);
         }
         if name.contains(':') {
-            return Err(
-                "a registry is written `host` or `host:port`; IPv6 addresses belong in \
-                 `allow_cidrs`"
-                    .into(),
-            );
+            return Err(EntryError::Colon);
         }
         if name.contains('*') {
-            return Err(
-                "`*` is allowed only as a whole first label (`*.example.com`), meaning any \
-                 subdomain"
-                    .into(),
-            );
+            return Err(EntryError::Star);
         }
         // RFC 1035: at most 253 characters in text form, labels of 1 to 63 characters.
         if name.len() > 253 {
-            return Err(format!(
-                "hostname is {} characters long; at most 253 are allowed",
-                name.len()
-            ));
+            return Err(EntryError::NameTooLong(name.len()));
         }
         let labels: Vec<&str> = name.split('.').collect();
         for label in &labels {
             if label.is_empty() {
-                return Err("empty label (two dots in a row, or a leading dot)".into());
+                return Err(EntryError::EmptyLabel);
             }
             if label.len() > 63 {
-                return Err(format!(
-                    "label `{label}` is {} characters long; at most 63 are allowed",
-                    label.len()
-                ));
+                return Err(EntryError::LabelTooLong(label.to_string()));
             }
             if let Some(bad) = label
                 .chars()
                 .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
             {
-                return Err(format!(
-                    "character `{bad}` is not allowed in a hostname (letters, digits and `-` \
-                     only; write internationalized names in their xn-- form)"
-                ));
+                return Err(EntryError::Character(bad));
             }
             if label.starts_with('-') || label.ends_with('-') {
-                return Err(format!("label `{label}` starts or ends with `-`"));
+                return Err(EntryError::Hyphen(label.to_string()));
             }
         }
         if labels
             .last()
             .is_some_and(|tld| tld.chars().all(|c| c.is_ascii_digit()))
         {
-            return Err("the last label is all digits; list addresses in `allow_cidrs`".into());
+            return Err(EntryError::NumericTld);
         }
         if wildcard && labels.len() < 2 {
-            return Err(format!(
-                "`*.{name}` would allow every name in a whole top-level domain; name the \
-                 registry's own domain (e.g. `*.{name}` → `*.example.{name}`)"
-            ));
+            return Err(EntryError::WholeTld(name));
         }
         Ok(Self {
             domain: name,
@@ -152,20 +194,21 @@ pub struct Cidr {
 }
 
 impl Cidr {
-    pub fn new(addr: IpAddr, prefix_len: u8) -> Result<Self, String> {
+    pub fn new(addr: IpAddr, prefix_len: u8) -> Result<Self, EntryError> {
         let max = max_prefix(addr);
         if prefix_len > max {
-            return Err(format!(
-                "prefix length {prefix_len} is larger than {max}, the size of an {} address",
-                if addr.is_ipv4() { "IPv4" } else { "IPv6" }
-            ));
+            return Err(EntryError::PrefixTooLong {
+                prefix_len,
+                max,
+                family: if addr.is_ipv4() { "IPv4" } else { "IPv6" },
+            });
         }
         let network = mask(addr, prefix_len);
         if network != addr {
-            return Err(format!(
-                "address has bits set beyond the /{prefix_len} prefix; did you mean \
-                 `{network}/{prefix_len}`?"
-            ));
+            return Err(EntryError::HostBits {
+                network,
+                prefix_len,
+            });
         }
         Ok(Self { addr, prefix_len })
     }
@@ -223,7 +266,7 @@ impl fmt::Display for Cidr {
 }
 
 impl FromStr for Cidr {
-    type Err = String;
+    type Err = EntryError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let (addr_text, prefix_text) = match text.split_once('/') {
@@ -232,14 +275,14 @@ impl FromStr for Cidr {
         };
         let addr: IpAddr = addr_text
             .parse()
-            .map_err(|_| format!("`{addr_text}` is not an IPv4 or IPv6 address"))?;
+            .map_err(|_| EntryError::NotAnAddress(addr_text.to_owned()))?;
         let prefix_len = match prefix_text {
             None => max_prefix(addr),
             Some(prefix) => prefix
                 .parse::<u8>()
                 .ok()
                 .filter(|_| prefix.chars().all(|c| c.is_ascii_digit()))
-                .ok_or_else(|| format!("`{prefix}` is not a prefix length"))?,
+                .ok_or_else(|| EntryError::NotAPrefix(prefix.to_owned()))?,
         };
         Self::new(addr, prefix_len)
     }
@@ -250,15 +293,12 @@ impl FromStr for Cidr {
 pub struct ResolverAddr(pub IpAddr);
 
 impl FromStr for ResolverAddr {
-    type Err = String;
+    type Err = EntryError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let addr: IpAddr = text.parse().map_err(|_| {
-            "write an IPv4 or IPv6 address without a port (resolvers are used on port 53)"
-                .to_owned()
-        })?;
+        let addr: IpAddr = text.parse().map_err(|_| EntryError::ResolverAddress)?;
         if addr.is_unspecified() || addr.is_multicast() {
-            return Err("not a unicast address".into());
+            return Err(EntryError::NotUnicast);
         }
         Ok(Self(addr))
     }

@@ -1,5 +1,8 @@
 //! Refusing a policy file that anyone but root could change.
 //!
+//! Longer than 600 lines: half of it is tests, one per way a user other than root could swap
+//! a name on the path.
+//!
 //! The policy is what limits the processes ram watches, so whoever can rewrite it, or swap any
 //! name on the way to it (a directory, a symlink), can lift those limits. Checking every step
 //! from `/` also makes the answer stable: once each directory is root-only, only root can change
@@ -23,42 +26,70 @@ const GROUP_OR_OTHERS_WRITE: u32 = 0o022;
 /// Where the policy belongs when its current place cannot be trusted.
 const SAFE_HOME: &str = "/etc/ram";
 
+/// What a checked path leads to, for messages: a user who can change a directory on the way can
+/// replace or redirect it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guarded {
+    Policy,
+    AuditLog,
+    /// The run directory: the control socket and the copy of the policy in force.
+    RunDirectory,
+}
+
+impl std::fmt::Display for Guarded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Policy => "the policy",
+            Self::AuditLog => "the audit log",
+            Self::RunDirectory => "the daemon's control socket and policy copy",
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProtectError {
     #[error(
-        "cannot make the policy path {path} absolute: the current directory is unreadable \
-         ({source}); give the policy as an absolute path such as {SAFE_HOME}/policy.toml"
+        "cannot make {path} absolute: the current directory is unreadable ({source}); give an \
+         absolute path (the policy belongs in {SAFE_HOME})"
     )]
     CurrentDirectory { path: PathBuf, source: io::Error },
     #[error(
-        "cannot look up {path}: {source}; the policy path must name an existing file, such as \
-         {SAFE_HOME}/policy.toml"
+        "cannot look up {path}: {source}; the path must name an existing file or directory \
+         (the policy belongs in {SAFE_HOME})"
     )]
     Io { path: PathBuf, source: io::Error },
     #[error(
-        "directory {path} is owned by uid {uid}, not root, so that user can replace the policy; \
-         run `chown root:root {path} && chmod go-w {path}`, or move the policy to a root-owned \
-         directory such as {SAFE_HOME}"
+        "directory {path} is owned by uid {uid}, not root, so that user can replace {guarded}; \
+         run `chown root:root {path} && chmod go-w {path}`, or move {guarded} to a root-owned \
+         directory{}",
+        example_home(*.guarded)
     )]
-    DirectoryNotRootOwned { path: PathBuf, uid: u32 },
+    DirectoryNotRootOwned {
+        path: PathBuf,
+        uid: u32,
+        guarded: Guarded,
+    },
     #[error(
         "directory {path} has mode {mode:04o}, so group or others can write to it and replace \
-         the policy; {}",
-        writable_directory_advice(.path, .mode)
+         {guarded}; {}",
+        writable_directory_advice(.path, .mode, *.guarded)
     )]
     DirectoryWritable {
         path: PathBuf,
         /// Permission bits only (`mode & 0o7777`).
         mode: u32,
+        guarded: Guarded,
     },
     #[error(
         "{path} is a symlink in {directory} owned by uid {uid}, not root, so that user can \
-         repoint it; run `chown -h root:root {path}`, or give ram the policy file's own path"
+         repoint it at something else than {guarded}; run `chown -h root:root {path}`, or give \
+         ram the real path"
     )]
     SymlinkNotRootOwned {
         path: PathBuf,
         directory: PathBuf,
         uid: u32,
+        guarded: Guarded,
     },
     #[error(
         "following {path} took more than {limit} symlinks (the last was {last_symlink}), which \
@@ -94,19 +125,29 @@ pub enum ProtectError {
     },
 }
 
+/// Where the policy belongs; the other paths have their own conventions (/var/log, /run).
+fn example_home(guarded: Guarded) -> String {
+    match guarded {
+        Guarded::Policy => format!(" such as {SAFE_HOME}"),
+        Guarded::AuditLog | Guarded::RunDirectory => String::new(),
+    }
+}
+
 /// A shared sticky directory such as /tmp must not be chmod-ed, and the sticky bit does not
-/// save it: anyone can claim the policy's name there whenever it is missing or renamed.
-fn writable_directory_advice(path: &Path, mode: &u32) -> String {
+/// save it: anyone can claim the name there whenever it is missing or renamed.
+fn writable_directory_advice(path: &Path, mode: &u32, guarded: Guarded) -> String {
     if mode & 0o1000 != 0 {
         format!(
-            "the sticky bit is not enough (anyone can take the policy's name there while it is \
-             missing); do not chmod a shared directory, move the policy to a root-owned \
-             directory such as {SAFE_HOME}"
+            "the sticky bit is not enough (anyone can take the name of {guarded} there while it \
+             is missing); do not chmod a shared directory, move {guarded} to a root-owned \
+             directory{}",
+            example_home(guarded)
         )
     } else {
         format!(
-            "run `chown root:root {dir} && chmod go-w {dir}`, or move the policy to a root-owned \
-             directory such as {SAFE_HOME}",
+            "run `chown root:root {dir} && chmod go-w {dir}`, or move {guarded} to a root-owned \
+             directory{}",
+            example_home(guarded),
             dir = path.display()
         )
     }
@@ -155,7 +196,7 @@ fn steps(path: &Path) -> impl DoubleEndedIterator<Item = Step> + '_ {
 /// `resolved` only ever holds directories that passed, with no symlinks in it, so `..` can be
 /// taken lexically on it and lands where the kernel's `..` would.
 fn walk(absolute: &Path) -> Result<(), ProtectError> {
-    walk_to(absolute, Target::File)
+    walk_to(absolute, Target::File, Guarded::Policy)
 }
 
 /// What the path must end in.
@@ -168,7 +209,7 @@ enum Target {
 /// Checks that only root can change what lies in directory `path` (the same rules as for a
 /// policy file, the directory itself included): for the daemon's run directory and the audit
 /// log's directory, where a path a user could redirect would let them steer root's writes.
-pub fn check_directory_path(path: &Path) -> Result<(), ProtectError> {
+pub fn check_directory_path(path: &Path, guarded: Guarded) -> Result<(), ProtectError> {
     let absolute = if path.is_absolute() {
         path.to_path_buf()
     } else {
@@ -179,15 +220,15 @@ pub fn check_directory_path(path: &Path) -> Result<(), ProtectError> {
             })?
             .join(path)
     };
-    walk_to(&absolute, Target::Directory)
+    walk_to(&absolute, Target::Directory, guarded)
 }
 
-fn walk_to(absolute: &Path, target: Target) -> Result<(), ProtectError> {
+fn walk_to(absolute: &Path, target: Target, guarded: Guarded) -> Result<(), ProtectError> {
     // A stack: the next step is at the end, so a symlink's target can be pushed in front of
     // what remains.
     let mut pending: Vec<Step> = steps(absolute).rev().collect();
     let mut resolved = PathBuf::from("/");
-    check_directory(&resolved, &lstat(&resolved)?)?;
+    check_directory(&resolved, &lstat(&resolved)?, guarded)?;
     let mut symlinks_followed = 0;
 
     while let Some(step) = pending.pop() {
@@ -207,7 +248,7 @@ fn walk_to(absolute: &Path, target: Target) -> Result<(), ProtectError> {
         let file_type = metadata.file_type();
         if file_type.is_symlink() {
             // Its directory (`resolved`) already passed, so only the link's owner is left.
-            check_symlink_owner(&candidate, &resolved, &metadata)?;
+            check_symlink_owner(&candidate, &resolved, &metadata, guarded)?;
             symlinks_followed += 1;
             if symlinks_followed > MAX_SYMLINKS {
                 return Err(ProtectError::TooManySymlinks {
@@ -226,7 +267,7 @@ fn walk_to(absolute: &Path, target: Target) -> Result<(), ProtectError> {
         } else if pending.is_empty() && target == Target::File {
             return check_policy_file(&candidate, &metadata);
         } else if file_type.is_dir() {
-            check_directory(&candidate, &metadata)?;
+            check_directory(&candidate, &metadata, guarded)?;
             resolved = candidate;
         } else {
             return Err(ProtectError::NotADirectory { path: candidate });
@@ -249,17 +290,19 @@ fn lstat(path: &Path) -> Result<Metadata, ProtectError> {
     })
 }
 
-fn check_directory(path: &Path, metadata: &Metadata) -> Result<(), ProtectError> {
+fn check_directory(path: &Path, metadata: &Metadata, guarded: Guarded) -> Result<(), ProtectError> {
     if metadata.uid() != 0 {
         return Err(ProtectError::DirectoryNotRootOwned {
             path: path.to_path_buf(),
             uid: metadata.uid(),
+            guarded,
         });
     }
     if metadata.mode() & GROUP_OR_OTHERS_WRITE != 0 {
         return Err(ProtectError::DirectoryWritable {
             path: path.to_path_buf(),
             mode: metadata.mode() & 0o7777,
+            guarded,
         });
     }
     Ok(())
@@ -271,12 +314,14 @@ fn check_symlink_owner(
     path: &Path,
     directory: &Path,
     metadata: &Metadata,
+    guarded: Guarded,
 ) -> Result<(), ProtectError> {
     if metadata.uid() != 0 {
         return Err(ProtectError::SymlinkNotRootOwned {
             path: path.to_path_buf(),
             directory: directory.to_path_buf(),
             uid: metadata.uid(),
+            guarded,
         });
     }
     Ok(())
@@ -460,7 +505,7 @@ mod tests {
         let policy = root.file("shared/policy.json", 0o644);
         let error = check_policy_path(&policy).unwrap_err();
         assert!(
-            matches!(&error, ProtectError::DirectoryWritable { path, mode: 0o775 } if *path == shared),
+            matches!(&error, ProtectError::DirectoryWritable { path, mode: 0o775, .. } if *path == shared),
             "{error:?}"
         );
         let message = error.to_string();
@@ -476,7 +521,7 @@ mod tests {
         chown(&theirs, Some(NOBODY), None).unwrap();
         let error = check_policy_path(&policy).unwrap_err();
         assert!(
-            matches!(&error, ProtectError::DirectoryNotRootOwned { path, uid: NOBODY } if *path == theirs),
+            matches!(&error, ProtectError::DirectoryNotRootOwned { path, uid: NOBODY, .. } if *path == theirs),
             "{error:?}"
         );
     }
@@ -529,7 +574,7 @@ mod tests {
         let link = root.symlink("policy.json", &policy);
         let error = check_policy_path(&link).unwrap_err();
         assert!(
-            matches!(&error, ProtectError::DirectoryWritable { path, mode: 0o777 } if *path == open),
+            matches!(&error, ProtectError::DirectoryWritable { path, mode: 0o777, .. } if *path == open),
             "{error:?}"
         );
     }
@@ -544,7 +589,7 @@ mod tests {
         assert!(
             matches!(
                 &error,
-                ProtectError::SymlinkNotRootOwned { path, directory, uid: NOBODY }
+                ProtectError::SymlinkNotRootOwned { path, directory, uid: NOBODY, .. }
                     if *path == link && *directory == root.path
             ),
             "{error:?}"
@@ -608,8 +653,13 @@ mod tests {
     #[test]
     fn directories_are_checked_like_the_policy_path() {
         let root = TestDirectory::new();
-        check_directory_path(&root.path).unwrap();
-        let error = check_directory_path(Path::new("/tmp")).unwrap_err();
+        check_directory_path(&root.path, Guarded::AuditLog).unwrap();
+        let error = check_directory_path(Path::new("/tmp"), Guarded::AuditLog).unwrap_err();
+        let message = error.to_string();
+        assert!(
+            message.contains("replace the audit log") && !message.contains("policy"),
+            "{message}"
+        );
         assert!(
             matches!(error, ProtectError::DirectoryWritable { .. }),
             "{error:?}"
