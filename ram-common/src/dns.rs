@@ -936,9 +936,9 @@ mod tests {
             if round % 3 == 0 {
                 bytes.truncate((next() as usize) % (bytes.len() + 1));
             }
-            super::fuzzing::parse_like_the_kernel(&bytes);
+            fuzzing::parse_like_the_kernel(&bytes);
             let random: Vec<u8> = (0..(next() % 300) as usize).map(|_| next() as u8).collect();
-            super::fuzzing::parse_like_the_kernel(&random);
+            fuzzing::parse_like_the_kernel(&random);
         }
     }
 

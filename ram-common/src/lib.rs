@@ -642,14 +642,21 @@ pub struct GateEvent {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all plain-old-data, `repr(C)`, every bit pattern valid.
+    // SAFETY: plain old data: `repr(C)`, integers and byte arrays only, every bit pattern valid.
     unsafe impl aya::Pod for super::CidrRule {}
+    // SAFETY: plain old data: `repr(C)`, integers and byte arrays only, every bit pattern valid.
     unsafe impl aya::Pod for super::ResolverRule {}
+    // SAFETY: plain old data: `repr(C)`, integers and byte arrays only, every bit pattern valid.
     unsafe impl aya::Pod for super::GateEvent {}
+    // SAFETY: plain old data: `repr(C)`, integers and byte arrays only, every bit pattern valid.
     unsafe impl aya::Pod for super::LearnedKey {}
+    // SAFETY: plain old data: `repr(C)`, integers and byte arrays only, every bit pattern valid.
     unsafe impl aya::Pod for super::LearnedAddr {}
+    // SAFETY: plain old data: `repr(C)`, integers and byte arrays only, every bit pattern valid.
     unsafe impl aya::Pod for super::NameRule {}
+    // SAFETY: plain old data: `repr(C)`, integers and byte arrays only, every bit pattern valid.
     unsafe impl aya::Pod for super::PolicyConfig {}
+    // SAFETY: plain old data: `repr(C)`, integers and byte arrays only, every bit pattern valid.
     unsafe impl aya::Pod for super::AuditSeenKey {}
 }
 
@@ -659,15 +666,15 @@ mod tests {
 
     #[test]
     fn layouts_are_stable() {
-        assert_eq!(core::mem::size_of::<GateEvent>(), 88);
-        assert_eq!(core::mem::size_of::<LearnedAddr>(), 32);
-        assert_eq!(core::mem::size_of::<AuditSeenKey>(), 32);
-        assert_eq!(core::mem::size_of::<CidrRule>(), 24);
-        assert_eq!(core::mem::size_of::<ResolverRule>(), 16);
-        assert_eq!(core::mem::size_of::<LearnedKey>(), 24);
-        assert_eq!(core::mem::size_of::<PendingKey>(), 16);
-        assert_eq!(core::mem::size_of::<PendingQuery>(), 40);
-        assert_eq!(core::mem::size_of::<NameKey>(), 260);
+        assert_eq!(size_of::<GateEvent>(), 88);
+        assert_eq!(size_of::<LearnedAddr>(), 32);
+        assert_eq!(size_of::<AuditSeenKey>(), 32);
+        assert_eq!(size_of::<CidrRule>(), 24);
+        assert_eq!(size_of::<ResolverRule>(), 16);
+        assert_eq!(size_of::<LearnedKey>(), 24);
+        assert_eq!(size_of::<PendingKey>(), 16);
+        assert_eq!(size_of::<PendingQuery>(), 40);
+        assert_eq!(size_of::<NameKey>(), 260);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The gates: cgroup sock_addr programs that judge every connect and unconnected send.
 //!
-//! Which calls reach which hook (see README "How it works"):
+//! Which calls reach which hook (see docs/how-it-works.md):
 //! - TCP connect, UDP connect, and TCP Fast Open (`sendto(MSG_FASTOPEN)` goes through
 //!   `__inet_stream_connect`) → connect4/connect6.
 //! - UDP `sendto`/`sendmsg` with a destination on an unconnected socket → sendmsg4/sendmsg6.

@@ -214,7 +214,7 @@ impl TestCgroup {
             }
             for pid in pids {
                 // SAFETY: plain kill(2) of a PID read from this cgroup.
-                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                unsafe { libc::kill(pid.cast_signed(), libc::SIGKILL) };
             }
             thread::sleep(Duration::from_millis(20));
         }
@@ -596,7 +596,7 @@ impl DaemonState {
 
     /// Adds `ram daemon` arguments.
     pub fn with_args(mut self, args: &[&str]) -> Self {
-        self.args.extend(args.iter().map(|a| a.to_string()));
+        self.args.extend(args.iter().map(ToString::to_string));
         self
     }
 
@@ -733,7 +733,7 @@ impl Daemon {
 
     /// `ram daemon ARGS --audit-log <tmp>`, any arguments.
     pub fn start_args(args: &[&str]) -> Result<Self> {
-        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let args: Vec<String> = args.iter().map(ToString::to_string).collect();
         DaemonState::new(TempDir::new(), args).start()
     }
 
@@ -814,7 +814,7 @@ impl Daemon {
     fn signal_and_wait(&mut self, signal: i32) -> Result<ExitStatus> {
         let mut child = self.child.take().expect("running daemon");
         // SAFETY: kill(2) of our own child's PID.
-        unsafe { libc::kill(child.id() as i32, signal) };
+        unsafe { libc::kill(child.id().cast_signed(), signal) };
         let status = wait_bounded(&mut child, Duration::from_secs(10))?;
         // Drain the rest of the log for the caller.
         while let Ok(line) = self.log.recv_timeout(Duration::from_millis(200)) {
@@ -892,7 +892,7 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             // SAFETY: kill(2) of our own child's PID.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            unsafe { libc::kill(child.id().cast_signed(), libc::SIGTERM) };
             if wait_bounded(&mut child, Duration::from_secs(5)).is_err() {
                 eprintln!("warning: ram daemon {} needed SIGKILL", child.id());
             }

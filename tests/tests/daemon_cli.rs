@@ -164,7 +164,7 @@ fn sigint_stops_the_daemon_but_not_enforcement() {
     let mut daemon = Daemon::start("", &[cgroup.path()]).expect("daemon starts");
     assert_eq!(attached_programs(cgroup.path()).len(), 6);
     // SAFETY: kill(2) of the daemon's own PID.
-    unsafe { libc::kill(daemon.pid() as i32, libc::SIGINT) };
+    unsafe { libc::kill(daemon.pid().cast_signed(), libc::SIGINT) };
     daemon
         .wait_for_line(
             "SIGINT: the daemon stops; enforcement stays in the kernel",

@@ -371,7 +371,7 @@ fn answers_from_untrusted_sources_teach_nothing() {
     let status_line = {
         let pid = daemon.pid();
         // SAFETY: kill(2) of the daemon's own PID; it logs its counters on the way out.
-        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        unsafe { libc::kill(pid.cast_signed(), libc::SIGTERM) };
         daemon
             .wait_for_line("counters:", Duration::from_secs(10))
             .unwrap()
@@ -663,7 +663,7 @@ print('answer', len(r))
         "the aligned query 2 was learned"
     );
     // SAFETY: kill(2) of the daemon's own PID; it logs its counters on the way out.
-    unsafe { libc::kill(daemon.pid() as i32, libc::SIGTERM) };
+    unsafe { libc::kill(daemon.pid().cast_signed(), libc::SIGTERM) };
     let counters = daemon
         .wait_for_line("counters:", Duration::from_secs(10))
         .unwrap();

@@ -27,7 +27,7 @@ fn policy(names: &[&str], cidrs: &[String]) -> String {
     format!(
         "[registry_access]\nallow = [{}]\nallow_cidrs = [{}]\nallow_loopback = false\n[dns]\n\
          resolvers = [\"{}\"]\n",
-        quote(names.iter().map(|n| n.to_string()).collect()),
+        quote(names.iter().map(ToString::to_string).collect()),
         quote(cidrs.to_vec()),
         a()
     )
@@ -266,7 +266,7 @@ fn a_restart_leaves_no_window() {
         "the client ended before the last restart: the loop did not cover it"
     );
     // SAFETY: kill(2) of our own child's PID.
-    unsafe { libc::kill(client.id() as i32, libc::SIGTERM) };
+    unsafe { libc::kill(client.id().cast_signed(), libc::SIGTERM) };
     let output = client.wait_with_output().unwrap();
     drop(daemon);
     let text = String::from_utf8_lossy(&output.stdout);
@@ -522,7 +522,7 @@ fn sighup_reopens_the_audit_log() {
     let rotated = daemon.audit_log.with_extension("jsonl.1");
     fs::rename(&daemon.audit_log, &rotated).unwrap();
     // SAFETY: kill(2) of the daemon's own PID.
-    unsafe { libc::kill(daemon.pid() as i32, libc::SIGHUP) };
+    unsafe { libc::kill(daemon.pid().cast_signed(), libc::SIGHUP) };
     daemon
         .wait_for_line("SIGHUP: reopening the audit log", Duration::from_secs(5))
         .unwrap();

@@ -26,7 +26,7 @@ impl Daemon {
         match self.enforcement.enforcer.expire_learned(sys::boottime_ns()) {
             Ok((0, _)) => {}
             Ok((removed, left)) => {
-                log::debug!("expired {removed} learned address(es); {left} left")
+                log::debug!("expired {removed} learned address(es); {left} left");
             }
             Err(err) => warn!("removing expired learned addresses failed: {err}"),
         }

@@ -105,7 +105,7 @@ impl LoadedPolicy {
         }
         match self.compiled.resolver_origin {
             ResolverOrigin::Policy => {
-                warn!("dns.resolvers is empty: DNS from enforced cgroups is denied")
+                warn!("dns.resolvers is empty: DNS from enforced cgroups is denied");
             }
             ResolverOrigin::ResolvConf => warn!(
                 "dns.resolvers is unset and {} names no nameserver: DNS from enforced cgroups is \

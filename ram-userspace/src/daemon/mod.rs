@@ -220,10 +220,10 @@ async fn serve(options: Options, policy: LoadedPolicy, sink: AuditSink) -> Resul
     let _ = notify::stopping();
     // What is in the ring buffers now goes to the log before we go.
     drain(dns_events.get_mut(), EVENTS_AT_STOP, |event: DnsEvent| {
-        daemon.dns_event(&event)
+        daemon.dns_event(&event);
     });
     drain(events.get_mut(), EVENTS_AT_STOP, |event: GateEvent| {
-        daemon.gate_event(&event)
+        daemon.gate_event(&event);
     });
     let _ = std::fs::remove_file(control::socket_path(&daemon.options.run_dir));
     daemon.docker.stop();

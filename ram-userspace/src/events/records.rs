@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::sys;
 
-/// One JSON line of the audit log. The schema is documented in the README ("Audit log").
+/// One JSON line of the audit log. The schema is documented in docs/audit.md.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct AuditRecord {
     /// RFC 3339, UTC, nanoseconds.

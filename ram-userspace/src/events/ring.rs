@@ -21,7 +21,7 @@ pub fn drain<T>(ring: &mut RingBuf<MapData>, max: usize, mut handle: impl FnMut(
         let Some(item) = ring.next() else {
             return true;
         };
-        if item.len() < std::mem::size_of::<T>() {
+        if item.len() < size_of::<T>() {
             warn!("ignoring a short event ({} bytes)", item.len());
             continue;
         }

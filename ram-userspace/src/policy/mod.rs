@@ -60,7 +60,7 @@ impl Default for ImageAccess {
                 organizations: Vec::new(),
                 verified_publisher_namespaces: DEFAULT_VERIFIED_PUBLISHERS
                     .iter()
-                    .map(|s| s.to_string())
+                    .map(ToString::to_string)
                     .collect(),
             },
             gate: Self::DEFAULT_GATE
@@ -170,8 +170,6 @@ impl Default for Dns {
         }
     }
 }
-
-/// The file as written: structure and types are checked by serde (unknown keys are errors),
 
 /// Where a policy came from, for messages.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,6 +17,8 @@ use super::{
 };
 
 /// values are kept with their position and validated afterwards so errors can point at them.
+/// The file as written: structure and types are checked by serde (unknown keys are errors),
+/// values are kept with their position and validated afterwards so errors can point at them.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPolicy {

@@ -135,12 +135,12 @@ pub const DOCKER_HUB_NAMES: [&str; 4] = [
 pub fn reaches_docker_hub(pattern: &HostPattern) -> bool {
     static HOSTS: OnceLock<Vec<String>> = OnceLock::new();
     let hosts = HOSTS.get_or_init(|| {
-        let mut hosts: Vec<String> = DOCKER_HUB_NAMES.iter().map(|h| h.to_string()).collect();
+        let mut hosts: Vec<String> = DOCKER_HUB_NAMES.iter().map(ToString::to_string).collect();
         let hub: HostPattern = "docker.io".parse().expect("docker.io is a valid name");
         let preset = expand(&hub).expect("registries.toml has the docker.io preset");
         hosts.extend(preset.hosts.into_iter().map(|h| h.domain));
         // Public mirrors of Docker Hub: a way around the gate if allowed.
-        hosts.extend(DOCKER_HUB_MIRRORS.iter().map(|h| h.to_string()));
+        hosts.extend(DOCKER_HUB_MIRRORS.iter().map(ToString::to_string));
         hosts
     });
     hosts.iter().any(|host| pattern.matches(host))

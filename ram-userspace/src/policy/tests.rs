@@ -131,7 +131,7 @@ fn registries_may_carry_a_port_and_a_scope() {
 fn embedded_default_is_valid_and_allows_docker_hub() {
     let policy = Policy::embedded_default();
     assert!(policy.registry_access.allow_loopback);
-    let hub = super::presets::expand(&policy.registry_access.allow[0]).unwrap();
+    let hub = presets::expand(&policy.registry_access.allow[0]).unwrap();
     for needed in [
         "registry-1.docker.io",
         "auth.docker.io",

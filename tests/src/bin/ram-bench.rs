@@ -115,10 +115,8 @@ fn listen(port: u16) -> anyhow::Result<()> {
 fn deep_listener(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     let listener = TcpListener::bind(addr)?;
     // SAFETY: listen(2) on a socket we own.
-    ensure!(
-        unsafe { libc::listen(listener.as_raw_fd(), 4096) } == 0,
-        "listen"
-    );
+    let listening = unsafe { libc::listen(listener.as_raw_fd(), 4096) };
+    ensure!(listening == 0, "listen");
     Ok(listener)
 }
 
@@ -136,7 +134,7 @@ fn reset_on_close(stream: &TcpStream) {
             libc::SOL_SOCKET,
             libc::SO_LINGER,
             (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            size_of::<libc::linger>() as libc::socklen_t,
         );
     }
 }
@@ -150,7 +148,7 @@ fn pin_to_last_cpu() {
         let cpus = libc::sysconf(libc::_SC_NPROCESSORS_ONLN).max(1) as usize;
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpus - 1, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
     }
 }
 
