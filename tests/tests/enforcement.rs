@@ -352,6 +352,12 @@ fn enforcement_outlives_the_daemon_until_uninstall() {
     let (status, state) = daemon.stop_keeping_state().expect("daemon stops");
     assert!(status.success(), "daemon exit status: {status}");
     assert_eq!(attached_programs(cgroup.path()).len(), 6, "fail-closed");
+    // The policy stays in force with no daemon, and `ram policy show` still says so.
+    let shown = state.ram().args(["policy", "show"]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&shown.stdout).contains("# The policy in force"),
+        "{shown:?}"
+    );
     assert_eq!(
         probe_in(&cgroup, "tcp-connect", &b(), HTTP_PORT).result,
         "EPERM",
@@ -364,6 +370,14 @@ fn enforcement_outlives_the_daemon_until_uninstall() {
         attached_programs(cgroup.path()).is_empty(),
         "programs left attached after uninstall"
     );
+    // Nothing is in force any more, and `ram policy show` must not say otherwise.
+    let shown = state.ram().args(["policy", "show"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&shown.stderr);
+    assert!(
+        !shown.status.success() && shown.stdout.is_empty(),
+        "policy show after uninstall: {shown:?}"
+    );
+    assert!(stderr.contains("no policy is in force"), "{stderr}");
     let after = probe_in(&cgroup, "tcp-http", &b(), HTTP_PORT);
     assert!(after.ok(), "after uninstall: {after:?}");
 }
