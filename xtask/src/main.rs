@@ -100,6 +100,17 @@ pub fn run(cmd: &mut Command, step: &str) -> Result<()> {
     Ok(())
 }
 
+/// Where the cargo runs of [`cargo`] put what they build: `CARGO_TARGET_DIR` (relative to the
+/// workspace, where they run) if set, else the workspace's `target/`.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .filter(|dir| !dir.is_empty())
+        .map_or_else(
+            || workspace_root().join("target"),
+            |dir| workspace_root().join(dir),
+        )
+}
+
 pub fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(workspace_root());
@@ -114,7 +125,7 @@ fn build_ram(release: bool) -> Result<PathBuf> {
     }
     run(&mut cmd, "building ram")?;
     let profile = if release { "release" } else { "debug" };
-    Ok(workspace_root().join("target").join(profile).join("ram"))
+    Ok(target_dir().join(profile).join("ram"))
 }
 
 fn require_root(task: &str) -> Result<()> {
