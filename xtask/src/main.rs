@@ -1,7 +1,8 @@
 //! `cargo xtask`: everything ram needs besides cargo itself.
 //!
-//! - `setup`: installs the build and test requirements (idempotent; seconds when all is there).
-//! - `daemon [ARGS]`: setup, build ram (release), run `ram daemon ARGS` in the foreground.
+//! - `setup [--build-only]`: installs the build and test requirements (idempotent; seconds when
+//!   all is there); `--build-only`: only what compiling ram needs (see `setup.rs`).
+//! - `daemon [ARGS]`: build set-up, build ram (release), run `ram daemon ARGS` in the foreground.
 //! - `test`: setup, unit tests, then the integration tests against the real kernel.
 //! - `bench`: setup, build ram (release), run the side-by-side benchmarks.
 
@@ -25,11 +26,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what building and testing ram needs: Debian packages, rust-src for the nightly
-    /// toolchain, and bpf-linker built against the nightly's own LLVM.
-    Setup,
-    /// Set up, build `ram` (release) and run `ram daemon` with these arguments (none: the
-    /// embedded default policy on the `ram.enforced` cgroup).
+    /// Install what building and testing ram needs: the build set-up (a C toolchain from
+    /// Debian if missing, rust-src for the nightly toolchain, bpf-linker built against the
+    /// nightly's own LLVM) and the test set-up (the Debian packages the tests use, and Debian's
+    /// docker.io only when the machine has no Docker Engine of its own).
+    Setup {
+        /// Only the build set-up: what compiling ram needs (as `cargo xtask daemon` does); no
+        /// Docker, no qemu.
+        #[arg(long)]
+        build_only: bool,
+    },
+    /// Build set-up (no test tools, no Docker), build `ram` (release) and run `ram daemon` with
+    /// these arguments (none: the embedded default policy on the `ram.enforced` cgroup).
     Daemon {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -50,7 +58,7 @@ enum Task {
     /// whether every program loads, attaches and enforces (root required; minutes).
     Matrix,
     /// Fuzz the kernel's DNS parsing code (ram_common::dns) with libFuzzer for SECONDS
-    /// (installs cargo-fuzz if missing).
+    /// (build set-up only; installs cargo-fuzz if missing).
     Fuzz {
         #[arg(default_value_t = 60)]
         seconds: u32,
@@ -60,12 +68,13 @@ enum Task {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Task::Setup => setup::run(),
+        Task::Setup { build_only: true } => setup::build(),
+        Task::Setup { build_only: false } => setup::all(),
         Task::Daemon { args } => daemon(&args),
         Task::Test { filter } => test(filter.as_deref()),
         Task::Bench { filter } => bench(filter.as_deref()),
         Task::Fuzz { seconds } => fuzz(seconds),
-        Task::Matrix => setup::run().and_then(|()| matrix::run()),
+        Task::Matrix => setup::all().and_then(|()| matrix::run()),
     };
     if let Err(err) = result {
         eprintln!("xtask: error: {err:#}");
@@ -91,6 +100,17 @@ pub fn run(cmd: &mut Command, step: &str) -> Result<()> {
     Ok(())
 }
 
+/// Where the cargo runs of [`cargo`] put what they build: `CARGO_TARGET_DIR` (relative to the
+/// workspace, where they run) if set, else the workspace's `target/`.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .filter(|dir| !dir.is_empty())
+        .map_or_else(
+            || workspace_root().join("target"),
+            |dir| workspace_root().join(dir),
+        )
+}
+
 pub fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(workspace_root());
@@ -105,7 +125,7 @@ fn build_ram(release: bool) -> Result<PathBuf> {
     }
     run(&mut cmd, "building ram")?;
     let profile = if release { "release" } else { "debug" };
-    Ok(workspace_root().join("target").join(profile).join("ram"))
+    Ok(target_dir().join(profile).join("ram"))
 }
 
 fn require_root(task: &str) -> Result<()> {
@@ -119,7 +139,8 @@ fn require_root(task: &str) -> Result<()> {
 }
 
 fn daemon(args: &[String]) -> Result<()> {
-    setup::run()?;
+    // Running ram needs what compiling it needs, nothing that only the tests use.
+    setup::build()?;
     require_root("daemon")?;
     let ram = build_ram(true)?;
     let mut cmd = Command::new(&ram);
@@ -130,7 +151,7 @@ fn daemon(args: &[String]) -> Result<()> {
 }
 
 fn test(filter: Option<&str>) -> Result<()> {
-    setup::run()?;
+    setup::all()?;
     require_root("test")?;
     let ram = build_ram(false)?;
 
@@ -175,7 +196,7 @@ fn test(filter: Option<&str>) -> Result<()> {
 }
 
 fn bench(filter: Option<&str>) -> Result<()> {
-    setup::run()?;
+    setup::all()?;
     require_root("bench")?;
     let ram = build_ram(true)?;
     let mut cmd = cargo();
@@ -193,7 +214,7 @@ fn bench(filter: Option<&str>) -> Result<()> {
 }
 
 fn fuzz(seconds: u32) -> Result<()> {
-    setup::run()?;
+    setup::build()?;
     let have_cargo_fuzz = Command::new("cargo")
         .args(["fuzz", "--version"])
         .output()

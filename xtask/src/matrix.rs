@@ -309,7 +309,7 @@ fn build_peer() -> Result<PathBuf> {
         crate::cargo().args(["build", "--package", "xtask", "--bin", "ram-matrix-peer"]),
         "building ram-matrix-peer",
     )?;
-    Ok(workspace_root().join("target/debug/ram-matrix-peer"))
+    Ok(crate::target_dir().join("debug/ram-matrix-peer"))
 }
 
 /// Copies the shared libraries `ldd` lists for `binary` to the same paths under `root`.

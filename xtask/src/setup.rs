@@ -1,5 +1,15 @@
 //! `cargo xtask setup`: installs what building and testing ram needs, checking first so that a
 //! second run takes seconds. Each step says what it does and fails with its own name.
+//!
+//! Two parts, so that running ram never pulls in what only its tests use:
+//! - the build set-up ([`build`]): what compiling ram needs, the Debian packages of a C
+//!   toolchain (rustc links through `cc`, ring compiles C), rust-src for the nightly toolchain
+//!   and bpf-linker. `cargo xtask daemon`, `cargo xtask fuzz` and `cargo xtask setup
+//!   --build-only` stop there.
+//! - the test set-up ([`all`] adds it): the tools the tests, benchmarks and the kernel matrix
+//!   run, and a Docker Engine: the one the machine has (docker-ce, moby-engine, Debian's
+//!   docker.io, ...), or Debian's docker.io when there is none. `cargo xtask setup`, `test`,
+//!   `bench` and `matrix` do both.
 
 use std::{
     env, fs,
@@ -11,37 +21,195 @@ use anyhow::{Context as _, Result, anyhow, bail};
 
 use crate::run as run_step;
 
-/// Debian packages the build and the tests use.
-pub const APT_PACKAGES: &[(&str, &str)] = &[
-    ("iproute2", "ip netns / veth for test hosts"),
-    ("curl", "a real HTTP client in tests"),
-    (
+/// Which set-up a Debian package belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    /// Compiling ram (and so running it).
+    Build,
+    /// Running the tests, benchmarks and the kernel matrix.
+    Test,
+}
+
+/// A Debian package ram's set-up installs when it is missing.
+#[derive(Debug)]
+pub struct AptPackage {
+    pub name: &'static str,
+    pub purpose: Purpose,
+    /// Installed only when the machine has no Docker Engine of its own (see [`DockerEngine`]).
+    pub only_without_engine: bool,
+    /// Why ram needs it.
+    pub reason: &'static str,
+}
+
+const fn package(name: &'static str, purpose: Purpose, reason: &'static str) -> AptPackage {
+    AptPackage {
+        name,
+        purpose,
+        only_without_engine: false,
+        reason,
+    }
+}
+
+/// Debian packages the build and the tests use, with the reason for each. They are installed
+/// with `--no-install-recommends`, which matters: docker-compose only *recommends* docker.io,
+/// and so installs next to docker-ce without asking apt to replace the engine.
+pub const APT_PACKAGES: &[AptPackage] = &[
+    package(
+        "gcc",
+        Purpose::Build,
+        "the C compiler and linker driver: rustc links through `cc`, and ring (TLS for the pull \
+         gate) compiles C",
+    ),
+    package(
+        "libc6-dev",
+        Purpose::Build,
+        "C headers and start files for linking (only recommended by gcc, so named here)",
+    ),
+    package("iproute2", Purpose::Test, "ip netns / veth for test hosts"),
+    package("curl", Purpose::Test, "a real HTTP client in tests"),
+    package(
         "python3",
+        Purpose::Test,
         "socket-level test clients and HTTP/UDP test servers",
     ),
-    (
+    package(
         "bpftool",
+        Purpose::Test,
         "independent check of what is attached to a cgroup",
     ),
-    ("dnsmasq-base", "a real DNS server on test hosts"),
-    ("dnsutils", "dig, a real DNS client"),
-    (
-        "docker.io",
-        "a real Docker Engine (dockerd, docker) for the end-to-end tests; started by the tests \
-         only, in their own cgroup and mount namespace",
+    package(
+        "dnsmasq-base",
+        Purpose::Test,
+        "a real DNS server on test hosts",
     ),
-    (
+    package("dnsutils", Purpose::Test, "dig, a real DNS client"),
+    AptPackage {
+        name: "docker.io",
+        purpose: Purpose::Test,
+        only_without_engine: true,
+        reason: "a real Docker Engine (dockerd, docker) for the end-to-end tests, when the \
+                 machine has none; started by the tests only, in their own cgroup and mount \
+                 namespace",
+    },
+    package(
         "docker-registry",
+        Purpose::Test,
         "real registries (distribution) on test hosts",
     ),
-    (
+    package(
         "docker-compose",
+        Purpose::Test,
         "Docker Compose, for the Image Access Management tests",
     ),
-    ("qemu-system-x86", "the kernel matrix: other kernels in VMs"),
-    ("busybox-static", "the kernel matrix VMs' userland"),
-    ("cpio", "packing the kernel matrix VMs' initramfs"),
+    package(
+        "qemu-system-x86",
+        Purpose::Test,
+        "the kernel matrix: other kernels in VMs",
+    ),
+    package(
+        "busybox-static",
+        Purpose::Test,
+        "the kernel matrix VMs' userland",
+    ),
+    package(
+        "cpio",
+        Purpose::Test,
+        "packing the kernel matrix VMs' initramfs",
+    ),
 ];
+
+/// The packages of `purpose`'s set-up: with `engine_present`, no engine package.
+pub fn packages_for(purpose: Purpose, engine_present: bool) -> Vec<&'static AptPackage> {
+    APT_PACKAGES
+        .iter()
+        .filter(|p| p.purpose == purpose && !(engine_present && p.only_without_engine))
+        .collect()
+}
+
+/// Debian packages that bring a Docker Engine (dockerd). Any of them installed means the
+/// machine has its engine and the tests use it; installing docker.io next to docker-ce or
+/// moby-engine would make apt replace them (docker.io conflicts with docker-ce).
+pub const ENGINE_PACKAGES: &[&str] = &["docker-ce", "moby-engine", "docker.io", "docker-engine"];
+
+/// Where engine packages put dockerd, for a PATH without sbin directories.
+const DOCKERD_PATHS: &[&str] = &[
+    "/usr/bin/dockerd",
+    "/usr/sbin/dockerd",
+    "/usr/local/bin/dockerd",
+];
+
+/// The machine's own Docker Engine, as found before installing anything.
+#[derive(Debug, PartialEq, Eq)]
+pub struct DockerEngine {
+    /// The `dockerd` the tests start (they run `dockerd` from PATH).
+    pub dockerd: Option<PathBuf>,
+    /// Whether that `dockerd` is found through PATH.
+    pub on_path: bool,
+    /// Installed packages among [`ENGINE_PACKAGES`].
+    pub packages: Vec<String>,
+}
+
+impl DockerEngine {
+    /// An engine if there is a dockerd or an engine package; `None` means: install docker.io.
+    pub fn from_parts(
+        dockerd: Option<PathBuf>,
+        on_path: bool,
+        packages: Vec<String>,
+    ) -> Option<Self> {
+        (dockerd.is_some() || !packages.is_empty()).then_some(Self {
+            dockerd,
+            on_path,
+            packages,
+        })
+    }
+
+    fn detect() -> Option<Self> {
+        let on_path = find_on_path("dockerd");
+        let dockerd = on_path.clone().or_else(|| {
+            DOCKERD_PATHS
+                .iter()
+                .map(PathBuf::from)
+                .find(|p| p.is_file())
+        });
+        let packages = installed_packages(ENGINE_PACKAGES)
+            .unwrap_or_default()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        Self::from_parts(dockerd, on_path.is_some(), packages)
+    }
+
+    /// One line for the user: which engine the tests will use.
+    pub fn describe(&self) -> String {
+        let packages = if self.packages.is_empty() {
+            "not from a Debian package".to_owned()
+        } else {
+            format!("package {}", self.packages.join(", "))
+        };
+        match &self.dockerd {
+            Some(dockerd) if self.on_path => format!(
+                "Docker Engine found: {} ({packages}); the tests use it{}",
+                dockerd.display(),
+                if self.packages.iter().any(|p| p == "docker.io") {
+                    ""
+                } else {
+                    ", and Debian's docker.io is not installed next to it"
+                }
+            ),
+            Some(dockerd) => format!(
+                "Docker Engine found: {} ({packages}), but not on PATH, and the tests start \
+                 `dockerd` from PATH: add {} to PATH; docker.io is not installed",
+                dockerd.display(),
+                dockerd.parent().unwrap_or(Path::new("/")).display()
+            ),
+            None => format!(
+                "Docker Engine {packages} is installed but no `dockerd` was found (the tests \
+                 start `dockerd` from PATH); docker.io is not installed, as apt would replace \
+                 the engine with it"
+            ),
+        }
+    }
+}
 
 /// Debian's policy-rc.d: while it exits 101, package scripts start no services. Set during
 /// the install so that installing docker.io never starts a system-wide Docker Engine.
@@ -54,8 +222,44 @@ const BPF_LINKER_LLVM_MAJORS: &[u32] = &[21, 22, 23];
 /// The toolchain that compiles ram-ebpf (aya-build's default).
 const EBPF_TOOLCHAIN: &str = "nightly";
 
-pub fn run() -> Result<()> {
-    apt_packages().context("step `apt packages`")?;
+/// The build set-up: what compiling ram needs, and nothing for the tests (no Docker, no qemu).
+pub fn build() -> Result<()> {
+    let packages = packages_for(Purpose::Build, false);
+    if find_on_path("dpkg-query").is_none() && find_on_path("cc").is_some() {
+        say("no dpkg-query (not a Debian system?); `cc` is on PATH, so no packages are needed");
+    } else {
+        apt_packages(&packages).context("step `apt packages (build)`")?;
+    }
+    toolchain()
+}
+
+/// The build and the test set-up: everything `cargo xtask test`, `bench` and `matrix` use.
+pub fn all() -> Result<()> {
+    let engine = DockerEngine::detect();
+    match &engine {
+        Some(engine) => {
+            say(&engine.describe());
+            let has_client =
+                find_on_path("docker").is_some() || Path::new("/usr/bin/docker").exists();
+            if !has_client {
+                say(
+                    "warning: no `docker` client on PATH; the Docker tests need the engine's \
+                     client (for docker-ce: docker-ce-cli)",
+                );
+            }
+        }
+        None => say(
+            "no Docker Engine found (no dockerd, none of docker-ce, moby-engine, docker.io \
+             installed): the tests will use Debian's docker.io, installed now",
+        ),
+    }
+    let mut packages = packages_for(Purpose::Build, engine.is_some());
+    packages.extend(packages_for(Purpose::Test, engine.is_some()));
+    apt_packages(&packages).context("step `apt packages`")?;
+    toolchain()
+}
+
+fn toolchain() -> Result<()> {
     nightly_rust_src().context("step `rust-src for the nightly toolchain`")?;
     bpf_linker().context("step `bpf-linker`")?;
     Ok(())
@@ -65,31 +269,62 @@ fn say(message: &str) {
     eprintln!("xtask setup: {message}");
 }
 
-fn apt_packages() -> Result<()> {
-    let names: Vec<&str> = APT_PACKAGES.iter().map(|(name, _)| *name).collect();
+/// `name` as found through PATH, as a shell would.
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    env::split_paths(&env::var_os("PATH")?)
+        .map(|dir| dir.join(name))
+        .find(|path| {
+            fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// The packages that `dpkg-query -W -f='${Package} ${db:Status-Abbrev}\n'` lists as installed
+/// (second status letter `i`: "ii", "hi"; not "un", "rc" or half-installed ones).
+pub fn installed_in_listing(listing: &str) -> Vec<&str> {
+    listing
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let name = words.next()?;
+            let status = words.next()?;
+            (status.as_bytes().get(1) == Some(&b'i')).then_some(name)
+        })
+        .collect()
+}
+
+/// Which of `names` dpkg has installed.
+fn installed_packages<'a>(names: &[&'a str]) -> Result<Vec<&'a str>> {
     let output = Command::new("dpkg-query")
         .args(["-W", "-f=${Package} ${db:Status-Abbrev}\n"])
-        .args(&names)
+        .args(names)
         .output()
         .context("dpkg-query not found: ram's set-up supports Debian-based systems")?;
-    let listed = String::from_utf8_lossy(&output.stdout);
+    // dpkg-query exits 1 when some name is unknown; what it listed still counts.
+    let listing = String::from_utf8_lossy(&output.stdout);
+    let installed = installed_in_listing(&listing);
+    Ok(names
+        .iter()
+        .copied()
+        .filter(|name| installed.contains(name))
+        .collect())
+}
+
+fn apt_packages(packages: &[&AptPackage]) -> Result<()> {
+    let names: Vec<&str> = packages.iter().map(|p| p.name).collect();
+    let installed = installed_packages(&names)?;
     let missing: Vec<&str> = names
         .iter()
         .copied()
-        .filter(|name| {
-            !listed.lines().any(|line| {
-                let mut words = line.split_whitespace();
-                words.next() == Some(*name) && words.next().is_some_and(|s| s.starts_with("ii"))
-            })
-        })
+        .filter(|name| !installed.contains(name))
         .collect();
     if missing.is_empty() {
         return Ok(());
     }
-    say(&format!(
-        "installing Debian packages: {}",
-        missing.join(" ")
-    ));
+    say("installing Debian packages:");
+    for package in packages.iter().filter(|p| missing.contains(&p.name)) {
+        eprintln!("  {}: {}", package.name, package.reason);
+    }
     run_step(
         Command::new("apt-get").args(["update", "-qq"]),
         "apt-get update",
@@ -104,6 +339,7 @@ fn apt_packages() -> Result<()> {
         use std::os::unix::fs::PermissionsExt as _;
         fs::set_permissions(POLICY_RC_D, fs::Permissions::from_mode(0o755))?;
     }
+    // --no-install-recommends: see APT_PACKAGES (docker-compose recommends docker.io).
     let installed = run_step(
         Command::new("apt-get")
             .args(["install", "-y", "-qq", "--no-install-recommends"])
@@ -299,5 +535,96 @@ mod tests {
                     x86_64-unknown-linux-gnu\nLLVM version: 22.1.4\n";
         assert_eq!(llvm_major(text), Some(22));
         assert_eq!(llvm_major("rustc 1.0"), None);
+    }
+
+    fn names(packages: &[&AptPackage]) -> Vec<&'static str> {
+        packages.iter().map(|p| p.name).collect()
+    }
+
+    /// The issue's promise: `cargo xtask daemon` (the build set-up) installs no Docker and no
+    /// qemu, whether or not the machine has an engine.
+    #[test]
+    fn build_set_up_installs_no_docker_and_no_qemu() {
+        for engine_present in [false, true] {
+            let build = names(&packages_for(Purpose::Build, engine_present));
+            assert!(!build.is_empty());
+            for name in &build {
+                assert!(
+                    !name.contains("docker") && !name.contains("qemu") && !name.contains("moby"),
+                    "{name} in the build set-up"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn test_set_up_installs_docker_io_only_without_an_engine() {
+        let with_engine = names(&packages_for(Purpose::Test, true));
+        assert!(!with_engine.contains(&"docker.io"));
+        for name in ENGINE_PACKAGES {
+            assert!(!with_engine.contains(name), "{name} with an engine present");
+        }
+        // What the tests use besides the engine stays.
+        for name in [
+            "docker-compose",
+            "docker-registry",
+            "qemu-system-x86",
+            "bpftool",
+        ] {
+            assert!(with_engine.contains(&name), "{name} missing");
+        }
+        let without_engine = names(&packages_for(Purpose::Test, false));
+        assert!(without_engine.contains(&"docker.io"));
+        assert_eq!(without_engine.len(), with_engine.len() + 1);
+    }
+
+    #[test]
+    fn every_package_is_listed_once_with_a_reason() {
+        for (i, package) in APT_PACKAGES.iter().enumerate() {
+            assert!(
+                !package.reason.trim().is_empty(),
+                "{} has no reason",
+                package.name
+            );
+            assert!(
+                APT_PACKAGES[i + 1..].iter().all(|p| p.name != package.name),
+                "{} twice",
+                package.name
+            );
+            // Only an engine package may depend on whether an engine is there.
+            assert_eq!(
+                package.only_without_engine,
+                ENGINE_PACKAGES.contains(&package.name),
+                "{}",
+                package.name
+            );
+        }
+    }
+
+    #[test]
+    fn engine_detection() {
+        assert_eq!(DockerEngine::from_parts(None, false, vec![]), None);
+        let ce = DockerEngine::from_parts(
+            Some("/usr/bin/dockerd".into()),
+            true,
+            vec!["docker-ce".into()],
+        )
+        .expect("docker-ce is an engine");
+        assert!(
+            ce.describe()
+                .contains("/usr/bin/dockerd (package docker-ce)")
+        );
+        // A package without a dockerd found, or a dockerd of no package, still counts: either
+        // way installing docker.io would be wrong.
+        assert!(DockerEngine::from_parts(None, false, vec!["moby-engine".into()]).is_some());
+        let off_path =
+            DockerEngine::from_parts(Some("/usr/sbin/dockerd".into()), false, vec![]).unwrap();
+        assert!(off_path.describe().contains("add /usr/sbin to PATH"));
+    }
+
+    #[test]
+    fn dpkg_listing() {
+        let listing = "docker-ce ii \ndocker.io un \nmoby-engine rc \ngcc hi \ncurl iU \n";
+        assert_eq!(installed_in_listing(listing), ["docker-ce", "gcc"]);
     }
 }
