@@ -197,6 +197,8 @@ fn tcp_message_at_boundary(
     segment_len: usize,
 ) -> Option<usize> {
     let stream = TCP_DNS_STREAMS.get_ptr_mut(cookie)?;
+    // SAFETY: a live map value (from bpf_map_lookup_elem, valid for this run) of plain u32s,
+    // read through the pointer.
     let (known_bit, boundary) = unsafe {
         if outgoing {
             (TcpDnsStream::OUT_KNOWN, (*stream).next_out)
@@ -204,18 +206,21 @@ fn tcp_message_at_boundary(
             (TcpDnsStream::IN_KNOWN, (*stream).next_in)
         }
     };
+    // SAFETY: the same map value.
     if unsafe { (*stream).known } & known_bit == 0 || seq != boundary {
         count(Counter::DnsTcpSplit);
         return None;
     }
     if segment_len < 2 {
         // The length itself is split: the next boundary is lost for good.
+        // SAFETY: the same map value; this direction clears only its own bit.
         unsafe { (*stream).known &= !known_bit };
         count(Counter::DnsTcpSplit);
         return None;
     }
     let msg_len = u16::from_be(ctx.load::<u16>(payload).ok()?) as usize;
     let next = seq.wrapping_add(2 + msg_len as u32);
+    // SAFETY: the same map value; each direction writes only its own boundary.
     unsafe {
         if outgoing {
             (*stream).next_out = next;
@@ -234,7 +239,11 @@ fn tcp_message_at_boundary(
 /// on this CPU holds it (see `DnsScratch::busy_since_ns`).
 #[inline(always)]
 fn take_scratch(slot: u32) -> Option<&'static mut DnsScratch> {
+    // SAFETY: this CPU's entry `slot` (egress and ingress use different ones) of the per-CPU
+    // array, from bpf_map_lookup_elem, valid for this run. A run that interrupted or preempted
+    // another on this CPU finds `busy_since_ns` set (below) and touches nothing else.
     let scratch = unsafe { &mut *DNS_SCRATCH.get_ptr_mut(slot)? };
+    // SAFETY: no arguments; reads the boot clock.
     let now = unsafe { bpf_ktime_get_boot_ns() };
     if scratch.busy_since_ns != 0 && now.wrapping_sub(scratch.busy_since_ns) < SCRATCH_STALE_NS {
         count(Counter::ScratchBusy);
@@ -269,7 +278,7 @@ fn copy_message(ctx: &SkBuffContext, packet: &DnsPacket, scratch: &mut DnsScratc
         bpf_skb_load_bytes(
             ctx.skb.skb as *const c_void,
             packet.msg_offset as u32,
-            scratch.msg.bytes.as_mut_ptr() as *mut c_void,
+            scratch.msg.bytes.as_mut_ptr().cast::<c_void>(),
             bounded,
         )
     };
@@ -298,7 +307,9 @@ fn dns_socket_packet(ctx: &SkBuffContext, outgoing: bool) -> Option<(u64, DnsPac
     if !may_be_dns_socket(ctx) {
         return None;
     }
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb as *mut c_void) };
+    // SAFETY: the program's context, the __sk_buff the skb form of the helper takes.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast::<c_void>()) };
+    // SAFETY: only whether the socket is recorded is used; the value is never read.
     unsafe { DNS_SOCKETS.get(cookie) }?;
     Some((cookie, dns_packet(ctx, cookie, outgoing)?))
 }
@@ -333,6 +344,7 @@ fn record_query(
         _reserved: 0,
     };
     let query = PendingQuery {
+        // SAFETY: no arguments; reads the boot clock.
         sent_ns: unsafe { bpf_ktime_get_boot_ns() },
         question_hash: question.name_hash,
         resolver: packet.resolver,
@@ -386,6 +398,7 @@ fn check_answer(
 
     // The answer must match a query this socket sent: same transaction id, client port,
     // resolver and question, within the query timeout. Each query is answered once.
+    // SAFETY: no arguments; reads the boot clock.
     let now = unsafe { bpf_ktime_get_boot_ns() };
     let pending_key = PendingKey {
         socket_cookie: cookie,
@@ -393,6 +406,9 @@ fn check_answer(
         client_port: packet.client_port,
         _reserved: 0,
     };
+    // SAFETY: the element stays mapped until the run ends; PendingQuery is plain integers, so
+    // one the LRU recycles meanwhile reads, at worst, as another query, which must then still
+    // match the question, its type and the resolver.
     let matched = match unsafe { PENDING_QUERIES.get(pending_key) } {
         Some(query) => {
             query.question_hash == question.name_hash
@@ -411,9 +427,12 @@ fn check_answer(
     let key_len = dns::reversed_key(&scratch.question, question.name_len, &mut scratch.key.data);
     scratch.key.prefix_len = (key_len * 8) as u32;
     // NameKey has the layout of the trie's key (prefix length, then the data).
-    let key = unsafe { &*(&scratch.key as *const ram_common::NameKey as *const NameLpmKey) };
+    // SAFETY: both are repr(C, packed) (alignment 1) with the same fields, a u32 and a
+    // [u8; NAME_BUF]; the reference borrows `scratch.key`, which nothing writes while it lives.
+    let key = unsafe { &*core::ptr::from_ref(&scratch.key).cast::<NameLpmKey>() };
     let rule = policy.name(key);
     scratch.learning = Learning {
+        // SAFETY: the program's context, the __sk_buff the helper takes.
         cgroup_id: unsafe { bpf_skb_cgroup_id(ctx.skb.skb) },
         now_ns: now,
         resolver: packet.resolver,
@@ -452,6 +471,8 @@ pub fn dns_answer_rr(ctx: SkBuffContext) -> i32 {
 #[inline(always)]
 fn answer_record(ctx: &SkBuffContext) -> Option<()> {
     // The slot dns_snoop_in took; it stays taken until next_record ends the chain.
+    // SAFETY: this CPU's ingress entry of the per-CPU array (a tail call stays on the CPU),
+    // valid for this run; dns_snoop_in marked it busy, so no other run on this CPU uses it.
     let scratch = unsafe { &mut *DNS_SCRATCH.get_ptr_mut(SCRATCH_INGRESS)? };
     let learning = &mut scratch.learning;
     // The slot the question was judged with, even if the policy changed since.
@@ -483,6 +504,9 @@ fn answer_record(ctx: &SkBuffContext) -> Option<()> {
 fn next_record(ctx: &SkBuffContext, scratch: &mut DnsScratch) {
     if scratch.answers.has_next() {
         // Returns only if the call fails (e.g. the tail-call limit); then the walk ends here.
+        // SAFETY: `ctx` is this cgroup_skb program's context, the type dns_answer_rr takes. On
+        // success the rest of this function never runs, by design (nothing is left to drop):
+        // dns_answer_rr carries on from the scratch slot, which stays taken.
         unsafe { DNS_TAIL_CALLS.tail_call(ctx, ANSWER_RR_SLOT) };
     }
     scratch.answers.finish();
@@ -531,6 +555,9 @@ fn learn(
     };
     let mut expires_ns = now + lifetime + config.grace_ns;
     let mut new = true;
+    // SAFETY: the element stays mapped until the run ends; LearnedAddr is plain integers, so
+    // one replaced meanwhile reads, at worst, as another learned address, whose expiry (itself
+    // bounded by a max_ttl) may then be kept.
     if let Some(existing) = unsafe { LEARNED.get(key) } {
         new = existing.expires_ns <= now;
         if existing.expires_ns > expires_ns {
@@ -580,7 +607,7 @@ fn report_answer(ctx: &SkBuffContext, learning: &Learning, len: usize) {
             || bpf_skb_load_bytes(
                 ctx.skb.skb as *const c_void,
                 learning.msg_offset,
-                (*event).msg.as_mut_ptr() as *mut c_void,
+                (*event).msg.as_mut_ptr().cast::<c_void>(),
                 bounded,
             ) != 0
         {

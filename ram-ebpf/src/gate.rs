@@ -37,24 +37,29 @@ const DNS_PORT: u16 = 53;
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4_gate(ctx: SockAddrContext) -> i32 {
+    // SAFETY: `ctx.sock_addr` is the kernel's bpf_sock_addr for this connect4 call: not null,
+    // valid for the whole run, and only read; the verifier checks each load against the hook.
     let addr = ipv4_destination(unsafe { &*ctx.sock_addr });
     judge(&ctx, addr, Hook::Connect4)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn connect6_gate(ctx: SockAddrContext) -> i32 {
+    // SAFETY: as in connect4_gate: the kernel's bpf_sock_addr for this connect6 call, only read.
     let addr = ipv6_destination(unsafe { &*ctx.sock_addr });
     judge(&ctx, addr, Hook::Connect6)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sendmsg4_gate(ctx: SockAddrContext) -> i32 {
+    // SAFETY: as in connect4_gate: the kernel's bpf_sock_addr for this sendmsg4 call, only read.
     let addr = ipv4_destination(unsafe { &*ctx.sock_addr });
     judge(&ctx, addr, Hook::Sendmsg4)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sendmsg6_gate(ctx: SockAddrContext) -> i32 {
+    // SAFETY: as in connect4_gate: the kernel's bpf_sock_addr for this sendmsg6 call, only read.
     let addr = ipv6_destination(unsafe { &*ctx.sock_addr });
     judge(&ctx, addr, Hook::Sendmsg6)
 }
@@ -94,9 +99,11 @@ fn ipv6_destination(sock_addr: &bpf_sock_addr) -> Addr16 {
 /// puts cheap hash lookups first: any rule that allows, allows.
 #[inline(always)]
 fn judge(ctx: &SockAddrContext, addr: Addr16, hook: Hook) -> i32 {
+    // SAFETY: the hook's context (see connect4_gate), only read.
     let sock_addr = unsafe { &*ctx.sock_addr };
     // `user_port` carries the port in network byte order in its low 16 bits.
     let port = u16::from_be(sock_addr.user_port as u16);
+    // SAFETY: no arguments; the calling task's cgroup, a helper cgroup programs may call.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     let mut verdict = Verdict {
         cgroup_id,
@@ -116,7 +123,11 @@ fn judge(ctx: &SockAddrContext, addr: Addr16, hook: Hook) -> i32 {
 
     // Learned addresses first: a hash lookup, cheaper than the trie, and what registry
     // traffic hits. The order changes no decision (any rule that allows, allows).
+    // SAFETY: the element stays mapped until the run ends; LearnedAddr is plain integers, so
+    // one that dns_answer_rr or the daemon replaces meanwhile reads, at worst, as the entry the
+    // kernel reused it for.
     if let Some(learned) = unsafe { LEARNED.get(LearnedKey { cgroup_id, addr }) } {
+        // SAFETY: no arguments; reads the boot clock.
         if learned.expires_ns > unsafe { bpf_ktime_get_boot_ns() } && policy.keeps(learned) {
             count(Counter::AllowedLearned);
             verdict.reason = Reason::AllowedLearned;
@@ -136,7 +147,9 @@ fn judge(ctx: &SockAddrContext, addr: Addr16, hook: Hook) -> i32 {
             // Only answers to sockets recorded here are ever learned from (dns_snoop_in).
             // Looking up first spares the LRU update (which takes locks) on every query of
             // a socket already recorded; the lookup itself keeps the entry recent.
-            let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr as *mut c_void) };
+            // SAFETY: the hook's context, the argument the sock_addr form of the helper takes.
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast::<c_void>()) };
+            // SAFETY: only whether the socket is recorded is used; the value is never read.
             if unsafe { DNS_SOCKETS.get(cookie) }.is_none() {
                 let _ = DNS_SOCKETS.insert(cookie, cgroup_id, 0);
             }
@@ -192,9 +205,11 @@ struct Verdict {
 /// makes its own namespace could otherwise run a fake resolver on a trusted address there.
 #[inline(always)]
 fn in_trusted_netns(ctx: &SockAddrContext, policy: &Policy) -> bool {
-    let own = unsafe { bpf_get_netns_cookie(ctx.sock_addr as *mut c_void) };
+    // SAFETY: the hook's context, the argument the sock_addr form of the helper takes.
+    let own = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast::<c_void>()) };
     let trusted = match policy.config.trusted_netns_cookie {
         // Unset: the initial network namespace (a NULL context asks for its cookie).
+        // SAFETY: the helper's context argument may be NULL (ARG_PTR_TO_CTX_OR_NULL).
         0 => unsafe { bpf_get_netns_cookie(core::ptr::null_mut()) },
         cookie => cookie,
     };
@@ -222,7 +237,10 @@ fn report_allowed(sock_addr: &bpf_sock_addr, policy: &Policy, verdict: &Verdict)
         protocol: sock_addr.protocol as u8,
         _reserved: 0,
     };
+    // SAFETY: no arguments; reads the boot clock.
     let now = unsafe { bpf_ktime_get_boot_ns() };
+    // SAFETY: the element stays mapped until the run ends; the value is a u64, so an entry the
+    // LRU recycles meanwhile reads, at worst, as another time: one report more or fewer.
     if let Some(last) = unsafe { AUDIT_SEEN.get(key) }
         && now.wrapping_sub(*last) < policy.config.allowed_window_ns
     {
@@ -239,6 +257,7 @@ fn report(sock_addr: &bpf_sock_addr, verdict: &Verdict, allowed: u8) {
         return;
     };
     entry.write(GateEvent {
+        // SAFETY: no arguments; reads the boot clock.
         boot_ns: unsafe { bpf_ktime_get_boot_ns() },
         cgroup_id: verdict.cgroup_id,
         pid_tgid: bpf_get_current_pid_tgid(),

@@ -115,6 +115,7 @@ impl Policy {
         } else {
             &RULE_IDS_1
         };
+        // SAFETY: both lookups only ask whether the id is present; the values are never read.
         unsafe { map.get(learned.rule_id).is_some() && map.get(learned.resolver_rule_id).is_some() }
     }
 
@@ -125,6 +126,9 @@ impl Policy {
         } else {
             &RESOLVERS_1
         };
+        // SAFETY: the element stays mapped until the run ends, and the daemon refills only the
+        // slot not in force; ResolverRule is plain integers, so even one removed by a second
+        // policy change within this run reads, at worst, as another resolver's entry.
         unsafe { map.get(addr) }
     }
 
@@ -157,14 +161,16 @@ fn count(counter: Counter) {
 #[inline(always)]
 fn count_n(counter: Counter, n: u64) {
     if let Some(value) = COUNTERS.get_ptr_mut(counter as u32) {
-        // Per-CPU slot: no other CPU writes it.
+        // SAFETY: this CPU's slot of a per-CPU array (the lookup checked the index), valid for
+        // this run; no other CPU writes it. A program interrupting this one on the same CPU can
+        // at worst make one count miss an increment.
         unsafe { *value += n };
     }
 }
 
 #[cfg(not(test))]
 #[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
+fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
     loop {}
 }
 
