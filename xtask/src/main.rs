@@ -3,7 +3,9 @@
 //! - `setup [--build-only]`: installs the build and test requirements (idempotent; seconds when
 //!   all is there); `--build-only`: only what compiling ram needs (see `setup.rs`).
 //! - `daemon [ARGS]`: build set-up, build ram (release), run `ram daemon ARGS` in the foreground.
-//! - `test`: setup, unit tests, then the integration tests against the real kernel.
+//! - `test`: setup, lint (without a filter), unit tests, the integration tests against the real
+//!   kernel, then (without a filter) the kernel matrix.
+//! - `lint`: `cargo fmt --check` and clippy with warnings denied (user space and ram-ebpf).
 //! - `bench`: setup, build ram (release), run the side-by-side benchmarks.
 
 mod matrix;
@@ -54,6 +56,9 @@ enum Task {
         /// connect-learned, policy-reload, daemon-rss).
         filter: Option<String>,
     },
+    /// Check formatting and run clippy with warnings denied under the workspace lints: user
+    /// space (eBPF build skipped) and ram-ebpf for its BPF target (nightly). Part of `test`.
+    Lint,
     /// Boot Debian's 5.10, 6.1 and 6.12 kernels in qemu with `ram` and report, per kernel,
     /// whether every program loads, attaches and enforces (root required; minutes).
     Matrix,
@@ -71,6 +76,7 @@ fn main() {
         Task::Setup { build_only: true } => setup::build(),
         Task::Setup { build_only: false } => setup::all(),
         Task::Daemon { args } => daemon(&args),
+        Task::Lint => setup::build().and_then(|()| lint()),
         Task::Test { filter } => test(filter.as_deref()),
         Task::Bench { filter } => bench(filter.as_deref()),
         Task::Fuzz { seconds } => fuzz(seconds),
@@ -154,6 +160,10 @@ fn test(filter: Option<&str>) -> Result<()> {
     setup::all()?;
     require_root("test")?;
     let ram = build_ram(false)?;
+    // The whole suite starts with the cheapest check: formatting and lints.
+    if filter.is_none() {
+        lint()?;
+    }
 
     let mut unit = cargo();
     unit.args([
@@ -193,6 +203,57 @@ fn test(filter: Option<&str>) -> Result<()> {
         matrix::run()?;
     }
     Ok(())
+}
+
+/// `cargo fmt --check` and clippy with `-D warnings`, in target directories of their own (the
+/// eBPF-less user-space build must not replace the real one).
+fn lint() -> Result<()> {
+    let target = workspace_root().join("target");
+    run(
+        cargo().args(["fmt", "--all", "--check"]),
+        "cargo fmt --check",
+    )?;
+    run(
+        cargo()
+            .args([
+                "clippy",
+                "--package",
+                "ram-common",
+                "--package",
+                "ram-userspace",
+                "--package",
+                "xtask",
+                "--package",
+                "ram-tests",
+                "--all-targets",
+                "--",
+                "--deny",
+                "warnings",
+            ])
+            .env("AYA_BUILD_SKIP", "1")
+            .env("CARGO_TARGET_DIR", target.join("lint")),
+        "clippy (user space)",
+    )?;
+    run(
+        Command::new("rustup")
+            .current_dir(workspace_root().join("ram-ebpf"))
+            .args([
+                "run",
+                "nightly",
+                "cargo",
+                "clippy",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--release",
+                "--",
+                "--deny",
+                "warnings",
+            ])
+            .env("CARGO_TARGET_DIR", target.join("lint-ebpf")),
+        "clippy (ram-ebpf, BPF target)",
+    )
 }
 
 fn bench(filter: Option<&str>) -> Result<()> {
