@@ -8,8 +8,11 @@
 //! - `POST /containers/create` (docker run/create, compose up): the `Image` of the body.
 //!   Unreadable: **denied**.
 //! - Everything else (the engine's many other calls; `/build`, whose `FROM` the pull gate in
-//!   `image_gate.rs` judges as dockerd pulls it): allowed at once, never parsed (fail open: the
-//!   plugin must not stall the engine).
+//!   `gate/` judges as dockerd pulls it): allowed at once, never parsed (fail open: the plugin
+//!   must not stall the engine).
+//!
+//! Image references are read with the grammar of [`super::reference`], the pull gate's: one
+//! that grammar refuses is denied with its message (see there for what it refuses).
 //!
 //! Runs on threads of its own, so that the engine never waits on the daemon's event loop.
 
@@ -23,7 +26,7 @@ use std::{
 
 use serde_json::{Value, json};
 
-use super::image_access::Judge as _;
+use super::image_access;
 use crate::{events::records::ImageDecision, policy::ImageRules};
 
 /// The plugin's name, as dockerd's `--authorization-plugin=` gives it.
@@ -273,12 +276,15 @@ pub fn authorize(body: &[u8], rules: Option<&ImageRules>) -> (bool, String, Opti
                        ID; use its name";
         return decided(false, message.into(), message.into(), action, image, user);
     }
-    match rules.judge(&image) {
+    match image_access::judge(rules, &image) {
         Ok(category) => {
             let kind = category.map_or("other_registry", |c| c.as_str());
             decided(true, String::new(), kind.into(), action, image, user)
         }
-        Err(message) => decided(false, message.clone(), message, action, image, user),
+        Err(why) => {
+            let message = why.to_string();
+            decided(false, message.clone(), message, action, image, user)
+        }
     }
 }
 
