@@ -17,6 +17,7 @@
 //! Runs on threads of its own, so that the engine never waits on the daemon's event loop.
 
 use std::{
+    borrow::Cow,
     io::{self, BufRead as _, BufReader, Read as _, Write as _},
     os::unix::net::{UnixListener, UnixStream},
     sync::{Arc, RwLock},
@@ -24,6 +25,10 @@ use std::{
     time::Duration,
 };
 
+use base64::{
+    Engine as _, alphabet,
+    engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig},
+};
 use serde_json::{Value, json};
 
 use super::image_access;
@@ -204,7 +209,7 @@ pub fn authorize(body: &[u8], rules: Option<&ImageRules>) -> (bool, String, Opti
             .map_or("/", |slash| &target[scheme + 3 + slash..]),
         None => target,
     };
-    let decoded = percent_decode_path(target);
+    let decoded = decode_path(target);
     if method.eq_ignore_ascii_case("POST") && (decoded.contains('%') || !decoded.starts_with('/')) {
         return deny_unreadable("request", user);
     }
@@ -359,70 +364,36 @@ fn looks_like_image_id(image: &str) -> bool {
     }
 }
 
-/// Percent-decodes a path (no `+` for space, as in URLs' paths).
-fn percent_decode_path(path: &str) -> String {
-    percent_decode(&path.replace('+', "%2B"))
+/// Percent-decodes a path (`+` is a `+` in a path; invalid escapes stay as written).
+fn decode_path(path: &str) -> Cow<'_, str> {
+    percent_encoding::percent_decode_str(path).decode_utf8_lossy()
 }
 
-/// `a=1&b=x%2Fy` → [(a, 1), (b, x/y)].
+/// A query as Go's `url.ParseQuery` reads it: `a=1&b=x%2Fy+z` → [(a, 1), (b, x/y z)].
 fn query_params(query: &str) -> Vec<(String, String)> {
-    query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(key), percent_decode(value))
-        })
+    form_urlencoded::parse(query.as_bytes())
+        .into_owned()
         .collect()
 }
 
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(high), Some(low)) => {
-                    out.push(high << 4 | low);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            byte => out.push(byte),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
+/// How dockerd encodes request bodies: Go's `encoding/json` writes `[]byte` as standard base64
+/// with padding. Read as leniently as Go's decoder: padding optional, trailing bits ignored,
+/// line breaks skipped.
+const BODY_BASE64: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true),
+);
 
-/// Standard base64 (dockerd encodes request bodies so). `None` if malformed.
+/// A request body as dockerd sends it. `None` if malformed.
 fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    let mut buffer = 0u32;
-    let mut bits = 0;
-    for byte in text.bytes() {
-        let value = match byte {
-            b'A'..=b'Z' => byte - b'A',
-            b'a'..=b'z' => byte - b'a' + 26,
-            b'0'..=b'9' => byte - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            b'=' => break,
-            b'\r' | b'\n' => continue,
-            _ => return None,
-        };
-        buffer = (buffer << 6) | u32::from(value);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((buffer >> bits) as u8);
-        }
-    }
-    Some(out)
+    let text: Cow<'_, str> = if text.contains(['\r', '\n']) {
+        text.replace(['\r', '\n'], "").into()
+    } else {
+        text.into()
+    };
+    BODY_BASE64.decode(text.as_bytes()).ok()
 }
 
 #[cfg(test)]
@@ -552,27 +523,25 @@ mod tests {
     fn decoders_handle_their_inputs() {
         assert_eq!(base64_decode("aGVsbG8=").unwrap(), b"hello");
         assert_eq!(base64_decode("aGVsbG8gd29ybGQ").unwrap(), b"hello world");
+        assert_eq!(base64_decode("aGVs\r\nbG8=").unwrap(), b"hello");
         assert!(base64_decode("a$").is_none());
-        assert_eq!(percent_decode("a%2Fb+c%zz"), "a/b c%zz");
-        assert_eq!(percent_decode("trailing%2"), "trailing%2");
+        assert_eq!(
+            query_params("k=a%2Fb+c%zz&&x&k2=%C3%A9"),
+            [
+                ("k".to_owned(), "a/b c%zz".to_owned()),
+                ("x".to_owned(), String::new()),
+                ("k2".to_owned(), "é".to_owned()),
+            ]
+        );
+        assert_eq!(
+            query_params("t=trailing%2"),
+            [("t".into(), "trailing%2".into())]
+        );
+        assert_eq!(decode_path("/a+b%2Fc%zz%2"), "/a+b/c%zz%2");
+        assert_eq!(decode_path("/%ff"), "/\u{fffd}");
     }
 
     fn base64_encode(bytes: &[u8]) -> String {
-        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let mut out = String::new();
-        for chunk in bytes.chunks(3) {
-            let n = chunk
-                .iter()
-                .enumerate()
-                .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
-            for i in 0..4 {
-                if i <= chunk.len() {
-                    out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-                } else {
-                    out.push('=');
-                }
-            }
-        }
-        out
+        base64::engine::general_purpose::STANDARD.encode(bytes)
     }
 }
