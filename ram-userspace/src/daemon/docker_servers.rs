@@ -210,16 +210,18 @@ fn serve_authz(
     rules: &authz::SharedRules,
     decisions: Decisions,
 ) -> bool {
-    let listener = bind_authz_socket(path).map_err(|err| error_chain(&err));
-    let listener = listener.and_then(|listener| {
-        listener
-            .set_nonblocking(true)
-            .and_then(|()| {
-                // Registered with the servers' runtime, which then drives it.
-                let _on_the_servers_runtime = runtime.enter();
-                tokio::net::UnixListener::from_std(listener)
-            })
-            .map_err(|err| format!("cannot serve {}: {err}", path.display()))
+    let listener = match bind_authz_socket(path) {
+        Ok(listener) => listener,
+        Err(err) => {
+            let err = error_chain(&err);
+            error!("image access: {err}; Docker Hub images are NOT judged");
+            return false;
+        }
+    };
+    let listener = listener.set_nonblocking(true).and_then(|()| {
+        // Registered with the servers' runtime, which then drives it.
+        let _on_the_servers_runtime = runtime.enter();
+        tokio::net::UnixListener::from_std(listener)
     });
     match listener {
         Ok(listener) => {
@@ -234,7 +236,10 @@ fn serve_authz(
             true
         }
         Err(err) => {
-            error!("image access: {err}; Docker Hub images are NOT judged");
+            error!(
+                "image access: cannot serve {}: {err}; Docker Hub images are NOT judged",
+                path.display()
+            );
             false
         }
     }

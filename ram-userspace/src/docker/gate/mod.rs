@@ -84,9 +84,11 @@ pub type SharedGateRules = Arc<RwLock<GateRules>>;
 
 type GateBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
-/// Why a gate could not start on its listener.
+/// Why a gate could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error(transparent)]
+    Bind(io::Error),
     #[error("cannot read the listener's address")]
     Address(#[source] io::Error),
     #[error("cannot build the gate's HTTP client")]
@@ -251,12 +253,9 @@ async fn rebind(
             tokio::time::sleep(REBIND_PAUSE).await;
         }
     }
-    let started = match bound {
-        Ok(listener) => {
-            Gate::start(listener, rules.clone(), decisions.clone()).map_err(|err| error_chain(&err))
-        }
-        Err(err) => Err(err.to_string()),
-    };
+    let started = bound
+        .map_err(StartError::Bind)
+        .and_then(|listener| Gate::start(listener, rules.clone(), decisions.clone()));
     // The old gate (if it did not stop above) stops now, whether or not the new one started:
     // the policy names another address.
     if let Some(old) = old {
@@ -277,6 +276,7 @@ async fn rebind(
             Some(gate)
         }
         Err(err) => {
+            let err = error_chain(&err);
             log::error!(
                 "image access: the Docker Hub pull gate cannot listen on {address}: {err}; pulls \
                  through it fail (Docker Hub stays unreachable: fail closed). Stop what listens \
