@@ -2,37 +2,64 @@
 //! Management on the engine's API. dockerd asks the plugin, over HTTP on a unix socket in
 //! `/run/docker/plugins/`, about every API request before serving it.
 //!
+//! The protocol (Docker's plugin API, v1.2), one `POST` per call:
+//! - `/Plugin.Activate` → `{"Implements":["authz"]}`;
+//! - `/AuthZPlugin.AuthZReq` → `{"Allow":…,"Msg":…}`: [`authorize`];
+//! - `/AuthZPlugin.AuthZRes` → `{"Allow":true}` (answers are not judged);
+//! - anything else → 404 `{"Err":…}`; a body over 4 MiB → 413 `{"Err":…}`, which dockerd takes
+//!   for a plugin error and so refuses the request.
+//!
 //! What is judged, and what happens when a request cannot be read:
 //! - `POST /images/create?fromImage=…` (docker pull, compose pull): the image's category.
 //!   Unreadable: **denied** (fail closed: it is a pull).
 //! - `POST /containers/create` (docker run/create, compose up): the `Image` of the body.
 //!   Unreadable: **denied**.
 //! - Everything else (the engine's many other calls; `/build`, whose `FROM` the pull gate in
-//!   `image_gate.rs` judges as dockerd pulls it): allowed at once, never parsed (fail open: the
-//!   plugin must not stall the engine).
+//!   `gate/` judges as dockerd pulls it): allowed at once, never parsed (fail open: the plugin
+//!   must not stall the engine).
 //!
-//! Runs on threads of its own, so that the engine never waits on the daemon's event loop.
+//! Image references are read with the grammar of [`super::reference`], the pull gate's: one
+//! that grammar refuses is denied with its message (see there for what it refuses).
+//!
+//! Served with hyper (HTTP/1.1) on the Docker servers' runtime (`daemon/docker_servers.rs`), a
+//! thread of its own, so that the engine never waits on the daemon's event loop. No header-read
+//! or idle timeout: dockerd keeps connections open, and a connection closed under a request it
+//! is sending makes its client retry with an empty body. No connection limit: the socket is
+//! root's only.
 
 use std::{
-    io::{self, BufRead as _, BufReader, Read as _, Write as _},
-    os::unix::net::{UnixListener, UnixStream},
+    borrow::Cow,
+    convert::Infallible,
     sync::{Arc, RwLock},
-    thread,
     time::Duration,
 };
 
+use base64::{
+    Engine as _, alphabet,
+    engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig},
+};
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
+use hyper::{
+    Request, Response, StatusCode, body::Incoming, header, server::conn::http1, service::service_fn,
+};
+use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
+use tokio::net::{UnixListener, UnixStream};
 
-use super::image_access::Judge as _;
+use super::{Decisions, image_access};
 use crate::{events::records::ImageDecision, policy::ImageRules};
 
 /// The plugin's name, as dockerd's `--authorization-plugin=` gives it.
 pub const PLUGIN_NAME: &str = "ram";
 /// Where dockerd looks for plugin sockets.
 pub const DEFAULT_SOCKET: &str = "/run/docker/plugins/ram.sock";
-/// Largest request read: dockerd sends bodies only up to 1 MiB to authorization plugins.
+/// Largest request body read: dockerd passes bodies of up to 1 MiB (1.4 in base64) to plugins.
 const MAX_REQUEST: usize = 4 << 20;
+/// Largest request head, and hyper's read buffer (bodies stream through it).
 const MAX_HEADER: usize = 64 << 10;
+/// The content type of the plugin API.
+const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1.2+json";
 
 /// How the audit log names decisions of the plugin.
 pub const VIA: &str = "authorization_plugin";
@@ -40,135 +67,97 @@ pub const VIA: &str = "authorization_plugin";
 /// The rules in force (`None`: image access off, everything allowed), swapped on reload.
 pub type SharedRules = Arc<RwLock<Option<ImageRules>>>;
 
-/// Serves the plugin on `listener` until the process ends: one thread per connection (dockerd
-/// keeps a few open).
-pub fn serve(
-    listener: UnixListener,
-    rules: SharedRules,
-    decisions: impl Fn(ImageDecision) + Send + Sync + 'static,
-) {
-    let decisions = Arc::new(decisions);
-    thread::Builder::new()
-        .name("authz-accept".into())
-        .spawn(move || {
-            for stream in listener.incoming() {
-                let stream = match stream {
-                    Ok(stream) => stream,
-                    Err(err) => {
-                        // E.g. out of file descriptors: do not spin.
-                        log::warn!("authorization plugin: accept failed: {err}");
-                        thread::sleep(Duration::from_millis(100));
-                        continue;
-                    }
-                };
-                let rules = rules.clone();
-                let decisions = decisions.clone();
-                let _ = thread::Builder::new()
-                    .name("authz-conn".into())
-                    .spawn(move || {
-                        if let Err(err) = connection(stream, &rules, &*decisions) {
-                            log::debug!("authorization plugin connection: {err}");
-                        }
-                    });
+/// Serves the plugin on `listener`, on the runtime it is spawned on, until that runtime ends:
+/// a task per connection (dockerd keeps a few open).
+pub async fn serve(listener: UnixListener, rules: SharedRules, decisions: Decisions) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(serve_connection(stream, rules.clone(), decisions.clone()));
             }
-        })
-        .expect("spawning the authorization plugin thread");
+            Err(err) => {
+                // E.g. out of file descriptors: do not spin.
+                log::warn!("authorization plugin: accept failed: {err}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
 }
 
-fn connection(
-    stream: UnixStream,
+/// Answers the requests of one connection until the client closes it.
+async fn serve_connection(stream: UnixStream, rules: SharedRules, decisions: Decisions) {
+    let service = service_fn(move |request| {
+        let rules = rules.clone();
+        let decisions = decisions.clone();
+        async move { Ok::<_, Infallible>(answer(request, &rules, &decisions).await) }
+    });
+    // No timer, and so no timeouts (see the module's doc).
+    let served = http1::Builder::new()
+        .header_read_timeout(None)
+        .max_header_size(MAX_HEADER)
+        .max_buf_size(MAX_HEADER)
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+    if let Err(err) = served {
+        log::debug!("authorization plugin connection: {err}");
+    }
+}
+
+/// The answer to one call of the plugin API.
+async fn answer(
+    request: Request<Incoming>,
     rules: &SharedRules,
-    decisions: &dyn Fn(ImageDecision),
-) -> io::Result<()> {
-    // No idle timeout: dockerd keeps connections open, and a connection closed under a
-    // request it is sending makes its client retry with an empty body.
-    let mut writer = stream.try_clone()?;
-    let mut reader = BufReader::new(stream);
-    loop {
-        let Some((path, body)) = read_request(&mut reader)? else {
-            return Ok(());
-        };
-        let (status, answer) = match path.as_str() {
-            "/Plugin.Activate" => {
-                log::info!("a Docker Engine activated the authorization plugin");
-                (200, json!({ "Implements": ["authz"] }))
+    decisions: &Decisions,
+) -> Response<Full<Bytes>> {
+    let path = request.uri().path().to_owned();
+    let body = match Limited::new(request.into_body(), MAX_REQUEST)
+        .collect()
+        .await
+    {
+        Ok(body) => body.to_bytes(),
+        Err(err) => {
+            log::warn!("authorization plugin: cannot read a request to {path}: {err}");
+            let status = if err.is::<LengthLimitError>() {
+                StatusCode::PAYLOAD_TOO_LARGE
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            let message = format!("ram's plugin cannot read this request: {err}");
+            return reply(status, &json!({ "Err": message }));
+        }
+    };
+    match path.as_str() {
+        "/Plugin.Activate" => {
+            log::info!("a Docker Engine activated the authorization plugin");
+            reply(StatusCode::OK, &json!({ "Implements": ["authz"] }))
+        }
+        "/AuthZPlugin.AuthZReq" => {
+            let rules = match rules.read() {
+                Ok(rules) => rules.clone(),
+                // A writer panicked: the rules it left are still the last ones set.
+                Err(poisoned) => poisoned.into_inner().clone(),
+            };
+            let (allow, message, decision) = authorize(&body, rules.as_ref());
+            if let Some(decision) = decision {
+                decisions(decision);
             }
-            "/AuthZPlugin.AuthZReq" => {
-                let rules = match rules.read() {
-                    Ok(rules) => rules.clone(),
-                    // A writer panicked: the rules it left are still the last ones set.
-                    Err(poisoned) => poisoned.into_inner().clone(),
-                };
-                let (allow, message, decision) = authorize(&body, rules.as_ref());
-                if let Some(decision) = decision {
-                    decisions(decision);
-                }
-                (200, json!({ "Allow": allow, "Msg": message }))
-            }
-            "/AuthZPlugin.AuthZRes" => (200, json!({ "Allow": true })),
-            _ => {
-                log::warn!("authorization plugin: unknown call {path}");
-                (404, json!({ "Err": format!("ram's plugin has no {path}") }))
-            }
-        };
-        let body = answer.to_string();
-        write!(
-            writer,
-            "HTTP/1.1 {status} {}\r\nContent-Type: application/vnd.docker.plugins.v1.2+json\r\n\
-             Content-Length: {}\r\n\r\n{body}",
-            if status == 200 { "OK" } else { "Not Found" },
-            body.len()
-        )?;
-        writer.flush()?;
+            reply(StatusCode::OK, &json!({ "Allow": allow, "Msg": message }))
+        }
+        "/AuthZPlugin.AuthZRes" => reply(StatusCode::OK, &json!({ "Allow": true })),
+        _ => {
+            log::warn!("authorization plugin: unknown call {path}");
+            let message = format!("ram's plugin has no {path}");
+            reply(StatusCode::NOT_FOUND, &json!({ "Err": message }))
+        }
     }
 }
 
-/// One HTTP/1.1 request: its path and body (`Content-Length` only: dockerd's plugin client
-/// sends whole bodies). `None` at a clean end of the connection.
-fn read_request(reader: &mut BufReader<UnixStream>) -> io::Result<Option<(String, Vec<u8>)>> {
-    let mut line = String::new();
-    if reader.read_line(&mut line)? == 0 {
-        return Ok(None);
-    }
-    let path = line
-        .split_whitespace()
-        .nth(1)
-        .ok_or_else(|| io::Error::other("malformed request line"))?
-        .to_owned();
-    let mut length = 0usize;
-    let mut header_bytes = line.len();
-    loop {
-        let mut header = String::new();
-        if reader.read_line(&mut header)? == 0 {
-            return Err(io::Error::other("connection closed inside the headers"));
-        }
-        header_bytes += header.len();
-        if header_bytes > MAX_HEADER {
-            return Err(io::Error::other("headers too large"));
-        }
-        let header = header.trim_end();
-        if header.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = header.split_once(':') {
-            if name.eq_ignore_ascii_case("content-length") {
-                length = value
-                    .trim()
-                    .parse()
-                    .map_err(|_| io::Error::other("bad Content-Length"))?;
-            }
-            // dockerd's plugin client sends whole bodies; anything else would desynchronize.
-            if name.eq_ignore_ascii_case("transfer-encoding") {
-                return Err(io::Error::other("chunked requests are not supported"));
-            }
-        }
-    }
-    if length > MAX_REQUEST {
-        return Err(io::Error::other("request too large"));
-    }
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body)?;
-    Ok(Some((path, body)))
+fn reply(status: StatusCode, answer: &Value) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, CONTENT_TYPE)
+        .body(Full::new(Bytes::from(answer.to_string())))
+        .expect("a response of a status and a fixed header is valid")
 }
 
 /// The decision on one `AuthZReq`: (allow, message for the user, what to audit).
@@ -201,7 +190,7 @@ pub fn authorize(body: &[u8], rules: Option<&ImageRules>) -> (bool, String, Opti
             .map_or("/", |slash| &target[scheme + 3 + slash..]),
         None => target,
     };
-    let decoded = percent_decode_path(target);
+    let decoded = decode_path(target);
     if method.eq_ignore_ascii_case("POST") && (decoded.contains('%') || !decoded.starts_with('/')) {
         return deny_unreadable("request", user);
     }
@@ -273,12 +262,15 @@ pub fn authorize(body: &[u8], rules: Option<&ImageRules>) -> (bool, String, Opti
                        ID; use its name";
         return decided(false, message.into(), message.into(), action, image, user);
     }
-    match rules.judge(&image) {
+    match image_access::judge(rules, &image) {
         Ok(category) => {
             let kind = category.map_or("other_registry", |c| c.as_str());
             decided(true, String::new(), kind.into(), action, image, user)
         }
-        Err(message) => decided(false, message.clone(), message, action, image, user),
+        Err(why) => {
+            let message = why.to_string();
+            decided(false, message.clone(), message, action, image, user)
+        }
     }
 }
 
@@ -353,70 +345,36 @@ fn looks_like_image_id(image: &str) -> bool {
     }
 }
 
-/// Percent-decodes a path (no `+` for space, as in URLs' paths).
-fn percent_decode_path(path: &str) -> String {
-    percent_decode(&path.replace('+', "%2B"))
+/// Percent-decodes a path (`+` is a `+` in a path; invalid escapes stay as written).
+fn decode_path(path: &str) -> Cow<'_, str> {
+    percent_encoding::percent_decode_str(path).decode_utf8_lossy()
 }
 
-/// `a=1&b=x%2Fy` → [(a, 1), (b, x/y)].
+/// A query as Go's `url.ParseQuery` reads it: `a=1&b=x%2Fy+z` → [(a, 1), (b, x/y z)].
 fn query_params(query: &str) -> Vec<(String, String)> {
-    query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(key), percent_decode(value))
-        })
+    form_urlencoded::parse(query.as_bytes())
+        .into_owned()
         .collect()
 }
 
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(high), Some(low)) => {
-                    out.push(high << 4 | low);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            byte => out.push(byte),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
+/// How dockerd encodes request bodies: Go's `encoding/json` writes `[]byte` as standard base64
+/// with padding. Read as leniently as Go's decoder: padding optional, trailing bits ignored,
+/// line breaks skipped.
+const BODY_BASE64: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true),
+);
 
-/// Standard base64 (dockerd encodes request bodies so). `None` if malformed.
+/// A request body as dockerd sends it. `None` if malformed.
 fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    let mut buffer = 0u32;
-    let mut bits = 0;
-    for byte in text.bytes() {
-        let value = match byte {
-            b'A'..=b'Z' => byte - b'A',
-            b'a'..=b'z' => byte - b'a' + 26,
-            b'0'..=b'9' => byte - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            b'=' => break,
-            b'\r' | b'\n' => continue,
-            _ => return None,
-        };
-        buffer = (buffer << 6) | u32::from(value);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((buffer >> bits) as u8);
-        }
-    }
-    Some(out)
+    let text: Cow<'_, str> = if text.contains(['\r', '\n']) {
+        text.replace(['\r', '\n'], "").into()
+    } else {
+        text.into()
+    };
+    BODY_BASE64.decode(text.as_bytes()).ok()
 }
 
 #[cfg(test)]
@@ -546,27 +504,97 @@ mod tests {
     fn decoders_handle_their_inputs() {
         assert_eq!(base64_decode("aGVsbG8=").unwrap(), b"hello");
         assert_eq!(base64_decode("aGVsbG8gd29ybGQ").unwrap(), b"hello world");
+        assert_eq!(base64_decode("aGVs\r\nbG8=").unwrap(), b"hello");
         assert!(base64_decode("a$").is_none());
-        assert_eq!(percent_decode("a%2Fb+c%zz"), "a/b c%zz");
-        assert_eq!(percent_decode("trailing%2"), "trailing%2");
+        assert_eq!(
+            query_params("k=a%2Fb+c%zz&&x&k2=%C3%A9"),
+            [
+                ("k".to_owned(), "a/b c%zz".to_owned()),
+                ("x".to_owned(), String::new()),
+                ("k2".to_owned(), "é".to_owned()),
+            ]
+        );
+        assert_eq!(
+            query_params("t=trailing%2"),
+            [("t".into(), "trailing%2".into())]
+        );
+        assert_eq!(decode_path("/a+b%2Fc%zz%2"), "/a+b/c%zz%2");
+        assert_eq!(decode_path("/%ff"), "/\u{fffd}");
     }
 
     fn base64_encode(bytes: &[u8]) -> String {
-        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let mut out = String::new();
-        for chunk in bytes.chunks(3) {
-            let n = chunk
-                .iter()
-                .enumerate()
-                .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
-            for i in 0..4 {
-                if i <= chunk.len() {
-                    out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-                } else {
-                    out.push('=');
-                }
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    }
+
+    /// Sends raw HTTP/1.1 `requests` on one connection to the plugin; its answers, once it has
+    /// given `answers` of them or closed the connection.
+    async fn exchange(requests: &[u8], answers: usize) -> Vec<String> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let (mut client, server) = UnixStream::pair().unwrap();
+        let rules = Arc::new(RwLock::new(Some(rules())));
+        tokio::spawn(serve_connection(server, rules, Arc::new(|_| {})));
+        client.write_all(requests).await.unwrap();
+        let (mut read, mut buffer) = (String::new(), [0; 4096]);
+        while read.matches("HTTP/1.1 ").count() < answers || !read.ends_with('}') {
+            let reading = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buffer));
+            let n = reading.await.expect("the plugin answers").unwrap();
+            if n == 0 {
+                break;
             }
+            read.push_str(std::str::from_utf8(&buffer[..n]).unwrap());
         }
-        out
+        read.split("HTTP/1.1 ").skip(1).map(str::to_owned).collect()
+    }
+
+    fn post(path: &str, body: &str) -> String {
+        let length = body.len();
+        format!("POST {path} HTTP/1.1\r\nHost: plugin\r\nContent-Length: {length}\r\n\r\n{body}")
+    }
+
+    #[tokio::test]
+    async fn the_plugin_speaks_dockers_plugin_protocol() {
+        let uri = "/v1.41/images/create?fromImage=someuser%2Fx&tag=latest";
+        let pull = String::from_utf8(request("POST", uri, None)).unwrap();
+        let requests = [
+            post("/Plugin.Activate", ""),
+            post("/AuthZPlugin.AuthZReq", &pull),
+            post("/AuthZPlugin.AuthZRes", &pull),
+            post("/Plugin.X", "{}"),
+        ];
+        // One connection, kept open across calls, as dockerd's client keeps it.
+        let answers = exchange(requests.concat().as_bytes(), requests.len()).await;
+        assert_eq!(answers.len(), requests.len(), "{answers:?}");
+        let expect = |answer: &str, status: &str, body: Value| {
+            let (head, text) = answer.split_once("\r\n\r\n").unwrap();
+            assert!(head.starts_with(status), "{answer}");
+            let content_type = format!("content-type: {CONTENT_TYPE}");
+            assert!(
+                head.to_ascii_lowercase().contains(&content_type),
+                "{answer}"
+            );
+            assert_eq!(serde_json::from_str::<Value>(text).unwrap(), body);
+        };
+        expect(&answers[0], "200 OK", json!({ "Implements": ["authz"] }));
+        let denial = "image access denied: community images not allowed";
+        expect(
+            &answers[1],
+            "200 OK",
+            json!({ "Allow": false, "Msg": denial }),
+        );
+        expect(&answers[2], "200 OK", json!({ "Allow": true }));
+        let unknown = json!({ "Err": "ram's plugin has no /Plugin.X" });
+        expect(&answers[3], "404 Not Found", unknown);
+    }
+
+    #[tokio::test]
+    async fn oversized_requests_are_refused() {
+        let body = " ".repeat(MAX_REQUEST + 1);
+        let answers = exchange(post("/AuthZPlugin.AuthZReq", &body).as_bytes(), 1).await;
+        assert!(answers[0].starts_with("413 "), "{answers:?}");
+        assert!(answers[0].contains(r#"{"Err":"#), "{answers:?}");
+        let header = format!("X-Big: {}\r\n", "x".repeat(MAX_HEADER));
+        let request = post("/Plugin.Activate", "").replacen("Host", &format!("{header}Host"), 1);
+        let answers = exchange(request.as_bytes(), 1).await;
+        assert!(answers[0].starts_with("431 "), "{answers:?}");
     }
 }

@@ -10,8 +10,11 @@
 //!
 //! Images from other registries (`ghcr.io/...`, `registry.corp:5000/...`) are not judged here:
 //! Registry Access Management decides whether their registry may be reached at all.
+//!
+//! [`judge`] is what the authorization plugin asks about the references it is given;
+//! [`judge_repository`] what the pull gate asks about the repositories of its paths.
 
-use super::reference::{HubRepository, Reference, parse_reference};
+use super::reference::{HubRepository, Reference, ReferenceError, parse_reference};
 use crate::policy::ImageRules;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,16 +26,7 @@ pub enum Category {
 }
 
 impl Category {
-    /// The words of Docker's message: `image access denied: community images not allowed`.
-    pub fn denial(self) -> &'static str {
-        match self {
-            Self::Official => "image access denied: official images not allowed",
-            Self::Organization => "image access denied: organization images not allowed",
-            Self::VerifiedPublisher => "image access denied: verified publisher images not allowed",
-            Self::Community => "image access denied: community images not allowed",
-        }
-    }
-
+    /// How the audit log names the category.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Official => "official",
@@ -41,51 +35,78 @@ impl Category {
             Self::Community => "community",
         }
     }
-}
 
-/// The judgement of image references under the policy's rules.
-pub trait Judge {
-    fn category(&self, repository: &HubRepository) -> Category;
-    fn judge(&self, reference: &str) -> Result<Option<Category>, String>;
-}
-
-impl Judge for ImageRules {
-    fn category(&self, repository: &HubRepository) -> Category {
-        let namespace = repository.namespace.as_str();
-        if namespace == "library" {
-            Category::Official
-        } else if self.organizations.iter().any(|o| o == namespace) {
-            Category::Organization
-        } else if self
-            .verified_publisher_namespaces
-            .iter()
-            .any(|v| v == namespace)
-        {
-            Category::VerifiedPublisher
-        } else {
-            Category::Community
+    /// How Docker's message names the category.
+    fn words(self) -> &'static str {
+        match self {
+            Self::Official => "official",
+            Self::Organization => "organization",
+            Self::VerifiedPublisher => "verified publisher",
+            Self::Community => "community",
         }
     }
+}
 
-    /// `Ok` with the category when `reference` may be used (`None`: not a Docker Hub image),
-    /// or the denial message.
-    fn judge(&self, reference: &str) -> Result<Option<Category>, String> {
-        let repository = match parse_reference(reference)? {
-            Reference::Other(_) => return Ok(None),
-            Reference::Hub(repository) => repository,
-        };
-        let category = self.category(&repository);
-        let allowed = match category {
-            Category::Organization => true,
-            Category::Official => self.official,
-            Category::VerifiedPublisher => self.verified_publishers,
-            Category::Community => self.community,
-        };
-        if allowed {
-            Ok(Some(category))
-        } else {
-            Err(category.denial().to_owned())
-        }
+/// An image of a category the rules do not allow. Its message is Docker's:
+/// `image access denied: community images not allowed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("image access denied: {} images not allowed", category.words())]
+pub struct Denial {
+    pub category: Category,
+}
+
+/// Why a reference may not be used: it is not one, or the rules deny its category.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JudgeError {
+    #[error(transparent)]
+    Invalid(#[from] ReferenceError),
+    #[error(transparent)]
+    Denied(#[from] Denial),
+}
+
+/// The category of a Docker Hub repository under `rules`.
+pub fn category(rules: &ImageRules, repository: &HubRepository) -> Category {
+    let namespace = repository.namespace.as_str();
+    if namespace == "library" {
+        Category::Official
+    } else if rules.organizations.iter().any(|o| o == namespace) {
+        Category::Organization
+    } else if rules
+        .verified_publisher_namespaces
+        .iter()
+        .any(|v| v == namespace)
+    {
+        Category::VerifiedPublisher
+    } else {
+        Category::Community
+    }
+}
+
+/// The category of a Docker Hub repository, if `rules` allow it.
+pub fn judge_repository(
+    rules: &ImageRules,
+    repository: &HubRepository,
+) -> Result<Category, Denial> {
+    let category = category(rules, repository);
+    let allowed = match category {
+        Category::Organization => true,
+        Category::Official => rules.official,
+        Category::VerifiedPublisher => rules.verified_publishers,
+        Category::Community => rules.community,
+    };
+    if allowed {
+        Ok(category)
+    } else {
+        Err(Denial { category })
+    }
+}
+
+/// Whether image `reference` may be used: its category (`None`: not a Docker Hub image, not
+/// judged here), or why not.
+pub fn judge(rules: &ImageRules, reference: &str) -> Result<Option<Category>, JudgeError> {
+    match parse_reference(reference)? {
+        Reference::Other(_) => Ok(None),
+        Reference::Hub(repository) => Ok(Some(judge_repository(rules, &repository)?)),
     }
 }
 
@@ -104,39 +125,61 @@ pub(crate) mod tests {
         }
     }
 
+    fn denial(rules: &ImageRules, reference: &str) -> String {
+        judge(rules, reference).unwrap_err().to_string()
+    }
+
     #[test]
     fn categories_follow_the_namespace() {
         let rules = rules();
-        assert_eq!(rules.judge("busybox"), Ok(Some(Category::Official)));
+        assert_eq!(judge(&rules, "busybox"), Ok(Some(Category::Official)));
         assert_eq!(
-            rules.judge("mycompany/app"),
+            judge(&rules, "mycompany/app"),
             Ok(Some(Category::Organization))
         );
         assert_eq!(
-            rules.judge("somepublisher/tool"),
+            judge(&rules, "somepublisher/tool"),
             Ok(Some(Category::VerifiedPublisher))
         );
         assert_eq!(
-            rules.judge("someuser/custom-image"),
-            Err("image access denied: community images not allowed".into())
+            judge(&rules, "someuser/custom-image"),
+            Err(JudgeError::Denied(Denial {
+                category: Category::Community
+            }))
         );
-        assert_eq!(rules.judge("ghcr.io/someuser/anything"), Ok(None));
+        assert_eq!(
+            denial(&rules, "someuser/custom-image"),
+            "image access denied: community images not allowed"
+        );
+        assert_eq!(judge(&rules, "ghcr.io/someuser/anything"), Ok(None));
+        assert!(matches!(
+            judge(&rules, "SomeUser/App"),
+            Err(JudgeError::Invalid(_))
+        ));
         let strict = ImageRules {
             official: false,
             verified_publishers: false,
             ..rules
         };
         assert_eq!(
-            strict.judge("docker.io/library/x"),
-            Err("image access denied: official images not allowed".into())
+            denial(&strict, "docker.io/library/x"),
+            "image access denied: official images not allowed"
         );
         assert_eq!(
-            strict.judge("somepublisher/tool"),
-            Err("image access denied: verified publisher images not allowed".into())
+            denial(&strict, "somepublisher/tool"),
+            "image access denied: verified publisher images not allowed"
         );
         assert_eq!(
-            strict.judge("mycompany/app"),
+            judge(&strict, "mycompany/app"),
             Ok(Some(Category::Organization))
+        );
+        // Organizations are always allowed; the message exists for completeness.
+        assert_eq!(
+            Denial {
+                category: Category::Organization
+            }
+            .to_string(),
+            "image access denied: organization images not allowed"
         );
     }
 }

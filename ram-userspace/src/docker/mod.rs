@@ -1,7 +1,24 @@
 //! The Docker integration: image references and their categories (Image Access Management),
 //! the engine's authorization plugin and the Docker Hub pull gate.
+//!
+//! - [`reference`]: the one grammar of image references (the distribution spec's), Docker's
+//!   normalization;
+//! - [`image_access`]: categories and the judgement of the policy's `[image_access]`;
+//! - [`authz`]: the authorization plugin (hyper over a Unix socket);
+//! - [`gate`]: the pull gate (hyper over TCP).
+//!
+//! The plugin and the gate are served on one runtime of their own, on a thread of its own,
+//! which `daemon/docker_servers.rs` starts and owns: never on the daemon's event loop.
+
+use std::sync::Arc;
+
+use crate::events::records::ImageDecision;
 
 pub mod authz;
 pub mod gate;
 pub mod image_access;
 pub mod reference;
+
+/// Where the plugin and the gate send their decisions (to the daemon's event loop, for the audit
+/// log). Called on the Docker servers' runtime: must not block.
+pub type Decisions = Arc<dyn Fn(ImageDecision) + Send + Sync>;
