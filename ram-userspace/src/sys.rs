@@ -1,28 +1,54 @@
-//! The few bpf(2) commands aya 0.14 does not expose for what ram needs: creating, pinning,
-//! opening and atomically updating cgroup links by file descriptor. Each is a thin, checked
-//! wrapper over the raw system call.
+//! The one raw-syscall module: every `unsafe` call into `libc` that ram-userspace makes lives
+//! here, behind a safe function that checks the result. The rest of the crate calls these, aya,
+//! or std.
+//!
+//! - bpf(2) commands aya 0.14 does not expose for what ram needs: creating, pinning, opening and
+//!   atomically updating cgroup links by descriptor (aya's links cannot be updated once pinned,
+//!   and it creates cgroup links only when the kernel's version string says 5.7+), asking which
+//!   programs are attached to a cgroup, and whether the kernel knows a command. The attributes
+//!   are aya-obj's `union bpf_attr`, the commands and attach types its enums.
+//! - the filesystem type of a path (bpffs, cgroup2), mounting bpffs, the mount namespace;
+//! - clocks (CLOCK_BOOTTIME, the programs' clock; CLOCK_REALTIME; CLOCK_MONOTONIC);
+//! - this process's network namespace cookie;
+//! - RLIMIT_MEMLOCK, the umask and the effective user id.
+//!
+//! Kernel constants come from `aya_obj::generated` (bpf.h) and `libc` (magic.h, socket.h);
+//! those neither has are defined here with the header they come from.
 
 use std::{
     ffi::CString,
-    io,
+    io, mem,
     os::{
         fd::{AsFd, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
         unix::ffi::OsStrExt as _,
     },
-    path::Path,
+    path::{Path, PathBuf},
 };
 
-// Commands of `enum bpf_cmd` (include/uapi/linux/bpf.h).
-const BPF_OBJ_PIN: libc::c_long = 6;
-const BPF_OBJ_GET: libc::c_long = 7;
-const BPF_LINK_CREATE: libc::c_long = 28;
-const BPF_LINK_UPDATE: libc::c_long = 29;
+use aya_obj::generated::{bpf_attach_type, bpf_attr, bpf_cmd};
 
-/// Calls bpf(2) with `attr` (a `union bpf_attr` member, zero-padded as the kernel wants).
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
-    // SAFETY: attr is a properly sized, initialized bpf_attr member for `cmd`; pointers inside
-    // it are set by the callers to live buffers.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>()) };
+// --- bpf(2) ---------------------------------------------------------------------------------
+
+/// An all-zero `union bpf_attr`: the kernel wants every byte a command does not use to be zero.
+fn zeroed_attr() -> bpf_attr {
+    // SAFETY: bpf_attr is a C union of integers and arrays of integers, for which all-zero
+    // bytes are a valid value.
+    unsafe { mem::zeroed() }
+}
+
+/// Calls bpf(2) with command number `command`. The whole union is passed (as aya does): a
+/// kernel older than aya-obj's headers accepts the larger size because the extra bytes are zero.
+fn bpf_raw(command: u32, attr: &mut bpf_attr) -> io::Result<libc::c_long> {
+    // SAFETY: attr is a valid, initialized bpf_attr of the size passed; the pointers the callers
+    // put in it point to buffers that outlive the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            libc::c_long::from(command),
+            &raw mut *attr,
+            size_of::<bpf_attr>(),
+        )
+    };
     if rc < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -30,9 +56,20 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     }
 }
 
-fn owned_fd(fd: libc::c_long) -> OwnedFd {
-    // SAFETY: the kernel just returned this new descriptor to us.
-    unsafe { OwnedFd::from_raw_fd(fd as i32) }
+fn bpf(command: bpf_cmd, attr: &mut bpf_attr) -> io::Result<libc::c_long> {
+    bpf_raw(command as u32, attr)
+}
+
+/// The descriptor a bpf(2) command just returned, owned.
+fn owned_fd(fd: libc::c_long) -> io::Result<OwnedFd> {
+    let fd = i32::try_from(fd).map_err(|_| io::Error::other(format!("bpf(2) returned {fd}")))?;
+    // SAFETY: the kernel just returned this new descriptor to us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A descriptor as the `__u32` bpf_attr fields hold it (descriptors are never negative).
+fn fd_field(fd: BorrowedFd<'_>) -> u32 {
+    fd.as_raw_fd().unsigned_abs()
 }
 
 fn c_path(path: &Path) -> io::Result<CString> {
@@ -40,95 +77,117 @@ fn c_path(path: &Path) -> io::Result<CString> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
 }
 
-/// `BPF_LINK_CREATE` for a cgroup hook: attaches `program` to `cgroup` (multi-attach; flags must
-/// be 0 for cgroup links). The link lives as long as the descriptor or a pin.
+/// `BPF_LINK_CREATE` for a cgroup hook: attaches `program` to `cgroup` as a bpf_link (which runs
+/// alongside other programs on the hook; flags must be 0 for cgroup links). The link lives as
+/// long as the descriptor or a pin.
 pub fn link_create(
     program: BorrowedFd<'_>,
     cgroup: BorrowedFd<'_>,
-    attach_type: u32,
+    attach_type: bpf_attach_type,
 ) -> io::Result<OwnedFd> {
-    #[repr(C)]
-    #[derive(Default)]
-    struct Attr {
-        prog_fd: u32,
-        target_fd: u32,
-        attach_type: u32,
-        flags: u32,
-        // The rest of the link_create member (target-specific data), left zero.
-        _rest: [u64; 4],
-    }
-    let mut attr = Attr {
-        prog_fd: program.as_raw_fd() as u32,
-        target_fd: cgroup.as_raw_fd() as u32,
-        attach_type,
-        ..Default::default()
-    };
-    bpf(BPF_LINK_CREATE, &mut attr).map(owned_fd)
+    let mut attr = zeroed_attr();
+    attr.link_create.__bindgen_anon_1.prog_fd = fd_field(program);
+    attr.link_create.__bindgen_anon_2.target_fd = fd_field(cgroup);
+    attr.link_create.attach_type = attach_type as u32;
+    bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr).and_then(owned_fd)
 }
 
 /// `BPF_LINK_UPDATE`: swaps the program of `link` for `program` in one step, with no moment
 /// where neither runs (Linux 5.7+ for cgroup links). Fails with ENOLINK if someone detached
 /// the link.
 pub fn link_update(link: BorrowedFd<'_>, program: BorrowedFd<'_>) -> io::Result<()> {
-    #[repr(C)]
-    #[derive(Default)]
-    struct Attr {
-        link_fd: u32,
-        new_prog_fd: u32,
-        flags: u32,
-        old_prog_fd: u32,
-    }
-    let mut attr = Attr {
-        link_fd: link.as_raw_fd() as u32,
-        new_prog_fd: program.as_raw_fd() as u32,
-        ..Default::default()
-    };
-    bpf(BPF_LINK_UPDATE, &mut attr).map(drop)
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct ObjAttr {
-    pathname: u64,
-    bpf_fd: u32,
-    file_flags: u32,
-    path_fd: i32,
-    _pad: u32,
+    let mut attr = zeroed_attr();
+    attr.link_update.link_fd = fd_field(link);
+    attr.link_update.__bindgen_anon_1.new_prog_fd = fd_field(program);
+    bpf(bpf_cmd::BPF_LINK_UPDATE, &mut attr).map(drop)
 }
 
 /// `BPF_OBJ_PIN`: pins `object` at `path` on bpffs.
 pub fn obj_pin(object: impl AsFd, path: &Path) -> io::Result<()> {
     let path = c_path(path)?;
-    let mut attr = ObjAttr {
-        pathname: path.as_ptr() as u64,
-        bpf_fd: object.as_fd().as_raw_fd() as u32,
-        ..Default::default()
-    };
-    bpf(BPF_OBJ_PIN, &mut attr).map(drop)
+    let mut attr = zeroed_attr();
+    attr.__bindgen_anon_4.pathname = path.as_ptr() as u64;
+    attr.__bindgen_anon_4.bpf_fd = fd_field(object.as_fd());
+    bpf(bpf_cmd::BPF_OBJ_PIN, &mut attr).map(drop)
 }
 
 /// `BPF_OBJ_GET`: opens the object pinned at `path`.
 pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     let path = c_path(path)?;
-    let mut attr = ObjAttr {
-        pathname: path.as_ptr() as u64,
-        ..Default::default()
-    };
-    bpf(BPF_OBJ_GET, &mut attr).map(owned_fd)
+    let mut attr = zeroed_attr();
+    attr.__bindgen_anon_4.pathname = path.as_ptr() as u64;
+    bpf(bpf_cmd::BPF_OBJ_GET, &mut attr).and_then(owned_fd)
 }
 
-/// `BPF_FS_MAGIC` (include/uapi/linux/magic.h).
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+/// `BPF_PROG_QUERY`: ids of the programs attached to `cgroup` directly (not inherited) for
+/// `attach_type`.
+pub fn attached_program_ids(
+    cgroup: impl AsFd,
+    attach_type: bpf_attach_type,
+) -> io::Result<Vec<u32>> {
+    // Plenty: a cgroup rarely has more than a handful of programs per hook (more: ENOSPC).
+    const MAX_PROGS: u32 = 64;
+    let mut ids = vec![0u32; MAX_PROGS as usize];
+    let mut attr = zeroed_attr();
+    attr.query.__bindgen_anon_1.target_fd = fd_field(cgroup.as_fd());
+    attr.query.attach_type = attach_type as u32;
+    attr.query.prog_ids = ids.as_mut_ptr() as u64;
+    attr.query.__bindgen_anon_2.prog_cnt = MAX_PROGS;
+    bpf(bpf_cmd::BPF_PROG_QUERY, &mut attr)?;
+    // SAFETY: reading a u32 the kernel wrote (prog_cnt and count share it); any bits are valid.
+    let count = unsafe { attr.query.__bindgen_anon_2.prog_cnt };
+    ids.truncate(count.min(MAX_PROGS) as usize);
+    Ok(ids)
+}
+
+/// Whether this kernel knows bpf(2) command `command`.
+pub fn command_supported(command: bpf_cmd) -> io::Result<bool> {
+    command_number_supported(command as u32)
+}
+
+/// Asks with descriptors that cannot be valid: a kernel that knows the command looks the first
+/// one up and answers EBADF; one that does not answers EINVAL. (Meant for the link commands,
+/// whose attributes start with two descriptors.)
+fn command_number_supported(command: u32) -> io::Result<bool> {
+    let mut attr = zeroed_attr();
+    attr.link_create.__bindgen_anon_1.prog_fd = u32::MAX;
+    attr.link_create.__bindgen_anon_2.target_fd = u32::MAX;
+    match bpf_raw(command, &mut attr) {
+        Ok(fd) => {
+            // Unreachable with these descriptors; close whatever came back.
+            drop(owned_fd(fd));
+            Ok(true)
+        }
+        Err(err) if err.raw_os_error() == Some(libc::EBADF) => Ok(true),
+        Err(err) if err.raw_os_error() == Some(libc::EINVAL) => Ok(false),
+        Err(err) => Err(err),
+    }
+}
+
+// --- filesystems and mounts -----------------------------------------------------------------
+
+/// The `f_type` of the filesystem `path` is on (statfs(2)), as the 32-bit `*_MAGIC` numbers of
+/// include/uapi/linux/magic.h: `f_type`'s width and signedness differ between C libraries, the
+/// magic numbers fit in 32 bits.
+fn filesystem_magic(path: &Path) -> io::Result<u32> {
+    let path = c_path(path)?;
+    // SAFETY: statfs is plain old data, all-zero bytes are a valid value.
+    let mut stat: libc::statfs = unsafe { mem::zeroed() };
+    // SAFETY: a valid NUL-terminated path and a properly sized out-parameter.
+    if unsafe { libc::statfs(path.as_ptr(), &raw mut stat) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(stat.f_type as u32)
+}
 
 /// Whether `path` is on a bpf filesystem.
 pub fn is_bpffs(path: &Path) -> bool {
-    let Ok(path) = c_path(path) else {
-        return false;
-    };
-    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: valid NUL-terminated path and a properly sized out-parameter.
-    let rc = unsafe { libc::statfs(path.as_ptr(), &mut stat) };
-    rc == 0 && stat.f_type as i64 == BPF_FS_MAGIC
+    filesystem_magic(path).is_ok_and(|magic| magic == libc::BPF_FS_MAGIC as u32)
+}
+
+/// Whether `path` is on a cgroup v2 filesystem.
+pub fn is_cgroup2(path: &Path) -> bool {
+    filesystem_magic(path).is_ok_and(|magic| magic == libc::CGROUP2_SUPER_MAGIC as u32)
 }
 
 /// The standard mount point of the bpf filesystem.
@@ -166,7 +225,7 @@ pub enum MountNamespace {
 }
 
 /// The inode of the initial mount namespace on Linux 6.18+ (`MNT_NS_INIT_INO`,
-/// include/uapi/linux/nsfs.h); older kernels number it like any other namespace.
+/// include/uapi/linux/nsfs.h; not in libc); older kernels number it like any other namespace.
 const MNT_NS_INIT_INO: u64 = 0xEFFF_FFF8;
 
 /// Whether this process is in the host's mount namespace: the same namespace as PID 1 when PID
@@ -179,10 +238,7 @@ pub fn mount_namespace() -> MountNamespace {
     )
 }
 
-fn mount_namespace_of(
-    own: io::Result<std::path::PathBuf>,
-    init: io::Result<std::path::PathBuf>,
-) -> MountNamespace {
+fn mount_namespace_of(own: io::Result<PathBuf>, init: io::Result<PathBuf>) -> MountNamespace {
     let own = match own {
         Ok(own) => own,
         Err(err) => return MountNamespace::Unknown(format!("/proc/self/ns/mnt: {err}")),
@@ -208,90 +264,120 @@ fn mount_namespace_of(
     }
 }
 
-/// Whether this kernel knows bpf(2) command `command` (`enum bpf_cmd`), asked with a
-/// descriptor that cannot be valid: a kernel that knows the command looks the descriptor up and
-/// answers EBADF; one that does not answers EINVAL. (Used for the link commands, whose
-/// attributes start with descriptors.)
-pub fn command_supported(command: u32) -> io::Result<bool> {
-    #[repr(C)]
-    struct Attr {
-        fd: u32,
-        second_fd: u32,
-        _rest: [u64; 6],
-    }
-    let mut attr = Attr {
-        fd: u32::MAX,
-        second_fd: u32::MAX,
-        _rest: [0; 6],
-    };
-    match bpf(command as libc::c_long, &mut attr) {
-        Ok(fd) => {
-            // Unreachable with these descriptors; close whatever came back.
-            drop(owned_fd(fd));
-            Ok(true)
-        }
-        Err(err) if err.raw_os_error() == Some(libc::EBADF) => Ok(true),
-        Err(err) if err.raw_os_error() == Some(libc::EINVAL) => Ok(false),
-        Err(err) => Err(err),
-    }
-}
+// --- network namespace ----------------------------------------------------------------------
 
 /// The cookie of this process's network namespace (`SO_NETNS_COOKIE`, Linux 5.14+): the
 /// namespace where the trusted resolvers are. `None` on older kernels, where the programs fall
 /// back to the initial namespace.
 pub fn own_netns_cookie() -> Option<u64> {
-    const SO_NETNS_COOKIE: libc::c_int = 71;
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
     let mut cookie: u64 = 0;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    // SAFETY: valid fd, out-parameter of the advertised size.
+    let mut len = libc::socklen_t::try_from(size_of::<u64>()).ok()?;
+    // SAFETY: a valid descriptor and an out-parameter of the advertised size.
     let rc = unsafe {
         libc::getsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            socket.as_raw_fd(),
             libc::SOL_SOCKET,
-            SO_NETNS_COOKIE,
-            (&mut cookie as *mut u64).cast(),
-            &mut len,
+            libc::SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &raw mut len,
         )
     };
     (rc == 0).then_some(cookie)
 }
 
-/// CLOCK_BOOTTIME in nanoseconds: the clock of the programs' expiry times.
-pub fn boottime_ns() -> u64 {
+// --- clocks ---------------------------------------------------------------------------------
+
+/// `clock` now, in nanoseconds (clock_gettime(2)).
+fn clock_ns(clock: libc::clockid_t) -> io::Result<i128> {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: valid clock id and out-parameter.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    // SAFETY: a valid out-parameter; the clock id is checked by the kernel.
+    if unsafe { libc::clock_gettime(clock, &raw mut ts) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec))
 }
 
-/// CLOCK_REALTIME − CLOCK_BOOTTIME, in nanoseconds.
+/// `clock` now, for the clocks every Linux ram runs on has (CLOCK_BOOTTIME came in 2.6.39):
+/// like `std::time::Instant::now`, this panics if the kernel refuses to tell the time rather
+/// than hand out a wrong one.
+fn clock_now_ns(clock: libc::clockid_t, name: &str) -> i128 {
+    clock_ns(clock).unwrap_or_else(|err| panic!("clock_gettime({name}) failed: {err}"))
+}
+
+/// CLOCK_BOOTTIME in nanoseconds: the clock of the programs' expiry times
+/// (`bpf_ktime_get_boot_ns`).
+pub fn boottime_ns() -> u64 {
+    // Never negative: the time since boot.
+    u64::try_from(clock_now_ns(libc::CLOCK_BOOTTIME, "CLOCK_BOOTTIME")).unwrap_or(0)
+}
+
+/// CLOCK_REALTIME − CLOCK_BOOTTIME, in nanoseconds: what turns the programs' times into
+/// wall-clock times.
 pub fn realtime_minus_boottime_ns() -> i128 {
-    fn now(clock: libc::clockid_t) -> i128 {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: valid clock id and out-parameter.
-        unsafe { libc::clock_gettime(clock, &mut ts) };
-        i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+    clock_now_ns(libc::CLOCK_REALTIME, "CLOCK_REALTIME")
+        - clock_now_ns(libc::CLOCK_BOOTTIME, "CLOCK_BOOTTIME")
+}
+
+/// CLOCK_MONOTONIC in nanoseconds (the clock systemd's `MONOTONIC_USEC` is on;
+/// `std::time::Instant` uses it too but does not expose its value).
+pub fn monotonic_ns() -> io::Result<u64> {
+    let ns = clock_ns(libc::CLOCK_MONOTONIC)?;
+    u64::try_from(ns).map_err(|_| io::Error::other(format!("CLOCK_MONOTONIC is negative: {ns}")))
+}
+
+// --- process limits and attributes ----------------------------------------------------------
+
+/// Raises RLIMIT_MEMLOCK (which kernels before 5.11 charge BPF maps to): to unlimited where
+/// allowed, otherwise the soft limit to the hard one (raising the hard limit needs
+/// CAP_SYS_RESOURCE, which containers often lack).
+pub fn raise_memlock_limit() -> io::Result<()> {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    if set_memlock_limit(&unlimited).is_ok() {
+        return Ok(());
     }
-    now(libc::CLOCK_REALTIME) - now(libc::CLOCK_BOOTTIME)
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid resource and out-parameter.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &raw mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    limit.rlim_cur = limit.rlim_max;
+    set_memlock_limit(&limit)
+}
+
+fn set_memlock_limit(limit: &libc::rlimit) -> io::Result<()> {
+    // SAFETY: a valid resource and a pointer to an initialized rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Runs `create` with the process umask set to `mask`, then restores it: files and sockets
 /// `create` makes never exist with looser modes, not even between creation and a chmod.
 pub fn with_umask<T>(mask: libc::mode_t, create: impl FnOnce() -> T) -> T {
-    // SAFETY: umask has no memory arguments; the daemon creates no files on other threads
-    // while it binds its sockets.
+    // SAFETY: umask has no memory arguments and cannot fail; the daemon creates no files on
+    // other threads while it binds its sockets.
     let previous = unsafe { libc::umask(mask) };
     let result = create();
     // SAFETY: as above.
     unsafe { libc::umask(previous) };
     result
+}
+
+/// This process's effective user id.
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no arguments and cannot fail.
+    unsafe { libc::geteuid() }
 }
 
 #[cfg(test)]
@@ -300,7 +386,7 @@ mod tests {
 
     #[test]
     fn the_host_mount_namespace_is_recognized_without_pid_1() {
-        let link = |text: &str| Ok(std::path::PathBuf::from(text));
+        let link = |text: &str| Ok(PathBuf::from(text));
         let denied = || Err(io::Error::from_raw_os_error(libc::EACCES));
         assert_eq!(
             mount_namespace_of(link("mnt:[4026531832]"), link("mnt:[4026531832]")),
@@ -320,5 +406,37 @@ mod tests {
             panic!("a numbered namespace without PID 1 is undecidable");
         };
         assert!(why.contains("/proc/1/ns/mnt cannot be read"), "{why}");
+    }
+
+    #[test]
+    fn clocks_tick() {
+        let (boot, monotonic) = (boottime_ns(), monotonic_ns().unwrap());
+        assert!(boot > 0 && monotonic > 0);
+        // (No order between the two: a time namespace offsets each on its own.)
+        assert!(boottime_ns() >= boot);
+        assert!(monotonic_ns().unwrap() >= monotonic);
+        // Wall-clock time minus the time since boot: after 2001.
+        assert!(realtime_minus_boottime_ns() > 1_000_000_000 * 1_000_000_000);
+    }
+
+    #[test]
+    fn filesystems_are_told_apart() {
+        assert!(!is_bpffs(Path::new("/proc")));
+        assert!(!is_cgroup2(Path::new("/proc")));
+        assert!(!is_bpffs(Path::new("/no/such/path")));
+        assert!(filesystem_magic(Path::new("/no/such/path")).is_err());
+        assert!(!is_bpffs(Path::new("nul\0byte")));
+    }
+
+    /// The kernel running the tests (root only: bpf(2) needs privileges).
+    #[test]
+    fn this_kernel_knows_the_link_commands_and_not_command_200() {
+        if effective_uid() != 0 {
+            eprintln!("skipped: bpf(2) needs root");
+            return;
+        }
+        assert!(command_supported(bpf_cmd::BPF_LINK_CREATE).unwrap());
+        assert!(command_supported(bpf_cmd::BPF_LINK_UPDATE).unwrap());
+        assert!(!command_number_supported(200).unwrap());
     }
 }

@@ -1,5 +1,6 @@
 //! cgroup v2: finding the mount, resolving the paths a user gives, creating ram's own cgroup,
-//! moving processes, and asking the kernel which programs are attached.
+//! moving processes. (Which programs are attached to a cgroup is a bpf(2) query:
+//! [`crate::sys::attached_program_ids`].)
 
 pub mod names;
 pub mod scope;
@@ -11,8 +12,7 @@ use std::{
     path::{Component, Path, PathBuf},
 };
 
-/// `statfs(2)` magic of a cgroup v2 filesystem.
-const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+use crate::sys;
 
 /// The cgroup `ram daemon` creates and enforces when given no `--cgroup`.
 pub const DEDICATED_CGROUP: &str = "ram.enforced";
@@ -125,7 +125,7 @@ impl CgroupDir {
 
     fn check(mount: &Path, path: PathBuf) -> Result<Self, CgroupError> {
         let mount = fs::canonicalize(mount).unwrap_or_else(|_| mount.to_owned());
-        if !path.starts_with(&mount) || !is_cgroup2(&path) {
+        if !path.starts_with(&mount) || !sys::is_cgroup2(&path) {
             return Err(CgroupError::NotCgroup2 { path, mount });
         }
         if path == mount {
@@ -151,7 +151,7 @@ impl CgroupDir {
     /// policy must ask for by name; `resolve` refuses the root.
     pub fn whole_host(mount: &Path) -> Result<Self, CgroupError> {
         let path = fs::canonicalize(mount).unwrap_or_else(|_| mount.to_owned());
-        if !is_cgroup2(&path) {
+        if !sys::is_cgroup2(&path) {
             return Err(CgroupError::NotCgroup2 {
                 path: path.clone(),
                 mount: path,
@@ -202,17 +202,6 @@ impl CgroupDir {
     }
 }
 
-fn is_cgroup2(path: &Path) -> bool {
-    use std::{ffi::CString, os::unix::ffi::OsStrExt as _};
-    let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
-    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: valid NUL-terminated path and a properly sized out-parameter.
-    let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut stat) };
-    rc == 0 && stat.f_type as i64 == CGROUP2_SUPER_MAGIC
-}
-
 /// Finds the path of the cgroup with id (inode) `id` at or below `roots`, searching at most
 /// `max_dirs` directories (cgroup trees are small, but a daemon must not walk forever).
 pub fn find_by_id(roots: &[CgroupDir], id: u64, max_dirs: usize) -> Option<PathBuf> {
@@ -241,55 +230,6 @@ pub fn find_by_id(roots: &[CgroupDir], id: u64, max_dirs: usize) -> Option<PathB
     None
 }
 
-/// `BPF_PROG_QUERY`: ids of the programs attached to `cgroup` directly (not inherited) for
-/// `attach_type` (a `bpf_attach_type` value).
-pub fn attached_program_ids(cgroup: &fs::File, attach_type: u32) -> io::Result<Vec<u32>> {
-    use std::os::fd::AsRawFd as _;
-    const BPF_PROG_QUERY: libc::c_long = 16;
-    // Plenty: a cgroup rarely has more than a handful of programs per hook.
-    const MAX_PROGS: usize = 64;
-
-    /// The `query` member of `union bpf_attr` (include/uapi/linux/bpf.h).
-    #[repr(C)]
-    #[derive(Default)]
-    struct QueryAttr {
-        target_fd: u32,
-        attach_type: u32,
-        query_flags: u32,
-        attach_flags: u32,
-        prog_ids: u64,
-        prog_cnt: u32,
-        _pad: u32,
-        prog_attach_flags: u64,
-        link_ids: u64,
-        link_attach_flags: u64,
-        revision: u64,
-    }
-
-    let mut ids = [0u32; MAX_PROGS];
-    let mut attr = QueryAttr {
-        target_fd: cgroup.as_raw_fd() as u32,
-        attach_type,
-        prog_ids: ids.as_mut_ptr() as u64,
-        prog_cnt: MAX_PROGS as u32,
-        ..Default::default()
-    };
-    // SAFETY: attr is a valid bpf_attr prefix; prog_ids points to MAX_PROGS writable u32s.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_QUERY,
-            &mut attr as *mut QueryAttr,
-            std::mem::size_of::<QueryAttr>(),
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let count = (attr.prog_cnt as usize).min(MAX_PROGS);
-    Ok(ids[..count].to_vec())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,7 +245,7 @@ mod tests {
     fn the_mount_is_found_here() {
         // Every machine ram runs on has cgroup v2; this also documents where it is.
         let mount = cgroup2_mount().expect("cgroup2 mounted");
-        assert!(is_cgroup2(&mount), "{}", mount.display());
+        assert!(sys::is_cgroup2(&mount), "{}", mount.display());
     }
 
     #[test]

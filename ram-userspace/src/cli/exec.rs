@@ -7,6 +7,7 @@ use anyhow::{Context as _, Result, bail};
 use ram::{
     cgroups::{self, CgroupDir},
     kernel::GATES,
+    sys,
 };
 
 use super::ExecArgs;
@@ -32,7 +33,7 @@ fn ensure_enforced(dir: &CgroupDir) -> Result<()> {
         .filter_map(|info| Some((info.id(), info.name_as_str()?.to_owned())))
         .collect();
     for gate in GATES {
-        let ids = cgroups::attached_program_ids(&file, gate.attach_type)
+        let ids = sys::attached_program_ids(&file, gate.attach_type)
             .with_context(|| format!("querying the programs attached to {}", dir.path.display()))?;
         if !ids
             .iter()

@@ -11,7 +11,6 @@
 use std::{
     ffi::OsStr,
     io,
-    mem::MaybeUninit,
     os::{
         linux::net::SocketAddrExt as _,
         unix::{
@@ -117,17 +116,7 @@ fn one_line(text: &str) -> String {
 /// CLOCK_MONOTONIC in microseconds, the clock systemd compares MONOTONIC_USEC against
 /// (`std::time::Instant` uses it too but does not expose its value).
 fn monotonic_usec() -> io::Result<u64> {
-    let mut ts = MaybeUninit::<libc::timespec>::uninit();
-    // SAFETY: `ts` is valid for writes of one timespec; it is read only if the call succeeded.
-    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, ts.as_mut_ptr()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: clock_gettime returned 0, so it filled `ts`.
-    let ts = unsafe { ts.assume_init() };
-    // CLOCK_MONOTONIC is never negative, and tv_nsec is below 10^9.
-    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
-    let nanos = u64::try_from(ts.tv_nsec).unwrap_or(0);
-    Ok(secs * 1_000_000 + nanos / 1_000)
+    Ok(crate::sys::monotonic_ns()? / 1_000)
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use std::{
     collections::{HashMap as StdHashMap, HashSet},
     fs, io,
     os::{
-        fd::{AsFd as _, AsRawFd as _, OwnedFd},
+        fd::{AsFd as _, OwnedFd},
         unix::fs::{DirBuilderExt as _, PermissionsExt as _},
     },
     path::{Path, PathBuf},
@@ -22,7 +22,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, ProgramArray, RingBuf, lpm_trie::Key},
-    programs::{CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError},
+    programs::{CgroupSkb, CgroupSockAddr, ProgramError},
 };
 use ram_common::{
     Addr16, CidrRule, Counter, LearnedAddr, LearnedKey, NameRule, PolicyConfig, ResolverRule,
@@ -33,6 +33,8 @@ use ram_common::{
         POLICY_CONFIG, POLICY_SLOT, RESOLVERS, RESOLVERS_MAX, RULE_IDS,
     },
 };
+
+use aya_obj::generated::bpf_attach_type;
 
 use super::probe;
 use crate::{cgroups::CgroupDir, compile::CompiledPolicy, sys as bpf};
@@ -47,27 +49,27 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 #[derive(Debug, Clone, Copy)]
 pub struct Gate {
     pub name: &'static str,
-    /// `enum bpf_attach_type` value (include/uapi/linux/bpf.h), used with BPF_PROG_QUERY.
-    pub attach_type: u32,
+    /// For BPF_LINK_CREATE and BPF_PROG_QUERY.
+    pub attach_type: bpf_attach_type,
 }
 
 /// Every program the daemon attaches to an enforced cgroup.
 pub const GATES: [Gate; 4] = [
     Gate {
         name: "connect4_gate",
-        attach_type: 10, // BPF_CGROUP_INET4_CONNECT
+        attach_type: bpf_attach_type::BPF_CGROUP_INET4_CONNECT,
     },
     Gate {
         name: "connect6_gate",
-        attach_type: 11, // BPF_CGROUP_INET6_CONNECT
+        attach_type: bpf_attach_type::BPF_CGROUP_INET6_CONNECT,
     },
     Gate {
         name: "sendmsg4_gate",
-        attach_type: 14, // BPF_CGROUP_UDP4_SENDMSG
+        attach_type: bpf_attach_type::BPF_CGROUP_UDP4_SENDMSG,
     },
     Gate {
         name: "sendmsg6_gate",
-        attach_type: 15, // BPF_CGROUP_UDP6_SENDMSG
+        attach_type: bpf_attach_type::BPF_CGROUP_UDP6_SENDMSG,
     },
 ];
 
@@ -75,9 +77,8 @@ pub const GATES: [Gate; 4] = [
 #[derive(Debug, Clone, Copy)]
 pub struct Snooper {
     pub name: &'static str,
-    pub direction: CgroupSkbAttachType,
-    /// `enum bpf_attach_type` value (BPF_CGROUP_INET_INGRESS = 0, _EGRESS = 1).
-    pub attach_type: u32,
+    /// `BPF_CGROUP_INET_EGRESS` or `BPF_CGROUP_INET_INGRESS`.
+    pub attach_type: bpf_attach_type,
 }
 
 /// The DNS programs; attached before the gates, so that no query a gate lets through goes
@@ -85,13 +86,11 @@ pub struct Snooper {
 pub const SNOOPERS: [Snooper; 2] = [
     Snooper {
         name: "dns_query_out",
-        direction: CgroupSkbAttachType::Egress,
-        attach_type: 1,
+        attach_type: bpf_attach_type::BPF_CGROUP_INET_EGRESS,
     },
     Snooper {
         name: "dns_snoop_in",
-        direction: CgroupSkbAttachType::Ingress,
-        attach_type: 0,
+        attach_type: bpf_attach_type::BPF_CGROUP_INET_INGRESS,
     },
 ];
 
@@ -105,9 +104,9 @@ pub fn program_names() -> impl Iterator<Item = &'static str> {
         .chain(GATES.iter().map(|g| g.name))
 }
 
-/// Every program attached to an enforced cgroup, with its `bpf_attach_type`, in attach order
-/// (the DNS programs first, so that no query a gate lets through goes unrecorded).
-pub fn attached_programs() -> impl Iterator<Item = (&'static str, u32)> {
+/// Every program attached to an enforced cgroup, with its attach type, in attach order (the DNS
+/// programs first, so that no query a gate lets through goes unrecorded).
+pub fn attached_programs() -> impl Iterator<Item = (&'static str, bpf_attach_type)> {
     SNOOPERS
         .iter()
         .map(|s| (s.name, s.attach_type))
@@ -196,11 +195,15 @@ impl PinDir {
             .map_err(io_error)?;
         fs::set_permissions(&self.root, fs::Permissions::from_mode(0o700)).map_err(io_error)?;
         let dir = fs::File::open(&self.root).map_err(io_error)?;
-        // SAFETY: a valid descriptor; flock has no memory arguments.
-        if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            return Err(EnforceError::Busy {
-                path: self.root.clone(),
-            });
+        // flock(LOCK_EX | LOCK_NB) on Linux.
+        match dir.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(EnforceError::Busy {
+                    path: self.root.clone(),
+                });
+            }
+            Err(fs::TryLockError::Error(err)) => return Err(io_error(err)),
         }
         for dir in [self.maps(), self.programs(), self.links()] {
             fs::DirBuilder::new()
@@ -333,7 +336,7 @@ pub enum EnforceError {
     Verifier {
         program: &'static str,
         kernel: String,
-        source: std::io::Error,
+        source: io::Error,
         verifier_tail: String,
     },
     #[error("program {program}: {source}")]
@@ -426,7 +429,10 @@ impl Enforcer {
         if EBPF_OBJECT.is_empty() {
             return Err(EnforceError::NoObject);
         }
-        raise_memlock_limit();
+        if let Err(err) = bpf::raise_memlock_limit() {
+            // Kernels since 5.11 do not charge maps to it; older ones fail the load, by name.
+            log::debug!("could not raise RLIMIT_MEMLOCK: {err}");
+        }
         // Before anything is loaded: a kernel without a feature ram needs is refused by name.
         probe::check_kernel()?;
         let lock = pins.lock()?;
@@ -570,7 +576,7 @@ impl Enforcer {
                     }
                     // Detached by someone: the link is dead, make a new one below.
                     Err(err) if err.raw_os_error() == Some(libc::ENOLINK) => {
-                        fs::remove_file(&path).map_err(attach_error)?
+                        fs::remove_file(&path).map_err(attach_error)?;
                     }
                     // Anything else: the link may still be live (and enforcing); keep it.
                     Err(err) => return Err(attach_error(err)),
@@ -688,7 +694,7 @@ impl Enforcer {
             let mut missing = Vec::new();
             for (name, attach_type) in attached_programs() {
                 let ours = self.program_ids.get(name).copied();
-                match crate::cgroups::attached_program_ids(&file, attach_type) {
+                match bpf::attached_program_ids(&file, attach_type) {
                     Ok(ids) if ours.is_some_and(|id| ids.contains(&id)) => {}
                     Ok(_) => missing.push(name),
                     // Cannot tell (e.g. the cgroup is going away): check again next time
@@ -1050,29 +1056,4 @@ fn indent(text: &str) -> String {
 fn last_lines(text: &str, count: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(count)..].join("\n")
-}
-
-/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; raise the soft limit to the hard one
-/// (raising the hard limit needs CAP_SYS_RESOURCE, which containers often lack).
-fn raise_memlock_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain syscalls with a valid out-parameter.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) != 0 {
-            return;
-        }
-        let wanted = libc::rlimit {
-            rlim_cur: libc::RLIM_INFINITY,
-            rlim_max: libc::RLIM_INFINITY,
-        };
-        if libc::setrlimit(libc::RLIMIT_MEMLOCK, &wanted) != 0 {
-            limit.rlim_cur = limit.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) != 0 {
-                log::debug!("could not raise RLIMIT_MEMLOCK");
-            }
-        }
-    }
 }
