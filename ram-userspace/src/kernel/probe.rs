@@ -6,10 +6,12 @@
 //! Keep [`FEATURES`] current when a program starts using a new helper or map type, or the
 //! daemon a new bpf(2) command.
 
+use std::io;
+
 use aya::{
     maps::MapType,
-    programs::ProgramType,
-    sys::{BpfHelper, is_helper_supported, is_map_supported, is_program_supported},
+    programs::{ProgramError, ProgramType},
+    sys::{BpfHelper, SyscallError, is_helper_supported, is_map_supported, is_program_supported},
 };
 use aya_obj::generated::bpf_cmd;
 
@@ -176,7 +178,22 @@ pub static FEATURES: &[Feature] = &[
 #[derive(Debug)]
 pub struct Finding {
     pub feature: &'static Feature,
-    pub present: Result<bool, String>,
+    pub present: Result<bool, Unprobed>,
+}
+
+/// Why the probe could not tell whether the kernel has a feature (the load that follows will
+/// name the program it fails on, if any).
+#[derive(Debug, thiserror::Error)]
+pub enum Unprobed {
+    /// Asking for a program type or a helper failed (aya's program probes).
+    #[error(transparent)]
+    Program(#[from] ProgramError),
+    /// Asking for a map type failed (aya's map probe).
+    #[error(transparent)]
+    Map(#[from] SyscallError),
+    /// bpf(2) answered neither EBADF nor EINVAL for a command.
+    #[error("bpf command {command}: {error}")]
+    Command { command: u32, error: io::Error },
 }
 
 /// Asks the kernel about every feature in [`FEATURES`]. Needs the privileges of the daemon
@@ -191,15 +208,17 @@ pub fn probe() -> Vec<Finding> {
         .collect()
 }
 
-fn check(check: Check) -> Result<bool, String> {
+fn check(check: Check) -> Result<bool, Unprobed> {
     match check {
-        Check::Program(program) => is_program_supported(program).map_err(|err| err.to_string()),
-        Check::Map(map) => is_map_supported(map).map_err(|err| err.to_string()),
-        Check::Helper(program, helper) => {
-            is_helper_supported(program, helper).map_err(|err| err.to_string())
+        Check::Program(program) => Ok(is_program_supported(program)?),
+        Check::Map(map) => Ok(is_map_supported(map)?),
+        Check::Helper(program, helper) => Ok(is_helper_supported(program, helper)?),
+        Check::Command(command) => {
+            sys::command_supported(command).map_err(|error| Unprobed::Command {
+                command: command as u32,
+                error,
+            })
         }
-        Check::Command(command) => sys::command_supported(command)
-            .map_err(|err| format!("bpf command {}: {err}", command as u32)),
         Check::NetnsCookieSockopt => Ok(sys::own_netns_cookie().is_some()),
     }
 }
@@ -305,7 +324,10 @@ mod tests {
             .map(|feature| Finding {
                 feature,
                 present: if unknown.contains(&feature.name) {
-                    Err("Operation not permitted".into())
+                    Err(Unprobed::Map(SyscallError {
+                        call: "bpf_map_create",
+                        io_error: io::Error::from_raw_os_error(libc::EPERM),
+                    }))
                 } else {
                     Ok(!absent.contains(&feature.name))
                 },
@@ -354,7 +376,7 @@ mod tests {
         let verdict = judge("6.1.0", &findings(&[], &["BPF ring buffers"])).unwrap();
         assert_eq!(
             verdict.unknown,
-            ["BPF ring buffers: could not probe: Operation not permitted"]
+            ["BPF ring buffers: could not probe: `bpf_map_create` failed"]
         );
     }
 
@@ -374,10 +396,8 @@ mod tests {
         }
         // And the checks can say no: bpf_bind exists for connect hooks only. (An unknown bpf
         // command is sys's test.)
-        assert_eq!(
-            check(Check::Helper(SKB, BpfHelper::BPF_FUNC_bind)),
-            Ok(false)
-        );
+        let bind = check(Check::Helper(SKB, BpfHelper::BPF_FUNC_bind));
+        assert!(matches!(bind, Ok(false)), "{bind:?}");
     }
 
     #[test]
