@@ -1,0 +1,263 @@
+//! ram's eBPF object, embedded in the binary: the tables of its programs (which hook each is
+//! attached to), loading it with its maps pinned, loading the programs (a verifier refusal
+//! turned into an error that names the program and the kernel), and pinning them.
+
+use std::{
+    collections::HashMap as StdHashMap,
+    fs, io,
+    os::fd::{AsFd as _, OwnedFd},
+    path::PathBuf,
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::ProgramArray,
+    programs::{CgroupSkb, CgroupSockAddr, Program, ProgramError},
+};
+use aya_obj::generated::bpf_attach_type;
+use ram_common::maps::{ALL, ANSWER_RR_SLOT, DNS_TAIL_CALLS, LEARNED};
+
+use super::{
+    error::EnforceError,
+    maps::{check_maps, map_error, typed_map},
+    pins::PinDir,
+    probe,
+};
+
+/// The eBPF object built by build.rs from `ram-ebpf`, embedded in the binary (empty when built
+/// with AYA_BUILD_SKIP).
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ram-ebpf"));
+
+/// Whether this binary holds the eBPF object.
+pub(super) fn embedded() -> bool {
+    !EBPF_OBJECT.is_empty()
+}
+
+/// A program of `ram-ebpf` and the hook it is attached to.
+#[derive(Debug, Clone, Copy)]
+pub struct Gate {
+    pub name: &'static str,
+    /// For BPF_LINK_CREATE and BPF_PROG_QUERY.
+    pub attach_type: bpf_attach_type,
+}
+
+/// Every program the daemon attaches to an enforced cgroup.
+pub const GATES: [Gate; 4] = [
+    Gate {
+        name: "connect4_gate",
+        attach_type: bpf_attach_type::BPF_CGROUP_INET4_CONNECT,
+    },
+    Gate {
+        name: "connect6_gate",
+        attach_type: bpf_attach_type::BPF_CGROUP_INET6_CONNECT,
+    },
+    Gate {
+        name: "sendmsg4_gate",
+        attach_type: bpf_attach_type::BPF_CGROUP_UDP4_SENDMSG,
+    },
+    Gate {
+        name: "sendmsg6_gate",
+        attach_type: bpf_attach_type::BPF_CGROUP_UDP6_SENDMSG,
+    },
+];
+
+/// A cgroup_skb program of `ram-ebpf` and the direction it watches.
+#[derive(Debug, Clone, Copy)]
+pub struct Snooper {
+    pub name: &'static str,
+    /// `BPF_CGROUP_INET_EGRESS` or `BPF_CGROUP_INET_INGRESS`.
+    pub attach_type: bpf_attach_type,
+}
+
+/// The DNS programs; attached before the gates, so that no query a gate lets through goes
+/// unrecorded.
+pub const SNOOPERS: [Snooper; 2] = [
+    Snooper {
+        name: "dns_query_out",
+        attach_type: bpf_attach_type::BPF_CGROUP_INET_EGRESS,
+    },
+    Snooper {
+        name: "dns_snoop_in",
+        attach_type: bpf_attach_type::BPF_CGROUP_INET_INGRESS,
+    },
+];
+
+/// The program `dns_snoop_in` tail-calls once per answer record (loaded, never attached).
+pub const ANSWER_RR: &str = "dns_answer_rr";
+
+/// Names of every program ram loads.
+pub fn program_names() -> impl Iterator<Item = &'static str> {
+    std::iter::once(ANSWER_RR)
+        .chain(SNOOPERS.iter().map(|s| s.name))
+        .chain(GATES.iter().map(|g| g.name))
+}
+
+/// Every program attached to an enforced cgroup, with its attach type, in attach order (the DNS
+/// programs first, so that no query a gate lets through goes unrecorded).
+pub fn attached_programs() -> impl Iterator<Item = (&'static str, bpf_attach_type)> {
+    SNOOPERS
+        .iter()
+        .map(|s| (s.name, s.attach_type))
+        .chain(GATES.iter().map(|g| (g.name, g.attach_type)))
+}
+
+/// Loads the object with every map pinned under `pins` (reusing the pinned ones) and
+/// `LEARNED` sized `learned_entries` when it is created.
+pub(super) fn load(pins: &PinDir, learned_entries: u32) -> Result<Ebpf, EnforceError> {
+    let mut loader = EbpfLoader::new();
+    loader.map_max_entries(LEARNED, learned_entries);
+    let map_paths: Vec<(&str, PathBuf)> = ALL.iter().map(|n| (*n, pins.map(n))).collect();
+    for (name, path) in &map_paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let ebpf = loader.load(EBPF_OBJECT)?;
+    check_maps(&ebpf)?;
+    Ok(ebpf)
+}
+
+/// Loads every program into the kernel (the answer-record program into the tail-call table
+/// first), and pins each under `progs/`, replacing the previous daemon's. Returns the programs'
+/// ids.
+pub(super) fn load_programs(
+    ebpf: &mut Ebpf,
+    pins: &PinDir,
+) -> Result<StdHashMap<&'static str, u32>, EnforceError> {
+    {
+        let answer_rr = program_as::<CgroupSkb>(ebpf, ANSWER_RR)?;
+        answer_rr
+            .load()
+            .map_err(|source| load_error(ANSWER_RR, source))?;
+        let fd = answer_rr
+            .fd()
+            .map_err(|source| load_error(ANSWER_RR, source))?
+            .try_clone()
+            .map_err(|err| load_error(ANSWER_RR, ProgramError::IOError(err)))?;
+        let mut tail_calls: ProgramArray<_> = typed_map(ebpf, DNS_TAIL_CALLS)?;
+        tail_calls
+            .set(ANSWER_RR_SLOT, &fd, 0)
+            .map_err(|source| map_error(DNS_TAIL_CALLS, source))?;
+    }
+    for snooper in SNOOPERS {
+        program_as::<CgroupSkb>(ebpf, snooper.name)?
+            .load()
+            .map_err(|source| load_error(snooper.name, source))?;
+    }
+    for gate in GATES {
+        program_as::<CgroupSockAddr>(ebpf, gate.name)?
+            .load()
+            .map_err(|source| load_error(gate.name, source))?;
+    }
+    let mut program_ids = StdHashMap::new();
+    for name in program_names() {
+        let program = ebpf
+            .program_mut(name)
+            .ok_or(EnforceError::MissingProgram { program: name })?;
+        let id = program
+            .info()
+            .map_err(|source| EnforceError::Program {
+                program: name,
+                source,
+            })?
+            .id();
+        program_ids.insert(name, id);
+        // Replace the previous daemon's pin: the links hold their programs, the pins only
+        // name the programs in force for operators (`bpftool prog show pinned ...`).
+        let path = pins.programs().join(name);
+        let _ = fs::remove_file(&path);
+        program.pin(&path).map_err(|err| EnforceError::PinDir {
+            path: path.clone(),
+            source: io::Error::other(err.to_string()),
+        })?;
+    }
+    Ok(program_ids)
+}
+
+/// Program `name` of the object as the program type `T` (`CgroupSockAddr`, `CgroupSkb`).
+fn program_as<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, EnforceError>
+where
+    &'a mut T: TryFrom<&'a mut Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(EnforceError::MissingProgram { program: name })?
+        .try_into()
+        .map_err(|source| EnforceError::Program {
+            program: name,
+            source,
+        })
+}
+
+/// A descriptor of loaded program `name` of its own (for bpf(2) link commands).
+pub(super) fn program_fd(ebpf: &Ebpf, name: &'static str) -> Result<OwnedFd, EnforceError> {
+    let program = ebpf
+        .program(name)
+        .ok_or(EnforceError::MissingProgram { program: name })?;
+    let fd = match program {
+        Program::CgroupSkb(p) => p.fd(),
+        Program::CgroupSockAddr(p) => p.fd(),
+        _ => return Err(EnforceError::MissingProgram { program: name }),
+    }
+    .map_err(|source| EnforceError::Program {
+        program: name,
+        source,
+    })?;
+    fd.as_fd()
+        .try_clone_to_owned()
+        .map_err(|err| EnforceError::Program {
+            program: name,
+            source: ProgramError::IOError(err),
+        })
+}
+
+/// A verifier refusal names the program and the kernel, with the end of the verifier's log.
+fn load_error(program: &'static str, source: ProgramError) -> EnforceError {
+    match source {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => EnforceError::Verifier {
+            program,
+            kernel: probe::kernel_release(),
+            source: io_error,
+            verifier_tail: indent(&last_lines(&verifier_log.to_string(), 20)),
+        },
+        source => EnforceError::Program { program, source },
+    }
+}
+
+fn indent(text: &str) -> String {
+    text.lines()
+        .map(|line| format!("    {line}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn last_lines(text: &str, count: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(count)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verifier_logs_are_cut_to_their_last_lines_and_indented() {
+        let log = (1..=30).map(|n| format!("line {n}")).collect::<Vec<_>>();
+        let tail = indent(&last_lines(&log.join("\n"), 20));
+        assert!(tail.starts_with("    line 11\n"), "{tail}");
+        assert!(tail.ends_with("    line 30"), "{tail}");
+        assert_eq!(last_lines("short", 20), "short");
+    }
+
+    #[test]
+    fn every_program_is_loaded_once_and_the_tail_call_is_not_attached() {
+        let names: Vec<_> = program_names().collect();
+        let unique: std::collections::HashSet<_> = names.iter().collect();
+        assert_eq!(names.len(), unique.len());
+        assert_eq!(names.len(), 1 + SNOOPERS.len() + GATES.len());
+        assert!(attached_programs().all(|(name, _)| name != ANSWER_RR));
+        // The DNS programs come first.
+        let order: Vec<_> = attached_programs().map(|(name, _)| name).collect();
+        assert_eq!(&order[..2], ["dns_query_out", "dns_snoop_in"]);
+    }
+}
