@@ -22,7 +22,10 @@ use ram_common::{
 use super::{
     attach::Links,
     error::EnforceError,
-    maps::{check_size, map_capacity, map_error, typed_map, typed_map_ref},
+    maps::{
+        check_size, map_capacity, map_error, overwrite_existing, refill, remove_keys, typed_map,
+        typed_map_ref,
+    },
     object::{self, program_names},
     pins::PinDir,
     probe,
@@ -133,6 +136,8 @@ impl Enforcer {
 
     /// Puts `policy` in force atomically: fills the policy maps' inactive slot, then flips
     /// `POLICY_SLOT`. Then forgets learned addresses whose rule the policy no longer has.
+    ///
+    /// An error means the flip did not happen: the policy in force is the previous one.
     pub fn apply(&mut self, policy: &CompiledPolicy) -> Result<ApplyReport, EnforceError> {
         check_size(ALLOWED_CIDRS[0], policy.cidrs.len(), ALLOWED_CIDRS_MAX)?;
         check_size(RESOLVERS[0], policy.resolvers.len(), RESOLVERS_MAX)?;
@@ -146,57 +151,28 @@ impl Enforcer {
         let next = 1 - active;
         let index = next as usize;
 
-        {
-            let mut names: LpmTrie<_, [u8; NAME_BUF], NameRule> =
-                typed_map(&mut self.ebpf, ALLOWED_NAMES[index])?;
-            let old: Vec<_> = names.keys().flatten().collect();
-            for key in &old {
-                let _ = names.remove(key);
-            }
-            for entry in &policy.names {
-                names
-                    .insert(&Key::new(entry.prefix_len, entry.key), entry.rule, 0)
-                    .map_err(|source| map_error(ALLOWED_NAMES[index], source))?;
-            }
-        }
-        {
-            let mut cidrs: LpmTrie<_, Addr16, CidrRule> =
-                typed_map(&mut self.ebpf, ALLOWED_CIDRS[index])?;
-            let old: Vec<_> = cidrs.keys().flatten().collect();
-            for key in &old {
-                let _ = cidrs.remove(key);
-            }
-            for entry in &policy.cidrs {
-                cidrs
-                    .insert(&Key::new(entry.prefix_len, entry.addr), entry.rule, 0)
-                    .map_err(|source| map_error(ALLOWED_CIDRS[index], source))?;
-            }
-        }
-        {
-            let mut resolvers: HashMap<_, Addr16, ResolverRule> =
-                typed_map(&mut self.ebpf, RESOLVERS[index])?;
-            let old: Vec<_> = resolvers.keys().flatten().collect();
-            for key in &old {
-                let _ = resolvers.remove(key);
-            }
-            for (addr, rule) in policy.resolver_entries() {
-                resolvers
-                    .insert(addr, rule, 0)
-                    .map_err(|source| map_error(RESOLVERS[index], source))?;
-            }
-        }
+        // The inactive slot, made to hold exactly the new policy (any failure stops here).
+        let mut names: LpmTrie<_, [u8; NAME_BUF], NameRule> =
+            typed_map(&mut self.ebpf, ALLOWED_NAMES[index])?;
+        let entries = policy.names.iter();
+        let entries = entries.map(|entry| (Key::new(entry.prefix_len, entry.key), entry.rule));
+        refill(&mut names, ALLOWED_NAMES[index], entries)?;
+
+        let mut cidrs: LpmTrie<_, Addr16, CidrRule> =
+            typed_map(&mut self.ebpf, ALLOWED_CIDRS[index])?;
+        let entries = policy.cidrs.iter();
+        let entries = entries.map(|entry| (Key::new(entry.prefix_len, entry.addr), entry.rule));
+        refill(&mut cidrs, ALLOWED_CIDRS[index], entries)?;
+
+        let mut resolvers: HashMap<_, Addr16, ResolverRule> =
+            typed_map(&mut self.ebpf, RESOLVERS[index])?;
+        refill(&mut resolvers, RESOLVERS[index], policy.resolver_entries())?;
+
         let (names_kept, resolvers_kept) = policy.learned_rule_ids();
-        {
-            let mut ids: HashMap<_, u64, u8> = typed_map(&mut self.ebpf, RULE_IDS[index])?;
-            let old: Vec<_> = ids.keys().flatten().collect();
-            for key in &old {
-                let _ = ids.remove(key);
-            }
-            for id in names_kept.iter().chain(&resolvers_kept) {
-                ids.insert(id, 1, 0)
-                    .map_err(|source| map_error(RULE_IDS[index], source))?;
-            }
-        }
+        let mut ids: HashMap<_, u64, u8> = typed_map(&mut self.ebpf, RULE_IDS[index])?;
+        let entries = names_kept.iter().chain(&resolvers_kept).map(|id| (*id, 1));
+        refill(&mut ids, RULE_IDS[index], entries)?;
+
         {
             let mut config: Array<_, PolicyConfig> = typed_map(&mut self.ebpf, POLICY_CONFIG)?;
             let value = PolicyConfig {
@@ -214,15 +190,49 @@ impl Enforcer {
                 .map_err(|source| map_error(POLICY_SLOT, source))?;
         }
 
-        // The gates already ignore learned addresses of dropped rules and resolvers (RULE_IDS);
-        // removing them frees their room. Lifetimes are capped to the new max_ttl + grace.
         self.kept_rules = names_kept;
         self.kept_resolvers = resolvers_kept;
         let cap = sys::boottime_ns() + policy.config.max_ttl_ns + policy.config.grace_ns;
-        let mut learned: HashMap<_, LearnedKey, LearnedAddr> = typed_map(&mut self.ebpf, LEARNED)?;
+        let learned_dropped = self.forget_learned(cap);
+        Ok(ApplyReport {
+            slot: next,
+            learned_dropped,
+        })
+    }
+
+    /// After a policy change: removes learned addresses of rules and resolvers the policy no
+    /// longer has, and caps the others' lifetimes to `cap` (the new max_ttl + grace). Returns
+    /// how many it removed.
+    ///
+    /// Failures are logged, not returned: the new policy is already in force, so an error from
+    /// [`Self::apply`] would tell its caller the opposite. Nothing here is needed for the policy
+    /// to hold — the gates already ignore learned addresses of dropped rules and resolvers
+    /// (`RULE_IDS`), removing them only frees room, and [`Self::expire_learned`] retries the
+    /// removal on its next round; an address left uncapped keeps the lifetime the previous
+    /// policy gave it.
+    fn forget_learned(&mut self, cap: u64) -> usize {
+        let learned: Result<HashMap<_, LearnedKey, LearnedAddr>, _> =
+            typed_map(&mut self.ebpf, LEARNED);
+        let mut learned = match learned {
+            Ok(learned) => learned,
+            Err(err) => {
+                log::warn!("after the policy change, learned addresses stay as they were: {err}");
+                return 0;
+            }
+        };
         let mut dropped = Vec::new();
         let mut capped = Vec::new();
-        for (key, value) in learned.iter().flatten() {
+        for item in learned.iter() {
+            let (key, value) = match item {
+                Ok(item) => item,
+                Err(err) => {
+                    log::warn!(
+                        "after the policy change, listing {LEARNED} stopped early ({err}); the \
+                         rest waits for the next expiry round"
+                    );
+                    break;
+                }
+            };
             if !self.kept_rules.contains(&value.rule_id)
                 || !self.kept_resolvers.contains(&value.resolver_rule_id)
             {
@@ -237,17 +247,22 @@ impl Enforcer {
                 ));
             }
         }
-        for key in &dropped {
-            let _ = learned.remove(key);
+        let removal = remove_keys(&mut learned, &dropped);
+        let capping = overwrite_existing(&mut learned, &capped);
+        for (what, cleanup) in [
+            ("removing", &removal),
+            ("capping the lifetime of", &capping),
+        ] {
+            if let Some(err) = &cleanup.first_error {
+                log::warn!(
+                    "after the policy change, {what} {} learned address(es) in {LEARNED} \
+                     failed (first: {})",
+                    cleanup.failed,
+                    crate::error_chain(err)
+                );
+            }
         }
-        for (key, value) in &capped {
-            // BPF_EXIST: only if the kernel has not removed it meanwhile.
-            let _ = learned.insert(key, value, 2);
-        }
-        Ok(ApplyReport {
-            slot: next,
-            learned_dropped: dropped.len(),
-        })
+        removal.done
     }
 
     /// Enforces one more cgroup (a container that just started, a scope change). Returns
@@ -296,7 +311,9 @@ impl Enforcer {
     /// programs' clock), and those whose rule or resolver the policy in force does not have
     /// (an answer judged under the previous policy just before a change can land after
     /// [`Self::apply`] cleaned up; the gates ignore such entries already). Frees room only:
-    /// the gates check expiry themselves. Returns how many were removed and how many remain.
+    /// the gates check expiry themselves. Returns how many were removed and how many remain;
+    /// an error if a removal failed (other than for an address the kernel removed meanwhile),
+    /// after trying them all.
     pub fn expire_learned(&mut self, now_boot_ns: u64) -> Result<(usize, usize), EnforceError> {
         let mut learned: HashMap<_, LearnedKey, LearnedAddr> = typed_map(&mut self.ebpf, LEARNED)?;
         let mut expired = Vec::new();
@@ -311,11 +328,11 @@ impl Enforcer {
                 expired.push(key);
             }
         }
-        for key in &expired {
-            // Gone already (the kernel may refresh, never remove): nothing to do.
-            let _ = learned.remove(key);
+        let removal = remove_keys(&mut learned, &expired);
+        if let Some(source) = removal.first_error {
+            return Err(map_error(LEARNED, source));
         }
-        Ok((expired.len(), total - expired.len()))
+        Ok((removal.done, total - removal.done))
     }
 
     /// Whether the kernel holds `key` in LEARNED (and until when).
@@ -328,7 +345,10 @@ impl Enforcer {
     /// Every learned address (for `ram learned` and fill levels).
     pub fn learned_entries(&self) -> Result<Vec<(LearnedKey, LearnedAddr)>, EnforceError> {
         let learned: HashMap<_, LearnedKey, LearnedAddr> = typed_map_ref(&self.ebpf, LEARNED)?;
-        Ok(learned.iter().flatten().collect())
+        learned
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(|source| map_error(LEARNED, source))
     }
 
     /// Instructions the verifier processed per program (kernels 5.16+), for the README table.

@@ -1,7 +1,7 @@
 //! [`EnforceError`]: everything that can go wrong between the embedded eBPF object and
 //! enforcement on a cgroup, each with what to do about it.
 
-use std::{io, path::PathBuf};
+use std::{fmt, io, path::PathBuf};
 
 use aya::{maps::MapError, programs::ProgramError};
 
@@ -42,6 +42,14 @@ pub enum EnforceError {
     MissingProgram { program: &'static str },
     #[error("writing map {map} failed: {source}")]
     Map { map: &'static str, source: MapError },
+    /// A policy map of the slot about to go live could not be made to hold exactly the new
+    /// policy; the slot in force is untouched.
+    #[error("filling map {map} with the new policy failed while {step}: {source}")]
+    Refill {
+        map: &'static str,
+        step: RefillStep,
+        source: MapError,
+    },
     #[error(transparent)]
     Kernel(#[from] probe::ProbeError),
     #[error(
@@ -79,4 +87,25 @@ pub enum EnforceError {
          its own --pin-dir"
     )]
     Busy { path: PathBuf },
+}
+
+/// Where refilling a policy map failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefillStep {
+    /// Listing the entries of the previous policy.
+    List,
+    /// Removing an entry of the previous policy.
+    Remove,
+    /// Inserting an entry of the new policy.
+    Insert,
+}
+
+impl fmt::Display for RefillStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::List => "listing the previous entries",
+            Self::Remove => "removing a previous entry",
+            Self::Insert => "inserting an entry",
+        })
+    }
 }

@@ -5,7 +5,7 @@
 //! - `object.rs`: the embedded object, the program tables ([`GATES`], [`SNOOPERS`],
 //!   [`ANSWER_RR`]), loading (a verifier refusal names the program);
 //! - `pins.rs`: the pinned state's layout ([`PinDir`]), the one-daemon lock, [`uninstall`];
-//! - `maps.rs`: typed map access, sizes;
+//! - `maps.rs`: typed map access, sizes, the one refill helper;
 //! - `attach.rs`: links on cgroups: attach, update, release, repair;
 //! - `enforcer.rs`: [`Enforcer`]: open (adopting pinned state), apply a policy, read the maps;
 //! - `error.rs`: [`EnforceError`];
@@ -23,6 +23,6 @@ mod pins;
 pub mod probe;
 
 pub use enforcer::{ApplyReport, Enforcer, OpenReport};
-pub use error::EnforceError;
+pub use error::{EnforceError, RefillStep};
 pub use object::{ANSWER_RR, GATES, Gate, SNOOPERS, Snooper, attached_programs, program_names};
 pub use pins::{DEFAULT_PIN_DIR, PinDir, Removed, uninstall};
