@@ -260,4 +260,36 @@ mod tests {
         let order: Vec<_> = attached_programs().map(|(name, _)| name).collect();
         assert_eq!(&order[..2], ["dns_query_out", "dns_snoop_in"]);
     }
+
+    /// The links are created with the tables' attach types (sys::link_create), not the ones
+    /// aya reads from the programs' ELF sections: where a section names one, they must agree.
+    /// (Needs the real object: a build without AYA_BUILD_SKIP.)
+    #[test]
+    fn the_tables_agree_with_the_objects_sections() {
+        use aya_obj::{Object, ProgramSection};
+
+        if !embedded() {
+            eprintln!("skipped: built with AYA_BUILD_SKIP, no eBPF object");
+            return;
+        }
+        let object = Object::parse(EBPF_OBJECT).unwrap();
+        for (name, attach_type) in attached_programs() {
+            let section = &object.programs[name].section;
+            let from_section = match section {
+                ProgramSection::CgroupSockAddr { attach_type } => (*attach_type).into(),
+                ProgramSection::CgroupSkb {
+                    attach_type: Some(attach_type),
+                } => (*attach_type).into(),
+                // `cgroup/skb` (`#[cgroup_skb]` without a direction): the table is the only
+                // place that says which way the program watches.
+                ProgramSection::CgroupSkb { attach_type: None } => attach_type,
+                other => panic!("{name}: unexpected section {other:?}"),
+            };
+            assert_eq!(attach_type, from_section, "{name}");
+        }
+        assert!(matches!(
+            object.programs[ANSWER_RR].section,
+            ProgramSection::CgroupSkb { .. }
+        ));
+    }
 }
