@@ -1,12 +1,12 @@
-//! The one raw-syscall module: every `unsafe` call into `libc` that ram-userspace makes lives
-//! here, behind a safe function that checks the result. The rest of the crate calls these, aya,
-//! or std.
+//! The one raw-syscall module: an `unsafe` call into `libc` belongs here, behind a safe
+//! function that checks the result; the rest of the crate calls these, aya, or std.
 //!
 //! - bpf(2) commands aya 0.14 does not expose for what ram needs: creating, pinning, opening and
-//!   atomically updating cgroup links by descriptor (aya's links cannot be updated once pinned,
-//!   and it creates cgroup links only when the kernel's version string says 5.7+), asking which
-//!   programs are attached to a cgroup, and whether the kernel knows a command. The attributes
-//!   are aya-obj's `union bpf_attr`, the commands and attach types its enums.
+//!   atomically updating cgroup links by descriptor (aya has no public BPF_LINK_UPDATE, its
+//!   pinned links hand out no descriptor, and it creates a cgroup link only when the kernel's
+//!   version string says 5.7+, falling back to an unpinnable legacy attachment otherwise), asking
+//!   which programs are attached to a cgroup, and whether the kernel knows a command. The
+//!   attributes are aya-obj's `union bpf_attr`, the commands and attach types its enums.
 //! - the filesystem type of a path (bpffs, cgroup2), mounting bpffs, the mount namespace;
 //! - clocks (CLOCK_BOOTTIME, the programs' clock; CLOCK_REALTIME; CLOCK_MONOTONIC);
 //! - this process's network namespace cookie;
