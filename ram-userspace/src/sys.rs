@@ -380,6 +380,29 @@ pub fn effective_uid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// A new inotify instance, non-blocking and close-on-exec, as a `File` so that reading its
+/// events needs no further unsafe code.
+pub fn inotify_init() -> io::Result<std::fs::File> {
+    // SAFETY: no pointers are passed; the result is checked.
+    let raw = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a freshly created descriptor that nothing else owns.
+    Ok(std::fs::File::from(unsafe { OwnedFd::from_raw_fd(raw) }))
+}
+
+/// Watches `path` for the events in `mask` on `inotify`; returns the watch descriptor.
+pub fn inotify_add_watch(inotify: &std::fs::File, path: &Path, mask: u32) -> io::Result<i32> {
+    let path = c_path(path)?;
+    // SAFETY: `inotify` is open and `path` is a NUL-terminated string that outlives the call.
+    let wd = unsafe { libc::inotify_add_watch(inotify.as_raw_fd(), path.as_ptr(), mask) };
+    if wd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(wd)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,10 +20,7 @@ use std::{io, path::PathBuf, time::Duration};
 
 use log::{error, info, warn};
 use ram_common::{Counter, DnsEvent, GateEvent};
-use tokio::{
-    io::unix::AsyncFd,
-    signal::unix::{SignalKind, signal},
-};
+use tokio::signal::unix::{SignalKind, signal};
 
 use self::{
     docker_servers::DockerServers, enforcement::Enforcement, loaded::LoadedPolicy,
@@ -36,7 +33,7 @@ use crate::{
     events::{
         auditor::Auditor,
         records::now_rfc3339,
-        ring::{EVENTS_AT_STOP, EVENTS_PER_TURN, drain},
+        ring::{self, EVENTS_AT_STOP, EVENTS_PER_TURN, drain},
         sink::{AuditLogError, AuditSink},
     },
     kernel::EnforceError,
@@ -128,14 +125,9 @@ async fn serve(options: Options, policy: LoadedPolicy, sink: AuditSink) -> Resul
     let (mut enforcement, dirs) = Enforcement::start(&options, policy)?;
     let events = enforcement.enforcer.take_events()?;
     let dns_events = enforcement.enforcer.take_dns_events()?;
-    // SAFETY: each ring buffer owns its map fd and keeps it open for as long as it lives, which
-    // is as long as its AsyncFd.
-    let mut events =
-        unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
-            .map_err(|err| io_error("watching the event ring buffer")(err.into_parts().1))?;
+    let mut events = ring::watch(events).map_err(io_error("watching the event ring buffer"))?;
     let mut dns_events =
-        unsafe { AsyncFd::register_with_interest(dns_events, tokio::io::Interest::READABLE) }
-            .map_err(|err| io_error("watching the DNS event ring buffer")(err.into_parts().1))?;
+        ring::watch(dns_events).map_err(io_error("watching the DNS event ring buffer"))?;
 
     let paths: Vec<String> = dirs.iter().map(|c| c.path.display().to_string()).collect();
     info!(

@@ -10,12 +10,9 @@
 //! are not seen; point the daemon at the real file or restart it.
 
 use std::{
-    ffi::{CString, OsString},
-    io,
-    os::{
-        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-        unix::ffi::OsStrExt as _,
-    },
+    ffi::OsString,
+    io::{self, Read as _},
+    os::unix::ffi::OsStrExt as _,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -24,6 +21,8 @@ use tokio::{
     io::{Interest, unix::AsyncFd},
     time::Instant,
 };
+
+use crate::sys;
 
 /// How long the file must stay untouched before a change is reported. Covers the gap between
 /// the steps of one save (truncate, several writes, close; or write temp, fsync, rename) so that
@@ -67,7 +66,7 @@ const BUF_LEN: usize = 64 * (HEADER_LEN + libc::NAME_MAX as usize + 1);
 /// Watches one policy file for changes; see [`PolicyWatcher::changed`].
 #[derive(Debug)]
 pub struct PolicyWatcher {
-    fd: AsyncFd<OwnedFd>,
+    fd: AsyncFd<std::fs::File>,
     wd: libc::c_int,
     dir: PathBuf,
     name: OsString,
@@ -116,24 +115,11 @@ impl PolicyWatcher {
                 format!("watching {} for policy changes: {err}", dir.display()),
             )
         };
-        let c_dir = CString::new(dir.as_os_str().as_bytes())
-            .map_err(|err| context(io::Error::new(io::ErrorKind::InvalidInput, err)))?;
-
-        // SAFETY: no pointers are passed; the result is checked.
-        let raw = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-        if raw < 0 {
-            return Err(context(io::Error::last_os_error()));
-        }
-        // SAFETY: `raw` is a freshly created descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: `fd` is open and `c_dir` is a NUL-terminated string that outlives the call.
-        let wd = unsafe { libc::inotify_add_watch(fd.as_raw_fd(), c_dir.as_ptr(), WATCH_MASK) };
-        if wd < 0 {
-            return Err(context(io::Error::last_os_error()));
-        }
-        // SAFETY: the OwnedFd, moved into the AsyncFd, keeps the descriptor open and returns the
+        let inotify = sys::inotify_init().map_err(context)?;
+        let wd = sys::inotify_add_watch(&inotify, dir, WATCH_MASK).map_err(context)?;
+        // SAFETY: the File, moved into the AsyncFd, keeps the descriptor open and returns the
         // same number until the AsyncFd drops it; nothing here swaps it through `get_mut`.
-        let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+        let fd = unsafe { AsyncFd::register_with_interest(inotify, Interest::READABLE) }
             .map_err(|err| context(err.into()))?;
         Ok(Self {
             fd,
@@ -184,11 +170,7 @@ impl PolicyWatcher {
                 return Ok(());
             };
             let buf = &mut self.buf;
-            let read = ready.try_io(|fd| {
-                // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the whole call.
-                let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-                usize::try_from(n).map_err(|_| io::Error::last_os_error())
-            });
+            let read = ready.try_io(|inotify| inotify.get_ref().read(buf));
             let n = match read {
                 Ok(Ok(n)) => n,
                 Ok(Err(err)) if err.kind() == io::ErrorKind::Interrupted => continue,
