@@ -1046,7 +1046,16 @@ impl TestDocker {
         extra_args: &[&str],
         authz_socket: Option<&Path>,
     ) -> Self {
-        let others = other_engines(cgroup.path());
+        // An engine of the test before may still be on its way out (killed with its cgroup,
+        // not yet reaped): give it a few seconds.
+        let mut others = other_engines(cgroup.path());
+        for _ in 0..50 {
+            if others.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            others = other_engines(cgroup.path());
+        }
         assert!(
             others.is_empty(),
             "a Docker Engine or containerd already runs on this machine (pids {others:?}); this \
@@ -1230,6 +1239,12 @@ pub fn other_engines(cgroup: &Path) -> Vec<u32> {
             let pid: u32 = e.file_name().to_str()?.parse().ok()?;
             let comm = fs::read_to_string(e.path().join("comm")).ok()?;
             if !matches!(comm.trim(), "dockerd" | "containerd") {
+                return None;
+            }
+            // A zombie runs nothing: only its parent has yet to collect it.
+            let stat = fs::read_to_string(e.path().join("stat")).ok()?;
+            let state = stat.rsplit_once(") ")?.1.chars().next()?;
+            if matches!(state, 'Z' | 'X') {
                 return None;
             }
             let cgroups = fs::read_to_string(e.path().join("cgroup")).ok()?;
