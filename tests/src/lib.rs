@@ -1053,7 +1053,7 @@ impl TestDocker {
             if others.is_empty() {
                 break;
             }
-            std::thread::sleep(Duration::from_millis(200));
+            thread::sleep(Duration::from_millis(200));
             others = other_engines(cgroup.path());
         }
         assert!(
