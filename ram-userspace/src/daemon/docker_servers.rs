@@ -13,7 +13,10 @@ use std::{
     fs, io,
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::{Arc, RwLock},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
     thread,
     time::Duration,
 };
@@ -22,7 +25,7 @@ use log::{error, info, warn};
 use tokio::{
     runtime::{Builder, Handle},
     sync::{
-        mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel},
+        mpsc::{self, Receiver, Sender, error::TrySendError},
         oneshot, watch,
     },
 };
@@ -34,13 +37,21 @@ use crate::{
     events::records::ImageDecision,
 };
 
+/// Decisions waiting for the event loop. A flood of requests (any local user can send the gate
+/// denied requests) fills it; the overflow is counted, never waited for, and never grows
+/// memory.
+const DECISIONS_QUEUED: usize = 4096;
+
 pub struct DockerServers {
     authz_socket: PathBuf,
     /// The image rules the authorization plugin applies (`None`: image access off).
     image_rules: authz::SharedRules,
     /// The servers' runtime and what runs on it, once image access has been on.
     running: Option<Running>,
-    decisions: UnboundedSender<ImageDecision>,
+    decisions: Sender<ImageDecision>,
+    /// Decisions that found the channel full (a flood of requests): counted, reported by the
+    /// daemon as lost audit lines.
+    decisions_lost: Arc<AtomicU64>,
 }
 
 /// The servers' runtime and the daemon's hold on what runs there.
@@ -59,13 +70,14 @@ struct Running {
 impl DockerServers {
     /// No server runs until [`Self::update`] finds image access on. The receiver gets every
     /// decision.
-    pub fn new(authz_socket: PathBuf) -> (Self, UnboundedReceiver<ImageDecision>) {
-        let (decisions, receiver) = unbounded_channel();
+    pub fn new(authz_socket: PathBuf) -> (Self, Receiver<ImageDecision>) {
+        let (decisions, receiver) = mpsc::channel(DECISIONS_QUEUED);
         let servers = Self {
             authz_socket,
             image_rules: Default::default(),
             running: None,
             decisions,
+            decisions_lost: Arc::default(),
         };
         (servers, receiver)
     }
@@ -96,6 +108,7 @@ impl DockerServers {
                 withheld.join(", ")
             );
         }
+        warn_if_unprivileged_may_listen(access.gate.port());
         let scope = &loaded.policy.scope;
         if !scope.docker && !scope.whole_host {
             warn!(
@@ -154,9 +167,18 @@ impl DockerServers {
 
     fn decisions(&self) -> Decisions {
         let sender = self.decisions.clone();
+        let lost = self.decisions_lost.clone();
         Arc::new(move |decision| {
-            let _ = sender.send(decision);
+            // Never waits: a server must not stall on the event loop, which may be busy.
+            if let Err(TrySendError::Full(_)) = sender.try_send(decision) {
+                lost.fetch_add(1, Ordering::Relaxed);
+            }
         })
+    }
+
+    /// Decisions lost so far because the event loop fell behind (a total, since start).
+    pub fn decisions_lost(&self) -> u64 {
+        self.decisions_lost.load(Ordering::Relaxed)
     }
 
     /// At the daemon's stop: the plugin's socket goes, so that dockerd says the plugin is
@@ -170,6 +192,28 @@ impl DockerServers {
             }
             drop(running);
         }
+    }
+}
+
+/// Where Linux says from which port on any user may listen.
+const UNPRIVILEGED_PORT_START: &str = "/proc/sys/net/ipv4/ip_unprivileged_port_start";
+
+/// The gate's port is below 1024 so that only root can listen there while the gate is down
+/// (enforced cgroups may reach that address and port whether or not the gate runs). Hosts
+/// that lowered `net.ipv4.ip_unprivileged_port_start` (rootless Docker does) lose that.
+fn warn_if_unprivileged_may_listen(port: u16) {
+    let Ok(text) = fs::read_to_string(UNPRIVILEGED_PORT_START) else {
+        return;
+    };
+    if let Ok(start) = text.trim().parse::<u16>()
+        && port >= start
+    {
+        warn!(
+            "image access: net.ipv4.ip_unprivileged_port_start is {start}, so any user may \
+             listen on the pull gate's port {port} while the gate is down and answer in its \
+             place; raise the sysctl above {port}, or choose an image_access.gate port below \
+             {start}"
+        );
     }
 }
 
@@ -285,11 +329,43 @@ mod tests {
         panic!("{what}: not within 2 s");
     }
 
+    /// A flood of decisions never blocks a server and never grows memory: what the queue has
+    /// no room for is counted.
+    #[test]
+    fn decisions_beyond_the_queue_are_counted_not_queued() {
+        let (servers, mut receiver) = DockerServers::new(PathBuf::from("/nonexistent/ram.sock"));
+        let decide = servers.decisions();
+        let decision = ImageDecision {
+            allowed: false,
+            action: "manifests",
+            image: "docker.io/someuser/x".into(),
+            reason: "community".into(),
+            user: None,
+            via: "pull_gate",
+        };
+        for _ in 0..DECISIONS_QUEUED + 100 {
+            decide(decision.clone());
+        }
+        assert_eq!(servers.decisions_lost(), 100);
+        let mut queued = 0;
+        while receiver.try_recv().is_ok() {
+            queued += 1;
+        }
+        assert_eq!(queued, DECISIONS_QUEUED);
+        decide(decision);
+        assert_eq!(
+            servers.decisions_lost(),
+            100,
+            "room again once the loop caught up"
+        );
+    }
+
     /// The test's runtime stands for the daemon's event loop. It is blocked (std sockets,
     /// sleeps) while the servers answer: they run on their own.
     #[tokio::test]
     async fn the_servers_run_on_their_own_and_follow_the_policy() {
-        let dir = std::env::temp_dir().join(format!("ram-docker-servers-{}", std::process::id()));
+        // The plugin socket's directory must be one only root can change (not /tmp).
+        let dir = Path::new("/run").join(format!("ram-docker-servers-{}", std::process::id()));
         let socket = dir.join("ram.sock");
         let (mut servers, mut decisions) = DockerServers::new(socket.clone());
         let mut loaded = LoadedPolicy::read(None).unwrap();

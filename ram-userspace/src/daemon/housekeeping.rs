@@ -32,11 +32,14 @@ impl Daemon {
         }
     }
 
-    /// Writes an audit line when the kernel counted events it could not hand over.
+    /// Writes an audit line when the kernel counted events it could not hand over, or the
+    /// Docker servers decisions the event loop had no room for.
     pub(super) fn report_dropped(&mut self) {
         if let Ok(counters) = self.enforcement.enforcer.counters() {
             self.auditor
                 .report_dropped(counters[Counter::EventsDropped as usize]);
         }
+        self.auditor
+            .report_decisions_lost(self.docker.decisions_lost());
     }
 }

@@ -157,8 +157,9 @@ async fn serve(options: Options, policy: LoadedPolicy, sink: AuditSink) -> Resul
     let stop = loop {
         tokio::select! {
             // In this order: signals, policy changes, the control socket and the tick first
-            // (rarely ready, never starved by a flood of events); then DNS answers before
-            // decisions, so that a denial finds the name its address was answered for.
+            // (rarely ready, never starved by a flood of events); then DNS answers before the
+            // gates' decisions, so that a denial finds the name its address was answered for;
+            // then the Docker servers' image decisions.
             biased;
             _ = sigint.recv() => break "SIGINT",
             _ = sigterm.recv() => break "SIGTERM",
@@ -185,7 +186,6 @@ async fn serve(options: Options, policy: LoadedPolicy, sink: AuditSink) -> Resul
                     Err(err) => warn!("control socket: {err}"),
                 }
             }
-            Some(decision) = image_decisions.recv() => daemon.auditor.image_decision(decision),
             _ = tick.tick() => daemon.housekeeping(),
             guard = dns_events.readable_mut() => {
                 let mut guard = guard.map_err(io_error("waiting for DNS events"))?;
@@ -206,6 +206,9 @@ async fn serve(options: Options, policy: LoadedPolicy, sink: AuditSink) -> Resul
                     tokio::task::yield_now().await;
                 }
             }
+            // Last: a flood of requests to the Docker servers must not keep the loop from the
+            // kernel's events; what overflows their bounded queue is counted.
+            Some(decision) = image_decisions.recv() => daemon.auditor.image_decision(decision),
         }
     };
 

@@ -29,6 +29,8 @@ pub enum SocketError {
     },
     #[error("the run directory is not safe for root")]
     UnsafeRunDir(#[source] ProtectError),
+    #[error("the authorization plugin socket's directory is not safe for root")]
+    UnsafePluginDir(#[source] ProtectError),
     #[error("cannot {action} {path}")]
     Io {
         action: &'static str,
@@ -50,6 +52,10 @@ pub fn bind_authz_socket(path: &Path) -> Result<UnixListener, SocketError> {
                 path: dir.to_owned(),
                 source,
             })?;
+        // dockerd sends its requests to whatever answers at this path: nobody but root may
+        // be able to put another socket there.
+        protect::check_directory_path(dir, Guarded::PluginSocket)
+            .map_err(SocketError::UnsafePluginDir)?;
     }
     bind_root_only(path, "the authorization plugin socket", "--authz-socket")
 }

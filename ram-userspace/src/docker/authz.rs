@@ -218,12 +218,19 @@ pub fn authorize(body: &[u8], rules: Option<&ImageRules>) -> (bool, String, Opti
                 return deny_unreadable("image_pull", user);
             }
             let params = query_params(query);
+            // Go's `r.Form.Get` takes the first value, Rust code easily the last: a key given
+            // twice could make the two judge different images, so it is not judged at all.
+            let repeated = ["fromImage", "tag", "fromSrc"]
+                .iter()
+                .any(|key| params.iter().filter(|(k, _)| k == key).count() > 1);
+            if repeated {
+                return deny_unreadable("image_pull", user);
+            }
             let get = |key: &str| {
                 params
                     .iter()
-                    .filter(|(k, _)| k == key)
+                    .find(|(k, _)| k == key)
                     .map(|(_, v)| v.clone())
-                    .next_back()
                     .filter(|v| !v.is_empty())
             };
             let from_image = get("fromImage");
@@ -317,8 +324,12 @@ fn has_body(request: &Value) -> bool {
     };
     headers.iter().any(|(name, value)| {
         let value = value.as_str().unwrap_or("");
+        // Go's net/http drops Content-Length and Transfer-Encoding from the headers it hands
+        // on for a chunked body, and parses a form whatever the media type's case: a form
+        // media type alone means a body dockerd reads.
         (name.eq_ignore_ascii_case("content-length") && value.trim() != "0")
-            || (name.eq_ignore_ascii_case("content-type") && value.contains("form"))
+            || (name.eq_ignore_ascii_case("content-type")
+                && value.to_ascii_lowercase().contains("form"))
             || name.eq_ignore_ascii_case("transfer-encoding")
     })
 }
@@ -337,12 +348,12 @@ fn container_image(body: &Value) -> Option<String> {
     image.as_str().map(str::to_owned)
 }
 
-/// `sha256:…` or a bare hex id (12 to 64 digits): no repository name to judge.
+/// `sha256:…`, or a bare string of hex digits of any length: dockerd looks a name it has no
+/// image for up as an image-ID prefix (`abc1` runs the image whose ID starts with abc1), so
+/// such a string may name any image, whatever its repository.
 fn looks_like_image_id(image: &str) -> bool {
-    let hex = image.strip_prefix("sha256:").unwrap_or(image);
-    (12..=64).contains(&hex.len()) && hex.bytes().all(|b| b.is_ascii_hexdigit()) && {
-        image.starts_with("sha256:") || !hex.bytes().all(|b| b.is_ascii_digit())
-    }
+    image.starts_with("sha256:")
+        || (!image.is_empty() && image.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// Percent-decodes a path (`+` is a `+` in a path; invalid escapes stay as written).
@@ -447,6 +458,10 @@ mod tests {
             "//v1.41//images/create/?fromImage=someuser%2Fx",
             "/v1.41/images/create?fromImage=someuser%2Fx&fromSrc=-",
             "/v1.41/images/create?fromImage=busybox&fromImage=someuser%2Fx",
+            // Go reads the first value: both orders, and an empty last one, are refused.
+            "/v1.41/images/create?fromImage=someuser%2Fx&fromImage=busybox",
+            "/v1.41/images/create?fromImage=someuser%2Fx&fromImage=&fromSrc=-",
+            "/v1.41/images/create?fromImage=busybox&tag=latest&tag=..%2F..%2Fsomeuser%2Fx",
             "/v1.41/images/create?fromImage=registry-1.docker.io:443%2Fsomeuser%2Fx",
             "/v1.41/images/create?fromImage=Docker.IO%2Fsomeuser%2Fx",
         ] {
@@ -458,6 +473,20 @@ mod tests {
             "RequestHeaders": {"Content-Type": "application/x-www-form-urlencoded", "Content-Length": "24"},
         });
         assert!(!authorize(with_form_body.to_string().as_bytes(), Some(&rules)).0);
+        // Chunked: Go hands on neither length header; the media type in any case is enough.
+        let chunked_form = json!({
+            "RequestMethod": "POST",
+            "RequestUri": "/v1.41/images/create?fromImage=busybox",
+            "RequestHeaders": {"Content-Type": "Application/X-WWW-Form-Urlencoded"},
+        });
+        assert!(!authorize(chunked_form.to_string().as_bytes(), Some(&rules)).0);
+        // What the docker CLI sends with a pull is still judged.
+        let cli_pull = json!({
+            "RequestMethod": "POST",
+            "RequestUri": "/v1.41/images/create?fromImage=busybox&tag=latest",
+            "RequestHeaders": {"Content-Type": "text/plain", "Content-Length": "0"},
+        });
+        assert!(authorize(cli_pull.to_string().as_bytes(), Some(&rules)).0);
         let create = |body: &[u8]| {
             let body = base64_encode(body);
             authorize(
@@ -472,6 +501,11 @@ mod tests {
             br#"{"Image":"sha256:0123456789ab0123456789ab0123456789ab0123456789ab0123456789abcdef"}"#
         ));
         assert!(!create(br#"{"Image":"0123456789ab"}"#));
+        // dockerd falls back to an image-ID prefix search for a name it has no image for.
+        for id in ["sha256:abc", "abc1", "123456789012", "f"] {
+            let body = format!(r#"{{"Image":"{id}"}}"#);
+            assert!(!create(body.as_bytes()), "{id} was judged as a name");
+        }
         assert!(create(br#"{"Image":"busybox:1.36"}"#));
         // A malformed request might be a pull: refused.
         assert!(!authorize(b"{not json", Some(&rules)).0);

@@ -33,6 +33,8 @@ pub struct Auditor {
     clock_offset: i128,
     run_dir: PathBuf,
     dropped_reported: u64,
+    /// Image decisions lost so far (the Docker servers count since the daemon started).
+    decisions_lost_reported: u64,
 }
 
 impl Auditor {
@@ -43,6 +45,7 @@ impl Auditor {
             hostnames: Hostnames::default(),
             clock_offset: sys::realtime_minus_boottime_ns(),
             dropped_reported: read_dropped_reported(run_dir),
+            decisions_lost_reported: 0,
             run_dir: run_dir.to_owned(),
         }
     }
@@ -232,6 +235,30 @@ impl Auditor {
             time: now_rfc3339(),
             verdict: "dropped",
             reason: "events_dropped",
+            count,
+            total,
+        });
+    }
+}
+
+impl Auditor {
+    /// Writes an audit line when image decisions were lost since the last one (`total`: lost
+    /// since the daemon started): a flood of requests to the Docker servers outran the log.
+    pub fn report_decisions_lost(&mut self, total: u64) {
+        if total <= self.decisions_lost_reported {
+            return;
+        }
+        let count = total - self.decisions_lost_reported;
+        self.decisions_lost_reported = total;
+        warn!(
+            "{count} image decision(s) were not audited: the Docker servers decided faster than \
+             the audit log was written ({total} since start); their answers to the engine were \
+             not affected"
+        );
+        self.sink.write(&DroppedRecord {
+            time: now_rfc3339(),
+            verdict: "dropped",
+            reason: "image_decisions_dropped",
             count,
             total,
         });

@@ -106,7 +106,8 @@ pub struct DroppedRecord {
     pub time: String,
     /// Always "dropped".
     pub verdict: &'static str,
-    /// Always "events_dropped".
+    /// "events_dropped" (the kernel's ring buffers were full) or "image_decisions_dropped" (the
+    /// Docker servers outran the audit log).
     pub reason: &'static str,
     /// Events lost since the previous such line (the kernel's counter is in `ram status`).
     pub count: u64,

@@ -34,6 +34,8 @@ pub enum Guarded {
     AuditLog,
     /// The run directory: the control socket and the copy of the policy in force.
     RunDirectory,
+    /// The Docker authorization plugin's socket, which dockerd trusts with its decisions.
+    PluginSocket,
 }
 
 impl std::fmt::Display for Guarded {
@@ -42,6 +44,7 @@ impl std::fmt::Display for Guarded {
             Self::Policy => "the policy",
             Self::AuditLog => "the audit log",
             Self::RunDirectory => "the daemon's control socket and policy copy",
+            Self::PluginSocket => "the authorization plugin's socket",
         })
     }
 }
@@ -129,7 +132,7 @@ pub enum ProtectError {
 fn example_home(guarded: Guarded) -> String {
     match guarded {
         Guarded::Policy => format!(" such as {SAFE_HOME}"),
-        Guarded::AuditLog | Guarded::RunDirectory => String::new(),
+        Guarded::AuditLog | Guarded::RunDirectory | Guarded::PluginSocket => String::new(),
     }
 }
 
