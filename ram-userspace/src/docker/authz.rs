@@ -2,6 +2,9 @@
 //! Management on the engine's API. dockerd asks the plugin, over HTTP on a unix socket in
 //! `/run/docker/plugins/`, about every API request before serving it.
 //!
+//! Longer than 600 lines: a third of it is tests, one per way a request could make the plugin
+//! judge another image than dockerd uses.
+//!
 //! The protocol (Docker's plugin API, v1.2), one `POST` per call:
 //! - `/Plugin.Activate` → `{"Implements":["authz"]}`;
 //! - `/AuthZPlugin.AuthZReq` → `{"Allow":…,"Msg":…}`: [`authorize`];
