@@ -104,3 +104,58 @@ fn a_cgroup_made_anew_is_enforced_again() {
         "EPERM"
     );
 }
+
+/// dockerd's BuildKit (cgroupfs driver) makes a cgroup per RUN step below `docker/buildkit`.
+/// ram enforces that parent: programs on a cgroup run for every cgroup made below it, so a RUN
+/// step is denied from its first instruction, with no one-second scan in between.
+#[test]
+fn buildkit_run_steps_are_enforced_from_their_start() {
+    let net = TestNet::new();
+    let _http = net.http_server(HTTP_PORT);
+    let engines = ram_tests::other_engines(Path::new("/nonexistent"));
+    assert!(
+        engines.is_empty(),
+        "container engines run here: {engines:?}"
+    );
+    let parent = TestCgroup::new();
+    let bystander = TestCgroup::new();
+    let buildkit = parent.path().join("docker/buildkit");
+    fs::create_dir_all(&buildkit).unwrap();
+    let daemon = Daemon::start(&policy("[scope]\ncontainers = true"), &[bystander.path()]).unwrap();
+    let path = buildkit.display().to_string();
+    assert!(
+        eventually(Duration::from_secs(3), || enforced_paths(&daemon)
+            .iter()
+            .any(|(p, why)| *p == path && why.contains("BuildKit's RUN steps"))),
+        "{:?}",
+        enforced_paths(&daemon)
+    );
+
+    // A RUN step made now, and used at once: denied by its parent's programs.
+    let step = TestCgroup::adopt(buildkit.join("vnzzykkws3m9pp48rularan15"));
+    fs::create_dir(step.path()).unwrap();
+    assert_eq!(
+        probe_in(&step, "tcp-connect", &c(), HTTP_PORT).result,
+        "EPERM"
+    );
+    // The same from a cgroup outside the scope reaches the test host: the denial is ram's.
+    let outside = TestCgroup::new();
+    assert!(probe_in(&outside, "tcp-http", &c(), HTTP_PORT).ok());
+    let step_path = format!(
+        "/{}",
+        step.path()
+            .strip_prefix(ram_tests::cgroup2_mount())
+            .unwrap()
+            .display()
+    );
+    assert!(
+        eventually(Duration::from_secs(3), || daemon
+            .audit_records()
+            .iter()
+            .any(|r| {
+                r["verdict"] == "deny" && r["cgroup"].as_str() == Some(step_path.as_str())
+            })),
+        "no denial audited for {step_path}: {:?}",
+        daemon.audit_records()
+    );
+}

@@ -133,6 +133,19 @@ pub fn container_cgroups(mount: &Path) -> Containers {
                     path: entry.path(),
                     reason: format!("scope.containers: container {}", &id[..12]),
                 });
+            } else if is_buildkit_parent(&dir, &name) {
+                // Programs on a cgroup run for every cgroup made below it: enforcing the parent
+                // covers each RUN step from its first instruction, with no scan in between.
+                found.push(Found {
+                    path: entry.path(),
+                    reason: "scope.containers: BuildKit's RUN steps (every one, from its start)"
+                        .into(),
+                });
+            } else if let Some(id) = buildkit_step_id(&name) {
+                found.push(Found {
+                    path: entry.path(),
+                    reason: format!("scope.containers: BuildKit RUN step {id}"),
+                });
             } else if depth + 1 < MAX_DEPTH {
                 stack.push((entry.path(), depth + 1));
             }
@@ -150,6 +163,23 @@ pub fn container_id(name: &str) -> Option<String> {
         (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()))
             .then(|| id.to_ascii_lowercase())
     })
+}
+
+/// Whether `name`, in directory `dir`, is where dockerd's BuildKit makes the cgroups of RUN
+/// steps with the cgroupfs driver: `<docker's cgroup parent>/buildkit` (`/docker/buildkit/<id>`).
+fn is_buildkit_parent(dir: &Path, name: &str) -> bool {
+    name == "buildkit" && dir.file_name().is_some_and(|parent| parent == "docker")
+}
+
+/// The id of a RUN step of dockerd's BuildKit under the systemd driver, whose units are
+/// `docker-<id>.scope` like containers', with BuildKit's 25-character ids (base 36).
+fn buildkit_step_id(name: &str) -> Option<&str> {
+    let id = name.strip_prefix("docker-")?.strip_suffix(".scope")?;
+    (id.len() == 25
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
+    .then_some(id)
 }
 
 /// (pid, comm) of every process in `proc_root`.
@@ -349,6 +379,31 @@ mod tests {
                 .iter()
                 .any(|f| f.path.ends_with(format!("system.slice/docker-{ID}.scope")))
         );
+    }
+
+    #[test]
+    fn buildkit_steps_are_found_in_both_layouts() {
+        let tree = Tree::new("buildkit");
+        tree.dir("docker/buildkit/vnzzykkws3m9pp48rularan15");
+        tree.dir("docker/0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef");
+        tree.dir("system.slice/docker-vnzzykkws3m9pp48rularan15.scope");
+        tree.dir("system.slice/buildkit");
+        tree.dir("system.slice/docker-notanid.scope");
+        let found = container_cgroups(&tree.0);
+        let paths: Vec<String> = found
+            .found
+            .iter()
+            .map(|f| f.path.strip_prefix(&tree.0).unwrap().display().to_string())
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "docker/0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+                "docker/buildkit",
+                "system.slice/docker-vnzzykkws3m9pp48rularan15.scope",
+            ]
+        );
+        assert!(found.found[1].reason.contains("BuildKit's RUN steps"));
     }
 
     #[test]
