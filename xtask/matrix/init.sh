@@ -42,8 +42,10 @@ echo "RAM-MATRIX spoofed $(in_t /bin/ram-matrix-peer connect 10.77.0.3 80)"
 # A mismatched transaction id from the trusted resolver itself, taken by a careless client.
 echo "RAM-MATRIX badid-taken $(in_t /bin/ram-matrix-peer query 10.77.0.1 badid.test --any-id | grep -v '^port')"
 echo "RAM-MATRIX badid $(in_t /bin/ram-matrix-peer connect 10.77.0.3 80)"
-# The audit log names the learned address and its hostname.
-sleep 1
-grep '"verdict":"learn"' /run/audit.log | head -3 | sed 's/^/RAM-MATRIX audit /'
+# The audit log names the learned address and its hostname. Bounded wait (10 s): under
+# software emulation the daemon may still be writing; and one line only, the one that counts,
+# so that kernel messages on the console have less to cut into.
+i=0; while [ $i -lt 100 ] && ! grep -q '"hostname":"registry.test"' /run/audit.log; do sleep 0.1; i=$((i+1)); done
+grep '"verdict":"learn"' /run/audit.log | grep '"registry.test"' | head -1 | sed 's/^/RAM-MATRIX audit /'
 echo RAM-MATRIX done
 poweroff -f
