@@ -1018,6 +1018,83 @@ pub mod peers {
     }
 }
 
+/// A network namespace for a Docker Engine with real container networking, linked to the
+/// test's own namespace by a veth pair: the engine's side is 203.0.113.254/30 with its default
+/// route through the test's side, [`EngineNet::HOST_SIDE`] (203.0.113.253/30; RFC 5737
+/// documentation addresses, on this veth pair only: 192.0.2.0/24 may be the machine's own
+/// network). dockerd's bridge, NAT and iptables rules stay inside it.
+pub struct EngineNet {
+    name: String,
+}
+
+impl EngineNet {
+    pub const HOST_SIDE: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 253);
+    pub const ENGINE_SIDE: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 254);
+
+    pub fn new() -> Self {
+        let id = std::process::id();
+        let name = format!("ramengine{id}");
+        let (host_if, engine_if) = (format!("ramh{id}"), format!("rame{id}"));
+        let ip = |args: &[&str]| {
+            let output = Command::new("ip").args(args).output().expect("running ip");
+            assert!(
+                output.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        // An address of the machine's own in the link's range would be cut off: refuse.
+        let addresses = Command::new("ip")
+            .args(["-4", "-o", "addr", "show"])
+            .output()
+            .expect("running ip");
+        let addresses = String::from_utf8_lossy(&addresses.stdout);
+        assert!(
+            !addresses.contains(" 203.0.113."),
+            "the machine has an address in 203.0.113.0/24; the engine link cannot use it:\n\
+             {addresses}"
+        );
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        ip(&["netns", "add", &name]);
+        let net = Self { name };
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &engine_if, "netns", &net.name,
+        ]);
+        ip(&["addr", "add", "203.0.113.253/30", "dev", &host_if]);
+        ip(&["link", "set", &host_if, "up"]);
+        for args in [
+            vec!["addr", "add", "203.0.113.254/30", "dev", &engine_if],
+            vec!["link", "set", &engine_if, "up"],
+            vec!["link", "set", "lo", "up"],
+            vec!["route", "add", "default", "via", "203.0.113.253"],
+        ] {
+            let mut full = vec!["-n", net.name.as_str()];
+            full.extend(args);
+            ip(&full);
+        }
+        net
+    }
+
+    pub fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.name)
+    }
+}
+
+impl Default for EngineNet {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for EngineNet {
+    fn drop(&mut self) {
+        // The veth pair goes with the namespace.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
 /// A Docker Engine for one test: `dockerd` (and the containerd it starts) in the test's cgroup
 /// and in a mount namespace of its own, where `/etc/resolv.conf` names the test's resolver;
 /// its own data-root, exec-root and socket; no iptables, no bridge, vfs storage. So it cannot
@@ -1045,6 +1122,38 @@ impl TestDocker {
         insecure_registries: &[&str],
         extra_args: &[&str],
         authz_socket: Option<&Path>,
+    ) -> Self {
+        Self::launch(
+            cgroup,
+            resolver,
+            insecure_registries,
+            extra_args,
+            authz_socket,
+            None,
+        )
+    }
+
+    /// A Docker Engine with real container networking: dockerd in `net`'s namespace, with its
+    /// bridge (10.88.0.1/24), NAT and iptables rules there, none in the test's namespace.
+    /// Containers and build steps reach the test's namespace at [`EngineNet::HOST_SIDE`].
+    pub fn start_bridged(cgroup: &TestCgroup, net: &EngineNet) -> Self {
+        Self::launch(
+            cgroup,
+            IpAddr::V4(EngineNet::HOST_SIDE),
+            &[],
+            &[],
+            None,
+            Some(net),
+        )
+    }
+
+    fn launch(
+        cgroup: &TestCgroup,
+        resolver: IpAddr,
+        insecure_registries: &[&str],
+        extra_args: &[&str],
+        authz_socket: Option<&Path>,
+        net: Option<&EngineNet>,
     ) -> Self {
         // An engine of the test before may still be on its way out (killed with its cgroup,
         // not yet reaped): give it a few seconds.
@@ -1083,7 +1192,25 @@ impl TestDocker {
             .expect("writing the plugin spec");
         }
         let run_docker_existed = Path::new("/run/docker").exists();
-        let mut cmd = cgroup.command("unshare");
+        let mut cmd = match net {
+            // nsenter, not `ip netns exec`: that remounts /sys, hiding the cgroup mounts.
+            Some(net) => {
+                let mut cmd = cgroup.command("nsenter");
+                cmd.arg(format!("--net={}", net.path().display()))
+                    .arg("unshare");
+                cmd
+            }
+            None => cgroup.command("unshare"),
+        };
+        let network_args: &[&str] = match net {
+            Some(_) => &["--bip=10.88.0.1/24"],
+            None => &[
+                "--iptables=false",
+                "--ip-forward=false",
+                "--ip-masq=false",
+                "--bridge=none",
+            ],
+        };
         cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
             .arg(
                 "r=$1; e=$2; shift 2; mount --bind \"$r\" /etc/resolv.conf && \
@@ -1099,14 +1226,8 @@ impl TestDocker {
                 "--host=unix://{}",
                 root.join("docker.sock").display()
             ))
-            .args([
-                "--iptables=false",
-                "--ip-forward=false",
-                "--ip-masq=false",
-                "--bridge=none",
-                "--storage-driver=vfs",
-                "--log-level=warn",
-            ])
+            .args(network_args)
+            .args(["--storage-driver=vfs", "--log-level=warn"])
             .args(
                 insecure_registries
                     .iter()
