@@ -1303,6 +1303,23 @@ impl TestDocker {
         self.dir.path()
     }
 
+    /// Makes image `tag` from the directory `rootfs` (`docker import` of its tar): no base
+    /// image and no registry needed.
+    pub fn import_rootfs(&self, rootfs: &Path, tag: &str) {
+        let tar = rootfs.with_extension("tar");
+        let status = Command::new("tar")
+            .arg("-C")
+            .arg(rootfs)
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .status()
+            .expect("running tar");
+        assert!(status.success(), "tar of {}", rootfs.display());
+        let (ok, _, err, _) = self.run(&["import", &tar.display().to_string(), tag]);
+        assert!(ok, "docker import {tag}: {err}");
+    }
+
     pub fn pid(&self) -> u32 {
         self.daemon.as_ref().map_or(0, Background::pid)
     }

@@ -7,7 +7,6 @@ use std::{
     io::ErrorKind,
     net::TcpListener,
     path::Path,
-    process::Command,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -30,18 +29,7 @@ fn import_busybox(docker: &TestDocker) {
     for applet in ["sh", "nc", "echo", "cat", "timeout"] {
         std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
     }
-    let tar = docker.dir().join("busybox.tar");
-    let status = Command::new("tar")
-        .arg("-C")
-        .arg(&rootfs)
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let (ok, _, err, _) = docker.run(&["import", tar.to_str().unwrap(), "bb:latest"]);
-    assert!(ok, "docker import: {err}");
+    docker.import_rootfs(&rootfs, "bb:latest");
 }
 
 /// Accepts and closes connections on `listener` until dropped, counting them: a client that

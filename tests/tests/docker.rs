@@ -3,7 +3,7 @@
 //! docker.io, in its own mount namespace), real registries (Debian's docker-registry) on test
 //! hosts, real DNS (dnsmasq).
 
-use std::{fs, net::IpAddr, process::Command, time::Duration};
+use std::{fs, net::IpAddr, time::Duration};
 
 use ram_tests::{Daemon, TempDir, TestCgroup, TestDocker, TestNet, peers::*};
 
@@ -18,20 +18,9 @@ fn push_tiny_image(docker: &TestDocker, registries: &[&str]) {
     let rootfs = docker.dir().join("rootfs");
     fs::create_dir_all(&rootfs).unwrap();
     fs::write(rootfs.join("hello.txt"), "hello from a tiny image\n").unwrap();
-    let tar = docker.dir().join("rootfs.tar");
-    let status = Command::new("tar")
-        .arg("-C")
-        .arg(&rootfs)
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(status.success());
     for registry in registries {
         let tag = format!("{registry}/tiny:1");
-        let (ok, _, err, _) = docker.run(&["import", tar.to_str().unwrap(), &tag]);
-        assert!(ok, "docker import: {err}");
+        docker.import_rootfs(&rootfs, &tag);
         let (ok, _, err, _) = docker.run(&["push", &tag]);
         assert!(ok, "docker push {tag}: {err}");
         let (ok, _, err, _) = docker.run(&["rmi", &tag]);
