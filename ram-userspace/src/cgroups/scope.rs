@@ -165,6 +165,19 @@ pub fn container_id(name: &str) -> Option<String> {
     })
 }
 
+/// The id of a BuildKit RUN step whose cgroup is `name` in directory `parent` (either driver).
+pub fn run_step_id<'a>(parent: &str, name: &'a str) -> Option<&'a str> {
+    if parent == "buildkit"
+        && name.len() == 25
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    {
+        return Some(name);
+    }
+    buildkit_step_id(name)
+}
+
 /// Whether `name`, in directory `dir`, is where dockerd's BuildKit makes the cgroups of RUN
 /// steps with the cgroupfs driver: `<docker's cgroup parent>/buildkit` (`/docker/buildkit/<id>`).
 fn is_buildkit_parent(dir: &Path, name: &str) -> bool {
@@ -173,7 +186,7 @@ fn is_buildkit_parent(dir: &Path, name: &str) -> bool {
 
 /// The id of a RUN step of dockerd's BuildKit under the systemd driver, whose units are
 /// `docker-<id>.scope` like containers', with BuildKit's 25-character ids (base 36).
-fn buildkit_step_id(name: &str) -> Option<&str> {
+pub fn buildkit_step_id(name: &str) -> Option<&str> {
     let id = name.strip_prefix("docker-")?.strip_suffix(".scope")?;
     (id.len() == 25
         && id

@@ -160,11 +160,20 @@ impl ImageRecord {
 }
 
 /// The container id in a cgroup path, for the layouts of Docker (`/docker/<id>`,
-/// `docker-<id>.scope`), containerd/CRI, CRI-O and Podman (see [`crate::cgroups::scope::container_id`]).
+/// `docker-<id>.scope`), containerd/CRI, CRI-O and Podman (see
+/// [`crate::cgroups::scope::container_id`]); for a RUN step of dockerd's BuildKit (a container
+/// of BuildKit's own), its 25-character id.
 pub fn container_id(cgroup_path: &str) -> Option<String> {
-    cgroup_path
+    if let Some(id) = cgroup_path
         .rsplit('/')
         .find_map(crate::cgroups::scope::container_id)
+    {
+        return Some(id);
+    }
+    let mut components = cgroup_path.rsplit('/');
+    let name = components.next()?;
+    let parent = components.next().unwrap_or("");
+    crate::cgroups::scope::run_step_id(parent, name).map(str::to_owned)
 }
 
 /// One JSON line of the audit log for an address learned from a DNS answer.
@@ -289,6 +298,15 @@ mod tests {
         ] {
             assert_eq!(container_id(&path).as_deref(), Some(id.as_str()), "{path}");
         }
+        assert_eq!(
+            container_id("/docker/buildkit/vnzzykkws3m9pp48rularan15").as_deref(),
+            Some("vnzzykkws3m9pp48rularan15")
+        );
+        assert_eq!(
+            container_id("/system.slice/docker-vnzzykkws3m9pp48rularan15.scope").as_deref(),
+            Some("vnzzykkws3m9pp48rularan15")
+        );
+        assert_eq!(container_id("/docker/buildkit"), None);
         assert_eq!(container_id("/system.slice/docker.service"), None);
         assert_eq!(container_id("/ram.enforced"), None);
         assert_eq!(container_id(&format!("/docker/{}", &id[1..])), None);
