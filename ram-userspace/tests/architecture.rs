@@ -44,31 +44,69 @@ fn top_module(relative: &str) -> &str {
     relative.split('/').next().unwrap().trim_end_matches(".rs")
 }
 
+/// The paths under `src/` that the tree in docs/architecture.md lists: files, and directories
+/// listed without their files (`gate/`), which stand for everything below them.
+fn listed_in_tree(doc: &str) -> (Vec<String>, Vec<String>) {
+    let tree = &doc[doc.find("## The tree").expect("a tree section")..];
+    let mut lines = tree.lines().skip_while(|line| line.trim() != "src/");
+    let src_indent = lines
+        .next()
+        .map_or(0, |line| line.len() - line.trim_start().len());
+    let (mut files, mut dirs) = (Vec::new(), Vec::new());
+    // (indent, path of the directory) of the directories the current line is in.
+    let mut open: Vec<(usize, String)> = Vec::new();
+    for line in lines.take_while(|line| !line.starts_with("```")) {
+        let indent = line.len() - line.trim_start().len();
+        let Some(token) = line.split_whitespace().next() else {
+            continue;
+        };
+        // Wrapped descriptions start with words, not with a file or directory name.
+        if indent <= src_indent || !(token.ends_with(".rs") || token.ends_with('/')) {
+            continue;
+        }
+        while open.last().is_some_and(|(at, _)| *at >= indent) {
+            open.pop();
+        }
+        let path = match open.last() {
+            Some((_, dir)) => format!("{dir}{token}"),
+            None => token.to_owned(),
+        };
+        if token.ends_with('/') {
+            dirs.push(path.clone());
+            open.push((indent, path));
+        } else {
+            files.push(path);
+        }
+    }
+    // Directories whose files are listed one by one cover nothing beyond them.
+    dirs.retain(|dir| !files.iter().any(|file| file.starts_with(dir.as_str())));
+    (files, dirs)
+}
+
 #[test]
 fn architecture_lists_every_module() {
     let doc =
         fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/architecture.md"))
             .expect("docs/architecture.md exists");
-    let tree = &doc[doc.find("## The tree").expect("a tree section")..];
-    let mut missing = Vec::new();
-    for relative in sources().keys() {
-        // The tree lists a file by its name under its directory's line (`gate/` may stand for
-        // a directory of files).
-        let name = relative.rsplit('/').next().unwrap();
-        let parent = relative.rsplit_once('/').map(|(dir, _)| dir);
-        let listed = tree.contains(&format!(" {name} "))
-            || tree.contains(&format!("/{name} "))
-            || parent.is_some_and(|dir| {
-                let last = dir.rsplit('/').next().unwrap();
-                tree.contains(&format!(" {last}/ ")) && !tree.contains(&format!("{last}/\n"))
-            });
-        if !listed {
-            missing.push(relative.clone());
-        }
-    }
+    let (files, dirs) = listed_in_tree(&doc);
+    let sources = sources();
+    let missing: Vec<&String> = sources
+        .keys()
+        .filter(|path| {
+            !files.contains(path) && !dirs.iter().any(|dir| path.starts_with(dir.as_str()))
+        })
+        .collect();
     assert!(
         missing.is_empty(),
         "docs/architecture.md does not list {missing:?}; add one line per module to its tree"
+    );
+    let stale: Vec<&String> = files
+        .iter()
+        .filter(|file| !sources.contains_key(*file))
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "docs/architecture.md lists {stale:?}, which do not exist"
     );
 }
 

@@ -167,12 +167,7 @@ pub fn container_id(name: &str) -> Option<String> {
 
 /// The id of a BuildKit RUN step whose cgroup is `name` in directory `parent` (either driver).
 pub fn run_step_id<'a>(parent: &str, name: &'a str) -> Option<&'a str> {
-    if parent == "buildkit"
-        && name.len() == 25
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-    {
+    if parent == "buildkit" && is_buildkit_id(name) {
         return Some(name);
     }
     buildkit_step_id(name)
@@ -188,11 +183,15 @@ fn is_buildkit_parent(dir: &Path, name: &str) -> bool {
 /// `docker-<id>.scope` like containers', with BuildKit's 25-character ids (base 36).
 pub fn buildkit_step_id(name: &str) -> Option<&str> {
     let id = name.strip_prefix("docker-")?.strip_suffix(".scope")?;
-    (id.len() == 25
+    is_buildkit_id(id).then_some(id)
+}
+
+/// BuildKit's ids: 25 characters of base 36 (lower-case letters and digits).
+fn is_buildkit_id(id: &str) -> bool {
+    id.len() == 25
         && id
             .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
-    .then_some(id)
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
 /// (pid, comm) of every process in `proc_root`.

@@ -27,10 +27,8 @@ pub enum SocketError {
         what: &'static str,
         option: &'static str,
     },
-    #[error("the run directory is not safe for root")]
-    UnsafeRunDir(#[source] ProtectError),
-    #[error("the authorization plugin socket's directory is not safe for root")]
-    UnsafePluginDir(#[source] ProtectError),
+    #[error("the directory of {0} is not safe for root")]
+    UnsafeDirectory(Guarded, #[source] ProtectError),
     #[error("cannot {action} {path}")]
     Io {
         action: &'static str,
@@ -43,19 +41,9 @@ pub enum SocketError {
 /// The plugin socket (root-only), in a directory made if missing.
 pub fn bind_authz_socket(path: &Path) -> Result<UnixListener, SocketError> {
     if let Some(dir) = path.parent() {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(dir)
-            .map_err(|source| SocketError::Io {
-                action: "create",
-                path: dir.to_owned(),
-                source,
-            })?;
         // dockerd sends its requests to whatever answers at this path: nobody but root may
         // be able to put another socket there.
-        protect::check_directory_path(dir, Guarded::PluginSocket)
-            .map_err(SocketError::UnsafePluginDir)?;
+        root_only_directory(dir, Guarded::PluginSocket)?;
     }
     bind_root_only(path, "the authorization plugin socket", "--authz-socket")
 }
@@ -63,18 +51,8 @@ pub fn bind_authz_socket(path: &Path) -> Result<UnixListener, SocketError> {
 /// The control socket, root-only, in a run directory only root can change; non-blocking, for
 /// the event loop.
 pub fn bind_control_socket(run_dir: &Path) -> Result<tokio::net::UnixListener, SocketError> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(run_dir)
-        .map_err(|source| SocketError::Io {
-            action: "create the run directory",
-            path: run_dir.to_owned(),
-            source,
-        })?;
     // Root writes here (socket, policy copy): nobody else may be able to redirect it.
-    protect::check_directory_path(run_dir, Guarded::RunDirectory)
-        .map_err(SocketError::UnsafeRunDir)?;
+    root_only_directory(run_dir, Guarded::RunDirectory)?;
     let path = control::socket_path(run_dir);
     let listener = bind_root_only(&path, "the control socket", "--run-dir")?;
     let io_error = |action, source| SocketError::Io {
@@ -86,6 +64,21 @@ pub fn bind_control_socket(run_dir: &Path) -> Result<tokio::net::UnixListener, S
         .set_nonblocking(true)
         .map_err(|source| io_error("make non-blocking", source))?;
     tokio::net::UnixListener::from_std(listener).map_err(|source| io_error("watch", source))
+}
+
+/// Makes `dir` (0755) if missing, then checks that only root can change what it holds.
+fn root_only_directory(dir: &Path, guarded: Guarded) -> Result<(), SocketError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+        .map_err(|source| SocketError::Io {
+            action: "create",
+            path: dir.to_owned(),
+            source,
+        })?;
+    protect::check_directory_path(dir, guarded)
+        .map_err(|source| SocketError::UnsafeDirectory(guarded, source))
 }
 
 /// Binds a unix socket created 0600 (umask, so that no one else can connect between bind and

@@ -239,9 +239,7 @@ impl Auditor {
             total,
         });
     }
-}
 
-impl Auditor {
     /// Writes an audit line when image decisions were lost since the last one (`total`: lost
     /// since the daemon started): a flood of requests to the Docker servers outran the log.
     pub fn report_decisions_lost(&mut self, total: u64) {
