@@ -34,11 +34,11 @@ pub mod maps {
     /// [`crate::DnsEvent`] change other than in `_reserved` bytes (the ring buffers are pinned
     /// too, and hold events of the previous programs): a newer daemon then builds fresh maps
     /// instead of misreading old ones (and learned addresses are learned again).
-    pub const LAYOUT: u32 = 2;
+    pub const LAYOUT: u32 = 3;
 
     /// Every map of `ram-ebpf`, all pinned (under `maps-v<LAYOUT>/`) so that enforcement,
     /// learning and the audit backlog outlive the daemon.
-    pub const ALL: [&str; 20] = [
+    pub const ALL: [&str; 21] = [
         POLICY_SLOT,
         POLICY_CONFIG,
         RULE_IDS[0],
@@ -47,6 +47,7 @@ pub mod maps {
         ALLOWED_CIDRS[1],
         RESOLVERS[0],
         RESOLVERS[1],
+        NETNS_RESOLVERS,
         ALLOWED_NAMES[0],
         ALLOWED_NAMES[1],
         AUDIT_SEEN,
@@ -91,6 +92,18 @@ pub mod maps {
     pub const RESOLVERS: [&str; 2] = ["RESOLVERS_0", "RESOLVERS_1"];
     /// Upper bound for [`RESOLVERS`] (resolv.conf allows 3; a policy may list a few more).
     pub const RESOLVERS_MAX: u32 = 64;
+
+    /// `HashMap<NetnsResolverKey, ResolverRule>`: the resolvers of container networks, trusted
+    /// in their own network namespace only (a container's `/etc/resolv.conf`: Docker's
+    /// embedded `127.0.0.11`, the host's nameservers on the default bridge, ...). Written by the
+    /// daemon as it finds the containers it enforces (under `scope.containers`) and removed when
+    /// they go; read by every `*_gate` program and by the DNS programs, for sockets of those
+    /// namespaces only. Not double-buffered: a container's trust follows the container, not the
+    /// policy; every value carries [`crate::CONTAINER_RESOLVER_RULE_ID`], which the policy's
+    /// [`RULE_IDS`] hold only while `scope.containers` is on.
+    pub const NETNS_RESOLVERS: &str = "NETNS_RESOLVERS";
+    /// Entries of [`NETNS_RESOLVERS`]: a few resolvers for each of thousands of containers.
+    pub const NETNS_RESOLVERS_MAX: u32 = 16_384;
 
     /// `Array<PolicyConfig>` with two entries, one per slot. Written by the daemon; read by
     /// every program.
@@ -137,9 +150,11 @@ pub mod maps {
     pub const PENDING_QUERIES: &str = "PENDING_QUERIES";
     pub const PENDING_QUERIES_MAX: u32 = 8_192;
 
-    /// `LruHashMap<u64, u64>`: socket cookie → cgroup id of sockets that a `*_gate` program let
-    /// through to a trusted resolver on port 53 from the trusted network namespace. Written by
-    /// the gates; read by `dns_query_out` and `dns_snoop_in`, which look at no other socket.
+    /// `LruHashMap<u64, DnsSocket>`: socket cookie → [`crate::DnsSocket`] of sockets that a
+    /// `*_gate` program let through to a trusted resolver on port 53: one of the policy's from
+    /// the trusted network namespace, or one of [`NETNS_RESOLVERS`] from its container's
+    /// namespace. Written by the gates; read by `dns_query_out` and `dns_snoop_in`, which look
+    /// at no other socket and take answers only from resolvers trusted where the socket is.
     pub const DNS_SOCKETS: &str = "DNS_SOCKETS";
     pub const DNS_SOCKETS_MAX: u32 = 16_384;
 
@@ -223,6 +238,32 @@ const fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
         i += 1;
     }
     hash
+}
+
+/// Key of [`maps::NETNS_RESOLVERS`]: a resolver, as seen from one network namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NetnsResolverKey {
+    /// `bpf_get_netns_cookie` of the namespace (`SO_NETNS_COOKIE` in user space).
+    pub netns_cookie: u64,
+    pub addr: Addr16,
+}
+
+/// The [`rule_id`] every [`maps::NETNS_RESOLVERS`] entry carries as its `ResolverRule::rule_id`,
+/// and so every address learned from a container's resolver: in the policy's `RULE_IDS` while
+/// `scope.containers` is on, so turning it off drops those addresses at the flip.
+pub const CONTAINER_RESOLVER_RULE_ID: u64 = rule_id("resolver", "container networks");
+
+/// Value of [`maps::DNS_SOCKETS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsSocket {
+    /// cgroup v2 id of the task that connected or sent.
+    pub cgroup_id: u64,
+    /// 0: the socket talks to the policy's resolvers from the trusted namespace. Otherwise the
+    /// cookie of its container's network namespace, whose [`maps::NETNS_RESOLVERS`] entries
+    /// are the only resolvers its answers may come from.
+    pub container_netns: u64,
 }
 
 /// Key of [`maps::PENDING_QUERIES`].
@@ -455,7 +496,8 @@ pub enum Reason {
     AllowedLearned = 5,
     /// Learned once, but the entry has expired.
     Expired = 6,
-    /// A resolver on port 53, but from a network namespace other than the trusted one.
+    /// A resolver on port 53, but from a network namespace where it is not trusted (neither the
+    /// trusted namespace nor a container network whose resolver it is).
     UntrustedNetns = 7,
     /// The Docker Hub pull gate of Image Access Management (its address and port).
     AllowedImageGate = 8,
@@ -527,10 +569,14 @@ pub enum Counter {
     Refreshed = 15,
     /// DNS packets left alone because their CPU's scratch slot was busy.
     ScratchBusy = 16,
+    /// Packets an enforced cgroup sent from port 53 (UDP, TCP or raw): dropped, as they could
+    /// pose as a resolver's answer to its own queries (a container's root can bind
+    /// `127.0.0.11:53` in its namespace, where Docker's embedded DNS listens elsewhere).
+    SpoofedDnsDropped = 17,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 18;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Self::AllowedCidr,
         Self::AllowedLoopback,
@@ -549,6 +595,7 @@ impl Counter {
         Self::DnsTcpSplit,
         Self::Refreshed,
         Self::ScratchBusy,
+        Self::SpoofedDnsDropped,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -570,6 +617,7 @@ impl Counter {
             Self::DnsTcpSplit => "dns_tcp_split",
             Self::Refreshed => "refreshed",
             Self::ScratchBusy => "scratch_busy",
+            Self::SpoofedDnsDropped => "spoofed_dns_dropped",
         }
     }
 }
@@ -658,6 +706,10 @@ mod pod {
     unsafe impl aya::Pod for super::PolicyConfig {}
     // SAFETY: plain old data: `repr(C)`, integers and byte arrays only, every bit pattern valid.
     unsafe impl aya::Pod for super::AuditSeenKey {}
+    // SAFETY: plain old data: `repr(C)`, integers and byte arrays only, every bit pattern valid.
+    unsafe impl aya::Pod for super::NetnsResolverKey {}
+    // SAFETY: plain old data: `repr(C)`, integers and byte arrays only, every bit pattern valid.
+    unsafe impl aya::Pod for super::DnsSocket {}
 }
 
 #[cfg(test)]
@@ -675,6 +727,8 @@ mod tests {
         assert_eq!(size_of::<PendingKey>(), 16);
         assert_eq!(size_of::<PendingQuery>(), 40);
         assert_eq!(size_of::<NameKey>(), 260);
+        assert_eq!(size_of::<NetnsResolverKey>(), 24);
+        assert_eq!(size_of::<DnsSocket>(), 16);
     }
 
     #[test]

@@ -21,8 +21,8 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use ram_common::{
-    Addr16, Counter, DnsEvent, DnsScratch, LearnedAddr, LearnedKey, Learning, PendingKey,
-    PendingQuery, TcpDnsStream,
+    Addr16, Counter, DnsEvent, DnsScratch, DnsSocket, LearnedAddr, LearnedKey, Learning,
+    PendingKey, PendingQuery, TcpDnsStream,
     dns::{self, HEADER_LEN, Header, MSG_MAX},
     maps::{ANSWER_RR_SLOT, SCRATCH_EGRESS, SCRATCH_INGRESS},
     v4_mapped,
@@ -36,6 +36,7 @@ use crate::{
 type NameLpmKey = aya_ebpf::maps::lpm_trie::Key<[u8; dns::NAME_BUF]>;
 
 const PASS: i32 = 1;
+const DROP: i32 = 0;
 const DNS_PORT: u16 = 53;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -50,6 +51,10 @@ const TTL_SIGN_BIT: u32 = 1 << 31;
 
 #[cgroup_skb]
 pub fn dns_query_out(ctx: SkBuffContext) -> i32 {
+    if sends_from_dns_port(&ctx) {
+        count(Counter::SpoofedDnsDropped);
+        return DROP;
+    }
     let _ = track_query(&ctx);
     PASS
 }
@@ -107,7 +112,11 @@ fn dns_packet(ctx: &SkBuffContext, cookie: u64, outgoing: bool) -> Option<DnsPac
     } else {
         (src, src_port, dst_port)
     };
-    if resolver_port != DNS_PORT {
+    // A query to a loopback resolver may leave with another port: Docker's embedded DNS
+    // (127.0.0.11) is reached through a DNAT rule to the port dockerd really listens on, which
+    // runs before this program. The gate judged the socket's own destination (port 53), and
+    // the answer must still come from port 53 (netfilter translates it back).
+    if resolver_port != DNS_PORT && !(outgoing && is_loopback(&resolver)) {
         return None;
     }
     let (msg_offset, msg_len) = match protocol {
@@ -144,6 +153,57 @@ fn dns_packet(ctx: &SkBuffContext, cookie: u64, outgoing: bool) -> Option<DnsPac
         msg_offset,
         msg_len,
     })
+}
+
+/// `::1`, or `127.0.0.0/8` in mapped form.
+#[inline(always)]
+fn is_loopback(addr: &Addr16) -> bool {
+    let mapped_v4 = addr[..10] == [0; 10] && addr[10] == 0xff && addr[11] == 0xff;
+    (mapped_v4 && addr[12] == 127) || (addr[..15] == [0; 15] && addr[15] == 1)
+}
+
+/// Whether an enforced socket sends this packet from port 53 (UDP, TCP, or a raw socket's
+/// own header). Such a packet can only be an answer, and an enforced cgroup answering itself
+/// would teach the kernel whatever addresses it likes: from `127.0.0.11:53` in a container,
+/// say, where Docker's DNS really listens on another port. Cheap for the rest: sockets bound
+/// to ports ≥ 1024 (every client's) leave on a plain read of the context; raw sockets report
+/// their protocol number there, so their headers are read.
+#[inline(always)]
+fn sends_from_dns_port(ctx: &SkBuffContext) -> bool {
+    // Host byte order.
+    let local_port = ctx.skb.local_port();
+    if local_port >= 1024 {
+        return false;
+    }
+    if local_port == DNS_PORT as u32 {
+        return true;
+    }
+    source_port(ctx) == Some(DNS_PORT)
+}
+
+/// The UDP or TCP source port of the packet, read from its headers.
+#[inline(always)]
+fn source_port(ctx: &SkBuffContext) -> Option<u16> {
+    let (protocol, l4) = match u16::from_be(ctx.skb.protocol() as u16) {
+        ETH_P_IP => {
+            let header: [u8; 20] = ctx.load(0).ok()?;
+            // A later fragment has no ports; the first one carries them.
+            let offset = u16::from_be_bytes([header[6], header[7]]) & 0x1fff;
+            if offset != 0 {
+                return None;
+            }
+            (header[9], ((header[0] & 0x0f) as usize) * 4)
+        }
+        ETH_P_IPV6 => {
+            let header: [u8; 40] = ctx.load(0).ok()?;
+            (header[6], 40)
+        }
+        _ => return None,
+    };
+    if protocol != IPPROTO_UDP && protocol != IPPROTO_TCP {
+        return None;
+    }
+    Some(u16::from_be(ctx.load::<u16>(l4).ok()?))
 }
 
 /// Records where the first message of a DNS-over-TCP connection starts in one direction: the
@@ -299,25 +359,26 @@ fn may_be_dns_socket(ctx: &SkBuffContext) -> bool {
     remote_port == 0 || remote_port == DNS_PORT as u32
 }
 
-/// The socket cookie and DNS message of a packet, if its socket is one a gate let through to a
-/// resolver in the trusted namespace (`DNS_SOCKETS`). Cheapest checks first, so that every
-/// other packet leaves at once.
+/// The socket cookie, the gate's record and the DNS message of a packet, if its socket is one a
+/// gate let through to a trusted resolver (`DNS_SOCKETS`). Cheapest checks first, so that
+/// every other packet leaves at once.
 #[inline(always)]
-fn dns_socket_packet(ctx: &SkBuffContext, outgoing: bool) -> Option<(u64, DnsPacket)> {
+fn dns_socket_packet(ctx: &SkBuffContext, outgoing: bool) -> Option<(u64, DnsSocket, DnsPacket)> {
     if !may_be_dns_socket(ctx) {
         return None;
     }
     // SAFETY: the program's context, the __sk_buff the skb form of the helper takes.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast::<c_void>()) };
-    // SAFETY: only whether the socket is recorded is used; the value is never read.
-    unsafe { DNS_SOCKETS.get(cookie) }?;
-    Some((cookie, dns_packet(ctx, cookie, outgoing)?))
+    // SAFETY: copied out at once; DnsSocket is plain integers, and the gates write an entry
+    // only once per socket, with what never changes for it (its cgroup and namespace).
+    let socket = *unsafe { DNS_SOCKETS.get(cookie) }?;
+    Some((cookie, socket, dns_packet(ctx, cookie, outgoing)?))
 }
 
 #[inline(always)]
 fn track_query(ctx: &SkBuffContext) -> Option<()> {
-    let (cookie, packet) = dns_socket_packet(ctx, true)?;
-    Policy::in_force()?.resolver(packet.resolver)?;
+    let (cookie, socket, packet) = dns_socket_packet(ctx, true)?;
+    Policy::in_force()?.resolver_for(&socket, packet.resolver)?;
     let scratch = take_scratch(SCRATCH_EGRESS)?;
     let tracked = record_query(ctx, cookie, &packet, scratch);
     scratch.busy_since_ns = 0;
@@ -359,9 +420,9 @@ fn record_query(
 #[inline(always)]
 fn learn_from_answer(ctx: &SkBuffContext) -> Option<()> {
     // Answers count only from a trusted resolver.
-    let (cookie, packet) = dns_socket_packet(ctx, false)?;
+    let (cookie, socket, packet) = dns_socket_packet(ctx, false)?;
     let policy = Policy::in_force()?;
-    let Some(resolver) = policy.resolver(packet.resolver) else {
+    let Some(resolver) = policy.resolver_for(&socket, packet.resolver) else {
         count(Counter::AnswerUntrusted);
         return None;
     };

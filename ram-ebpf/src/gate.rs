@@ -24,11 +24,11 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use ram_common::{
-    AUDIT_ALLOWED_ALL, AUDIT_ALLOWED_FIRST, Addr16, AuditSeenKey, BUILTIN_RULE, Counter, GateEvent,
-    Hook, LearnedKey, Reason, v4_mapped,
+    AUDIT_ALLOWED_ALL, AUDIT_ALLOWED_FIRST, Addr16, AuditSeenKey, BUILTIN_RULE, Counter, DnsSocket,
+    GateEvent, Hook, LearnedKey, Reason, ResolverRule, v4_mapped,
 };
 
-use crate::{AUDIT_SEEN, DNS_SOCKETS, GATE_EVENTS, LEARNED, Policy, count};
+use crate::{AUDIT_SEEN, DNS_SOCKETS, GATE_EVENTS, LEARNED, Policy, container_resolver, count};
 
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
@@ -94,7 +94,8 @@ fn ipv6_destination(sock_addr: &bpf_sock_addr) -> Addr16 {
 }
 
 /// The decision shared by all four hooks: addresses this cgroup learned from DNS; the
-/// configured resolvers on port 53, from the trusted network namespace only; allowed CIDRs
+/// configured resolvers on port 53 from the trusted network namespace, and a container
+/// network's own resolvers from that container's namespace; allowed CIDRs
 /// (loopback included) on any port. Everything else is denied and reported. The order only
 /// puts cheap hash lookups first: any rule that allows, allows.
 #[inline(always)]
@@ -139,19 +140,22 @@ fn judge(ctx: &SockAddrContext, addr: Addr16, hook: Hook) -> i32 {
         verdict.reason = Reason::Expired;
     }
 
-    // Resolvers before the trie: a hash lookup, and every DNS query passes here.
-    if port == DNS_PORT
-        && let Some(rule) = policy.resolver(addr)
-    {
-        if in_trusted_netns(ctx, &policy) {
-            // Only answers to sockets recorded here are ever learned from (dns_snoop_in).
-            // Looking up first spares the LRU update (which takes locks) on every query of
-            // a socket already recorded; the lookup itself keeps the entry recent.
+    // Resolvers before the trie: hash lookups, and every DNS query passes here.
+    if port == DNS_PORT {
+        if let Some((rule, container_netns)) = trusted_resolver(ctx, &policy, addr) {
+            // Only answers to sockets recorded here are ever learned from (dns_snoop_in), and
+            // only from resolvers trusted where the socket is. Looking up first spares the LRU
+            // update (which takes locks) on every query of a socket already recorded; the
+            // lookup itself keeps the entry recent.
             // SAFETY: the hook's context, the argument the sock_addr form of the helper takes.
             let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast::<c_void>()) };
             // SAFETY: only whether the socket is recorded is used; the value is never read.
             if unsafe { DNS_SOCKETS.get(cookie) }.is_none() {
-                let _ = DNS_SOCKETS.insert(cookie, cgroup_id, 0);
+                let socket = DnsSocket {
+                    cgroup_id,
+                    container_netns,
+                };
+                let _ = DNS_SOCKETS.insert(cookie, socket, 0);
             }
             count(Counter::AllowedResolver);
             verdict.reason = Reason::AllowedResolver;
@@ -160,7 +164,9 @@ fn judge(ctx: &SockAddrContext, addr: Addr16, hook: Hook) -> i32 {
             report_allowed(sock_addr, &policy, &verdict);
             return ALLOW;
         }
-        verdict.reason = Reason::UntrustedNetns;
+        if policy.resolver(addr).is_some() {
+            verdict.reason = Reason::UntrustedNetns;
+        }
     }
 
     if let Some(rule) = policy.cidr(addr)
@@ -201,10 +207,16 @@ struct Verdict {
     rule_id: u64,
 }
 
-/// Whether the socket lives in the network namespace of the trusted resolvers. A process that
-/// makes its own namespace could otherwise run a fake resolver on a trusted address there.
+/// `addr` as a resolver trusted from the socket's network namespace, with the namespace to
+/// record for the socket (0: the trusted one): the policy's resolvers in the trusted namespace,
+/// a container network's own in that container's (`NETNS_RESOLVERS`). Anywhere else — a
+/// namespace a process made for itself could run a fake resolver on a trusted address — none.
 #[inline(always)]
-fn in_trusted_netns(ctx: &SockAddrContext, policy: &Policy) -> bool {
+fn trusted_resolver(
+    ctx: &SockAddrContext,
+    policy: &Policy,
+    addr: Addr16,
+) -> Option<(&'static ResolverRule, u64)> {
     // SAFETY: the hook's context, the argument the sock_addr form of the helper takes.
     let own = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast::<c_void>()) };
     let trusted = match policy.config.trusted_netns_cookie {
@@ -213,7 +225,10 @@ fn in_trusted_netns(ctx: &SockAddrContext, policy: &Policy) -> bool {
         0 => unsafe { bpf_get_netns_cookie(core::ptr::null_mut()) },
         cookie => cookie,
     };
-    own == trusted
+    if own == trusted {
+        return policy.resolver(addr).map(|rule| (rule, 0));
+    }
+    container_resolver(own, addr).map(|rule| (rule, own))
 }
 
 /// Reports an allowed connection as `audit.allowed` says: never, always, or the first time a

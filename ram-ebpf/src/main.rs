@@ -17,13 +17,13 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use ram_common::{
-    Addr16, AuditSeenKey, CidrRule, Counter, DnsScratch, LearnedAddr, LearnedKey, NameRule,
-    PendingKey, PendingQuery, PolicyConfig, ResolverRule, TcpDnsStream,
+    Addr16, AuditSeenKey, CidrRule, Counter, DnsScratch, DnsSocket, LearnedAddr, LearnedKey,
+    NameRule, NetnsResolverKey, PendingKey, PendingQuery, PolicyConfig, ResolverRule, TcpDnsStream,
     dns::NAME_BUF,
     maps::{
         ALLOWED_CIDRS_MAX, ALLOWED_NAMES_MAX, AUDIT_SEEN_MAX, DNS_EVENTS_BYTES, DNS_SOCKETS_MAX,
-        GATE_EVENTS_BYTES, LEARNED_MAX, PENDING_QUERIES_MAX, RESOLVERS_MAX, RULE_IDS_MAX,
-        TCP_DNS_STREAMS_MAX,
+        GATE_EVENTS_BYTES, LEARNED_MAX, NETNS_RESOLVERS_MAX, PENDING_QUERIES_MAX, RESOLVERS_MAX,
+        RULE_IDS_MAX, TCP_DNS_STREAMS_MAX,
     },
 };
 
@@ -51,6 +51,10 @@ static RESOLVERS_0: HashMap<Addr16, ResolverRule> = HashMap::with_max_entries(RE
 static RESOLVERS_1: HashMap<Addr16, ResolverRule> = HashMap::with_max_entries(RESOLVERS_MAX, 0);
 
 #[map]
+static NETNS_RESOLVERS: HashMap<NetnsResolverKey, ResolverRule> =
+    HashMap::with_max_entries(NETNS_RESOLVERS_MAX, 0);
+
+#[map]
 static ALLOWED_NAMES_0: LpmTrie<[u8; NAME_BUF], NameRule> =
     LpmTrie::with_max_entries(ALLOWED_NAMES_MAX, 0);
 #[map]
@@ -68,7 +72,7 @@ static PENDING_QUERIES: LruHashMap<PendingKey, PendingQuery> =
     LruHashMap::with_max_entries(PENDING_QUERIES_MAX, 0);
 
 #[map]
-static DNS_SOCKETS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(DNS_SOCKETS_MAX, 0);
+static DNS_SOCKETS: LruHashMap<u64, DnsSocket> = LruHashMap::with_max_entries(DNS_SOCKETS_MAX, 0);
 
 #[map]
 static DNS_SCRATCH: PerCpuArray<DnsScratch> = PerCpuArray::with_max_entries(2, 0);
@@ -132,6 +136,16 @@ impl Policy {
         unsafe { map.get(addr) }
     }
 
+    /// The resolver `addr` as trusted for a socket the gates recorded: the policy's own for a
+    /// socket of the trusted namespace, its container network's otherwise.
+    #[inline(always)]
+    fn resolver_for(&self, socket: &DnsSocket, addr: Addr16) -> Option<&'static ResolverRule> {
+        if socket.container_netns == 0 {
+            return self.resolver(addr);
+        }
+        container_resolver(socket.container_netns, addr)
+    }
+
     #[inline(always)]
     fn cidr(&self, addr: Addr16) -> Option<&'static CidrRule> {
         let map = if self.slot == 0 {
@@ -151,6 +165,15 @@ impl Policy {
         };
         map.get(key)
     }
+}
+
+/// `addr` as a resolver of the container network whose namespace is `netns_cookie`.
+#[inline(always)]
+fn container_resolver(netns_cookie: u64, addr: Addr16) -> Option<&'static ResolverRule> {
+    let key = NetnsResolverKey { netns_cookie, addr };
+    // SAFETY: the element stays mapped until the run ends; ResolverRule is plain integers, so
+    // one the daemon removes meanwhile (its container went) reads as it was a moment before.
+    unsafe { NETNS_RESOLVERS.get(&key) }
 }
 
 #[inline(always)]

@@ -7,9 +7,10 @@
 //!   version string says 5.7+, falling back to an unpinnable legacy attachment otherwise), asking
 //!   which programs are attached to a cgroup, and whether the kernel knows a command. The
 //!   attributes are aya-obj's `union bpf_attr`, the commands and attach types its enums.
-//! - the filesystem type of a path (bpffs, cgroup2), mounting bpffs, the mount namespace;
+//! - the filesystem type of a path (bpffs, cgroup2), mounting bpffs, the mount namespace,
+//!   opening a file inside a container's root (openat2);
 //! - clocks (CLOCK_BOOTTIME, the programs' clock; CLOCK_REALTIME; CLOCK_MONOTONIC);
-//! - this process's network namespace cookie;
+//! - network namespace cookies (this process's, and a container's through a short-lived thread);
 //! - RLIMIT_MEMLOCK, the umask and the effective user id.
 //!
 //! Kernel constants come from `aya_obj::generated` (bpf.h) and `libc` (magic.h, socket.h);
@@ -271,8 +272,42 @@ fn mount_namespace_of(own: io::Result<PathBuf>, init: io::Result<PathBuf>) -> Mo
 /// back to the initial namespace.
 pub fn own_netns_cookie() -> Option<u64> {
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
+    socket_netns_cookie(socket.as_fd()).ok()
+}
+
+/// The inode number and the cookie of the network namespace `ns_file` names
+/// (`/proc/PID/ns/net`), the cookie as the programs' `bpf_get_netns_cookie` sees it. A short-lived thread enters the namespace (setns(2) moves
+/// only the calling thread for network namespaces) and asks a socket made there; no other
+/// thread of the daemon ever leaves its own namespace. Linux 5.14+ (`SO_NETNS_COOKIE`).
+pub fn netns_cookie_of(ns_file: &Path) -> io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let namespace = std::fs::File::open(ns_file)?;
+    let inode = namespace.metadata()?.ino();
+    let cookie = std::thread::Builder::new()
+        .name("netns-cookie".into())
+        .spawn(move || {
+            // SAFETY: a valid descriptor of a namespace file; the thread ends right after.
+            if unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: plain socket(2); the descriptor is owned at once.
+            let fd =
+                unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: a descriptor just returned by socket(2), owned by nothing else.
+            let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+            socket_netns_cookie(socket.as_fd())
+        })?
+        .join()
+        .map_err(|_| io::Error::other("the netns-cookie thread panicked"))??;
+    Ok((inode, cookie))
+}
+
+fn socket_netns_cookie(socket: BorrowedFd<'_>) -> io::Result<u64> {
     let mut cookie: u64 = 0;
-    let mut len = libc::socklen_t::try_from(size_of::<u64>()).ok()?;
+    let mut len = size_of::<u64>() as libc::socklen_t;
     // SAFETY: a valid descriptor and an out-parameter of the advertised size.
     let rc = unsafe {
         libc::getsockopt(
@@ -283,7 +318,44 @@ pub fn own_netns_cookie() -> Option<u64> {
             &raw mut len,
         )
     };
-    (rc == 0).then_some(cookie)
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cookie)
+}
+
+/// Opens `path` (relative) for reading inside the directory tree `root` as if `root` were `/`:
+/// a symlink in it (absolute or `..`) cannot lead out, magic links (`/proc/self/...`) are
+/// refused, and so is anything but a regular file, without blocking on a FIFO. For files of a
+/// container's root (`/proc/PID/root`), which its processes write. openat2(2), Linux 5.6+.
+pub fn open_in_root(root: &Path, path: &Path) -> io::Result<std::fs::File> {
+    let root = std::fs::File::open(root)?;
+    let path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: open_how is three integers; all zero is valid (and what its unset fields need).
+    let mut how: libc::open_how = unsafe { mem::zeroed() };
+    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY) as u64;
+    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: a valid directory descriptor, a NUL-terminated path and an open_how of the size
+    // passed; the descriptor returned is owned at once.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root.as_raw_fd(),
+            path.as_ptr(),
+            &raw const how,
+            size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor just returned by openat2(2), owned by nothing else.
+    let file = unsafe { std::fs::File::from_raw_fd(fd as i32) };
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    Ok(file)
 }
 
 // --- clocks ---------------------------------------------------------------------------------

@@ -1025,6 +1025,7 @@ pub mod peers {
 /// network). dockerd's bridge, NAT and iptables rules stay inside it.
 pub struct EngineNet {
     name: String,
+    host_if: String,
 }
 
 impl EngineNet {
@@ -1056,7 +1057,10 @@ impl EngineNet {
         );
         let _ = Command::new("ip").args(["netns", "del", &name]).output();
         ip(&["netns", "add", &name]);
-        let net = Self { name };
+        let net = Self {
+            name,
+            host_if: host_if.clone(),
+        };
         ip(&[
             "link", "add", &host_if, "type", "veth", "peer", "name", &engine_if, "netns", &net.name,
         ]);
@@ -1077,6 +1081,45 @@ impl EngineNet {
 
     pub fn path(&self) -> PathBuf {
         Path::new("/run/netns").join(&self.name)
+    }
+
+    /// Gives the test's side of the link one more address (a test host the engine's containers
+    /// reach through its NAT), e.g. 203.0.113.9; it goes with the link.
+    pub fn add_host_address(&self, addr: Ipv4Addr) {
+        let output = Command::new("ip")
+            .args(["addr", "add", &format!("{addr}/32"), "dev", &self.host_if])
+            .output()
+            .expect("running ip");
+        assert!(
+            output.status.success(),
+            "ip addr add {addr}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// A real dnsmasq on [`EngineNet::HOST_SIDE`] port 53, answering `records` only: the
+    /// resolver the engine's resolv.conf names (see [`TestDocker::start_bridged`]).
+    pub fn dnsmasq(&self, records: &[(&str, Ipv4Addr)]) -> Background {
+        let mut cmd = Command::new("dnsmasq");
+        cmd.args([
+            "--keep-in-foreground",
+            "--no-daemon",
+            "--no-resolv",
+            "--no-hosts",
+            "--no-poll",
+            "--bind-interfaces",
+            "--port=53",
+            "--user=root",
+            "--pid-file=",
+            "--log-facility=-",
+        ]);
+        cmd.arg(format!("--listen-address={}", Self::HOST_SIDE));
+        for (name, addr) in records {
+            cmd.arg(format!("--host-record={name},{addr}"));
+        }
+        let server = Background::spawn("dnsmasq", cmd);
+        wait_for_tcp(SocketAddr::new(IpAddr::V4(Self::HOST_SIDE), 53));
+        server
     }
 }
 

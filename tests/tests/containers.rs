@@ -15,6 +15,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use std::net::Ipv4Addr;
+
 use ram_tests::{Daemon, EngineNet, TestCgroup, TestDocker, cgroup2_mount};
 use serde_json::Value;
 
@@ -26,7 +28,9 @@ fn import_busybox(docker: &TestDocker) {
     let rootfs = docker.dir().join("busybox-rootfs");
     fs::create_dir_all(rootfs.join("bin")).unwrap();
     fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("busybox-static is installed");
-    for applet in ["sh", "nc", "echo", "cat", "timeout", "sleep"] {
+    for applet in [
+        "sh", "nc", "echo", "cat", "timeout", "sleep", "nslookup", "awk", "ip", "unshare",
+    ] {
         std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
     }
     docker.import_rootfs(&rootfs, "bb:latest");
@@ -204,6 +208,133 @@ fn buildkit_run_steps_are_enforced() {
         .next()
         .unwrap();
     assert_eq!(denial["container_id"], step, "{denial}");
+    drop(daemon);
+    drop(docker);
+}
+
+/// A test host allowed by name, and one that is not (addresses on the test's side of the
+/// engine's link, reached through the engine's NAT).
+const ALLOWED_HOST: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 9);
+const BLOCKED_HOST: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+
+/// What a container runs: looks both names up with busybox's own resolver (plain DNS to its
+/// resolv.conf's nameserver), connects to the address each answer gave, then to the blocked
+/// host's raw address; prints one word per step.
+fn lookup_and_connect_script() -> String {
+    let connect = |what: &str, target: &str| {
+        format!(
+            "if timeout 10 nc -w 5 {target} {PORT} </dev/null; then echo {what}-CONNECTED; \
+             else echo {what}-REFUSED; fi; "
+        )
+    };
+    let lookup = |what: &str, name: &str| {
+        format!(
+            "{what}=$(nslookup {name} 2>&1 | awk '/^Name:/ {{n=1}} n && /^Address/ {{print $2; exit}}'); \
+             echo {what}-ANSWER=${what}; "
+        )
+    };
+    format!(
+        "{}{}{}{}{}",
+        lookup("A", "allowed.test"),
+        connect("A", "$A"),
+        lookup("B", "blocked.test"),
+        connect("B", "$B"),
+        connect("RAW", &BLOCKED_HOST.to_string()),
+    )
+}
+
+/// Under `scope.containers`, a container on the default bridge and one on a user-defined
+/// network (Docker's embedded DNS, 127.0.0.11) resolve and reach the host allowed by name, as
+/// they would unenforced; the blocked name resolves but its address is refused at once with
+/// EPERM, as is the blocked host's raw address; nothing reaches the blocked host; the audit
+/// log names the container; `ram status` lists the trusted namespaces with their resolvers.
+#[test]
+fn container_networks_resolve_allowed_names_only() {
+    let docker_parent = cgroup2_mount().join("docker");
+    assert!(
+        !docker_parent.exists(),
+        "{} exists: another Docker Engine's containers, or a test's left over; remove it first",
+        docker_parent.display()
+    );
+    let net = EngineNet::new();
+    net.add_host_address(ALLOWED_HOST);
+    net.add_host_address(BLOCKED_HOST);
+    let _dns = net.dnsmasq(&[
+        ("allowed.test", ALLOWED_HOST),
+        ("blocked.test", BLOCKED_HOST),
+    ]);
+    let allowed = Acceptor::new(TcpListener::bind((ALLOWED_HOST, PORT)).unwrap());
+    let blocked = Acceptor::new(TcpListener::bind((BLOCKED_HOST, PORT)).unwrap());
+    let engine = TestCgroup::new();
+    let bystander = TestCgroup::new();
+    let docker = TestDocker::start_bridged(&engine, &net);
+    let _docker_parent = TestCgroup::adopt(docker_parent.clone());
+    import_busybox(&docker);
+    let (ok, _, err, _) = docker.run(&["network", "create", "--subnet=10.89.0.0/24", "ramnet"]);
+    assert!(ok, "docker network create: {err}");
+
+    let policy = format!(
+        "[scope]\ncontainers = true\n\n[registry_access]\nallow = [\"allowed.test\"]\n\
+         allow_loopback = true\n\n[dns]\nresolvers = [\"{}\"]\n",
+        EngineNet::HOST_SIDE
+    );
+    let daemon = Daemon::start(&policy, &[bystander.path()]).expect("daemon starts");
+    let script = lookup_and_connect_script();
+    for network in ["bridge", "ramnet"] {
+        let name = format!("ram-{network}");
+        let (ok, out, err, _) = docker.run(&[
+            "run",
+            "--rm",
+            "--name",
+            &name,
+            "--network",
+            network,
+            "bb:latest",
+            "sh",
+            "-c",
+            &script,
+        ]);
+        let all = format!("{out}{err}\n{}", docker.log());
+        assert!(ok, "{network}: {all}");
+        assert!(
+            out.contains(&format!("A-ANSWER={ALLOWED_HOST}")),
+            "{network}: {all}"
+        );
+        assert!(out.contains("A-CONNECTED"), "{network}: {all}");
+        assert!(
+            out.contains(&format!("B-ANSWER={BLOCKED_HOST}")),
+            "{network}: {all}"
+        );
+        assert!(out.contains("B-REFUSED"), "{network}: {all}");
+        assert!(out.contains("RAW-REFUSED"), "{network}: {all}");
+        assert!(
+            err.matches("Operation not permitted").count() >= 2,
+            "{network}: the blocked connects did not fail with EPERM: {all}"
+        );
+    }
+    thread::sleep(Duration::from_millis(300));
+    assert!(
+        allowed.accepted() >= 2,
+        "the allowed host saw {}",
+        allowed.accepted()
+    );
+    assert_eq!(blocked.accepted(), 0, "a blocked connection arrived");
+
+    // Each denial names the container's cgroup and id.
+    let records = daemon.audit_records();
+    let denials: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["verdict"] == "deny" && r["dst_addr"] == BLOCKED_HOST.to_string().as_str())
+        .collect();
+    assert!(denials.len() >= 4, "{records:?}");
+    for denial in &denials {
+        let id = denial["container_id"].as_str().unwrap_or_default();
+        assert_eq!(id.len(), 64, "{denial}");
+        assert!(
+            denial["cgroup"].as_str().is_some_and(|c| c.ends_with(id)),
+            "{denial}"
+        );
+    }
     drop(daemon);
     drop(docker);
 }

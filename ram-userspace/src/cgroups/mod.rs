@@ -3,6 +3,7 @@
 //! [`crate::sys::attached_program_ids`].)
 
 pub mod names;
+pub mod networks;
 pub mod scope;
 
 use std::{

@@ -24,6 +24,21 @@ impl CgroupNames {
         }
     }
 
+    /// The cgroups enforced now: named from here on (a container enforced after the start, and
+    /// whatever is made below it), even if an event asked for one of them before.
+    pub fn enforced(&mut self, dirs: &[CgroupDir]) {
+        for dir in dirs {
+            if !self.roots.iter().any(|root| root.id == dir.id) {
+                self.roots.push(dir.clone());
+            }
+            if self.known.get(&dir.id).is_some_and(Option::is_none) {
+                self.known.remove(&dir.id);
+            }
+        }
+        self.roots
+            .retain(|root| dirs.iter().any(|dir| dir.id == root.id));
+    }
+
     /// The path relative to the cgroup2 mount (`/ram.enforced/job`), as systemd shows them.
     pub fn lookup(&mut self, id: u64) -> Option<String> {
         if let Some(known) = self.known.get(&id) {

@@ -9,8 +9,9 @@ use std::{
 };
 
 use ram_common::{
-    AUDIT_ALLOWED_ALL, AUDIT_ALLOWED_FIRST, AUDIT_ALLOWED_NONE, Addr16, BUILTIN_RULE, CidrRule,
-    NameRule, PolicyConfig, Reason, ResolverRule, dns::NAME_BUF, rule_id,
+    AUDIT_ALLOWED_ALL, AUDIT_ALLOWED_FIRST, AUDIT_ALLOWED_NONE, Addr16, BUILTIN_RULE,
+    CONTAINER_RESOLVER_RULE_ID, CidrRule, NameRule, PolicyConfig, Reason, ResolverRule,
+    dns::NAME_BUF, rule_id,
 };
 
 use crate::policy::{AllowedAudit, Cidr, HostPattern, Policy, presets, to_v6};
@@ -64,6 +65,9 @@ pub struct CompiledPolicy {
     /// Allowed names left out because they reach Docker Hub, which Image Access Management
     /// lets enforced cgroups reach only through its pull gate (as the rules name them).
     pub withheld_for_gate: Vec<String>,
+    /// `scope.containers`: the resolvers of enforced containers' networks are trusted in their
+    /// namespaces (`NETNS_RESOLVERS`), and what they answered stays learned.
+    pub container_dns: bool,
 }
 
 /// The `ALLOWED_NAMES` key of a hostname pattern: the name character-reversed, followed by a 0
@@ -165,6 +169,13 @@ impl CompiledPolicy {
                 });
             }
         }
+        let container_dns = policy.scope.containers;
+        if container_dns {
+            rules.insert(
+                CONTAINER_RESOLVER_RULE_ID,
+                "container network resolver".into(),
+            );
+        }
         const NS: u64 = 1_000_000_000;
         let config = PolicyConfig {
             min_ttl_ns: policy.dns.min_ttl * NS,
@@ -189,18 +200,24 @@ impl CompiledPolicy {
             max_learned: policy.dns.max_learned as u32,
             rules,
             withheld_for_gate,
+            container_dns,
         }
     }
 
     /// Rule ids a learned address may carry under this policy (`RULE_IDS`): its hostname
-    /// rules and its resolvers.
+    /// rules and its resolvers (container networks' included, under `scope.containers`).
     pub fn learned_rule_ids(&self) -> (HashSet<u64>, HashSet<u64>) {
+        let mut resolvers: HashSet<u64> = self
+            .resolver_entries()
+            .iter()
+            .map(|(_, r)| r.rule_id)
+            .collect();
+        if self.container_dns {
+            resolvers.insert(CONTAINER_RESOLVER_RULE_ID);
+        }
         (
             self.names.iter().map(|n| n.rule.rule_id).collect(),
-            self.resolver_entries()
-                .iter()
-                .map(|(_, r)| r.rule_id)
-                .collect(),
+            resolvers,
         )
     }
 

@@ -8,7 +8,7 @@ use std::{
 
 use log::{error, info, warn};
 
-use super::{Options, loaded::LoadedPolicy};
+use super::{Options, container_dns::ContainerDns, loaded::LoadedPolicy};
 use crate::{
     cgroups::{CgroupDir, scope::in_scope},
     events::names::RuleNames,
@@ -27,6 +27,10 @@ pub struct Enforcement {
     mount: PathBuf,
     /// The command line's cgroups (or ram's own), re-resolved on every scope pass.
     given: Vec<(CgroupDir, String)>,
+    /// Which containers' networks are trusted for DNS, with which resolvers.
+    pub container_dns: ContainerDns,
+    /// The cgroups the last pass found in scope (with why).
+    pub in_scope: Vec<(CgroupDir, String)>,
 }
 
 impl Enforcement {
@@ -51,7 +55,7 @@ impl Enforcement {
                 count.map_or("?".to_string(), |c| c.to_string())
             );
         }
-        let enforcement = Self {
+        let mut enforcement = Self {
             reasons: scoped.iter().map(|(d, why)| (d.id, why.clone())).collect(),
             rules: RuleNames::new(&policy.compiled.rules),
             enforcer,
@@ -60,7 +64,11 @@ impl Enforcement {
             rejected: None,
             mount: options.mount.clone(),
             given: options.cgroups.clone(),
+            container_dns: ContainerDns::default(),
+            in_scope: Vec::new(),
         };
+        enforcement.follow_container_dns(&scoped);
+        enforcement.in_scope = scoped;
         Ok((enforcement, dirs))
     }
 
@@ -72,8 +80,9 @@ impl Enforcement {
     /// Brings the enforced cgroups in line with the command line and the policy's scope:
     /// containers that started are enforced, cgroups that left the scope (or vanished) are
     /// released, and a command-line cgroup made anew (e.g. a restarted service's) is enforced
-    /// again.
-    pub fn follow_scope(&mut self) {
+    /// again; enforced containers' networks are trusted for DNS, and no longer once they go.
+    /// Returns whether a container's network could not be read yet (worth a try again soon).
+    pub fn follow_scope(&mut self) -> bool {
         let (wanted, complete) = in_scope(&self.mount, &self.given, &self.policy.policy.scope);
         for (dir, why) in &wanted {
             match self.enforcer.enforce(dir) {
@@ -85,9 +94,11 @@ impl Enforcement {
                 Err(err) => error!("cannot enforce on {} ({why}): {err}", dir.path.display()),
             }
         }
+        let retry = self.follow_container_dns(&wanted);
         if !complete {
             log::debug!("scope: the cgroup walk was partial; releasing nothing this time");
-            return;
+            self.in_scope = wanted;
+            return retry;
         }
         let given: Vec<&PathBuf> = self.given.iter().map(|(d, _)| &d.path).collect();
         for (path, id, present) in self.enforcer.cgroups() {
@@ -108,6 +119,19 @@ impl Enforcement {
             }
             self.reasons.remove(&id);
         }
+        self.in_scope = wanted;
+        retry
+    }
+
+    fn follow_container_dns(&mut self, enforced: &[(CgroupDir, String)]) -> bool {
+        let compiled = &self.policy.compiled;
+        self.container_dns.follow(
+            &mut self.enforcer,
+            &self.mount,
+            enforced,
+            compiled.container_dns,
+            &compiled.resolvers,
+        )
     }
 }
 

@@ -12,16 +12,17 @@ use crate::sys;
 const EXPIRE_EVERY_TICKS: u64 = 10;
 
 impl Daemon {
-    pub(super) fn housekeeping(&mut self) {
+    /// Returns whether a container needs another look soon (see `follow_scope`).
+    pub(super) fn housekeeping(&mut self) -> bool {
+        let retry = self.follow_scope();
         let enforcement = &mut self.enforcement;
-        enforcement.follow_scope();
         self.ticks += 1;
         for message in enforcement.enforcer.verify_attachments() {
             warn!("{message}");
         }
         self.report_dropped();
         if !self.ticks.is_multiple_of(EXPIRE_EVERY_TICKS) {
-            return;
+            return retry;
         }
         match self.enforcement.enforcer.expire_learned(sys::boottime_ns()) {
             Ok((0, _)) => {}
@@ -30,6 +31,21 @@ impl Daemon {
             }
             Err(err) => warn!("removing expired learned addresses failed: {err}"),
         }
+        retry
+    }
+
+    /// Follows the scope (see `Enforcement::follow_scope`), and names the cgroups now enforced
+    /// in audit records. Returns whether a container needs another look soon.
+    pub(super) fn follow_scope(&mut self) -> bool {
+        let retry = self.enforcement.follow_scope();
+        let dirs: Vec<_> = self
+            .enforcement
+            .in_scope
+            .iter()
+            .map(|(dir, _)| dir.clone())
+            .collect();
+        self.auditor.enforced(&dirs);
+        retry
     }
 
     /// Writes an audit line when the kernel counted events it could not hand over, or the

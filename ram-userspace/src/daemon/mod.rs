@@ -6,6 +6,8 @@
 //! and the policy in force), the auditor (`crate::events`), [`docker_servers`]; [`reload`],
 //! [`housekeeping`] and [`control`] are what the loop calls.
 
+mod cgroup_watch;
+mod container_dns;
 pub mod control;
 mod docker_servers;
 mod enforcement;
@@ -23,8 +25,8 @@ use ram_common::{Counter, DnsEvent, GateEvent};
 use tokio::signal::unix::{SignalKind, signal};
 
 use self::{
-    docker_servers::DockerServers, enforcement::Enforcement, loaded::LoadedPolicy,
-    watch::PolicyWatcher,
+    cgroup_watch::CgroupWatcher, docker_servers::DockerServers, enforcement::Enforcement,
+    loaded::LoadedPolicy, watch::PolicyWatcher,
 };
 pub use self::{loaded::LoadError, sockets::SocketError};
 use crate::{
@@ -153,6 +155,21 @@ async fn serve(options: Options, policy: LoadedPolicy, sink: AuditSink) -> Resul
     }
     daemon.docker.update(&daemon.enforcement.policy);
 
+    let mut cgroups = match CgroupWatcher::new(&daemon.options.mount) {
+        Ok(watcher) => Some(watcher),
+        Err(err) => {
+            warn!(
+                "cannot watch for new cgroups ({err}): containers are found by the one-second \
+                 scope pass only"
+            );
+            None
+        }
+    };
+    if let Some(cgroups) = &mut cgroups {
+        cgroups.watch(&daemon.enforcement.in_scope);
+    }
+    // While a container just found is not set up yet: a pass every QUICK_PASS.
+    let mut quick = false;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let stop = loop {
         tokio::select! {
@@ -186,7 +203,22 @@ async fn serve(options: Options, policy: LoadedPolicy, sink: AuditSink) -> Resul
                     Err(err) => warn!("control socket: {err}"),
                 }
             }
-            _ = tick.tick() => daemon.housekeeping(),
+            _ = tick.tick() => {
+                let retry = daemon.housekeeping();
+                quick = follow_up(&mut cgroups, &daemon, retry);
+            }
+            created = async { cgroups.as_mut().expect("guarded").created().await }, if cgroups.is_some() => {
+                if let Err(err) = created {
+                    warn!("watching for new cgroups failed ({err}); the one-second pass remains");
+                    cgroups = None;
+                }
+                let retry = daemon.follow_scope();
+                quick = follow_up(&mut cgroups, &daemon, retry);
+            }
+            _ = tokio::time::sleep(QUICK_PASS), if quick => {
+                let retry = daemon.follow_scope();
+                quick = follow_up(&mut cgroups, &daemon, retry);
+            }
             guard = dns_events.readable_mut() => {
                 let mut guard = guard.map_err(io_error("waiting for DNS events"))?;
                 if drain(guard.get_inner_mut(), EVENTS_PER_TURN, |event: DnsEvent| daemon.dns_event(&event)) {
@@ -234,6 +266,21 @@ async fn serve(options: Options, policy: LoadedPolicy, sink: AuditSink) -> Resul
         summary.join(" ")
     );
     Ok(())
+}
+
+/// How often the scope is followed while a container just found is being set up by its
+/// runtime, and for how long at most: a container's command starts tens of milliseconds after
+/// its cgroup appears, and its first DNS lookup must find its network trusted.
+/// (How long a container counts as just found is `container_dns::SETUP_WINDOW`.)
+const QUICK_PASS: Duration = Duration::from_millis(10);
+
+/// After a scope pass: watches the cgroups now in scope, and keeps passing quickly while a
+/// container just found needs another look (`retry`).
+fn follow_up(cgroups: &mut Option<CgroupWatcher>, daemon: &Daemon, retry: bool) -> bool {
+    if let Some(cgroups) = cgroups {
+        cgroups.watch(&daemon.enforcement.in_scope);
+    }
+    retry
 }
 
 impl Daemon {

@@ -59,6 +59,11 @@ impl Auditor {
         self.sink.describe()
     }
 
+    /// The cgroups enforced now (see [`CgroupNames::enforced`]).
+    pub fn enforced(&mut self, dirs: &[crate::cgroups::CgroupDir]) {
+        self.cgroup_names.enforced(dirs);
+    }
+
     pub fn cgroup_name(&mut self, id: u64) -> Option<String> {
         self.cgroup_names.lookup(id)
     }

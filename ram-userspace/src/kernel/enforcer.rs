@@ -10,12 +10,13 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 use ram_common::{
-    Addr16, CidrRule, Counter, LearnedAddr, LearnedKey, NameRule, PolicyConfig, ResolverRule,
+    Addr16, BUILTIN_RULE, CONTAINER_RESOLVER_RULE_ID, CidrRule, Counter, LearnedAddr, LearnedKey,
+    NameRule, NetnsResolverKey, PolicyConfig, ResolverRule,
     dns::NAME_BUF,
     maps::{
         ALLOWED_CIDRS, ALLOWED_CIDRS_MAX, ALLOWED_NAMES, ALLOWED_NAMES_MAX, COUNTERS, DNS_EVENTS,
-        GATE_EVENTS, LEARNED, LEARNED_MAX, POLICY_CONFIG, POLICY_SLOT, RESOLVERS, RESOLVERS_MAX,
-        RULE_IDS,
+        GATE_EVENTS, LEARNED, LEARNED_MAX, NETNS_RESOLVERS, NETNS_RESOLVERS_MAX, POLICY_CONFIG,
+        POLICY_SLOT, RESOLVERS, RESOLVERS_MAX, RULE_IDS,
     },
 };
 
@@ -333,6 +334,43 @@ impl Enforcer {
             return Err(map_error(LEARNED, source));
         }
         Ok((removal.done, total - removal.done))
+    }
+
+    /// Makes `NETNS_RESOLVERS` hold exactly `wanted` (network namespace cookie, resolver) by
+    /// difference — an entry that stays is never removed, even for a moment. Returns how many
+    /// were added and removed; an error after trying every change.
+    pub fn sync_container_resolvers(
+        &mut self,
+        wanted: &HashSet<NetnsResolverKey>,
+    ) -> Result<(usize, usize), EnforceError> {
+        check_size(NETNS_RESOLVERS, wanted.len(), NETNS_RESOLVERS_MAX)?;
+        let mut map: HashMap<_, NetnsResolverKey, ResolverRule> =
+            typed_map(&mut self.ebpf, NETNS_RESOLVERS)?;
+        let present: HashSet<NetnsResolverKey> = map
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(|source| map_error(NETNS_RESOLVERS, source))?;
+        let stale: Vec<NetnsResolverKey> = present.difference(wanted).copied().collect();
+        let rule = ResolverRule {
+            rule_index: BUILTIN_RULE,
+            _reserved: 0,
+            rule_id: CONTAINER_RESOLVER_RULE_ID,
+        };
+        let mut first_error = None;
+        let mut added = 0;
+        for key in wanted.difference(&present) {
+            match map.insert(key, rule, 0) {
+                Ok(()) => added += 1,
+                Err(err) => {
+                    first_error.get_or_insert(err);
+                }
+            }
+        }
+        let removal = remove_keys(&mut map, &stale);
+        match first_error.or(removal.first_error) {
+            Some(source) => Err(map_error(NETNS_RESOLVERS, source)),
+            None => Ok((added, removal.done)),
+        }
     }
 
     /// Whether the kernel holds `key` in LEARNED (and until when).

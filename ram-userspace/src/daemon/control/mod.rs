@@ -44,6 +44,25 @@ pub struct Status {
     /// Every kernel counter by name (allowed_learned, denied, events_dropped, ...).
     pub counters: Vec<(String, u64)>,
     pub maps: Vec<MapFill>,
+    /// Enforced containers whose network namespace is trusted for DNS (`scope.containers`).
+    #[serde(default)]
+    pub container_networks: Vec<ContainerNetworkStatus>,
+    /// Containers whose network could not be read (their DNS stays refused), each counted once.
+    #[serde(default)]
+    pub container_networks_unreadable: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ContainerNetworkStatus {
+    /// The container's id (or a BuildKit RUN step's).
+    pub container: String,
+    pub cgroup: String,
+    /// Its first process, whose namespace this is.
+    pub pid: u32,
+    pub netns_inode: u64,
+    pub netns_cookie: u64,
+    /// Trusted in that namespace only.
+    pub resolvers: Vec<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

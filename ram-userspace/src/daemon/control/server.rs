@@ -126,6 +126,8 @@ impl Daemon {
                     RESOLVERS_MAX as usize,
                 ),
             ],
+            container_networks: enforcement.container_dns.status(&compiled.resolvers),
+            container_networks_unreadable: enforcement.container_dns.unreadable,
         }
     }
 

@@ -1,0 +1,252 @@
+//! Container networks: the network namespace a container runtime made for a container, and the
+//! resolvers it gave the container (its `/etc/resolv.conf`). The daemon trusts those resolvers
+//! for DNS in that namespace only (`NETNS_RESOLVERS`).
+//!
+//! Which namespace is the runtime's: the one of the container's first process, the one the
+//! runtime started (its parent is outside the container's cgroup: a shim). A process the
+//! container starts later and that makes a namespace of its own (`unshare -n`) is not it; the
+//! daemon reads a container's namespace once, when it first finds the container, and keeps it
+//! for the container's life.
+
+use std::{
+    io::{self, Read as _},
+    net::IpAddr,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use crate::{policy::resolv, sys};
+
+/// A resolv.conf longer than this is not a runtime's (they write a few lines): refused.
+const RESOLV_CONF_MAX: u64 = 64 * 1024;
+
+/// Docker's embedded DNS server, in every container on a user-defined network. dockerd
+/// forwards what it does not answer itself to the host's resolvers, from the container's
+/// namespace.
+pub const DOCKER_EMBEDDED_DNS: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 11));
+
+/// What the runtime set up for one container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerNetwork {
+    /// The container's first process.
+    pub pid: u32,
+    /// The namespace's inode number (as `ip netns identify` and `lsns` show it).
+    pub netns_inode: u64,
+    /// `nameserver` lines of the container's /etc/resolv.conf, in order.
+    pub nameservers: Vec<IpAddr>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    /// No process yet (or no more), or the runtime is still setting it up: its first process
+    /// still has the host's root. Worth another look in a moment; not a failure.
+    #[error("its runtime has not set it up yet (or it has ended)")]
+    NotYet,
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("its /etc/resolv.conf names no nameserver")]
+    NoNameservers,
+}
+
+/// The network of the container whose cgroup is `cgroup` (an absolute path under `mount`),
+/// read through `proc_root`. `Ok(None)`: the container shares `own_netns_inode`, the daemon's
+/// namespace (`--network host`), where the policy's resolvers already apply.
+///
+/// Only once the runtime has moved the container's first process into the container's root
+/// (runc does so before it waits to start the container's command): before that, its root and
+/// its namespaces may still be the host's, and so would be the resolv.conf read through it.
+pub fn container_network(
+    mount: &Path,
+    cgroup: &Path,
+    proc_root: &Path,
+    own_netns_inode: u64,
+) -> Result<Option<ContainerNetwork>, NetworkError> {
+    let pid = first_process(mount, cgroup, proc_root)?.ok_or(NetworkError::NotYet)?;
+    let process = proc_root.join(pid.to_string());
+    let own_root = std::fs::metadata(proc_root.join("self/root")).ok();
+    let root = std::fs::metadata(process.join("root")).map_err(|_| NetworkError::NotYet)?;
+    if own_root.is_some_and(|own| (own.dev(), own.ino()) == (root.dev(), root.ino())) {
+        return Err(NetworkError::NotYet);
+    }
+    let ns = process.join("ns/net");
+    let netns_inode = std::fs::metadata(&ns)
+        .map_err(|source| NetworkError::Read { path: ns, source })?
+        .ino();
+    if netns_inode == own_netns_inode {
+        return Ok(None);
+    }
+    let root = process.join("root");
+    let nameservers = read_nameservers(&root).map_err(|source| NetworkError::Read {
+        path: root.join("etc/resolv.conf"),
+        source,
+    })?;
+    if nameservers.is_empty() {
+        return Err(NetworkError::NoNameservers);
+    }
+    Ok(Some(ContainerNetwork {
+        pid,
+        netns_inode,
+        nameservers,
+    }))
+}
+
+/// `/etc/resolv.conf` of the root `root`, read inside it (a container's symlinks cannot lead
+/// into the host's files) and bounded.
+fn read_nameservers(root: &Path) -> io::Result<Vec<IpAddr>> {
+    let file = sys::open_in_root(root, Path::new("etc/resolv.conf"))?;
+    let mut text = String::new();
+    file.take(RESOLV_CONF_MAX + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > RESOLV_CONF_MAX {
+        return Err(io::Error::other(format!(
+            "longer than {RESOLV_CONF_MAX} bytes"
+        )));
+    }
+    Ok(resolv::nameservers(&text))
+}
+
+/// The container's first process: of those in its cgroup (its own children included) whose
+/// parent is not, the one that started first. Later processes are the container's own
+/// children, or `exec`s and orphans the shim adopted, all started after it.
+fn first_process(
+    mount: &Path,
+    cgroup: &Path,
+    proc_root: &Path,
+) -> Result<Option<u32>, NetworkError> {
+    let relative = Path::new("/").join(cgroup.strip_prefix(mount).unwrap_or(cgroup));
+    let mut best: Option<(u64, u32)> = None;
+    for dir in cgroup_and_children(cgroup) {
+        let procs = dir.join("cgroup.procs");
+        let text = match std::fs::read_to_string(&procs) {
+            Ok(text) => text,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+            Err(source) => {
+                return Err(NetworkError::Read {
+                    path: procs,
+                    source,
+                });
+            }
+        };
+        for pid in text
+            .lines()
+            .filter_map(|line| line.trim().parse::<u32>().ok())
+        {
+            let Some((parent, started)) = parent_and_start(proc_root, pid) else {
+                continue; // gone meanwhile
+            };
+            let parent_inside = cgroup_of(proc_root, parent)
+                .is_some_and(|path| Path::new(&path).starts_with(&relative));
+            if parent_inside {
+                continue;
+            }
+            if best.is_none_or(|(time, _)| started < time) {
+                best = Some((started, pid));
+            }
+        }
+    }
+    Ok(best.map(|(_, pid)| pid))
+}
+
+/// `cgroup` and its direct children (Podman puts a container's processes in a `container`
+/// child; runtimes nest no deeper).
+fn cgroup_and_children(cgroup: &Path) -> Vec<PathBuf> {
+    let mut dirs = vec![cgroup.to_path_buf()];
+    if let Ok(entries) = std::fs::read_dir(cgroup) {
+        dirs.extend(
+            entries
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path()),
+        );
+    }
+    dirs
+}
+
+/// (parent pid, start time in clock ticks since boot) from `/proc/PID/stat`.
+fn parent_and_start(proc_root: &Path, pid: u32) -> Option<(u32, u64)> {
+    let stat = std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
+    parse_stat(&stat)
+}
+
+/// Fields 4 (ppid) and 22 (starttime) of a stat line. The name (field 2) may hold spaces and
+/// parentheses: the fields after it start after its last `)`.
+fn parse_stat(stat: &str) -> Option<(u32, u64)> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state).
+    let parent = fields.get(1)?.parse().ok()?;
+    let started = fields.get(19)?.parse().ok()?;
+    Some((parent, started))
+}
+
+/// The cgroup v2 path of `pid` (`0::/docker/<id>` → `/docker/<id>`).
+fn cgroup_of(proc_root: &Path, pid: u32) -> Option<String> {
+    let text = std::fs::read_to_string(proc_root.join(pid.to_string()).join("cgroup")).ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    #[test]
+    fn stat_fields_after_a_hostile_name() {
+        let stat = "4242 (evil) 1 2 (x) S 77 4242 4242 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 \
+                    987654 1000 10";
+        assert_eq!(parse_stat(stat), Some((77, 987654)));
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    /// A fake /proc and cgroup tree: the container's init (parent: the shim, outside), its
+    /// child, and an orphan the shim adopted later.
+    #[test]
+    fn first_process_is_the_earliest_with_a_parent_outside() {
+        let base = std::env::temp_dir().join(format!("ram-networks-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        let (mount, proc_root) = (base.join("cg"), base.join("proc"));
+        let cgroup = mount.join("docker/abc");
+        fs::create_dir_all(&cgroup).unwrap();
+        fs::write(cgroup.join("cgroup.procs"), "30\n20\n10\n").unwrap();
+        let process = |pid: u32, parent: u32, start: u64, cgroup: &str| {
+            let dir = proc_root.join(pid.to_string());
+            fs::create_dir_all(&dir).unwrap();
+            let stat =
+                format!("{pid} (p) S {parent} 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 {start} 0 0");
+            fs::write(dir.join("stat"), stat).unwrap();
+            fs::write(dir.join("cgroup"), format!("0::{cgroup}\n")).unwrap();
+        };
+        process(5, 1, 50, "/system.slice/containerd.service"); // the shim
+        process(10, 5, 100, "/docker/abc"); // init
+        process(20, 10, 110, "/docker/abc"); // its child
+        process(30, 5, 300, "/docker/abc"); // an orphan, adopted by the shim
+        assert_eq!(
+            first_process(&mount, &cgroup, &proc_root).unwrap(),
+            Some(10)
+        );
+        fs::write(cgroup.join("cgroup.procs"), "").unwrap();
+        assert_eq!(first_process(&mount, &cgroup, &proc_root).unwrap(), None);
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn resolv_conf_is_read_inside_the_root() {
+        let base = std::env::temp_dir().join(format!("ram-resolv-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        let root = base.join("root");
+        fs::create_dir_all(root.join("etc")).unwrap();
+        fs::write(base.join("outside"), "nameserver 192.0.2.99\n").unwrap();
+        // An absolute symlink resolves inside the root, where nothing is.
+        std::os::unix::fs::symlink(base.join("outside"), root.join("etc/resolv.conf")).unwrap();
+        assert!(read_nameservers(&root).is_err());
+        fs::remove_file(root.join("etc/resolv.conf")).unwrap();
+        fs::write(root.join("etc/resolv.conf"), "nameserver 127.0.0.11\n").unwrap();
+        assert_eq!(read_nameservers(&root).unwrap(), vec![DOCKER_EMBEDDED_DNS]);
+        fs::remove_dir_all(&base).unwrap();
+    }
+}
