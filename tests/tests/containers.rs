@@ -320,6 +320,84 @@ fn container_networks_resolve_allowed_names_only() {
     );
     assert_eq!(blocked.accepted(), 0, "a blocked connection arrived");
 
+    // A running container is listed with its namespace's resolvers (Docker's embedded DNS and
+    // the policy's resolver it forwards to), and no more once it is gone.
+    let (ok, out, err, _) = docker.run(&[
+        "run",
+        "-d",
+        "--name",
+        "ram-listed",
+        "--network",
+        "ramnet",
+        "bb:latest",
+        "sleep",
+        "60",
+    ]);
+    assert!(ok, "{err}");
+    let id = out.trim().to_owned();
+    let listed = |daemon: &Daemon| {
+        daemon.status()["container_networks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["container"] == id.as_str())
+            .cloned()
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || listed(&daemon).is_some()),
+        "{:?}",
+        daemon.status()
+    );
+    let network = listed(&daemon).unwrap();
+    let resolvers = network["resolvers"].as_array().unwrap();
+    assert!(resolvers.contains(&Value::from("127.0.0.11")), "{network}");
+    assert!(
+        resolvers.contains(&Value::from(EngineNet::HOST_SIDE.to_string())),
+        "{network}"
+    );
+    let text = daemon.ram(&["status"]).unwrap();
+    assert!(text.contains(&format!("container {}", &id[..12])), "{text}");
+    let (ok, _, err, _) = docker.run(&["rm", "-f", "ram-listed"]);
+    assert!(ok, "{err}");
+    assert!(
+        eventually(Duration::from_secs(5), || listed(&daemon).is_none()),
+        "{:?}",
+        daemon.status()
+    );
+
+    // A namespace a container's process makes for itself is not its runtime's: the policy's
+    // resolver is refused there (untrusted_netns), and so nothing can be learned through it.
+    let (ok, out, err, _) = docker.run(&[
+        "run",
+        "--rm",
+        "--cap-add=SYS_ADMIN",
+        "--name",
+        "ram-unshare",
+        "bb:latest",
+        "unshare",
+        "-n",
+        "nslookup",
+        "allowed.test",
+        &EngineNet::HOST_SIDE.to_string(),
+    ]);
+    assert!(
+        !ok || !out.contains(&ALLOWED_HOST.to_string()),
+        "{out}{err}"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || daemon
+            .audit_records()
+            .iter()
+            .any(|r| {
+                r["verdict"] == "deny"
+                    && r["reason"] == "untrusted_netns"
+                    && r["dst_port"] == 53
+                    && r["container_id"].as_str().is_some_and(|c| c.len() == 64)
+            })),
+        "no untrusted_netns denial: {out}{err} {:?}",
+        daemon.audit_records()
+    );
+
     // Each denial names the container's cgroup and id.
     let records = daemon.audit_records();
     let denials: Vec<&Value> = records

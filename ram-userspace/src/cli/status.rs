@@ -1,4 +1,5 @@
-//! `ram status`: what the daemon enforces (cgroups, policy, counters, map fill levels).
+//! `ram status`: what the daemon enforces (cgroups, policy, container networks trusted for DNS,
+//! counters, map fill levels).
 
 use std::path::Path;
 
@@ -51,6 +52,21 @@ pub fn run(run_dir: &Path, json: bool) -> Result<()> {
     );
     if let Some(rejected) = &policy.rejected {
         println!("  LAST CHANGE REJECTED (the policy above stays in force): {rejected}");
+    }
+    if !status.container_networks.is_empty() || status.container_networks_unreadable > 0 {
+        println!(
+            "container networks trusted for DNS ({} unreadable so far):",
+            status.container_networks_unreadable
+        );
+        for network in &status.container_networks {
+            println!(
+                "  container {} (pid {}, netns inode {}): resolvers {}",
+                &network.container[..network.container.len().min(12)],
+                network.pid,
+                network.netns_inode,
+                network.resolvers.join(", ")
+            );
+        }
     }
     println!("counters:");
     for (name, value) in &status.counters {
