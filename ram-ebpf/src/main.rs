@@ -173,7 +173,7 @@ fn container_resolver(netns_cookie: u64, addr: Addr16) -> Option<&'static Resolv
     let key = NetnsResolverKey { netns_cookie, addr };
     // SAFETY: the element stays mapped until the run ends; ResolverRule is plain integers, so
     // one the daemon removes meanwhile (its container went) reads as it was a moment before.
-    unsafe { NETNS_RESOLVERS.get(&key) }
+    unsafe { NETNS_RESOLVERS.get(key) }
 }
 
 #[inline(always)]
