@@ -1131,7 +1131,11 @@ impl Default for EngineNet {
 
 impl Drop for EngineNet {
     fn drop(&mut self) {
-        // The veth pair goes with the namespace.
+        // The veth pair would go with the namespace, but only once the last process in it has
+        // exited (an engine may still be on its way out): deleting one end takes both now.
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .output();

@@ -88,10 +88,20 @@ impl Drop for Acceptor {
 
 /// `docker build` with the engine's BuildKit; returns (success, everything it printed).
 fn build(docker: &TestDocker, context: &Path) -> (bool, String) {
-    let output = docker
-        .docker()
-        .env("DOCKER_BUILDKIT", "1")
-        .args(["build", "--no-cache", "--progress=plain", "-t", "ram-step"])
+    build_with(docker, context, true)
+}
+
+/// `docker build` with BuildKit or the classic builder.
+fn build_with(docker: &TestDocker, context: &Path, buildkit: bool) -> (bool, String) {
+    let mut cmd = docker.docker();
+    if buildkit {
+        cmd.args(["build", "--progress=plain"]);
+    } else {
+        cmd.arg("build");
+    }
+    let output = cmd
+        .env("DOCKER_BUILDKIT", if buildkit { "1" } else { "0" })
+        .args(["--no-cache", "-t", "ram-step"])
         .arg(context)
         .output()
         .expect("running docker build");
@@ -413,6 +423,86 @@ fn container_networks_resolve_allowed_names_only() {
             "{denial}"
         );
     }
+    drop(daemon);
+    drop(docker);
+}
+
+/// RUN steps of both builders under `scope.containers`: the classic builder's steps are
+/// containers, BuildKit's run below its enforced parent; each resolves and reaches the host
+/// allowed by name through its own network's resolver, and is refused the blocked host (by the
+/// name's address and by raw address) with EPERM, nothing arriving there.
+#[test]
+fn build_steps_resolve_allowed_names_only() {
+    let docker_parent = cgroup2_mount().join("docker");
+    assert!(
+        !docker_parent.exists(),
+        "{} exists: another Docker Engine's containers, or a test's left over; remove it first",
+        docker_parent.display()
+    );
+    let net = EngineNet::new();
+    net.add_host_address(ALLOWED_HOST);
+    net.add_host_address(BLOCKED_HOST);
+    let _dns = net.dnsmasq(&[
+        ("allowed.test", ALLOWED_HOST),
+        ("blocked.test", BLOCKED_HOST),
+    ]);
+    let allowed = Acceptor::new(TcpListener::bind((ALLOWED_HOST, PORT)).unwrap());
+    let blocked = Acceptor::new(TcpListener::bind((BLOCKED_HOST, PORT)).unwrap());
+    let engine = TestCgroup::new();
+    let bystander = TestCgroup::new();
+    let docker = TestDocker::start_bridged(&engine, &net);
+    let _docker_parent = TestCgroup::adopt(docker_parent.clone());
+    import_busybox(&docker);
+    let context = docker.dir().join("context");
+    fs::create_dir_all(&context).unwrap();
+    // The step sleeps at the end: its cgroup outlives its connections, for the audit's names.
+    fs::write(
+        context.join("Dockerfile"),
+        format!(
+            "FROM bb:latest\nRUN {} sleep 1\n",
+            lookup_and_connect_script()
+        ),
+    )
+    .unwrap();
+    // A first BuildKit build makes BuildKit's parent cgroup, which the daemon then enforces.
+    let (ok, out) = build_with(&docker, &context, true);
+    assert!(ok && out.contains("A-CONNECTED"), "{out}");
+
+    let policy = format!(
+        "[scope]\ncontainers = true\n\n[registry_access]\nallow = [\"allowed.test\"]\n\
+         allow_loopback = true\n\n[dns]\nresolvers = [\"{}\"]\n",
+        EngineNet::HOST_SIDE
+    );
+    let daemon = Daemon::start(&policy, &[bystander.path()]).expect("daemon starts");
+    let before = allowed.accepted();
+    let blocked_before = blocked.accepted();
+    for buildkit in [false, true] {
+        let (ok, out) = build_with(&docker, &context, buildkit);
+        let what = if buildkit {
+            "BuildKit"
+        } else {
+            "classic builder"
+        };
+        assert!(ok, "{what}: {out}");
+        assert!(
+            out.contains(&format!("A-ANSWER={ALLOWED_HOST}")),
+            "{what}: {out}"
+        );
+        assert!(out.contains("A-CONNECTED"), "{what}: {out}");
+        assert!(out.contains("B-REFUSED"), "{what}: {out}");
+        assert!(out.contains("RAW-REFUSED"), "{what}: {out}");
+        assert!(
+            out.matches("Operation not permitted").count() >= 2,
+            "{what}: the blocked connects did not fail with EPERM: {out}"
+        );
+    }
+    thread::sleep(Duration::from_millis(300));
+    assert!(allowed.accepted() >= before + 2, "{}", allowed.accepted());
+    assert_eq!(
+        blocked.accepted(),
+        blocked_before,
+        "a blocked connection arrived"
+    );
     drop(daemon);
     drop(docker);
 }
