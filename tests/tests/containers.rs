@@ -422,6 +422,23 @@ fn container_networks_resolve_allowed_names_only() {
             denial["cgroup"].as_str().is_some_and(|c| c.ends_with(id)),
             "{denial}"
         );
+        assert_eq!(denial["container_image"], "bb:latest", "{denial}");
+    }
+    // By name too, as dockerd knows them, and so are the addresses they learned.
+    for network in ["bridge", "ramnet"] {
+        let name = format!("ram-{network}");
+        assert!(
+            denials.iter().any(|d| d["container_name"] == name.as_str()),
+            "{name}: {denials:?}"
+        );
+        assert!(
+            records.iter().any(|r| r["verdict"] == "learn"
+                && r["container_name"] == name.as_str()
+                && r["container_image"] == "bb:latest"
+                && r["container_id"].as_str().is_some_and(|c| c.len() == 64)
+                && r["hostname"] == "allowed.test"),
+            "{name}: {records:?}"
+        );
     }
     drop(daemon);
     drop(docker);

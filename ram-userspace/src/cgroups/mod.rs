@@ -2,6 +2,7 @@
 //! moving processes. (Which programs are attached to a cgroup is a bpf(2) query:
 //! [`crate::sys::attached_program_ids`].)
 
+pub mod containers;
 pub mod names;
 pub mod networks;
 pub mod scope;

@@ -53,16 +53,11 @@ pub fn engine_cgroups(mount: &Path, proc_root: &Path) -> (Vec<Found>, Vec<String
     let mut by_path: BTreeMap<PathBuf, String> = BTreeMap::new();
     // dockerd before containerd, then by pid: a cgroup holding both is named after dockerd,
     // whatever order /proc lists them in.
-    // A process only counts if it runs as root from a binary of that name: anyone can name a
-    // process `dockerd`.
     let mut engines: Vec<(usize, u32, String)> = processes(proc_root)
         .into_iter()
         .filter_map(|(pid, comm)| {
             let rank = ENGINE_PROCESSES.iter().position(|e| *e == comm)?;
-            let status = fs::metadata(proc_root.join(pid.to_string())).ok()?;
-            let exe = fs::read_link(proc_root.join(pid.to_string()).join("exe")).ok()?;
-            let named = exe.file_name().is_some_and(|n| n == comm.as_str());
-            (status.uid() == 0 && named).then_some((rank, pid, comm))
+            is_root_binary(proc_root, pid, &comm).then_some((rank, pid, comm))
         })
         .collect();
     engines.sort();
@@ -192,6 +187,26 @@ fn is_buildkit_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+}
+
+/// Pids of the processes named `comm` that run as root from a binary of that name (anyone can
+/// name a process `dockerd`).
+pub(super) fn root_processes_named(proc_root: &Path, comm: &str) -> Vec<u32> {
+    processes(proc_root)
+        .into_iter()
+        .filter(|(pid, name)| name == comm && is_root_binary(proc_root, *pid, comm))
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+fn is_root_binary(proc_root: &Path, pid: u32, comm: &str) -> bool {
+    let dir = proc_root.join(pid.to_string());
+    let Ok(status) = fs::metadata(&dir) else {
+        return false;
+    };
+    let named =
+        fs::read_link(dir.join("exe")).is_ok_and(|exe| exe.file_name().is_some_and(|n| n == comm));
+    status.uid() == 0 && named
 }
 
 /// (pid, comm) of every process in `proc_root`.

@@ -14,12 +14,16 @@ use super::{
     answers::named_addresses,
     names::{Hostnames, RuleNames, SeenAddress},
     records::{
-        AuditRecord, DroppedRecord, ImageDecision, ImageRecord, LearnRecord, display_addr,
-        now_rfc3339, protocol_name, rfc3339_utc,
+        AuditRecord, DroppedRecord, ImageDecision, ImageRecord, LearnRecord, container_id,
+        display_addr, now_rfc3339, protocol_name, rfc3339_utc,
     },
     sink::{AuditLogError, AuditSink},
 };
-use crate::{cgroups::names::CgroupNames, policy::to_v6, sys};
+use crate::{
+    cgroups::{containers::ContainerInfos, names::CgroupNames},
+    policy::to_v6,
+    sys,
+};
 
 /// Where the count of lost events already written to the audit log is kept, in the run
 /// directory, across restarts (the kernel's counter is pinned and counts from installation).
@@ -28,6 +32,7 @@ pub const DROPPED_REPORTED: &str = "events-dropped-reported";
 pub struct Auditor {
     sink: AuditSink,
     cgroup_names: CgroupNames,
+    containers: ContainerInfos,
     hostnames: Hostnames,
     /// CLOCK_REALTIME − CLOCK_BOOTTIME: the programs stamp events with the boot clock.
     clock_offset: i128,
@@ -42,6 +47,7 @@ impl Auditor {
         Self {
             sink,
             cgroup_names: CgroupNames::new(enforced),
+            containers: ContainerInfos::default(),
             hostnames: Hostnames::default(),
             clock_offset: sys::realtime_minus_boottime_ns(),
             dropped_reported: read_dropped_reported(run_dir),
@@ -82,6 +88,11 @@ impl Auditor {
         let cgroup = self.cgroup_names.lookup(event.cgroup_id);
         let mut record = AuditRecord::from_event(event, self.clock_offset, cgroup);
         record.rule = rules.text(event.rule_id);
+        if let Some(id) = &record.container_id {
+            let info = self.containers.lookup(id);
+            record.container_name = info.name;
+            record.container_image = info.image;
+        }
         if let Some(seen) = self.hostnames.get(&display_addr(event.addr)) {
             record.hostname = Some(seen.hostname.clone());
             if event.verdict == 0
@@ -105,6 +116,11 @@ impl Auditor {
         is_learned: impl Fn(&LearnedKey) -> bool,
     ) {
         let cgroup = self.cgroup_names.lookup(event.cgroup_id);
+        let container_id = cgroup.as_deref().and_then(container_id);
+        let container = container_id
+            .as_deref()
+            .map(|id| self.containers.lookup(id))
+            .unwrap_or_default();
         let time = self.wall_time(event.boot_ns);
         let rule = rules
             .text(event.rule_id)
@@ -166,6 +182,9 @@ impl Auditor {
                 reason: "learned",
                 cgroup: cgroup.clone(),
                 cgroup_id: event.cgroup_id,
+                container_id: container_id.clone(),
+                container_name: container.name.clone(),
+                container_image: container.image.clone(),
                 hostname: address.question,
                 record_owner: address.owner,
                 dst_addr: address.addr.to_string(),

@@ -30,6 +30,9 @@ pub struct AuditRecord {
     pub cgroup_id: u64,
     /// The container's id, when the cgroup is a container's (Docker, containerd, CRI-O, Podman).
     pub container_id: Option<String>,
+    /// The container's name and image, where its runtime says (dockerd).
+    pub container_name: Option<String>,
+    pub container_image: Option<String>,
     /// Destination address (IPv4-mapped IPv6 shown as IPv4) and port.
     pub dst_addr: String,
     pub dst_port: u16,
@@ -62,6 +65,8 @@ impl AuditRecord {
             gid: (event.uid_gid >> 32) as u32,
             comm: comm_string(&event.comm),
             container_id: cgroup.as_deref().and_then(container_id),
+            container_name: None,
+            container_image: None,
             cgroup,
             cgroup_id: event.cgroup_id,
             dst_addr: display_addr(event.addr).to_string(),
@@ -186,6 +191,10 @@ pub struct LearnRecord {
     pub reason: &'static str,
     pub cgroup: Option<String>,
     pub cgroup_id: u64,
+    /// As in [`AuditRecord`]: the container, when the cgroup is one's.
+    pub container_id: Option<String>,
+    pub container_name: Option<String>,
+    pub container_image: Option<String>,
     /// The question the address answers, and the name owning its record (end of the CNAME
     /// chain).
     pub hostname: String,
