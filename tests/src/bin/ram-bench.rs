@@ -7,6 +7,10 @@
 //! - dns-lookup: a DNS query to dnsmasq on a test host and its answer, for an allowed name
 //!   (the enforced side tracks the query and learns from every answer in the kernel).
 //! - connect-learned: TCP connect + close to a test-host address learned from DNS.
+//! - container-dns-lookup, container-connect-learned: the same two from inside a container on
+//!   dockerd's default bridge (a real dockerd with its NAT, in a namespace of its own), the
+//!   container enforced under `scope.containers`, its DNS trusted in its namespace; the
+//!   unenforced side is the same container's network namespace from an unenforced cgroup.
 //! - policy-reload: a 10,000-hostname policy file replaced by rename while the daemon runs;
 //!   time until a connection the new policy allows goes through (and, the other way, is
 //!   refused again), with the daemon's own read+compile and swap times. Absolute times: there
@@ -26,7 +30,9 @@ use std::{
 };
 
 use anyhow::{Context as _, ensure};
-use ram_tests::{Background, Daemon, TestCgroup, TestNet, dns_query_in};
+use ram_tests::{
+    Background, Daemon, EngineNet, TestCgroup, TestDocker, TestNet, cgroup2_mount, dns_query_in,
+};
 
 /// Rounds per side; the median of the per-round ratios is reported.
 const ROUNDS: usize = 41;
@@ -50,6 +56,9 @@ fn main() -> anyhow::Result<()> {
             }
             if wanted("dns-lookup") || wanted("connect-learned") {
                 dns_benchmarks()?;
+            }
+            if wanted("container-dns-lookup") || wanted("container-connect-learned") {
+                container_dns_benchmarks()?;
             }
             if wanted("policy-reload") || wanted("daemon-rss") {
                 policy_benchmarks()?;
@@ -152,13 +161,19 @@ fn pin_to_last_cpu() {
     }
 }
 
-/// Runs `worker ARGS` in `cgroup`; returns the nanoseconds it printed.
-fn run_worker(cgroup: &TestCgroup, args: &[String]) -> anyhow::Result<f64> {
-    let output = cgroup
-        .command(std::env::current_exe()?)
-        .args(args)
-        .stderr(Stdio::inherit())
-        .output()?;
+/// Runs `worker ARGS` in `cgroup` (and in network namespace `netns`, if given); returns the
+/// nanoseconds it printed.
+fn run_worker(cgroup: &TestCgroup, args: &[String], netns: Option<&str>) -> anyhow::Result<f64> {
+    let exe = std::env::current_exe()?;
+    let mut cmd = match netns {
+        Some(netns) => {
+            let mut cmd = cgroup.command("nsenter");
+            cmd.arg(format!("--net={netns}")).arg(exe);
+            cmd
+        }
+        None => cgroup.command(exe),
+    };
+    let output = cmd.args(args).stderr(Stdio::inherit()).output()?;
     ensure!(
         output.status.success(),
         "worker {args:?} failed: {}",
@@ -181,17 +196,30 @@ fn side_by_side(
     enforced: &TestCgroup,
     args: &[String],
 ) -> anyhow::Result<()> {
+    side_by_side_in(title, unit, goal, plain, enforced, args, None)
+}
+
+/// As [`side_by_side`], both sides in network namespace `netns` (a `/proc/PID/ns/net` path).
+fn side_by_side_in(
+    title: &str,
+    unit: &str,
+    goal: f64,
+    plain: &TestCgroup,
+    enforced: &TestCgroup,
+    args: &[String],
+    netns: Option<&str>,
+) -> anyhow::Result<()> {
     // Warm-up: caches, socket slabs, branch predictors.
-    run_worker(plain, args)?;
-    run_worker(enforced, args)?;
+    run_worker(plain, args, netns)?;
+    run_worker(enforced, args, netns)?;
     let (mut plain_ns, mut enforced_ns) = (Vec::new(), Vec::new());
     for round in 0..ROUNDS {
         if round % 2 == 0 {
-            plain_ns.push(run_worker(plain, args)?);
-            enforced_ns.push(run_worker(enforced, args)?);
+            plain_ns.push(run_worker(plain, args, netns)?);
+            enforced_ns.push(run_worker(enforced, args, netns)?);
         } else {
-            enforced_ns.push(run_worker(enforced, args)?);
-            plain_ns.push(run_worker(plain, args)?);
+            enforced_ns.push(run_worker(enforced, args, netns)?);
+            plain_ns.push(run_worker(plain, args, netns)?);
         }
     }
     // Each round's two runs are adjacent in time: their ratio cancels slow drift.
@@ -300,6 +328,96 @@ fn dns_benchmarks() -> anyhow::Result<()> {
         &enforced,
         &connect,
     )
+}
+
+fn container_dns_benchmarks() -> anyhow::Result<()> {
+    const PORT: u16 = 9091;
+    let host = Ipv4Addr::new(203, 0, 113, 9);
+    let docker_parent = cgroup2_mount().join("docker");
+    ensure!(
+        !docker_parent.exists(),
+        "{} exists: another Docker Engine's containers; stop it first",
+        docker_parent.display()
+    );
+    let net = EngineNet::new();
+    net.add_host_address(host);
+    let _dns = net.dnsmasq(&[("bench.test", host)]);
+    let listener = deep_listener(SocketAddr::new(IpAddr::V4(host), PORT))?;
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            drop(stream.map(|mut s| s.read(&mut [0u8; 0])));
+        }
+    });
+    let engine = TestCgroup::new();
+    let docker = TestDocker::start_bridged(&engine, &net);
+    let _docker_parent = TestCgroup::adopt(docker_parent);
+    let rootfs = docker.dir().join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin"))?;
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox"))?;
+    std::os::unix::fs::symlink("busybox", rootfs.join("bin/sleep"))?;
+    docker.import_rootfs(&rootfs, "bb:latest");
+    let (ok, out, err, _) = docker.run(&["run", "-d", "bb:latest", "sleep", "3600"]);
+    ensure!(ok, "docker run: {err}");
+    let id = out.trim().to_owned();
+    let (ok, pid, err, _) = docker.run(&["inspect", "-f", "{{.State.Pid}}", &id]);
+    ensure!(ok, "docker inspect: {err}");
+    let netns = format!("/proc/{}/ns/net", pid.trim());
+    let container_cgroup = cgroup2_mount().join("docker").join(&id);
+
+    let resolver = EngineNet::HOST_SIDE.to_string();
+    let bystander = TestCgroup::new();
+    let daemon = Daemon::start(
+        &format!(
+            "[scope]\ncontainers = true\n[registry_access]\nallow = [\"bench.test\"]\n\
+             [dns]\nresolvers = [\"{resolver}\"]\nmin_ttl = 3600\n"
+        ),
+        &[bystander.path()],
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !daemon.status()["container_networks"]
+        .as_array()
+        .is_some_and(|n| n.iter().any(|n| n["container"] == id.as_str()))
+    {
+        ensure!(Instant::now() < deadline, "the container's network is not trusted");
+        thread::sleep(Duration::from_millis(100));
+    }
+    // The enforced side: a cgroup below the container's, which inherits its programs.
+    let enforced = TestCgroup::new_in(&container_cgroup);
+    let plain = TestCgroup::new();
+    let lookup = [
+        "worker-dns".to_string(),
+        resolver.clone(),
+        "bench.test".into(),
+        "500".into(),
+    ];
+    side_by_side_in(
+        "container-dns-lookup: the same from inside a bridge-network container, 500 per round",
+        "lookup",
+        1.05,
+        &plain,
+        &enforced,
+        &lookup,
+        Some(&netns),
+    )?;
+    let connect = [
+        "worker-connect".to_string(),
+        SocketAddr::new(IpAddr::V4(host), PORT).to_string(),
+        "1000".into(),
+    ];
+    side_by_side_in(
+        "container-connect-learned: TCP connect+close through the bridge's NAT to a learned \
+         address, 1,000 per round",
+        "connect",
+        1.03,
+        &plain,
+        &enforced,
+        &connect,
+        Some(&netns),
+    )?;
+    drop(enforced);
+    drop(daemon);
+    drop(docker);
+    Ok(())
 }
 
 /// A policy with `names` hostnames (`host<i>.registry<j>.test`) and `cidrs`; loopback denied.
