@@ -196,6 +196,11 @@ fn source_port(ctx: &SkBuffContext) -> Option<u16> {
         }
         ETH_P_IPV6 => {
             let header: [u8; 40] = ctx.load(0).ok()?;
+            // An extension header (a raw socket's fragment header, say) would hide the ports
+            // from this check but not from the receiver, which reassembles: taken as port 53.
+            if is_ipv6_extension(header[6]) {
+                return Some(DNS_PORT);
+            }
             (header[6], 40)
         }
         _ => return None,
@@ -204,6 +209,13 @@ fn source_port(ctx: &SkBuffContext) -> Option<u16> {
         return None;
     }
     Some(u16::from_be(ctx.load::<u16>(l4).ok()?))
+}
+
+/// IPv6 extension headers that may come before a transport header (hop-by-hop, routing,
+/// fragment, ESP, AH, destination options, mobility, HIP, shim6).
+#[inline(always)]
+fn is_ipv6_extension(next_header: u8) -> bool {
+    matches!(next_header, 0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140)
 }
 
 /// Records where the first message of a DNS-over-TCP connection starts in one direction: the

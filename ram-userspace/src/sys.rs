@@ -21,7 +21,7 @@ use std::{
     io, mem,
     os::{
         fd::{AsFd, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
-        unix::ffi::OsStrExt as _,
+        unix::{ffi::OsStrExt as _, fs::OpenOptionsExt as _},
     },
     path::{Path, PathBuf},
 };
@@ -326,15 +326,17 @@ fn socket_netns_cookie(socket: BorrowedFd<'_>) -> io::Result<u64> {
 
 /// Opens `path` (relative) for reading inside the directory tree `root` as if `root` were `/`:
 /// a symlink in it (absolute or `..`) cannot lead out, magic links (`/proc/self/...`) are
-/// refused, and so is anything but a regular file, without blocking on a FIFO. For files of a
-/// container's root (`/proc/PID/root`), which its processes write. openat2(2), Linux 5.6+.
+/// refused, and so is anything but a regular file — checked before it is opened for reading, as
+/// opening a device can act on it. For files of a container's root (`/proc/PID/root`), which
+/// its processes write. openat2(2), Linux 5.6+.
 pub fn open_in_root(root: &Path, path: &Path) -> io::Result<std::fs::File> {
     let root = std::fs::File::open(root)?;
     let path = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: open_how is three integers; all zero is valid (and what its unset fields need).
     let mut how: libc::open_how = unsafe { mem::zeroed() };
-    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY) as u64;
+    // O_PATH: a handle that reads nothing and opens no device.
+    how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
     how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
     // SAFETY: a valid directory descriptor, a NUL-terminated path and an open_how of the size
     // passed; the descriptor returned is owned at once.
@@ -351,11 +353,18 @@ pub fn open_in_root(root: &Path, path: &Path) -> io::Result<std::fs::File> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: a descriptor just returned by openat2(2), owned by nothing else.
-    let file = unsafe { std::fs::File::from_raw_fd(fd as i32) };
-    if !file.metadata()?.is_file() {
+    let handle = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    if !std::fs::File::from(handle.try_clone()?)
+        .metadata()?
+        .is_file()
+    {
         return Err(io::Error::other("not a regular file"));
     }
-    Ok(file)
+    // Reopening the handle's own file (not a path a container could change meanwhile).
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(format!("/proc/self/fd/{}", handle.as_raw_fd()))
 }
 
 // --- clocks ---------------------------------------------------------------------------------

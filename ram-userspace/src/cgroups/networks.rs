@@ -32,9 +32,17 @@ pub struct ContainerNetwork {
     pub pid: u32,
     /// The namespace's inode number (as `ip netns identify` and `lsns` show it).
     pub netns_inode: u64,
-    /// `nameserver` lines of the container's /etc/resolv.conf, in order.
+    /// `nameserver` lines of the container's /etc/resolv.conf, in order, without repeats, at
+    /// most [`MAXNS`] (as the C library reads them).
     pub nameservers: Vec<IpAddr>,
+    /// Its first process's bounding set holds CAP_NET_RAW.
+    pub net_raw: bool,
 }
+
+/// The C library uses the first three nameservers (resolv.h's MAXNS); the rest are never asked.
+pub const MAXNS: usize = 3;
+/// CAP_NET_RAW's bit in /proc/PID/status's capability sets.
+const CAP_NET_RAW: u32 = 13;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
@@ -91,6 +99,7 @@ pub fn container_network(
         pid,
         netns_inode,
         nameservers,
+        net_raw: has_net_raw(&process),
     }))
 }
 
@@ -105,7 +114,25 @@ fn read_nameservers(root: &Path) -> io::Result<Vec<IpAddr>> {
             "longer than {RESOLV_CONF_MAX} bytes"
         )));
     }
-    Ok(resolv::nameservers(&text))
+    let mut nameservers: Vec<IpAddr> = Vec::new();
+    for addr in resolv::nameservers(&text) {
+        if !nameservers.contains(&addr) && nameservers.len() < MAXNS {
+            nameservers.push(addr);
+        }
+    }
+    Ok(nameservers)
+}
+
+/// Whether the process's bounding set (`CapBnd`) holds CAP_NET_RAW; true when unreadable.
+fn has_net_raw(process: &Path) -> bool {
+    let Ok(status) = std::fs::read_to_string(process.join("status")) else {
+        return true;
+    };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapBnd:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_none_or(|caps| caps & (1 << CAP_NET_RAW) != 0)
 }
 
 /// The container's first process: of those in its cgroup (its own children included) whose
@@ -247,6 +274,20 @@ mod tests {
         fs::remove_file(root.join("etc/resolv.conf")).unwrap();
         fs::write(root.join("etc/resolv.conf"), "nameserver 127.0.0.11\n").unwrap();
         assert_eq!(read_nameservers(&root).unwrap(), vec![DOCKER_EMBEDDED_DNS]);
+        // At most three, without repeats, as the C library reads them.
+        let many: String = (1..=9)
+            .map(|i| format!("nameserver 192.0.2.{}\nnameserver 192.0.2.1\n", i))
+            .collect();
+        fs::write(root.join("etc/resolv.conf"), many).unwrap();
+        let expected: Vec<IpAddr> = ["192.0.2.1", "192.0.2.2", "192.0.2.3"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(read_nameservers(&root).unwrap(), expected);
+        // A device or a FIFO is never opened for reading.
+        fs::remove_file(root.join("etc/resolv.conf")).unwrap();
+        std::os::unix::fs::symlink("/dev/null", root.join("etc/resolv.conf")).unwrap();
+        assert!(read_nameservers(&root).is_err());
         fs::remove_dir_all(&base).unwrap();
     }
 }

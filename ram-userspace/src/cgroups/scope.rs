@@ -29,6 +29,17 @@ const MAX_DIRS: usize = 20_000;
 pub struct Found {
     pub path: PathBuf,
     pub reason: String,
+    /// The container (or BuildKit RUN step) whose cgroup it is: its id.
+    pub container: Option<String>,
+}
+
+/// A cgroup in scope now: found, and resolved to its current id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scoped {
+    pub dir: CgroupDir,
+    pub reason: String,
+    /// As in [`Found`].
+    pub container: Option<String>,
 }
 
 /// The Docker Engine's and containerd's cgroups: the systemd units' cgroups when they exist
@@ -44,6 +55,7 @@ pub fn engine_cgroups(mount: &Path, proc_root: &Path) -> (Vec<Found>, Vec<String
             found.push(Found {
                 path,
                 reason: format!("scope.docker: systemd unit {unit}"),
+                container: None,
             });
         }
     }
@@ -77,11 +89,11 @@ pub fn engine_cgroups(mount: &Path, proc_root: &Path) -> (Vec<Found>, Vec<String
             .entry(path)
             .or_insert_with(|| format!("scope.docker: cgroup of {comm} (pid {pid})"));
     }
-    found.extend(
-        by_path
-            .into_iter()
-            .map(|(path, reason)| Found { path, reason }),
-    );
+    found.extend(by_path.into_iter().map(|(path, reason)| Found {
+        path,
+        reason,
+        container: None,
+    }));
     (found, skipped)
 }
 
@@ -127,6 +139,7 @@ pub fn container_cgroups(mount: &Path) -> Containers {
                 found.push(Found {
                     path: entry.path(),
                     reason: format!("scope.containers: container {}", &id[..12]),
+                    container: Some(id),
                 });
             } else if is_buildkit_parent(&dir, &name) {
                 // Programs on a cgroup run for every cgroup made below it: enforcing the parent
@@ -135,11 +148,13 @@ pub fn container_cgroups(mount: &Path) -> Containers {
                     path: entry.path(),
                     reason: "scope.containers: BuildKit's RUN steps (every one, from its start)"
                         .into(),
+                    container: None,
                 });
             } else if let Some(id) = buildkit_step_id(&name) {
                 found.push(Found {
                     path: entry.path(),
                     reason: format!("scope.containers: BuildKit RUN step {id}"),
+                    container: Some(id.to_owned()),
                 });
             } else if depth + 1 < MAX_DEPTH {
                 stack.push((entry.path(), depth + 1));
@@ -234,36 +249,42 @@ fn cgroup_of(proc_root: &Path, pid: u32) -> Option<String> {
 
 /// The cgroups to enforce now (the command line's, then what the policy's scope finds), and
 /// whether the list is complete (a partial container walk must not release containers it did not reach).
-pub fn in_scope(
-    mount: &Path,
-    given: &[(CgroupDir, String)],
-    scope: &Scope,
-) -> (Vec<(CgroupDir, String)>, bool) {
+pub fn in_scope(mount: &Path, given: &[(CgroupDir, String)], scope: &Scope) -> (Vec<Scoped>, bool) {
     // Command-line cgroups are looked up by path again: a cgroup removed and made anew (a
     // service restarted) has a new id, and is enforced again.
-    let mut wanted: Vec<(CgroupDir, String)> = given
+    let mut wanted: Vec<Scoped> = given
         .iter()
         .filter_map(|(dir, why)| {
             let current = CgroupDir::resolve(mount, &dir.path).ok()?;
-            Some((current, why.clone()))
+            Some(Scoped {
+                dir: current,
+                reason: why.clone(),
+                container: None,
+            })
         })
         .collect();
-    let mut add = |path: &Path, why: String| match CgroupDir::resolve(mount, path) {
+    let mut add = |found: Found| match CgroupDir::resolve(mount, &found.path) {
         Ok(dir) => {
-            if !wanted.iter().any(|(d, _)| d.id == dir.id) {
-                wanted.push((dir, why));
+            if !wanted.iter().any(|w| w.dir.id == dir.id) {
+                wanted.push(Scoped {
+                    dir,
+                    reason: found.reason,
+                    container: found.container,
+                });
             }
         }
-        Err(err) => log::debug!("scope: {} not enforced: {err}", path.display()),
+        Err(err) => log::debug!("scope: {} not enforced: {err}", found.path.display()),
     };
     for path in &scope.cgroups {
-        add(path, format!("scope.cgroups: {}", path.display()));
+        add(Found {
+            path: path.clone(),
+            reason: format!("scope.cgroups: {}", path.display()),
+            container: None,
+        });
     }
     if scope.docker {
         let (found, skipped) = engine_cgroups(mount, Path::new("/proc"));
-        for found in found {
-            add(&found.path, found.reason);
-        }
+        found.into_iter().for_each(&mut add);
         for message in skipped {
             log::debug!("{message}");
         }
@@ -272,17 +293,101 @@ pub fn in_scope(
     if scope.containers {
         let containers = container_cgroups(mount);
         complete = containers.complete;
-        for found in containers.found {
-            add(&found.path, found.reason);
-        }
+        containers.found.into_iter().for_each(&mut add);
+        shim_children(mount, Path::new("/proc"))
+            .into_iter()
+            .for_each(&mut add);
     }
     if scope.whole_host {
         match CgroupDir::whole_host(mount) {
-            Ok(dir) => wanted.push((dir, "scope.whole_host: every process on the host".into())),
+            Ok(dir) => wanted.push(Scoped {
+                dir,
+                reason: "scope.whole_host: every process on the host".into(),
+                container: None,
+            }),
             Err(err) => log::warn!("scope.whole_host: {err}"),
         }
     }
     (wanted, complete)
+}
+
+/// The processes that start containers and stay their parent: containerd's shims (Docker's and
+/// containerd's own containers, `ctr run` among them) and Podman's and CRI-O's conmon.
+const SHIMS: [&str; 4] = [
+    "containerd-shim-runc-v2",
+    "containerd-shim-runc-v1",
+    "containerd-shim",
+    "conmon",
+];
+
+/// The cgroups of the containers that shims started, found by process rather than by name: a
+/// container named freely (`ctr run IMAGE web` makes `/default/web`) is found too. A shim's
+/// child is the container's first process, in the container's cgroup. Only root shims from a
+/// binary of that name count, and only shims outside every container (a container's root
+/// cannot name its own process `conmon` and have its children taken for containers).
+pub fn shim_children(mount: &Path, proc_root: &Path) -> Vec<Found> {
+    let mut found: Vec<Found> = Vec::new();
+    for (pid, comm) in processes(proc_root) {
+        if !SHIMS.contains(&comm.as_str()) || !is_root_binary(proc_root, pid, &comm) {
+            continue;
+        }
+        let Some(shim_cgroup) = cgroup_of(proc_root, pid) else {
+            continue;
+        };
+        if shim_cgroup == "/"
+            || shim_cgroup
+                .split('/')
+                .any(|part| container_id(part).is_some())
+        {
+            continue;
+        }
+        for child in children(proc_root, pid) {
+            let Some(relative) = cgroup_of(proc_root, child) else {
+                continue;
+            };
+            // Still in the shim's own cgroup: not moved into the container's yet.
+            if relative == shim_cgroup || relative == "/" {
+                continue;
+            }
+            let path = mount.join(relative.trim_start_matches('/'));
+            let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+                continue;
+            };
+            let id = container_id(&name).unwrap_or(name);
+            if found.iter().any(|f| f.path == path) {
+                continue;
+            }
+            found.push(Found {
+                reason: format!(
+                    "scope.containers: container {} (started by {comm})",
+                    short(&id)
+                ),
+                path,
+                container: Some(id),
+            });
+        }
+    }
+    found
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+/// The children of `pid` (`/proc/PID/task/*/children`).
+fn children(proc_root: &Path, pid: u32) -> Vec<u32> {
+    let Ok(tasks) = fs::read_dir(proc_root.join(pid.to_string()).join("task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|text| {
+            text.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -368,6 +473,7 @@ mod tests {
             vec![Found {
                 path: mount.0.join("docker-engine"),
                 reason: "scope.docker: cgroup of dockerd (pid 10)".into(),
+                container: None,
             }]
         );
         assert_eq!(skipped.len(), 1);

@@ -60,11 +60,16 @@ pub fn run(run_dir: &Path, json: bool) -> Result<()> {
         );
         for network in &status.container_networks {
             println!(
-                "  container {} (pid {}, netns inode {}): resolvers {}",
+                "  container {} (pid {}, netns inode {}): resolvers {}{}",
                 &network.container[..network.container.len().min(12)],
                 network.pid,
                 network.netns_inode,
-                network.resolvers.join(", ")
+                network.resolvers.join(", "),
+                if network.net_raw {
+                    " [has CAP_NET_RAW: can forge answers]"
+                } else {
+                    ""
+                }
             );
         }
     }

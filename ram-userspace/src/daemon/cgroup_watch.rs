@@ -14,12 +14,12 @@ use std::{
 
 use tokio::io::{Interest, unix::AsyncFd};
 
-use crate::{cgroups::CgroupDir, sys};
+use crate::{cgroups::scope::Scoped, sys};
 
 /// Where runtimes put containers, relative to the mount: Docker (cgroupfs driver) and its
 /// BuildKit, systemd's slices (Docker and containerd with the systemd driver, Podman), the
-/// kubelet's, Podman's cgroupfs parent.
-const USUAL_PARENTS: [&str; 9] = [
+/// kubelet's, Podman's cgroupfs parent, containerd's namespaces (`ctr run`: `/default/<id>`).
+const USUAL_PARENTS: [&str; 11] = [
     "docker",
     "docker/buildkit",
     "system.slice",
@@ -29,6 +29,8 @@ const USUAL_PARENTS: [&str; 9] = [
     "kubepods/besteffort",
     "kubepods/burstable",
     "libpod_parent",
+    "default",
+    "k8s.io",
 ];
 
 /// A directory made (a cgroup), or the queue overflowed (anything may have happened).
@@ -59,11 +61,11 @@ impl CgroupWatcher {
     }
 
     /// Watches the mount, the usual parents that exist, and the parents of `enforced`.
-    pub fn watch(&mut self, enforced: &[(CgroupDir, String)]) {
+    pub fn watch(&mut self, enforced: &[Scoped]) {
         let usual = USUAL_PARENTS.iter().map(|p| self.mount.join(p));
         let parents = enforced
             .iter()
-            .filter_map(|(dir, _)| dir.path.parent().map(Path::to_path_buf));
+            .filter_map(|scoped| scoped.dir.path.parent().map(Path::to_path_buf));
         let mut dirs: Vec<PathBuf> = std::iter::once(self.mount.clone())
             .chain(usual)
             .chain(parents)
@@ -72,8 +74,8 @@ impl CgroupWatcher {
         dirs.extend(
             enforced
                 .iter()
-                .filter(|(dir, _)| dir.path.ends_with("docker/buildkit"))
-                .map(|(dir, _)| dir.path.clone()),
+                .filter(|scoped| scoped.dir.path.ends_with("docker/buildkit"))
+                .map(|scoped| scoped.dir.path.clone()),
         );
         dirs.sort();
         dirs.dedup();

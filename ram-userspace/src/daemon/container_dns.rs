@@ -19,22 +19,34 @@ use crate::{
     cgroups::{
         CgroupDir,
         networks::{DOCKER_EMBEDDED_DNS, NetworkError, container_network},
-        scope::{container_id, run_step_id},
+        scope::{Scoped, run_step_id},
     },
     kernel::Enforcer,
-    policy::to_v6,
+    policy::{
+        resolv::{self, RESOLV_CONF},
+        to_v6,
+    },
     sys,
 };
+
+/// systemd-resolved's list of upstream servers (its stub at 127.0.0.53 is in /etc/resolv.conf);
+/// Docker copies these into containers when the host uses the stub.
+const SYSTEMD_RESOLVED_UPSTREAMS: &str = "/run/systemd/resolve/resolv.conf";
 
 /// One container whose namespace's resolvers are trusted.
 #[derive(Debug, Clone)]
 struct Trusted {
+    cgroup_id: u64,
     container: String,
     cgroup: PathBuf,
     pid: u32,
     netns_inode: u64,
     netns_cookie: u64,
+    /// Its nameservers that are trusted, and those that are not (not the host's).
     nameservers: Vec<IpAddr>,
+    ignored: Vec<IpAddr>,
+    /// Its first process may use CAP_NET_RAW (a packet socket bypasses the egress programs).
+    net_raw: bool,
 }
 
 #[derive(Default)]
@@ -50,6 +62,8 @@ pub struct ContainerDns {
     first_seen: HashMap<u64, Instant>,
     /// Containers whose network could not be read, each counted once.
     pub unreadable: u64,
+    /// The last failure to update the map, logged once until it changes.
+    sync_error: Option<String>,
 }
 
 /// How long after first seeing a container its runtime may still be setting it up (quick
@@ -60,14 +74,16 @@ impl ContainerDns {
     /// Brings the trust in line with `enforced` (the cgroups in scope): containers new to it are
     /// read, those gone (or out of scope) lose their trust, and `NETNS_RESOLVERS` is made to
     /// hold exactly what remains. With `enabled` false (no `scope.containers`), nothing is
-    /// trusted. `policy_resolvers` are where Docker's embedded DNS forwards from a container's
+    /// trusted. A `complete` false (the cgroup walk stopped early) takes no trust away.
+    /// `policy_resolvers` are where Docker's embedded DNS forwards from a container's
     /// namespace. Returns whether a container just found is still being set up by its runtime
     /// (worth another look in a moment).
     pub fn follow(
         &mut self,
         enforcer: &mut Enforcer,
         mount: &Path,
-        enforced: &[(CgroupDir, String)],
+        enforced: &[Scoped],
+        complete: bool,
         enabled: bool,
         policy_resolvers: &[IpAddr],
     ) -> bool {
@@ -76,26 +92,19 @@ impl ContainerDns {
         } else {
             Vec::new()
         };
-        let live: HashSet<u64> = containers.iter().map(|(dir, _)| dir.id).collect();
-        for gone in self.trusted.iter().filter(|(id, _)| !live.contains(id)) {
-            info!(
-                "container {}: DNS in its network namespace (inode {}) no longer trusted",
-                short(&gone.1.container),
-                gone.1.netns_inode
-            );
+        if complete || !enabled {
+            self.forget_gone(&containers);
         }
-        self.trusted.retain(|id, _| live.contains(id));
-        self.host_network.retain(|id| live.contains(id));
-        self.failing.retain(|id, _| live.contains(id));
-        self.first_seen.retain(|id, _| live.contains(id));
 
         let own_netns_inode = std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino());
+        let mut allowed: Option<Vec<IpAddr>> = None;
         let mut retry = false;
         for (dir, container) in &containers {
             if self.trusted.contains_key(&dir.id) || self.host_network.contains(&dir.id) {
                 continue;
             }
-            match read(mount, dir, container, own_netns_inode) {
+            let allowed = allowed.get_or_insert_with(|| allowed_resolvers(policy_resolvers));
+            match read(mount, dir, container, own_netns_inode, allowed) {
                 Err(Unreadable::NotYet) => {
                     let since = *self.first_seen.entry(dir.id).or_insert_with(Instant::now);
                     retry |= since.elapsed() < SETUP_WINDOW;
@@ -103,11 +112,27 @@ impl ContainerDns {
                 Ok(Some(trusted)) => {
                     info!(
                         "container {}: DNS trusted in its network namespace (inode {}) with \
-                         resolvers {}",
+                         resolvers {}{}",
                         short(container),
                         trusted.netns_inode,
-                        list(&trusted.nameservers)
+                        list(&trusted.nameservers),
+                        if trusted.ignored.is_empty() {
+                            String::new()
+                        } else {
+                            format!(
+                                " (not {}: not among the host's resolvers)",
+                                list(&trusted.ignored)
+                            )
+                        }
                     );
+                    if trusted.net_raw {
+                        warn!(
+                            "container {} has CAP_NET_RAW: a packet socket can forge answers on \
+                             loopback that the kernel would learn from; run it with \
+                             `--cap-drop NET_RAW` (see docs/limits.md)",
+                            short(container)
+                        );
+                    }
                     self.failing.remove(&dir.id);
                     self.trusted.insert(dir.id, trusted);
                 }
@@ -141,10 +166,37 @@ impl ContainerDns {
                     })
             })
             .collect();
-        if let Err(err) = enforcer.sync_container_resolvers(&wanted) {
-            warn!("updating the container networks' resolvers: {err}");
+        match enforcer.sync_container_resolvers(&wanted) {
+            Ok(_) => self.sync_error = None,
+            Err(err) => {
+                let text = err.to_string();
+                if self.sync_error.as_deref() != Some(&text) {
+                    warn!("updating the container networks' resolvers: {text}");
+                }
+                self.sync_error = Some(text);
+            }
         }
         retry
+    }
+
+    /// Takes the trust of containers no longer in `live` away.
+    fn forget_gone(&mut self, live: &[(CgroupDir, String)]) {
+        let live: HashSet<u64> = live.iter().map(|(dir, _)| dir.id).collect();
+        for gone in self
+            .trusted
+            .values()
+            .filter(|t| !live.contains(&t.cgroup_id))
+        {
+            info!(
+                "container {}: DNS in its network namespace (inode {}) no longer trusted",
+                short(&gone.container),
+                gone.netns_inode
+            );
+        }
+        self.trusted.retain(|id, _| live.contains(id));
+        self.host_network.retain(|id| live.contains(id));
+        self.failing.retain(|id, _| live.contains(id));
+        self.first_seen.retain(|id, _| live.contains(id));
     }
 
     /// For `ram status`.
@@ -161,52 +213,62 @@ impl ContainerDns {
                     .iter()
                     .map(ToString::to_string)
                     .collect(),
+                net_raw: t.net_raw,
             })
             .collect()
     }
 }
 
-/// The containers among the enforced cgroups (by id: a container id, a BuildKit step id), and
-/// the RUN steps below an enforced BuildKit parent.
-fn containers_in(enforced: &[(CgroupDir, String)]) -> Vec<(CgroupDir, String)> {
+/// The containers among the enforced cgroups (a container's id, a BuildKit step's), and the
+/// RUN steps below an enforced BuildKit parent.
+fn containers_in(enforced: &[Scoped]) -> Vec<(CgroupDir, String)> {
     let mut found = Vec::new();
-    for (dir, _) in enforced {
-        let name = dir.path.file_name().unwrap_or_default().to_string_lossy();
-        let parent = dir
-            .path
-            .parent()
-            .and_then(Path::file_name)
-            .unwrap_or_default()
-            .to_string_lossy();
-        if let Some(id) = container_id(&name) {
-            found.push((dir.clone(), id));
-        } else if let Some(id) = run_step_id(&parent, &name) {
-            found.push((dir.clone(), id.to_owned()));
-        } else if name == "buildkit" {
-            let Ok(entries) = std::fs::read_dir(&dir.path) else {
+    for scoped in enforced {
+        if let Some(id) = &scoped.container {
+            found.push((scoped.dir.clone(), id.clone()));
+            continue;
+        }
+        if !scoped.dir.path.ends_with("docker/buildkit") {
+            continue;
+        }
+        let Ok(entries) = std::fs::read_dir(&scoped.dir.path) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let step = entry.file_name().to_string_lossy().into_owned();
+            if run_step_id("buildkit", &step).is_none() {
                 continue;
-            };
-            for entry in entries.flatten() {
-                let step = entry.file_name().to_string_lossy().into_owned();
-                if run_step_id("buildkit", &step).is_none() {
-                    continue;
-                }
-                if let Ok(metadata) = entry.metadata()
-                    && metadata.is_dir()
-                {
-                    let path = entry.path();
-                    found.push((
-                        CgroupDir {
-                            id: metadata.ino(),
-                            path,
-                        },
-                        step,
-                    ));
-                }
+            }
+            if let Ok(metadata) = entry.metadata()
+                && metadata.is_dir()
+            {
+                let dir = CgroupDir {
+                    id: metadata.ino(),
+                    path: entry.path(),
+                };
+                found.push((dir, step));
             }
         }
     }
     found
+}
+
+/// The resolvers a container's resolv.conf may name and be trusted for: the host's (the
+/// policy's, /etc/resolv.conf's and systemd-resolved's upstreams, which runtimes copy into
+/// containers), and Docker's embedded DNS. Loopback ones other than that are the container's
+/// own. A container's root can rewrite its resolv.conf before the daemon reads it; it can then
+/// only pick among these.
+fn allowed_resolvers(policy_resolvers: &[IpAddr]) -> Vec<IpAddr> {
+    let mut allowed = vec![DOCKER_EMBEDDED_DNS];
+    let host = [RESOLV_CONF, SYSTEMD_RESOLVED_UPSTREAMS]
+        .into_iter()
+        .flat_map(|path| resolv::nameservers_from(Path::new(path)).unwrap_or_default());
+    for resolver in policy_resolvers.iter().copied().chain(host) {
+        if !resolver.is_loopback() && !allowed.contains(&resolver) {
+            allowed.push(resolver);
+        }
+    }
+    allowed
 }
 
 enum Unreadable {
@@ -215,12 +277,14 @@ enum Unreadable {
     Failed(String),
 }
 
-/// Reads a container's network: `Ok(None)` when it shares the daemon's.
+/// Reads a container's network: `Ok(None)` when it shares the daemon's. Only its nameservers
+/// among `allowed` are trusted.
 fn read(
     mount: &Path,
     dir: &CgroupDir,
     container: &str,
     own_netns_inode: u64,
+    allowed: &[IpAddr],
 ) -> Result<Option<Trusted>, Unreadable> {
     let network = container_network(mount, &dir.path, Path::new("/proc"), own_netns_inode)
         .map_err(|err| match err {
@@ -240,13 +304,26 @@ fn read(
         // The process ended and its pid was reused, or it moved: read again.
         return Err(Unreadable::NotYet);
     }
+    let (nameservers, ignored): (Vec<IpAddr>, Vec<IpAddr>) = network
+        .nameservers
+        .iter()
+        .partition(|addr| allowed.contains(addr));
+    if nameservers.is_empty() {
+        return Err(Unreadable::Failed(format!(
+            "none of its nameservers ({}) is one of the host's resolvers or Docker's embedded DNS",
+            list(&ignored)
+        )));
+    }
     Ok(Some(Trusted {
+        cgroup_id: dir.id,
         container: container.to_owned(),
         cgroup: dir.path.clone(),
         pid: network.pid,
         netns_inode,
         netns_cookie,
-        nameservers: network.nameservers,
+        nameservers,
+        ignored,
+        net_raw: network.net_raw,
     }))
 }
 

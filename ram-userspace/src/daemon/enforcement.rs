@@ -10,7 +10,10 @@ use log::{error, info, warn};
 
 use super::{Options, container_dns::ContainerDns, loaded::LoadedPolicy};
 use crate::{
-    cgroups::{CgroupDir, scope::in_scope},
+    cgroups::{
+        CgroupDir,
+        scope::{Scoped, in_scope},
+    },
     events::names::RuleNames,
     kernel::{EnforceError, Enforcer, OpenReport, PinDir},
 };
@@ -30,7 +33,7 @@ pub struct Enforcement {
     /// Which containers' networks are trusted for DNS, with which resolvers.
     pub container_dns: ContainerDns,
     /// The cgroups the last pass found in scope (with why).
-    pub in_scope: Vec<(CgroupDir, String)>,
+    pub in_scope: Vec<Scoped>,
 }
 
 impl Enforcement {
@@ -41,7 +44,7 @@ impl Enforcement {
         policy: LoadedPolicy,
     ) -> Result<(Self, Vec<CgroupDir>), EnforceError> {
         let (scoped, complete) = in_scope(&options.mount, &options.cgroups, &policy.policy.scope);
-        let dirs: Vec<CgroupDir> = scoped.iter().map(|(d, _)| d.clone()).collect();
+        let dirs: Vec<CgroupDir> = scoped.iter().map(|s| s.dir.clone()).collect();
         let (enforcer, report) = Enforcer::open(
             PinDir::new(options.pin_dir.clone()),
             &policy.compiled,
@@ -56,7 +59,10 @@ impl Enforcement {
             );
         }
         let mut enforcement = Self {
-            reasons: scoped.iter().map(|(d, why)| (d.id, why.clone())).collect(),
+            reasons: scoped
+                .iter()
+                .map(|s| (s.dir.id, s.reason.clone()))
+                .collect(),
             rules: RuleNames::new(&policy.compiled.rules),
             enforcer,
             policy,
@@ -67,7 +73,7 @@ impl Enforcement {
             container_dns: ContainerDns::default(),
             in_scope: Vec::new(),
         };
-        enforcement.follow_container_dns(&scoped);
+        enforcement.follow_container_dns(&scoped, complete);
         enforcement.in_scope = scoped;
         Ok((enforcement, dirs))
     }
@@ -84,7 +90,10 @@ impl Enforcement {
     /// Returns whether a container's network could not be read yet (worth a try again soon).
     pub fn follow_scope(&mut self) -> bool {
         let (wanted, complete) = in_scope(&self.mount, &self.given, &self.policy.policy.scope);
-        for (dir, why) in &wanted {
+        for Scoped {
+            dir, reason: why, ..
+        } in &wanted
+        {
             match self.enforcer.enforce(dir) {
                 Ok(true) => {
                     info!("enforcing on {} ({why})", dir.path.display());
@@ -94,7 +103,7 @@ impl Enforcement {
                 Err(err) => error!("cannot enforce on {} ({why}): {err}", dir.path.display()),
             }
         }
-        let retry = self.follow_container_dns(&wanted);
+        let retry = self.follow_container_dns(&wanted, complete);
         if !complete {
             log::debug!("scope: the cgroup walk was partial; releasing nothing this time");
             self.in_scope = wanted;
@@ -102,7 +111,7 @@ impl Enforcement {
         }
         let given: Vec<&PathBuf> = self.given.iter().map(|(d, _)| &d.path).collect();
         for (path, id, present) in self.enforcer.cgroups() {
-            if wanted.iter().any(|(d, _)| d.id == id) {
+            if wanted.iter().any(|w| w.dir.id == id) {
                 continue;
             }
             // A command-line cgroup that is gone stays listed (as removed) until it returns.
@@ -123,12 +132,13 @@ impl Enforcement {
         retry
     }
 
-    fn follow_container_dns(&mut self, enforced: &[(CgroupDir, String)]) -> bool {
+    fn follow_container_dns(&mut self, enforced: &[Scoped], complete: bool) -> bool {
         let compiled = &self.policy.compiled;
         self.container_dns.follow(
             &mut self.enforcer,
             &self.mount,
             enforced,
+            complete,
             compiled.container_dns,
             &compiled.resolvers,
         )

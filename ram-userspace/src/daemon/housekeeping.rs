@@ -42,7 +42,7 @@ impl Daemon {
             .enforcement
             .in_scope
             .iter()
-            .map(|(dir, _)| dir.clone())
+            .map(|scoped| scoped.dir.clone())
             .collect();
         self.auditor.enforced(&dirs);
         retry

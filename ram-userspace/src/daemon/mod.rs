@@ -168,8 +168,11 @@ async fn serve(options: Options, policy: LoadedPolicy, sink: AuditSink) -> Resul
     if let Some(cgroups) = &mut cgroups {
         cgroups.watch(&daemon.enforcement.in_scope);
     }
-    // While a container just found is not set up yet: a pass every QUICK_PASS.
+    // While a container just found is not set up yet: a pass every QUICK_PASS. One interval,
+    // not a sleep made anew on each turn, which a stream of events would keep putting off.
     let mut quick = false;
+    let mut quick_pass = tokio::time::interval(QUICK_PASS);
+    quick_pass.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let stop = loop {
         tokio::select! {
@@ -215,7 +218,7 @@ async fn serve(options: Options, policy: LoadedPolicy, sink: AuditSink) -> Resul
                 let retry = daemon.follow_scope();
                 quick = follow_up(&mut cgroups, &daemon, retry);
             }
-            _ = tokio::time::sleep(QUICK_PASS), if quick => {
+            _ = quick_pass.tick(), if quick => {
                 let retry = daemon.follow_scope();
                 quick = follow_up(&mut cgroups, &daemon, retry);
             }

@@ -378,7 +378,10 @@ fn container_dns_benchmarks() -> anyhow::Result<()> {
         .as_array()
         .is_some_and(|n| n.iter().any(|n| n["container"] == id.as_str()))
     {
-        ensure!(Instant::now() < deadline, "the container's network is not trusted");
+        ensure!(
+            Instant::now() < deadline,
+            "the container's network is not trusted"
+        );
         thread::sleep(Duration::from_millis(100));
     }
     // The enforced side: a cgroup below the container's, which inherits its programs.

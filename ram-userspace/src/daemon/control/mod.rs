@@ -63,6 +63,10 @@ pub struct ContainerNetworkStatus {
     pub netns_cookie: u64,
     /// Trusted in that namespace only.
     pub resolvers: Vec<String>,
+    /// Its first process may use CAP_NET_RAW, with which it could forge answers (see
+    /// docs/limits.md).
+    #[serde(default)]
+    pub net_raw: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
