@@ -1100,6 +1100,12 @@ impl EngineNet {
     /// A real dnsmasq on [`EngineNet::HOST_SIDE`] port 53, answering `records` only: the
     /// resolver the engine's resolv.conf names (see [`TestDocker::start_bridged`]).
     pub fn dnsmasq(&self, records: &[(&str, Ipv4Addr)]) -> Background {
+        self.dnsmasq_on(Self::HOST_SIDE, records)
+    }
+
+    /// As [`Self::dnsmasq`], on `addr` (an address of the test's side, see
+    /// [`Self::add_host_address`]).
+    pub fn dnsmasq_on(&self, addr: Ipv4Addr, records: &[(&str, Ipv4Addr)]) -> Background {
         let mut cmd = Command::new("dnsmasq");
         cmd.args([
             "--keep-in-foreground",
@@ -1113,12 +1119,12 @@ impl EngineNet {
             "--pid-file=",
             "--log-facility=-",
         ]);
-        cmd.arg(format!("--listen-address={}", Self::HOST_SIDE));
-        for (name, addr) in records {
-            cmd.arg(format!("--host-record={name},{addr}"));
+        cmd.arg(format!("--listen-address={addr}"));
+        for (name, answer) in records {
+            cmd.arg(format!("--host-record={name},{answer}"));
         }
         let server = Background::spawn("dnsmasq", cmd);
-        wait_for_tcp(SocketAddr::new(IpAddr::V4(Self::HOST_SIDE), 53));
+        wait_for_tcp(SocketAddr::new(IpAddr::V4(addr), 53));
         server
     }
 }

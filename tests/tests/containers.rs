@@ -330,6 +330,20 @@ fn container_networks_resolve_allowed_names_only() {
     );
     assert_eq!(blocked.accepted(), 0, "a blocked connection arrived");
 
+    // A container that names another resolver in its resolv.conf (its root may rewrite it
+    // before the daemon reads it) does not get it trusted: the lie teaches nothing, and the
+    // blocked host stays refused.
+    let rogue = format!(
+        "echo nameserver {BLOCKED_HOST} > /etc/resolv.conf; \
+         nslookup allowed.test {BLOCKED_HOST}; \
+         if timeout 10 nc -w 5 {BLOCKED_HOST} {PORT} </dev/null; then echo ROGUE-CONNECTED; \
+         else echo ROGUE-REFUSED; fi"
+    );
+    let (_, out, err, _) = docker.run(&["run", "--rm", "bb:latest", "sh", "-c", &rogue]);
+    assert!(out.contains("ROGUE-REFUSED"), "{out}{err}");
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(blocked.accepted(), 0, "the rogue resolver's answer opened the way");
+
     // A running container is listed with its namespace's resolvers (Docker's embedded DNS and
     // the policy's resolver it forwards to), and no more once it is gone.
     let (ok, out, err, _) = docker.run(&[
