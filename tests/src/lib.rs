@@ -1481,3 +1481,90 @@ impl TestNet {
         server
     }
 }
+
+/// containerd without dockerd, for one test: in `cgroup`, in `net`'s network namespace and a
+/// mount namespace of its own, with its own root, state and socket; the CRI plugin off (no
+/// CNI here). Containers are run with `ctr` against it.
+pub struct TestContainerd {
+    dir: TempDir,
+    daemon: Option<Background>,
+}
+
+impl TestContainerd {
+    /// Starts containerd; returns once `ctr version` answers (at most 30 s).
+    pub fn start(cgroup: &TestCgroup, net: &EngineNet) -> Self {
+        let others = other_engines(cgroup.path());
+        assert!(
+            others.is_empty(),
+            "a Docker Engine or containerd already runs on this machine (pids {others:?}); stop \
+             it first"
+        );
+        let dir = TempDir::new();
+        let root = dir.path();
+        let config = dir.write(
+            "config.toml",
+            &format!(
+                "version = 2\nroot = \"{root}/root\"\nstate = \"{root}/state\"\n\
+                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                 [grpc]\n  address = \"{root}/containerd.sock\"\n\
+                 [ttrpc]\n  address = \"{root}/containerd.sock.ttrpc\"\n",
+                root = root.display()
+            ),
+        );
+        let mut cmd = cgroup.command("nsenter");
+        cmd.arg(format!("--net={}", net.path().display()))
+            .args(["unshare", "--mount", "--propagation", "private", "--"])
+            .arg("containerd")
+            .arg(format!("--config={}", config.display()))
+            .arg("--log-level=warn");
+        let daemon =
+            Background::spawn_logging("containerd", cmd, Some(&root.join("containerd.log")));
+        let containerd = Self {
+            dir,
+            daemon: Some(daemon),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !containerd
+            .ctr()
+            .arg("version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not answer within 30 s"
+            );
+            thread::sleep(Duration::from_millis(200));
+        }
+        containerd
+    }
+
+    /// `ctr` aimed at this containerd.
+    pub fn ctr(&self) -> Command {
+        let mut cmd = Command::new("ctr");
+        cmd.arg(format!(
+            "--address={}",
+            self.dir.path().join("containerd.sock").display()
+        ));
+        cmd
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// What containerd logged so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for TestContainerd {
+    fn drop(&mut self) {
+        // containerd's shims and containers are in the test's cgroups, killed with them; the
+        // daemon itself is stopped by its own PID.
+        drop(self.daemon.take());
+    }
+}

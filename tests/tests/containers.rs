@@ -17,7 +17,7 @@ use std::{
 
 use std::net::Ipv4Addr;
 
-use ram_tests::{Daemon, EngineNet, TestCgroup, TestDocker, cgroup2_mount};
+use ram_tests::{Daemon, EngineNet, TestCgroup, TestContainerd, TestDocker, cgroup2_mount};
 use serde_json::Value;
 
 /// Where the test's namespace listens for what build steps send.
@@ -342,7 +342,11 @@ fn container_networks_resolve_allowed_names_only() {
     let (_, out, err, _) = docker.run(&["run", "--rm", "bb:latest", "sh", "-c", &rogue]);
     assert!(out.contains("ROGUE-REFUSED"), "{out}{err}");
     thread::sleep(Duration::from_millis(300));
-    assert_eq!(blocked.accepted(), 0, "the rogue resolver's answer opened the way");
+    assert_eq!(
+        blocked.accepted(),
+        0,
+        "the rogue resolver's answer opened the way"
+    );
 
     // A running container is listed with its namespace's resolvers (Docker's embedded DNS and
     // the policy's resolver it forwards to), and no more once it is gone.
@@ -536,4 +540,86 @@ fn build_steps_resolve_allowed_names_only() {
     );
     drop(daemon);
     drop(docker);
+}
+
+/// containerd without dockerd: `ctr run` makes `/default/<name>`, a cgroup no name pattern
+/// recognises; `scope.containers` finds it by its shim (the container's first process is the
+/// shim's child), from its start. Unenforced, the container reaches the test's listener; under
+/// the daemon, it is refused with EPERM, nothing arrives, and the audit names the container.
+#[test]
+fn containerd_containers_are_enforced() {
+    let parent = cgroup2_mount().join("default");
+    assert!(
+        !parent.exists(),
+        "{} exists: another containerd's containers, or a test's left over; remove it first",
+        parent.display()
+    );
+    let net = EngineNet::new();
+    let far_side = Acceptor::new(TcpListener::bind((EngineNet::HOST_SIDE, PORT)).unwrap());
+    let engine = TestCgroup::new();
+    let bystander = TestCgroup::new();
+    let containerd = TestContainerd::start(&engine, &net);
+    let _parent = TestCgroup::adopt(parent.clone());
+    let rootfs = containerd.dir().join("rootfs");
+    fs::create_dir_all(rootfs.join("bin")).unwrap();
+    fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    for applet in ["sh", "nc", "echo", "timeout"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+    }
+    let script = format!(
+        "if timeout 10 nc -w 5 {} {PORT} </dev/null; then echo CTR-CONNECTED; \
+         else echo CTR-REFUSED; fi",
+        EngineNet::HOST_SIDE
+    );
+    let run = |name: &str| {
+        let output = containerd
+            .ctr()
+            .args([
+                "run",
+                "--rm",
+                "--net-host",
+                "--env",
+                "PATH=/bin",
+                "--rootfs",
+            ])
+            .arg(&rootfs)
+            .args([name, "sh", "-c", &script])
+            .output()
+            .expect("running ctr");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    };
+
+    let out = run("ramctr-plain");
+    assert!(out.contains("CTR-CONNECTED"), "{out}\n{}", containerd.log());
+    assert!(
+        eventually(Duration::from_secs(5), || far_side.accepted() == 1),
+        "the unenforced container's connection never arrived"
+    );
+
+    let policy = "[scope]\ncontainers = true\n\n[registry_access]\nallow_loopback = true\n\n\
+                  [dns]\nresolvers = []\n";
+    let daemon = Daemon::start(policy, &[bystander.path()]).expect("daemon starts");
+    let out = run("ramctr-held");
+    assert!(out.contains("CTR-REFUSED"), "{out}");
+    assert!(out.contains("Operation not permitted"), "{out}");
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        far_side.accepted(),
+        1,
+        "the enforced container's connection arrived"
+    );
+    let records = daemon.audit_records();
+    assert!(
+        records.iter().any(|r| r["verdict"] == "deny"
+            && r["dst_port"] == PORT
+            && r["cgroup"] == "/default/ramctr-held"
+            && r["container_id"] == "ramctr-held"),
+        "{records:?}"
+    );
+    drop(daemon);
+    drop(containerd);
 }

@@ -328,9 +328,15 @@ const SHIMS: [&str; 4] = [
 pub fn shim_children(mount: &Path, proc_root: &Path) -> Vec<Found> {
     let mut found: Vec<Found> = Vec::new();
     for (pid, comm) in processes(proc_root) {
-        if !SHIMS.contains(&comm.as_str()) || !is_root_binary(proc_root, pid, &comm) {
+        // The kernel keeps 15 bytes of a name (`containerd-shim` for each containerd shim):
+        // the binary's own name decides.
+        let Some(shim) = SHIMS
+            .iter()
+            .find(|shim| shim.starts_with(comm.as_str()) && is_root_binary(proc_root, pid, shim))
+        else {
             continue;
-        }
+        };
+        let comm = *shim;
         let Some(shim_cgroup) = cgroup_of(proc_root, pid) else {
             continue;
         };
@@ -341,12 +347,11 @@ pub fn shim_children(mount: &Path, proc_root: &Path) -> Vec<Found> {
         {
             continue;
         }
-        for child in children(proc_root, pid) {
+        for child in container_processes(proc_root, pid, &shim_cgroup) {
             let Some(relative) = cgroup_of(proc_root, child) else {
                 continue;
             };
-            // Still in the shim's own cgroup: not moved into the container's yet.
-            if relative == shim_cgroup || relative == "/" {
+            if relative == "/" {
                 continue;
             }
             let path = mount.join(relative.trim_start_matches('/'));
@@ -372,6 +377,32 @@ pub fn shim_children(mount: &Path, proc_root: &Path) -> Vec<Found> {
 
 fn short(id: &str) -> &str {
     &id[..id.len().min(12)]
+}
+
+/// How deep below a shim its container's first process may be: the shim's child is the
+/// runtime (`runc create`, in the shim's cgroup) until the runtime exits, the container's
+/// process its child; then the shim adopts it.
+const SHIM_DEPTH: usize = 3;
+
+/// The shim's descendants that are no longer in its cgroup (`shim_cgroup`), looking no deeper
+/// than the first such process on each branch, nor than [`SHIM_DEPTH`] levels.
+fn container_processes(proc_root: &Path, shim: u32, shim_cgroup: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    let mut level = vec![shim];
+    for _ in 0..SHIM_DEPTH {
+        let mut next = Vec::new();
+        for pid in level {
+            for child in children(proc_root, pid) {
+                match cgroup_of(proc_root, child) {
+                    Some(cgroup) if cgroup != shim_cgroup => found.push(child),
+                    Some(_) => next.push(child),
+                    None => {}
+                }
+            }
+        }
+        level = next;
+    }
+    found
 }
 
 /// The children of `pid` (`/proc/PID/task/*/children`).
@@ -549,5 +580,41 @@ mod tests {
         assert_eq!(container_id(&format!("docker-{}.scope", &ID[1..])), None);
         assert_eq!(container_id("docker.service"), None);
         assert_eq!(container_id(&format!("docker-{}x.scope", &ID[1..])), None);
+    }
+
+    /// `ctr run` makes `/default/web`: found through the shim, whose child is `runc create`
+    /// (still in the shim's cgroup) while the container's first process is its grandchild. A
+    /// process named like a shim but run from elsewhere counts for nothing.
+    #[test]
+    fn containers_are_found_by_their_shim() {
+        let mount = Tree::new("shim");
+        let proc = Tree::new("shim-proc");
+        let process = |pid: &str, comm: &str, cgroup: &str, children: &str| {
+            proc.file(&format!("{pid}/comm"), &format!("{comm}\n"));
+            proc.file(&format!("{pid}/cgroup"), &format!("0::{cgroup}\n"));
+            proc.file(&format!("{pid}/task/{pid}/children"), children);
+        };
+        process(
+            "50",
+            "containerd-shim",
+            "/system.slice/containerd.service",
+            "51 ",
+        );
+        proc.exe("50", "/usr/bin/containerd-shim-runc-v2");
+        process("51", "runc", "/system.slice/containerd.service", "52 ");
+        process("52", "sh", "/default/web", "");
+        process("60", "conmon", "/user.slice", "61 ");
+        proc.exe("60", "/home/mallory/conmon-lookalike");
+        process("61", "sh", "/user.slice/fake", "");
+        let found = shim_children(&mount.0, &proc.0);
+        assert_eq!(
+            found,
+            vec![Found {
+                path: mount.0.join("default/web"),
+                reason: "scope.containers: container web (started by containerd-shim-runc-v2)"
+                    .into(),
+                container: Some("web".into()),
+            }]
+        );
     }
 }

@@ -38,13 +38,7 @@ impl Daemon {
     /// in audit records. Returns whether a container needs another look soon.
     pub(super) fn follow_scope(&mut self) -> bool {
         let retry = self.enforcement.follow_scope();
-        let dirs: Vec<_> = self
-            .enforcement
-            .in_scope
-            .iter()
-            .map(|scoped| scoped.dir.clone())
-            .collect();
-        self.auditor.enforced(&dirs);
+        self.auditor.enforced(&self.enforcement.in_scope);
         retry
     }
 

@@ -171,6 +171,7 @@ async fn serve(options: Options, policy: LoadedPolicy, sink: AuditSink) -> Resul
     // While a container just found is not set up yet: a pass every QUICK_PASS. One interval,
     // not a sleep made anew on each turn, which a stream of events would keep putting off.
     let mut quick = false;
+    let mut created_until: Option<tokio::time::Instant> = None;
     let mut quick_pass = tokio::time::interval(QUICK_PASS);
     quick_pass.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -215,10 +216,16 @@ async fn serve(options: Options, policy: LoadedPolicy, sink: AuditSink) -> Resul
                     warn!("watching for new cgroups failed ({err}); the one-second pass remains");
                     cgroups = None;
                 }
+                // A runtime makes the cgroup first and puts the container's process in it a
+                // moment later: look again for a little while.
+                created_until = Some(tokio::time::Instant::now() + AFTER_CREATION);
                 let retry = daemon.follow_scope();
                 quick = follow_up(&mut cgroups, &daemon, retry);
             }
-            _ = quick_pass.tick(), if quick => {
+            _ = quick_pass.tick(), if quick || created_until.is_some() => {
+                if created_until.is_some_and(|until| tokio::time::Instant::now() >= until) {
+                    created_until = None;
+                }
                 let retry = daemon.follow_scope();
                 quick = follow_up(&mut cgroups, &daemon, retry);
             }
@@ -276,6 +283,8 @@ async fn serve(options: Options, policy: LoadedPolicy, sink: AuditSink) -> Resul
 /// its cgroup appears, and its first DNS lookup must find its network trusted.
 /// (How long a container counts as just found is `container_dns::SETUP_WINDOW`.)
 const QUICK_PASS: Duration = Duration::from_millis(10);
+/// Quick passes go on this long after a cgroup appeared where containers appear.
+const AFTER_CREATION: Duration = Duration::from_millis(500);
 
 /// After a scope pass: watches the cgroups now in scope, and keeps passing quickly while a
 /// container just found needs another look (`retry`).

@@ -3,12 +3,17 @@
 //! cgroup path, policy entry).
 
 use std::{
+    collections::HashMap,
     fs,
     path::{Path, PathBuf},
 };
 
 use log::{info, warn};
 use ram_common::{DnsEvent, GateEvent, LearnedKey, Reason};
+
+/// Container ids of enforced cgroups remembered for naming events (containers come and go;
+/// the map is emptied rather than grown past this).
+const CONTAINERS_REMEMBERED: usize = 4096;
 
 use super::{
     answers::named_addresses,
@@ -20,7 +25,7 @@ use super::{
     sink::{AuditLogError, AuditSink},
 };
 use crate::{
-    cgroups::{containers::ContainerInfos, names::CgroupNames},
+    cgroups::{containers::ContainerInfos, names::CgroupNames, scope::Scoped},
     policy::to_v6,
     sys,
 };
@@ -33,6 +38,8 @@ pub struct Auditor {
     sink: AuditSink,
     cgroup_names: CgroupNames,
     containers: ContainerInfos,
+    /// Container ids of enforced cgroups, as the scope found them (bounded).
+    container_of: HashMap<u64, String>,
     hostnames: Hostnames,
     /// CLOCK_REALTIME − CLOCK_BOOTTIME: the programs stamp events with the boot clock.
     clock_offset: i128,
@@ -48,6 +55,7 @@ impl Auditor {
             sink,
             cgroup_names: CgroupNames::new(enforced),
             containers: ContainerInfos::default(),
+            container_of: HashMap::new(),
             hostnames: Hostnames::default(),
             clock_offset: sys::realtime_minus_boottime_ns(),
             dropped_reported: read_dropped_reported(run_dir),
@@ -65,9 +73,25 @@ impl Auditor {
         self.sink.describe()
     }
 
-    /// The cgroups enforced now (see [`CgroupNames::enforced`]).
-    pub fn enforced(&mut self, dirs: &[crate::cgroups::CgroupDir]) {
-        self.cgroup_names.enforced(dirs);
+    /// The cgroups enforced now (see [`CgroupNames::enforced`]), and the containers among them
+    /// (a container named freely, `ctr run … web`, is known by its scope entry, not its path).
+    pub fn enforced(&mut self, scoped: &[Scoped]) {
+        let dirs: Vec<_> = scoped.iter().map(|s| s.dir.clone()).collect();
+        self.cgroup_names.enforced(&dirs);
+        if self.container_of.len() > CONTAINERS_REMEMBERED {
+            self.container_of.clear();
+        }
+        for entry in scoped {
+            if let Some(container) = &entry.container {
+                self.container_of.insert(entry.dir.id, container.clone());
+            }
+        }
+    }
+
+    /// The container of cgroup `id` at `path`: by the path's name, or as the scope found it.
+    fn container(&mut self, id: u64, path: Option<&str>) -> Option<String> {
+        path.and_then(container_id)
+            .or_else(|| self.container_of.get(&id).cloned())
     }
 
     pub fn cgroup_name(&mut self, id: u64) -> Option<String> {
@@ -88,6 +112,7 @@ impl Auditor {
         let cgroup = self.cgroup_names.lookup(event.cgroup_id);
         let mut record = AuditRecord::from_event(event, self.clock_offset, cgroup);
         record.rule = rules.text(event.rule_id);
+        record.container_id = self.container(event.cgroup_id, record.cgroup.as_deref());
         if let Some(id) = &record.container_id {
             let info = self.containers.lookup(id);
             record.container_name = info.name;
@@ -116,7 +141,7 @@ impl Auditor {
         is_learned: impl Fn(&LearnedKey) -> bool,
     ) {
         let cgroup = self.cgroup_names.lookup(event.cgroup_id);
-        let container_id = cgroup.as_deref().and_then(container_id);
+        let container_id = self.container(event.cgroup_id, cgroup.as_deref());
         let container = container_id
             .as_deref()
             .map(|id| self.containers.lookup(id))
