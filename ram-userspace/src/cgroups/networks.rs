@@ -276,7 +276,7 @@ mod tests {
         assert_eq!(read_nameservers(&root).unwrap(), vec![DOCKER_EMBEDDED_DNS]);
         // At most three, without repeats, as the C library reads them.
         let many: String = (1..=9)
-            .map(|i| format!("nameserver 192.0.2.{}\nnameserver 192.0.2.1\n", i))
+            .map(|i| format!("nameserver 192.0.2.{i}\nnameserver 192.0.2.1\n"))
             .collect();
         fs::write(root.join("etc/resolv.conf"), many).unwrap();
         let expected: Vec<IpAddr> = ["192.0.2.1", "192.0.2.2", "192.0.2.3"]
