@@ -623,3 +623,102 @@ fn containerd_containers_are_enforced() {
     drop(daemon);
     drop(containerd);
 }
+
+/// A buildx `docker-container` builder is a container running buildkitd, which runs each RUN
+/// step in a cgroup below its own and, in BuildKit's default network mode, in the builder's
+/// network namespace. BuildKit is not packaged in Debian (its image cannot be built here), so
+/// a stand-in takes that shape: a cgroup made below an enforced container's, and a process in
+/// it that joins the container's namespaces. Enforced from its first instruction (the
+/// container's programs are inherited), its DNS trusted as the builder's; the blocked host is
+/// refused with EPERM, nothing arrives, and the audit names the builder container.
+#[test]
+fn builder_container_steps_are_enforced() {
+    let docker_parent = cgroup2_mount().join("docker");
+    assert!(
+        !docker_parent.exists(),
+        "{} exists: another Docker Engine's containers, or a test's left over; remove it first",
+        docker_parent.display()
+    );
+    let net = EngineNet::new();
+    net.add_host_address(ALLOWED_HOST);
+    net.add_host_address(BLOCKED_HOST);
+    let _dns = net.dnsmasq(&[
+        ("allowed.test", ALLOWED_HOST),
+        ("blocked.test", BLOCKED_HOST),
+    ]);
+    let allowed = Acceptor::new(TcpListener::bind((ALLOWED_HOST, PORT)).unwrap());
+    let blocked = Acceptor::new(TcpListener::bind((BLOCKED_HOST, PORT)).unwrap());
+    let engine = TestCgroup::new();
+    let bystander = TestCgroup::new();
+    let docker = TestDocker::start_bridged(&engine, &net);
+    let _docker_parent = TestCgroup::adopt(docker_parent.clone());
+    import_busybox(&docker);
+    let policy = format!(
+        "[scope]\ncontainers = true\n\n[registry_access]\nallow = [\"allowed.test\"]\n\
+         allow_loopback = true\n\n[dns]\nresolvers = [\"{}\"]\n",
+        EngineNet::HOST_SIDE
+    );
+    let daemon = Daemon::start(&policy, &[bystander.path()]).expect("daemon starts");
+    let (ok, out, err, _) = docker.run(&[
+        "run",
+        "-d",
+        "--name",
+        "ram-builder",
+        "bb:latest",
+        "sleep",
+        "60",
+    ]);
+    assert!(ok, "{err}");
+    let id = out.trim().to_owned();
+    let (ok, pid, err, _) = docker.run(&["inspect", "-f", "{{.State.Pid}}", &id]);
+    assert!(ok, "{err}");
+    let pid = pid.trim().to_owned();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            daemon.status()["container_networks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n["container"] == id.as_str())
+        }),
+        "the builder's network is not trusted: {:?}",
+        daemon.status()
+    );
+
+    let step = TestCgroup::new_in(&docker_parent.join(&id));
+    let output = step
+        .command("nsenter")
+        .args(["-t", &pid, "-n", "-m", "-r", "-w", "/bin/sh", "-c"])
+        .arg(lookup_and_connect_script())
+        .output()
+        .expect("running nsenter");
+    let out = String::from_utf8_lossy(&output.stdout).into_owned();
+    let err = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(out.contains("A-CONNECTED"), "{out}{err}");
+    assert!(
+        out.contains("B-REFUSED") && out.contains("RAW-REFUSED"),
+        "{out}{err}"
+    );
+    assert!(
+        err.matches("Operation not permitted").count() >= 2,
+        "{out}{err}"
+    );
+    thread::sleep(Duration::from_millis(300));
+    assert!(allowed.accepted() >= 1);
+    assert_eq!(blocked.accepted(), 0, "a blocked connection arrived");
+    let step_cgroup = format!(
+        "/{}",
+        step.path().strip_prefix(cgroup2_mount()).unwrap().display()
+    );
+    let records = daemon.audit_records();
+    assert!(
+        records.iter().any(|r| r["verdict"] == "deny"
+            && r["cgroup"] == step_cgroup.as_str()
+            && r["container_id"] == id.as_str()
+            && r["container_name"] == "ram-builder"),
+        "{step_cgroup}: {records:?}"
+    );
+    drop(step);
+    drop(daemon);
+    drop(docker);
+}

@@ -12,9 +12,15 @@ use std::{
     path::{Path, PathBuf},
 };
 
-/// The engine processes and systemd units `scope.docker` looks for.
-const ENGINE_UNITS: [&str; 2] = ["docker.service", "containerd.service"];
-const ENGINE_PROCESSES: [&str; 2] = ["dockerd", "containerd"];
+/// The engine processes and systemd units `scope.docker` looks for: the Docker Engine,
+/// containerd, Podman's API service and a standalone BuildKit daemon.
+const ENGINE_UNITS: [&str; 4] = [
+    "docker.service",
+    "containerd.service",
+    "podman.service",
+    "buildkit.service",
+];
+const ENGINE_PROCESSES: [&str; 4] = ["dockerd", "containerd", "podman", "buildkitd"];
 
 /// Prefixes runtimes put before a container id in a cgroup name (`docker-<id>.scope`).
 const CONTAINER_PREFIXES: [&str; 5] = ["docker-", "cri-containerd-", "crio-", "libpod-", ""];
@@ -42,10 +48,11 @@ pub struct Scoped {
     pub container: Option<String>,
 }
 
-/// The Docker Engine's and containerd's cgroups: the systemd units' cgroups when they exist
-/// (`system.slice/docker.service`), otherwise the cgroups of running `dockerd`/`containerd`
-/// processes (cgroupfs layouts, engines started by hand). The cgroup2 root is never returned:
-/// an engine running there is reported in `skipped`.
+/// The engines' cgroups (the Docker Engine, containerd, Podman's API service, BuildKit's
+/// daemon): their systemd units' cgroups where they exist (`system.slice/docker.service`), and
+/// the cgroups of running `dockerd`/`containerd`/`podman system service`/`buildkitd` processes
+/// (cgroupfs layouts, engines started by hand). The cgroup2 root is never returned: an engine
+/// running there is reported in `skipped`.
 pub fn engine_cgroups(mount: &Path, proc_root: &Path) -> (Vec<Found>, Vec<String>) {
     let mut found = Vec::new();
     let mut skipped = Vec::new();
@@ -59,9 +66,6 @@ pub fn engine_cgroups(mount: &Path, proc_root: &Path) -> (Vec<Found>, Vec<String
             });
         }
     }
-    if !found.is_empty() {
-        return (found, skipped);
-    }
     let mut by_path: BTreeMap<PathBuf, String> = BTreeMap::new();
     // dockerd before containerd, then by pid: a cgroup holding both is named after dockerd,
     // whatever order /proc lists them in.
@@ -69,7 +73,10 @@ pub fn engine_cgroups(mount: &Path, proc_root: &Path) -> (Vec<Found>, Vec<String
         .into_iter()
         .filter_map(|(pid, comm)| {
             let rank = ENGINE_PROCESSES.iter().position(|e| *e == comm)?;
-            is_root_binary(proc_root, pid, &comm).then_some((rank, pid, comm))
+            // `podman` is also every command a user types: only its API service is an engine.
+            let engine = is_root_binary(proc_root, pid, &comm)
+                && (comm != "podman" || is_podman_service(proc_root, pid));
+            engine.then_some((rank, pid, comm))
         })
         .collect();
     engines.sort();
@@ -89,6 +96,8 @@ pub fn engine_cgroups(mount: &Path, proc_root: &Path) -> (Vec<Found>, Vec<String
             .entry(path)
             .or_insert_with(|| format!("scope.docker: cgroup of {comm} (pid {pid})"));
     }
+    // A unit's cgroup found above is not listed twice.
+    by_path.retain(|path, _| !found.iter().any(|f| f.path == *path));
     found.extend(by_path.into_iter().map(|(path, reason)| Found {
         path,
         reason,
@@ -202,6 +211,16 @@ fn is_buildkit_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+}
+
+/// Whether `podman` process `pid` is `podman system service` (the Docker-compatible API).
+fn is_podman_service(proc_root: &Path, pid: u32) -> bool {
+    let Ok(cmdline) = fs::read(proc_root.join(pid.to_string()).join("cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    args.windows(2)
+        .any(|pair| pair[0] == b"system" && pair[1] == b"service")
 }
 
 /// Pids of the processes named `comm` that run as root from a binary of that name (anyone can
@@ -473,6 +492,47 @@ mod tests {
         assert_eq!(found[0].path, mount.0.join("system.slice/docker.service"));
         assert!(found[0].reason.contains("systemd unit docker.service"));
         assert!(skipped.is_empty());
+    }
+
+    /// Podman's API service and BuildKit's daemon are engines; a `podman` a user types is not.
+    #[test]
+    fn podman_service_and_buildkitd_are_engines() {
+        let mount = Tree::new("podman");
+        let proc = Tree::new("podman-proc");
+        let process = |pid: &str, comm: &str, exe: &str, cgroup: &str, cmdline: &[u8]| {
+            proc.file(&format!("{pid}/comm"), &format!("{comm}\n"));
+            proc.file(&format!("{pid}/cgroup"), &format!("0::{cgroup}\n"));
+            proc.exe(pid, exe);
+            fs::write(proc.0.join(pid).join("cmdline"), cmdline).unwrap();
+        };
+        process(
+            "20",
+            "podman",
+            "/usr/bin/podman",
+            "/podman-api",
+            b"podman\0system\0service\0",
+        );
+        process(
+            "21",
+            "podman",
+            "/usr/bin/podman",
+            "/user.slice/s1",
+            b"podman\0run\0alpine\0",
+        );
+        process(
+            "22",
+            "buildkitd",
+            "/usr/bin/buildkitd",
+            "/buildkit",
+            b"buildkitd\0",
+        );
+        let (found, _) = engine_cgroups(&mount.0, &proc.0);
+        let paths: Vec<&Path> = found.iter().map(|f| f.path.as_path()).collect();
+        assert_eq!(
+            paths,
+            vec![mount.0.join("buildkit"), mount.0.join("podman-api")],
+            "{found:?}"
+        );
     }
 
     #[test]
