@@ -1568,3 +1568,150 @@ impl Drop for TestContainerd {
         drop(self.daemon.take());
     }
 }
+
+/// Rootful Podman for one test: every command runs in `net`'s network namespace (where Podman's
+/// CNI bridge and its iptables rules go) and in a private mount namespace where the test's
+/// resolv.conf is /etc/resolv.conf and tmpfs hide the host's CNI state and netns directory;
+/// its own storage (vfs), run directory and network configuration; the cgroupfs manager, so
+/// containers land in `/libpod_parent/libpod-<id>`, started from the test's `cgroup`.
+pub struct TestPodman {
+    dir: TempDir,
+    net: PathBuf,
+    cgroup: PathBuf,
+}
+
+impl TestPodman {
+    pub fn new(cgroup: &TestCgroup, net: &EngineNet, resolver: IpAddr) -> Self {
+        let dir = TempDir::new();
+        dir.write("resolv.conf", &format!("nameserver {resolver}\n"));
+        fs::create_dir_all(dir.path().join("networks")).expect("creating the network dir");
+        Self {
+            dir,
+            net: net.path(),
+            cgroup: cgroup.path().to_owned(),
+        }
+    }
+
+    /// `podman ARGS` as described above.
+    pub fn podman(&self) -> Command {
+        let root = self.dir.path();
+        let procs = self.cgroup.join("cgroup.procs");
+        let mut cmd = Command::new("nsenter");
+        // SAFETY: only async-signal-safe work between fork and exec: one write(2).
+        unsafe {
+            cmd.pre_exec(move || fs::write(&procs, b"0"));
+        }
+        cmd.arg(format!("--net={}", self.net.display()))
+            .args([
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "--",
+                "sh",
+                "-c",
+            ])
+            .arg(
+                "r=$1; shift; mount --bind \"$r\" /etc/resolv.conf && \
+                 mount -t tmpfs tmpfs /var/lib && mount -t tmpfs tmpfs /run/netns && \
+                 exec podman \"$@\"",
+            )
+            .arg("sh")
+            .arg(root.join("resolv.conf"))
+            .arg(format!("--root={}", root.join("storage").display()))
+            .arg(format!("--runroot={}", root.join("run").display()))
+            .arg(format!("--tmpdir={}", root.join("tmp").display()))
+            .arg(format!(
+                "--network-config-dir={}",
+                root.join("networks").display()
+            ))
+            .args([
+                "--storage-driver=vfs",
+                "--cgroup-manager=cgroupfs",
+                "--events-backend=none",
+                "--log-level=warn",
+            ]);
+        cmd
+    }
+
+    /// Imports `rootfs` (a directory) as image `tag`.
+    pub fn import_rootfs(&self, rootfs: &Path, tag: &str) {
+        let tar = self.dir.path().join("rootfs.tar");
+        let status = Command::new("tar")
+            .arg("-C")
+            .arg(rootfs)
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .status()
+            .expect("running tar");
+        assert!(status.success(), "tar failed");
+        let output = self
+            .podman()
+            .arg("import")
+            .arg(&tar)
+            .arg(tag)
+            .output()
+            .expect("running podman import");
+        assert!(
+            output.status.success(),
+            "podman import: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// On a hybrid cgroup layout (cgroup2 beside v1 hierarchies, as here), engines also make their
+/// cgroup parent (`docker`, `libpod_parent`, `default`) in each v1 hierarchy. Those made while
+/// this guard lived are removed on drop (deepest first; only empty directories can go): declare
+/// it before the engine's cgroup, so that it goes after the engine's processes.
+pub struct V1Parents {
+    made: Vec<PathBuf>,
+}
+
+impl V1Parents {
+    /// Notes which v1 hierarchies have no `name` yet.
+    pub fn new(name: &str) -> Self {
+        let made = Self::hierarchies()
+            .into_iter()
+            .map(|h| h.join(name))
+            .filter(|p| !p.exists())
+            .collect();
+        Self { made }
+    }
+
+    fn hierarchies() -> Vec<PathBuf> {
+        let Ok(entries) = fs::read_dir("/sys/fs/cgroup") else {
+            return Vec::new();
+        };
+        let mount = cgroup2_mount();
+        entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_dir() && *p != mount && p.join("tasks").exists())
+            .collect()
+    }
+
+    fn remove_empty_tree(path: &Path) {
+        if let Ok(entries) = fs::read_dir(path) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    Self::remove_empty_tree(&entry.path());
+                }
+            }
+        }
+        let _ = fs::remove_dir(path);
+    }
+}
+
+impl Drop for V1Parents {
+    fn drop(&mut self) {
+        for path in &self.made {
+            Self::remove_empty_tree(path);
+        }
+    }
+}

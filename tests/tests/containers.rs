@@ -17,7 +17,9 @@ use std::{
 
 use std::net::Ipv4Addr;
 
-use ram_tests::{Daemon, EngineNet, TestCgroup, TestContainerd, TestDocker, cgroup2_mount};
+use ram_tests::{
+    Daemon, EngineNet, TestCgroup, TestContainerd, TestDocker, TestPodman, V1Parents, cgroup2_mount,
+};
 use serde_json::Value;
 
 /// Where the test's namespace listens for what build steps send.
@@ -134,6 +136,7 @@ fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
 fn buildkit_run_steps_are_enforced() {
     // The cgroupfs driver makes `docker/` at the mount; the test removes it only if it made it.
     let docker_parent = cgroup2_mount().join("docker");
+    let _v1 = V1Parents::new("docker");
     assert!(
         !docker_parent.exists(),
         "{} exists: another Docker Engine's containers, or a test's left over; remove it first",
@@ -261,6 +264,7 @@ fn lookup_and_connect_script() -> String {
 #[test]
 fn container_networks_resolve_allowed_names_only() {
     let docker_parent = cgroup2_mount().join("docker");
+    let _v1 = V1Parents::new("docker");
     assert!(
         !docker_parent.exists(),
         "{} exists: another Docker Engine's containers, or a test's left over; remove it first",
@@ -469,6 +473,7 @@ fn container_networks_resolve_allowed_names_only() {
 #[test]
 fn build_steps_resolve_allowed_names_only() {
     let docker_parent = cgroup2_mount().join("docker");
+    let _v1 = V1Parents::new("docker");
     assert!(
         !docker_parent.exists(),
         "{} exists: another Docker Engine's containers, or a test's left over; remove it first",
@@ -549,6 +554,7 @@ fn build_steps_resolve_allowed_names_only() {
 #[test]
 fn containerd_containers_are_enforced() {
     let parent = cgroup2_mount().join("default");
+    let _v1 = V1Parents::new("default");
     assert!(
         !parent.exists(),
         "{} exists: another containerd's containers, or a test's left over; remove it first",
@@ -634,6 +640,7 @@ fn containerd_containers_are_enforced() {
 #[test]
 fn builder_container_steps_are_enforced() {
     let docker_parent = cgroup2_mount().join("docker");
+    let _v1 = V1Parents::new("docker");
     assert!(
         !docker_parent.exists(),
         "{} exists: another Docker Engine's containers, or a test's left over; remove it first",
@@ -721,4 +728,95 @@ fn builder_container_steps_are_enforced() {
     drop(step);
     drop(daemon);
     drop(docker);
+}
+
+/// Rootful Podman with its default network (a CNI bridge, in the engine's namespace): under
+/// `scope.containers` its container (`/libpod_parent/libpod-<id>`) resolves and reaches the
+/// host allowed by name through the nameserver Podman gave it, and is refused the blocked host
+/// with EPERM; nothing arrives there, and the audit names the container.
+#[test]
+fn podman_containers_resolve_allowed_names_only() {
+    let parent = cgroup2_mount().join("libpod_parent");
+    let _v1 = V1Parents::new("libpod_parent");
+    assert!(
+        !parent.exists(),
+        "{} exists: another Podman's containers, or a test's left over; remove it first",
+        parent.display()
+    );
+    let net = EngineNet::new();
+    net.add_host_address(ALLOWED_HOST);
+    net.add_host_address(BLOCKED_HOST);
+    let _dns = net.dnsmasq(&[
+        ("allowed.test", ALLOWED_HOST),
+        ("blocked.test", BLOCKED_HOST),
+    ]);
+    let allowed = Acceptor::new(TcpListener::bind((ALLOWED_HOST, PORT)).unwrap());
+    let blocked = Acceptor::new(TcpListener::bind((BLOCKED_HOST, PORT)).unwrap());
+    let engine = TestCgroup::new();
+    let bystander = TestCgroup::new();
+    let podman = TestPodman::new(&engine, &net, EngineNet::HOST_SIDE.into());
+    let rootfs = podman.dir().join("rootfs");
+    fs::create_dir_all(rootfs.join("bin")).unwrap();
+    fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    for applet in ["sh", "nc", "echo", "timeout", "sleep", "nslookup", "awk"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+    }
+    podman.import_rootfs(&rootfs, "localhost/bb:latest");
+    let policy = format!(
+        "[scope]\ncontainers = true\n\n[registry_access]\nallow = [\"allowed.test\"]\n\
+         allow_loopback = true\n\n[dns]\nresolvers = [\"{}\"]\n",
+        EngineNet::HOST_SIDE
+    );
+    let daemon = Daemon::start(&policy, &[bystander.path()]).expect("daemon starts");
+    let output = podman
+        .podman()
+        .args([
+            "run",
+            "--rm",
+            "--name",
+            "ram-podman",
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+            "--env",
+            "PATH=/bin",
+            "localhost/bb:latest",
+            "sh",
+            "-c",
+        ])
+        .arg(lookup_and_connect_script())
+        .output()
+        .expect("running podman");
+    let _parent = TestCgroup::adopt(parent.clone());
+    let out = String::from_utf8_lossy(&output.stdout).into_owned();
+    let err = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{out}{err}");
+    assert!(
+        out.contains(&format!("A-ANSWER={ALLOWED_HOST}")),
+        "{out}{err}"
+    );
+    assert!(out.contains("A-CONNECTED"), "{out}{err}");
+    assert!(
+        out.contains("B-REFUSED") && out.contains("RAW-REFUSED"),
+        "{out}{err}"
+    );
+    assert!(
+        err.matches("Operation not permitted").count() >= 2,
+        "{out}{err}"
+    );
+    thread::sleep(Duration::from_millis(300));
+    assert!(allowed.accepted() >= 1);
+    assert_eq!(blocked.accepted(), 0, "a blocked connection arrived");
+    let records = daemon.audit_records();
+    assert!(
+        records.iter().any(|r| r["verdict"] == "deny"
+            && r["dst_addr"] == BLOCKED_HOST.to_string().as_str()
+            && r["cgroup"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("/libpod_parent/libpod-"))
+            && r["container_id"].as_str().is_some_and(|c| c.len() == 64)),
+        "{records:?}"
+    );
+    drop(daemon);
 }

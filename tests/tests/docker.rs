@@ -52,6 +52,8 @@ fn docker_pulls_and_builds_reach_only_allowed_registries() {
         ],
         &[],
     );
+    // Engines make their cgroup parent in the v1 hierarchies too: removed after the engine.
+    let _v1 = ram_tests::V1Parents::new("docker");
     let engine_cgroup = TestCgroup::new();
     let resolver: IpAddr = TestNet::PEER_V4[0].into();
     let allowed = format!("allowed.test:{REGISTRY_PORT}");

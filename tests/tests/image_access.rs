@@ -34,6 +34,8 @@ fn docker_hub_images_are_judged_by_category_with_dockers_message() {
         .wait_for_line("Docker authorization plugin `ram`", Duration::from_secs(5))
         .unwrap();
 
+    // Engines make their cgroup parent in the v1 hierarchies too: removed after the engine.
+    let _v1 = ram_tests::V1Parents::new("docker");
     let engine_cgroup = TestCgroup::new();
     let docker = TestDocker::start_with(
         &engine_cgroup,
@@ -174,6 +176,8 @@ fn pull_gate_judges_pulls_and_builds_and_docker_hub_is_reached_only_through_it()
     let _dns = net.dnsmasq(&[("registry-1.docker.io", TestNet::PEER_V4[2].into())], &[]);
     let resolver = TestNet::PEER_V4[0].to_string();
 
+    // Engines make their cgroup parent in the v1 hierarchies too: removed after the engine.
+    let _v1 = ram_tests::V1Parents::new("docker");
     let engine_cgroup = TestCgroup::new();
     let state = Daemon::prepare(&gate_policy(&hub, &resolver, true), &[engine_cgroup.path()]);
     let socket = state.authz_socket();

@@ -92,6 +92,12 @@ pub const APT_PACKAGES: &[AptPackage] = &[
                  namespace",
     },
     package(
+        "podman",
+        Purpose::Test,
+        "rootful Podman (with runc, conmon and the CNI plugins) for the container tests; \
+         started by the tests only, in their own network and mount namespaces",
+    ),
+    package(
         "docker-registry",
         Purpose::Test,
         "real registries (distribution) on test hosts",

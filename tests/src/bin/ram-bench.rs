@@ -334,6 +334,7 @@ fn container_dns_benchmarks() -> anyhow::Result<()> {
     const PORT: u16 = 9091;
     let host = Ipv4Addr::new(203, 0, 113, 9);
     let docker_parent = cgroup2_mount().join("docker");
+    let _v1 = ram_tests::V1Parents::new("docker");
     ensure!(
         !docker_parent.exists(),
         "{} exists: another Docker Engine's containers; stop it first",
