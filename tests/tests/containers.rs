@@ -292,7 +292,7 @@ fn container_networks_resolve_allowed_names_only() {
          allow_loopback = true\n\n[dns]\nresolvers = [\"{}\"]\n",
         EngineNet::HOST_SIDE
     );
-    let daemon = Daemon::start(&policy, &[bystander.path()]).expect("daemon starts");
+    let mut daemon = Daemon::start(&policy, &[bystander.path()]).expect("daemon starts");
     let script = lookup_and_connect_script();
     for network in ["bridge", "ramnet"] {
         let name = format!("ram-{network}");
@@ -352,6 +352,26 @@ fn container_networks_resolve_allowed_names_only() {
         "the rogue resolver's answer opened the way"
     );
 
+    // A container whose only nameserver is not one of the host's is not trusted at all: its
+    // lookups are refused, it is counted, and one log line names it.
+    let (_, out, err, _) = docker.run(&[
+        "run",
+        "--rm",
+        "--name",
+        "ram-otherdns",
+        "--dns",
+        "198.51.100.99",
+        "bb:latest",
+        "sh",
+        "-c",
+        "sleep 1; nslookup allowed.test || echo LOOKUP-FAILED",
+    ]);
+    assert!(out.contains("LOOKUP-FAILED"), "{out}{err}");
+    assert!(daemon.status()["container_networks_unreadable"].as_u64() >= Some(1));
+    daemon
+        .wait_for_line("ram-otherdns", Duration::from_secs(5))
+        .expect("a log line names the container");
+
     // A running container is listed with its namespace's resolvers (Docker's embedded DNS and
     // the policy's resolver it forwards to), and no more once it is gone.
     let (ok, out, err, _) = docker.run(&[
@@ -381,6 +401,7 @@ fn container_networks_resolve_allowed_names_only() {
         daemon.status()
     );
     let network = listed(&daemon).unwrap();
+    assert_eq!(network["name"], "ram-listed", "{network}");
     let resolvers = network["resolvers"].as_array().unwrap();
     assert!(resolvers.contains(&Value::from("127.0.0.11")), "{network}");
     assert!(

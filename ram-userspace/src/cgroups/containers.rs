@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::scope::root_processes_named;
+use super::procs::root_processes_named;
 
 /// dockerd's state directory unless `--data-root` says otherwise.
 const DOCKER_DATA_ROOT: &str = "/var/lib/docker";

@@ -5,6 +5,7 @@
 pub mod containers;
 pub mod names;
 pub mod networks;
+pub mod procs;
 pub mod scope;
 
 use std::{

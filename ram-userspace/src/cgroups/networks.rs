@@ -15,6 +15,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use super::procs::{cgroup_of, parent_and_start};
 use crate::{policy::resolv, sys};
 
 /// A resolv.conf longer than this is not a runtime's (they write a few lines): refused.
@@ -192,43 +193,10 @@ fn cgroup_and_children(cgroup: &Path) -> Vec<PathBuf> {
     dirs
 }
 
-/// (parent pid, start time in clock ticks since boot) from `/proc/PID/stat`.
-fn parent_and_start(proc_root: &Path, pid: u32) -> Option<(u32, u64)> {
-    let stat = std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
-    parse_stat(&stat)
-}
-
-/// Fields 4 (ppid) and 22 (starttime) of a stat line. The name (field 2) may hold spaces and
-/// parentheses: the fields after it start after its last `)`.
-fn parse_stat(stat: &str) -> Option<(u32, u64)> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // rest starts at field 3 (state).
-    let parent = fields.get(1)?.parse().ok()?;
-    let started = fields.get(19)?.parse().ok()?;
-    Some((parent, started))
-}
-
-/// The cgroup v2 path of `pid` (`0::/docker/<id>` → `/docker/<id>`).
-fn cgroup_of(proc_root: &Path, pid: u32) -> Option<String> {
-    let text = std::fs::read_to_string(proc_root.join(pid.to_string()).join("cgroup")).ok()?;
-    text.lines()
-        .find_map(|line| line.strip_prefix("0::"))
-        .map(str::to_owned)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::fs;
-
-    #[test]
-    fn stat_fields_after_a_hostile_name() {
-        let stat = "4242 (evil) 1 2 (x) S 77 4242 4242 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 \
-                    987654 1000 10";
-        assert_eq!(parse_stat(stat), Some((77, 987654)));
-        assert_eq!(parse_stat("garbage"), None);
-    }
 
     /// A fake /proc and cgroup tree: the container's init (parent: the shim, outside), its
     /// child, and an orphan the shim adopted later.

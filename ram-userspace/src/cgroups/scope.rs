@@ -2,7 +2,10 @@
 //! (the policy's `[scope]`), on systemd and cgroupfs layouts. Pure functions over a cgroup2
 //! mount and a /proc, so that tests can hand them a fake tree.
 
-use super::CgroupDir;
+use super::{
+    CgroupDir,
+    procs::{cgroup_of, children, is_root_binary, processes},
+};
 use crate::policy::Scope;
 
 use std::{
@@ -223,49 +226,6 @@ fn is_podman_service(proc_root: &Path, pid: u32) -> bool {
         .any(|pair| pair[0] == b"system" && pair[1] == b"service")
 }
 
-/// Pids of the processes named `comm` that run as root from a binary of that name (anyone can
-/// name a process `dockerd`).
-pub(super) fn root_processes_named(proc_root: &Path, comm: &str) -> Vec<u32> {
-    processes(proc_root)
-        .into_iter()
-        .filter(|(pid, name)| name == comm && is_root_binary(proc_root, *pid, comm))
-        .map(|(pid, _)| pid)
-        .collect()
-}
-
-fn is_root_binary(proc_root: &Path, pid: u32, comm: &str) -> bool {
-    let dir = proc_root.join(pid.to_string());
-    let Ok(status) = fs::metadata(&dir) else {
-        return false;
-    };
-    let named =
-        fs::read_link(dir.join("exe")).is_ok_and(|exe| exe.file_name().is_some_and(|n| n == comm));
-    status.uid() == 0 && named
-}
-
-/// (pid, comm) of every process in `proc_root`.
-fn processes(proc_root: &Path) -> Vec<(u32, String)> {
-    let Ok(entries) = fs::read_dir(proc_root) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let comm = fs::read_to_string(e.path().join("comm")).ok()?;
-            Some((pid, comm.trim_end().to_owned()))
-        })
-        .collect()
-}
-
-/// The cgroup v2 path of `pid` (`0::/system.slice/docker.service` → that path).
-fn cgroup_of(proc_root: &Path, pid: u32) -> Option<String> {
-    let text = fs::read_to_string(proc_root.join(pid.to_string()).join("cgroup")).ok()?;
-    text.lines()
-        .find_map(|line| line.strip_prefix("0::"))
-        .map(str::to_owned)
-}
-
 /// The cgroups to enforce now (the command line's, then what the policy's scope finds), and
 /// whether the list is complete (a partial container walk must not release containers it did not reach).
 pub fn in_scope(mount: &Path, given: &[(CgroupDir, String)], scope: &Scope) -> (Vec<Scoped>, bool) {
@@ -422,22 +382,6 @@ fn container_processes(proc_root: &Path, shim: u32, shim_cgroup: &str) -> Vec<u3
         level = next;
     }
     found
-}
-
-/// The children of `pid` (`/proc/PID/task/*/children`).
-fn children(proc_root: &Path, pid: u32) -> Vec<u32> {
-    let Ok(tasks) = fs::read_dir(proc_root.join(pid.to_string()).join("task")) else {
-        return Vec::new();
-    };
-    tasks
-        .flatten()
-        .filter_map(|task| fs::read_to_string(task.path().join("children")).ok())
-        .flat_map(|text| {
-            text.split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect::<Vec<u32>>()
-        })
-        .collect()
 }
 
 #[cfg(test)]

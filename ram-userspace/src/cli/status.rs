@@ -59,9 +59,13 @@ pub fn run(run_dir: &Path, json: bool) -> Result<()> {
             status.container_networks_unreadable
         );
         for network in &status.container_networks {
+            let id = &network.container[..network.container.len().min(12)];
+            let label = match &network.name {
+                Some(name) => format!("{name} ({id})"),
+                None => id.to_owned(),
+            };
             println!(
-                "  container {} (pid {}, netns inode {}): resolvers {}{}",
-                &network.container[..network.container.len().min(12)],
+                "  container {label} (pid {}, netns inode {}): resolvers {}{}",
                 network.pid,
                 network.netns_inode,
                 network.resolvers.join(", "),

@@ -18,6 +18,7 @@ use super::control::ContainerNetworkStatus;
 use crate::{
     cgroups::{
         CgroupDir,
+        containers::ContainerInfos,
         networks::{DOCKER_EMBEDDED_DNS, NetworkError, container_network},
         scope::{Scoped, run_step_id},
     },
@@ -64,6 +65,9 @@ pub struct ContainerDns {
     pub unreadable: u64,
     /// The last failure to update the map, logged once until it changes.
     sync_error: Option<String>,
+    /// What runtimes say about containers (their names, for log lines and `ram status`).
+    infos: ContainerInfos,
+    warned_net_raw: bool,
 }
 
 /// How long after first seeing a container its runtime may still be setting it up (quick
@@ -104,16 +108,20 @@ impl ContainerDns {
                 continue;
             }
             let allowed = allowed.get_or_insert_with(|| allowed_resolvers(policy_resolvers));
-            match read(mount, dir, container, own_netns_inode, allowed) {
+            let result = read(mount, dir, container, own_netns_inode, allowed);
+            let label = match &result {
+                Err(Unreadable::NotYet) => String::new(),
+                _ => self.label(container),
+            };
+            match result {
                 Err(Unreadable::NotYet) => {
                     let since = *self.first_seen.entry(dir.id).or_insert_with(Instant::now);
                     retry |= since.elapsed() < SETUP_WINDOW;
                 }
                 Ok(Some(trusted)) => {
                     info!(
-                        "container {}: DNS trusted in its network namespace (inode {}) with \
-                         resolvers {}{}",
-                        short(container),
+                        "container {label}: DNS trusted in its network namespace (inode {}) \
+                         with resolvers {}{}",
                         trusted.netns_inode,
                         list(&trusted.nameservers),
                         if trusted.ignored.is_empty() {
@@ -125,12 +133,14 @@ impl ContainerDns {
                             )
                         }
                     );
-                    if trusted.net_raw {
+                    if trusted.net_raw && !self.warned_net_raw {
+                        // Once: Docker gives it to every container by default.
+                        self.warned_net_raw = true;
                         warn!(
-                            "container {} has CAP_NET_RAW: a packet socket can forge answers on \
-                             loopback that the kernel would learn from; run it with \
-                             `--cap-drop NET_RAW` (see docs/limits.md)",
-                            short(container)
+                            "container {label} has CAP_NET_RAW (so may others: `ram status` \
+                             marks them): a packet socket can forge answers on loopback that \
+                             the kernel would learn from; run enforced containers with \
+                             `--cap-drop NET_RAW` (see docs/limits.md)"
                         );
                     }
                     self.failing.remove(&dir.id);
@@ -144,8 +154,7 @@ impl ContainerDns {
                     if !self.failing.contains_key(&dir.id) {
                         self.unreadable += 1;
                         warn!(
-                            "container {} ({}): its DNS stays refused: {reason}",
-                            short(container),
+                            "container {label} ({}): its DNS stays refused: {reason}",
                             dir.path.display()
                         );
                         self.failing.insert(dir.id, reason);
@@ -179,6 +188,14 @@ impl ContainerDns {
         retry
     }
 
+    /// `web (3f2a…)`: the container's name where its runtime says, and its id.
+    fn label(&mut self, container: &str) -> String {
+        match self.infos.lookup(container).name {
+            Some(name) => format!("{name} ({})", short(container)),
+            None => short(container).to_owned(),
+        }
+    }
+
     /// Takes the trust of containers no longer in `live` away.
     fn forget_gone(&mut self, live: &[(CgroupDir, String)]) {
         let live: HashSet<u64> = live.iter().map(|(dir, _)| dir.id).collect();
@@ -200,10 +217,12 @@ impl ContainerDns {
     }
 
     /// For `ram status`.
-    pub fn status(&self, policy_resolvers: &[IpAddr]) -> Vec<ContainerNetworkStatus> {
-        self.trusted
-            .values()
+    pub fn status(&mut self, policy_resolvers: &[IpAddr]) -> Vec<ContainerNetworkStatus> {
+        let trusted: Vec<Trusted> = self.trusted.values().cloned().collect();
+        trusted
+            .into_iter()
             .map(|t| ContainerNetworkStatus {
+                name: self.infos.lookup(&t.container).name,
                 container: t.container.clone(),
                 cgroup: t.cgroup.display().to_string(),
                 pid: t.pid,

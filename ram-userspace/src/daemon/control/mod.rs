@@ -54,8 +54,10 @@ pub struct Status {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ContainerNetworkStatus {
-    /// The container's id (or a BuildKit RUN step's).
+    /// The container's id (or a BuildKit RUN step's), and its name where its runtime says.
     pub container: String,
+    #[serde(default)]
+    pub name: Option<String>,
     pub cgroup: String,
     /// Its first process, whose namespace this is.
     pub pid: u32,

@@ -63,6 +63,8 @@ impl Daemon {
     }
 
     fn status(&mut self) -> Status {
+        let resolvers = self.enforcement.policy.compiled.resolvers.clone();
+        let container_networks = self.enforcement.container_dns.status(&resolvers);
         let enforcement = &self.enforcement;
         let counters = enforcement.enforcer.counters().unwrap_or_default();
         let learned = enforcement
@@ -126,7 +128,7 @@ impl Daemon {
                     RESOLVERS_MAX as usize,
                 ),
             ],
-            container_networks: enforcement.container_dns.status(&compiled.resolvers),
+            container_networks,
             container_networks_unreadable: enforcement.container_dns.unreadable,
         }
     }
