@@ -229,6 +229,8 @@ fn buildkit_run_steps_are_enforced() {
 /// engine's link, reached through the engine's NAT).
 const ALLOWED_HOST: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 9);
 const BLOCKED_HOST: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+/// A resolver that only containers are given (`dns.container_resolvers`).
+const CLUSTER_DNS: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 5);
 
 /// What a container runs: looks both names up with busybox's own resolver (plain DNS to its
 /// resolv.conf's nameserver), connects to the address each answer gave, then to the blocked
@@ -277,6 +279,11 @@ fn container_networks_resolve_allowed_names_only() {
         ("allowed.test", ALLOWED_HOST),
         ("blocked.test", BLOCKED_HOST),
     ]);
+    // A resolver the host does not use, which lies: allowed.test is the blocked host.
+    let _rogue = net.dnsmasq_on(BLOCKED_HOST, &[("allowed.test", BLOCKED_HOST)]);
+    // A resolver only containers use (a cluster's DNS, say), named in dns.container_resolvers.
+    net.add_host_address(CLUSTER_DNS);
+    let _cluster_dns = net.dnsmasq_on(CLUSTER_DNS, &[("allowed.test", ALLOWED_HOST)]);
     let allowed = Acceptor::new(TcpListener::bind((ALLOWED_HOST, PORT)).unwrap());
     let blocked = Acceptor::new(TcpListener::bind((BLOCKED_HOST, PORT)).unwrap());
     let engine = TestCgroup::new();
@@ -289,7 +296,8 @@ fn container_networks_resolve_allowed_names_only() {
 
     let policy = format!(
         "[scope]\ncontainers = true\n\n[registry_access]\nallow = [\"allowed.test\"]\n\
-         allow_loopback = true\n\n[dns]\nresolvers = [\"{}\"]\n",
+         allow_loopback = true\n\n[dns]\nresolvers = [\"{}\"]\n\
+         container_resolvers = [\"{CLUSTER_DNS}\"]\n",
         EngineNet::HOST_SIDE
     );
     let mut daemon = Daemon::start(&policy, &[bystander.path()]).expect("daemon starts");
@@ -351,6 +359,24 @@ fn container_networks_resolve_allowed_names_only() {
         0,
         "the rogue resolver's answer opened the way"
     );
+
+    // A container whose nameserver is in dns.container_resolvers resolves through it.
+    let cluster = format!(
+        "A=$(nslookup allowed.test | awk '/^Name:/ {{n=1}} n && /^Address/ {{print $2; exit}}'); \
+         if timeout 10 nc -w 5 $A {PORT} </dev/null; then echo CLUSTER-CONNECTED; fi"
+    );
+    let cluster_dns = CLUSTER_DNS.to_string();
+    let (_, out, err, _) = docker.run(&[
+        "run",
+        "--rm",
+        "--dns",
+        &cluster_dns,
+        "bb:latest",
+        "sh",
+        "-c",
+        &cluster,
+    ]);
+    assert!(out.contains("CLUSTER-CONNECTED"), "{out}{err}");
 
     // A container whose only nameserver is not one of the host's is not trusted at all: its
     // lookups are refused, it is counted, and one log line names it.
@@ -836,7 +862,8 @@ fn podman_containers_resolve_allowed_names_only() {
             && r["cgroup"]
                 .as_str()
                 .is_some_and(|c| c.starts_with("/libpod_parent/libpod-"))
-            && r["container_id"].as_str().is_some_and(|c| c.len() == 64)),
+            && r["container_id"].as_str().is_some_and(|c| c.len() == 64)
+            && r["container_name"] == "ram-podman"),
         "{records:?}"
     );
     drop(daemon);

@@ -59,7 +59,9 @@ impl ContainerInfos {
         {
             return info.clone();
         }
-        let info = docker_container(&self.proc_root, id).unwrap_or_default();
+        let info = docker_container(&self.proc_root, id)
+            .or_else(|| conmon_container(&self.proc_root, id))
+            .unwrap_or_default();
         if self.known.len() >= Self::MAX_KNOWN {
             self.known.clear();
         }
@@ -94,6 +96,32 @@ fn docker_container(proc_root: &Path, id: &str) -> Option<ContainerInfo> {
                 .read_to_string(&mut text)
                 .ok()?;
             parse_docker_config(&text)
+        })
+}
+
+/// The container `id` as Podman's (and CRI-O's) conmon was told: its name (`-n`); conmon is
+/// not told the image.
+fn conmon_container(proc_root: &Path, id: &str) -> Option<ContainerInfo> {
+    if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    root_processes_named(proc_root, "conmon")
+        .into_iter()
+        .find_map(|pid| {
+            let cmdline = std::fs::read(proc_root.join(pid.to_string()).join("cmdline")).ok()?;
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|arg| String::from_utf8_lossy(arg).into_owned())
+                .collect();
+            let value = |short: &str, long: &str| {
+                args.iter()
+                    .position(|a| a == short || a == long)
+                    .and_then(|i| args.get(i + 1).cloned())
+            };
+            (value("-c", "--cid")? == id).then(|| ContainerInfo {
+                name: value("-n", "--name"),
+                image: None,
+            })
         })
 }
 

@@ -38,6 +38,8 @@ pub struct ContainerNetwork {
     pub nameservers: Vec<IpAddr>,
     /// Its first process's bounding set holds CAP_NET_RAW.
     pub net_raw: bool,
+    /// Its default routes' gateways (IPv4): the runtime's bridge.
+    pub gateways: Vec<IpAddr>,
 }
 
 /// The C library uses the first three nameservers (resolv.h's MAXNS); the rest are never asked.
@@ -101,6 +103,9 @@ pub fn container_network(
         netns_inode,
         nameservers,
         net_raw: has_net_raw(&process),
+        gateways: std::fs::read_to_string(process.join("net/route"))
+            .map(|table| default_gateways(&table))
+            .unwrap_or_default(),
     }))
 }
 
@@ -122,6 +127,23 @@ fn read_nameservers(root: &Path) -> io::Result<Vec<IpAddr>> {
         }
     }
     Ok(nameservers)
+}
+
+/// Gateways of the default routes in a `/proc/PID/net/route` table (hex, host byte order).
+fn default_gateways(table: &str) -> Vec<IpAddr> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (destination, gateway) = (*fields.get(1)?, *fields.get(2)?);
+            if destination != "00000000" {
+                return None;
+            }
+            let raw = u32::from_str_radix(gateway, 16).ok()?;
+            (raw != 0).then(|| IpAddr::V4(std::net::Ipv4Addr::from(raw.to_le_bytes())))
+        })
+        .collect()
 }
 
 /// Whether the process's bounding set (`CapBnd`) holds CAP_NET_RAW; true when unreadable.
@@ -197,6 +219,17 @@ fn cgroup_and_children(cgroup: &Path) -> Vec<PathBuf> {
 mod tests {
     use super::*;
     use std::fs;
+
+    #[test]
+    fn default_gateways_from_the_route_table() {
+        let table = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\n\
+                     eth0\t00000000\t0100580A\t0003\t0\t0\t0\t00000000\n\
+                     eth0\t0000580A\t00000000\t0001\t0\t0\t0\t00FFFFFF\n";
+        assert_eq!(
+            default_gateways(table),
+            vec!["10.88.0.1".parse::<IpAddr>().unwrap()]
+        );
+    }
 
     /// A fake /proc and cgroup tree: the container's init (parent: the shim, outside), its
     /// child, and an orphan the shim adopted later.

@@ -68,6 +68,8 @@ pub struct CompiledPolicy {
     /// `scope.containers`: the resolvers of enforced containers' networks are trusted in their
     /// namespaces (`NETNS_RESOLVERS`), and what they answered stays learned.
     pub container_dns: bool,
+    /// `dns.container_resolvers`: more resolvers a container may name and have trusted.
+    pub container_resolvers: Vec<IpAddr>,
 }
 
 /// The `ALLOWED_NAMES` key of a hostname pattern: the name character-reversed, followed by a 0
@@ -201,6 +203,7 @@ impl CompiledPolicy {
             rules,
             withheld_for_gate,
             container_dns,
+            container_resolvers: policy.dns.container_resolvers.iter().map(|r| r.0).collect(),
         }
     }
 

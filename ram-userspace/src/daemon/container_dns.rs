@@ -22,6 +22,7 @@ use crate::{
         networks::{DOCKER_EMBEDDED_DNS, NetworkError, container_network},
         scope::{Scoped, run_step_id},
     },
+    compile::CompiledPolicy,
     kernel::Enforcer,
     policy::{
         resolv::{self, RESOLV_CONF},
@@ -78,19 +79,20 @@ impl ContainerDns {
     /// Brings the trust in line with `enforced` (the cgroups in scope): containers new to it are
     /// read, those gone (or out of scope) lose their trust, and `NETNS_RESOLVERS` is made to
     /// hold exactly what remains. With `enabled` false (no `scope.containers`), nothing is
-    /// trusted. A `complete` false (the cgroup walk stopped early) takes no trust away.
-    /// `policy_resolvers` are where Docker's embedded DNS forwards from a container's
-    /// namespace. Returns whether a container just found is still being set up by its runtime
-    /// (worth another look in a moment).
+    /// trusted. A `complete` false (the cgroup walk stopped early) takes no trust away. Returns
+    /// whether a container just found is still being set up by its runtime (worth another
+    /// look in a moment).
     pub fn follow(
         &mut self,
         enforcer: &mut Enforcer,
         mount: &Path,
         enforced: &[Scoped],
         complete: bool,
-        enabled: bool,
-        policy_resolvers: &[IpAddr],
+        policy: &CompiledPolicy,
     ) -> bool {
+        let enabled = policy.container_dns;
+        // Where Docker's embedded DNS forwards from a container's namespace.
+        let policy_resolvers = &policy.resolvers;
         let containers = if enabled {
             containers_in(enforced)
         } else {
@@ -107,7 +109,9 @@ impl ContainerDns {
             if self.trusted.contains_key(&dir.id) || self.host_network.contains(&dir.id) {
                 continue;
             }
-            let allowed = allowed.get_or_insert_with(|| allowed_resolvers(policy_resolvers));
+            let allowed = allowed.get_or_insert_with(|| {
+                allowed_resolvers(policy_resolvers, &policy.container_resolvers)
+            });
             let result = read(mount, dir, container, own_netns_inode, allowed);
             let label = match &result {
                 Err(Unreadable::NotYet) => String::new(),
@@ -274,11 +278,17 @@ fn containers_in(enforced: &[Scoped]) -> Vec<(CgroupDir, String)> {
 
 /// The resolvers a container's resolv.conf may name and be trusted for: the host's (the
 /// policy's, /etc/resolv.conf's and systemd-resolved's upstreams, which runtimes copy into
-/// containers), and Docker's embedded DNS. Loopback ones other than that are the container's
+/// containers), Docker's embedded DNS, and `dns.container_resolvers` (beside these, its own
+/// network's gateway: see [`read`]). Loopback ones other than Docker's are the container's
 /// own. A container's root can rewrite its resolv.conf before the daemon reads it; it can then
 /// only pick among these.
-fn allowed_resolvers(policy_resolvers: &[IpAddr]) -> Vec<IpAddr> {
+fn allowed_resolvers(policy_resolvers: &[IpAddr], container_resolvers: &[IpAddr]) -> Vec<IpAddr> {
     let mut allowed = vec![DOCKER_EMBEDDED_DNS];
+    for resolver in container_resolvers {
+        if !allowed.contains(resolver) {
+            allowed.push(*resolver);
+        }
+    }
     let host = [RESOLV_CONF, SYSTEMD_RESOLVED_UPSTREAMS]
         .into_iter()
         .flat_map(|path| resolv::nameservers_from(Path::new(path)).unwrap_or_default());
@@ -297,7 +307,9 @@ enum Unreadable {
 }
 
 /// Reads a container's network: `Ok(None)` when it shares the daemon's. Only its nameservers
-/// among `allowed` are trusted.
+/// among `allowed`, or its default gateway (the runtime's bridge, where Podman's aardvark-dns
+/// and CNI's dnsname answer; a container cannot change its routes without CAP_NET_ADMIN), are
+/// trusted.
 fn read(
     mount: &Path,
     dir: &CgroupDir,
@@ -326,7 +338,7 @@ fn read(
     let (nameservers, ignored): (Vec<IpAddr>, Vec<IpAddr>) = network
         .nameservers
         .iter()
-        .partition(|addr| allowed.contains(addr));
+        .partition(|addr| allowed.contains(addr) || network.gateways.contains(addr));
     if nameservers.is_empty() {
         return Err(Unreadable::Failed(format!(
             "none of its nameservers ({}) is one of the host's resolvers or Docker's embedded DNS",

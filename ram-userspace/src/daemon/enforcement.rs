@@ -133,14 +133,12 @@ impl Enforcement {
     }
 
     fn follow_container_dns(&mut self, enforced: &[Scoped], complete: bool) -> bool {
-        let compiled = &self.policy.compiled;
         self.container_dns.follow(
             &mut self.enforcer,
             &self.mount,
             enforced,
             complete,
-            compiled.container_dns,
-            &compiled.resolvers,
+            &self.policy.compiled,
         )
     }
 }

@@ -140,6 +140,10 @@ pub struct RegistryAccess {
 pub struct Dns {
     /// Trusted resolvers, reachable on port 53. `None`: the nameservers of /etc/resolv.conf.
     pub resolvers: Option<Vec<ResolverAddr>>,
+    /// More resolvers a container's resolv.conf may name and have trusted in its own network
+    /// namespace (`scope.containers`), beside the host's and Docker's embedded DNS: a
+    /// cluster's DNS service, say.
+    pub container_resolvers: Vec<ResolverAddr>,
     /// Seconds a learned address lives at least, whatever the answer's TTL.
     pub min_ttl: u64,
     /// Seconds a learned address lives at most (caps huge TTLs), before the grace period.
@@ -163,6 +167,7 @@ impl Default for Dns {
     fn default() -> Self {
         Self {
             resolvers: None,
+            container_resolvers: Vec::new(),
             min_ttl: Self::DEFAULT_MIN_TTL,
             max_ttl: Self::DEFAULT_MAX_TTL,
             grace_period: Self::DEFAULT_GRACE_PERIOD,

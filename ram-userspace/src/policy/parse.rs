@@ -99,6 +99,8 @@ impl Default for RawRegistryAccess {
 struct RawDns {
     #[serde(default)]
     resolvers: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    container_resolvers: Vec<Spanned<String>>,
     min_ttl: Option<Spanned<i64>>,
     max_ttl: Option<Spanned<i64>>,
     grace_period: Option<Spanned<i64>>,
@@ -197,6 +199,12 @@ impl Policy {
                     Some(list) => Some(validate_all("dns.resolvers", &list, "resolver", &invalid)?),
                     None => None,
                 },
+                container_resolvers: validate_all(
+                    "dns.container_resolvers",
+                    &raw.dns.container_resolvers,
+                    "resolver",
+                    &invalid,
+                )?,
                 min_ttl: seconds(
                     "dns.min_ttl",
                     raw.dns.min_ttl,
@@ -257,6 +265,7 @@ impl Policy {
         if let Some(resolvers) = policy.dns.resolvers.as_mut() {
             dedup_in_order(resolvers);
         }
+        dedup_in_order(&mut policy.dns.container_resolvers);
         Ok(policy)
     }
 }
