@@ -252,6 +252,21 @@ fn dns_settings_have_defaults_and_ranges() {
     );
     let err = error_of("[dns]\nmin_ttl = \"60s\"");
     assert!(err.starts_with("policy.toml:2:"), "{err}");
+    let policy =
+        parse("[dns]\ncontainer_resolvers = [\"10.96.0.10\", \"10.96.0.10\", \"fd00::a\"]")
+            .unwrap();
+    let texts: Vec<String> = policy
+        .dns
+        .container_resolvers
+        .iter()
+        .map(|r| r.0.to_string())
+        .collect();
+    assert_eq!(texts, ["10.96.0.10", "fd00::a"]);
+    let err = error_of("[dns]\ncontainer_resolvers = [\"cluster-dns\"]");
+    assert!(
+        err.starts_with("policy.toml:2:") && err.contains("dns.container_resolvers"),
+        "{err}"
+    );
 }
 
 #[test]
