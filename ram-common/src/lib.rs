@@ -501,6 +501,9 @@ pub enum Reason {
     UntrustedNetns = 7,
     /// The Docker Hub pull gate of Image Access Management (its address and port).
     AllowedImageGate = 8,
+    /// A socket the connect/sendmsg gates would never judge (raw, SCTP, DCCP, L2TP/IP, ICMP
+    /// ping, MPTCP, UDP-Lite, ...): refused at creation.
+    SocketType = 9,
 }
 
 impl Reason {
@@ -514,6 +517,7 @@ impl Reason {
             6 => Some(Self::Expired),
             7 => Some(Self::UntrustedNetns),
             8 => Some(Self::AllowedImageGate),
+            9 => Some(Self::SocketType),
             _ => None,
         }
     }
@@ -529,6 +533,7 @@ impl Reason {
             Self::Expired => "expired",
             Self::UntrustedNetns => "untrusted_netns",
             Self::AllowedImageGate => "image_gate",
+            Self::SocketType => "socket_type",
         }
     }
 }
@@ -573,10 +578,13 @@ pub enum Counter {
     /// pose as a resolver's answer to its own queries (a container's root can bind
     /// `127.0.0.11:53` in its namespace, where Docker's embedded DNS listens elsewhere).
     SpoofedDnsDropped = 17,
+    /// Sockets an enforced cgroup asked for that the gates would not judge: refused
+    /// ([`Reason::SocketType`]).
+    DeniedSocket = 18,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 19;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Self::AllowedCidr,
         Self::AllowedLoopback,
@@ -596,6 +604,7 @@ impl Counter {
         Self::Refreshed,
         Self::ScratchBusy,
         Self::SpoofedDnsDropped,
+        Self::DeniedSocket,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -618,6 +627,7 @@ impl Counter {
             Self::Refreshed => "refreshed",
             Self::ScratchBusy => "scratch_busy",
             Self::SpoofedDnsDropped => "spoofed_dns_dropped",
+            Self::DeniedSocket => "denied_socket",
         }
     }
 }
@@ -630,6 +640,8 @@ pub enum Hook {
     Connect6 = 2,
     Sendmsg4 = 3,
     Sendmsg6 = 4,
+    /// Socket creation (`socket_gate`).
+    SocketCreate = 5,
 }
 
 impl Hook {
@@ -639,6 +651,7 @@ impl Hook {
             2 => Some(Self::Connect6),
             3 => Some(Self::Sendmsg4),
             4 => Some(Self::Sendmsg6),
+            5 => Some(Self::SocketCreate),
             _ => None,
         }
     }
@@ -649,6 +662,7 @@ impl Hook {
             Self::Connect6 => "connect6",
             Self::Sendmsg4 => "sendmsg4",
             Self::Sendmsg6 => "sendmsg6",
+            Self::SocketCreate => "socket_create",
         }
     }
 }
@@ -678,12 +692,17 @@ pub struct GateEvent {
     pub reason: u8,
     /// 1 allowed, 0 denied.
     pub verdict: u8,
-    /// IPPROTO_TCP / IPPROTO_UDP / ... of the socket.
+    /// IPPROTO_TCP / IPPROTO_UDP / ... of the socket (255 for larger numbers: see
+    /// `socket_protocol`).
     pub protocol: u8,
-    pub _reserved: [u8; 2],
+    /// For [`Hook::SocketCreate`]: the protocol asked for, whole (MPTCP is 262); else 0.
+    pub socket_protocol: u16,
     /// Index of the policy entry that matched, [`BUILTIN_RULE`] when none did.
     pub rule_index: u32,
-    pub _reserved2: u32,
+    /// For [`Hook::SocketCreate`]: the address family (AF_INET, AF_INET6) and socket type
+    /// (SOCK_STREAM, SOCK_DGRAM, SOCK_RAW, ...); else 0.
+    pub socket_family: u16,
+    pub socket_type: u16,
     /// [`rule_id`] of the policy entry that matched, 0 when none did.
     pub rule_id: u64,
 }
@@ -749,6 +768,7 @@ mod tests {
             Reason::Expired,
             Reason::UntrustedNetns,
             Reason::AllowedImageGate,
+            Reason::SocketType,
         ] {
             assert_eq!(Reason::from_u8(reason as u8), Some(reason));
         }
@@ -757,6 +777,7 @@ mod tests {
             Hook::Connect6,
             Hook::Sendmsg4,
             Hook::Sendmsg6,
+            Hook::SocketCreate,
         ] {
             assert_eq!(Hook::from_u8(hook as u8), Some(hook));
         }

@@ -114,11 +114,13 @@ fn judge(ctx: &SockAddrContext, addr: Addr16, hook: Hook) -> i32 {
         reason: Reason::NotLearned,
         rule_index: BUILTIN_RULE,
         rule_id: 0,
+        protocol: sock_addr.protocol,
+        socket: SocketKind::NONE,
     };
     // No policy in force (the daemon has not finished its first load): deny, fail closed.
     let Some(policy) = Policy::in_force() else {
         count(Counter::Denied);
-        report(sock_addr, &verdict, 0);
+        report(&verdict, 0);
         return DENY;
     };
 
@@ -134,7 +136,7 @@ fn judge(ctx: &SockAddrContext, addr: Addr16, hook: Hook) -> i32 {
             verdict.reason = Reason::AllowedLearned;
             verdict.rule_index = learned.rule_index;
             verdict.rule_id = learned.rule_id;
-            report_allowed(sock_addr, &policy, &verdict);
+            report_allowed(&policy, &verdict);
             return ALLOW;
         }
         verdict.reason = Reason::Expired;
@@ -161,7 +163,7 @@ fn judge(ctx: &SockAddrContext, addr: Addr16, hook: Hook) -> i32 {
             verdict.reason = Reason::AllowedResolver;
             verdict.rule_index = rule.rule_index;
             verdict.rule_id = rule.rule_id;
-            report_allowed(sock_addr, &policy, &verdict);
+            report_allowed(&policy, &verdict);
             return ALLOW;
         }
         if policy.resolver(addr).is_some() {
@@ -187,24 +189,45 @@ fn judge(ctx: &SockAddrContext, addr: Addr16, hook: Hook) -> i32 {
         };
         verdict.rule_index = rule.rule_index;
         verdict.rule_id = rule.rule_id;
-        report_allowed(sock_addr, &policy, &verdict);
+        report_allowed(&policy, &verdict);
         return ALLOW;
     }
 
     count(Counter::Denied);
-    report(sock_addr, &verdict, 0);
+    report(&verdict, 0);
     DENY
 }
 
 /// One decision, as reported.
-struct Verdict {
-    cgroup_id: u64,
-    addr: Addr16,
-    port: u16,
-    hook: Hook,
-    reason: Reason,
-    rule_index: u32,
-    rule_id: u64,
+pub(crate) struct Verdict {
+    pub(crate) cgroup_id: u64,
+    pub(crate) addr: Addr16,
+    pub(crate) port: u16,
+    pub(crate) hook: Hook,
+    pub(crate) reason: Reason,
+    pub(crate) rule_index: u32,
+    pub(crate) rule_id: u64,
+    /// IPPROTO_* of the socket.
+    pub(crate) protocol: u32,
+    /// What socket was asked for, for decisions at socket creation.
+    pub(crate) socket: SocketKind,
+}
+
+/// A socket's family, type and protocol, as `socket(2)` asked for them.
+#[derive(Clone, Copy)]
+pub(crate) struct SocketKind {
+    pub(crate) family: u16,
+    pub(crate) kind: u16,
+    pub(crate) protocol: u16,
+}
+
+impl SocketKind {
+    /// For decisions about destinations.
+    const NONE: Self = Self {
+        family: 0,
+        kind: 0,
+        protocol: 0,
+    };
 }
 
 /// `addr` as a resolver trusted from the socket's network namespace, with the namespace to
@@ -235,10 +258,10 @@ fn trusted_resolver(
 /// process reaches a destination within the window (the common case: a registry pull opens
 /// many connections to the same hosts, and one line per host says enough).
 #[inline(always)]
-fn report_allowed(sock_addr: &bpf_sock_addr, policy: &Policy, verdict: &Verdict) {
+fn report_allowed(policy: &Policy, verdict: &Verdict) {
     let mode = policy.config.audit_allowed;
     if mode == AUDIT_ALLOWED_ALL {
-        report(sock_addr, verdict, 1);
+        report(verdict, 1);
         return;
     }
     if mode != AUDIT_ALLOWED_FIRST {
@@ -249,7 +272,7 @@ fn report_allowed(sock_addr: &bpf_sock_addr, policy: &Policy, verdict: &Verdict)
         addr: verdict.addr,
         pid: (bpf_get_current_pid_tgid() >> 32) as u32,
         port: verdict.port,
-        protocol: sock_addr.protocol as u8,
+        protocol: verdict.protocol as u8,
         _reserved: 0,
     };
     // SAFETY: no arguments; reads the boot clock.
@@ -262,11 +285,12 @@ fn report_allowed(sock_addr: &bpf_sock_addr, policy: &Policy, verdict: &Verdict)
         return;
     }
     let _ = AUDIT_SEEN.insert(key, now, 0);
-    report(sock_addr, verdict, 1);
+    report(verdict, 1);
 }
 
+/// Sends `verdict` to the daemon (`GATE_EVENTS`); a full buffer is counted.
 #[inline(always)]
-fn report(sock_addr: &bpf_sock_addr, verdict: &Verdict, allowed: u8) {
+pub(crate) fn report(verdict: &Verdict, allowed: u8) {
     let Some(mut entry) = GATE_EVENTS.reserve::<GateEvent>(0) else {
         count(Counter::EventsDropped);
         return;
@@ -283,10 +307,15 @@ fn report(sock_addr: &bpf_sock_addr, verdict: &Verdict, allowed: u8) {
         hook: verdict.hook as u8,
         reason: verdict.reason as u8,
         verdict: allowed,
-        protocol: sock_addr.protocol as u8,
-        _reserved: [0; 2],
+        protocol: if verdict.protocol > 255 {
+            255
+        } else {
+            verdict.protocol as u8
+        },
+        socket_protocol: verdict.socket.protocol,
         rule_index: verdict.rule_index,
-        _reserved2: 0,
+        socket_family: verdict.socket.family,
+        socket_type: verdict.socket.kind,
         rule_id: verdict.rule_id,
     });
     entry.submit(0);

@@ -2,6 +2,7 @@
 //! 15-byte limit.
 //!
 //! - `gate`: connect4/connect6/sendmsg4/sendmsg6 (`*_gate`) allow or deny each connection.
+//! - `socket`: cgroup sock_create (`socket_gate`) refuses sockets the gates would not judge.
 //! - `dns`: cgroup_skb egress (`dns_query_out`) notes queries to trusted resolvers; cgroup_skb
 //!   ingress (`dns_snoop_in`) learns addresses from their answers before the answer reaches the
 //!   socket, so the first connect after a lookup is already allowed.
@@ -10,6 +11,7 @@
 
 mod dns;
 mod gate;
+mod socket;
 
 use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::{

@@ -30,7 +30,10 @@ fn default_policy_on_the_dedicated_cgroup() {
     // The README's main command: no policy, no cgroup.
     let daemon = Daemon::start_args(&[]).expect("daemon starts on the embedded default");
     assert!(dedicated.is_dir(), "the daemon creates ram.enforced");
-    assert_eq!(attached_programs(&dedicated).len(), 6);
+    assert_eq!(
+        attached_programs(&dedicated).len(),
+        ram_tests::PROGRAMS_PER_CGROUP
+    );
     let in_dedicated = || {
         let mut cmd = Command::new(ram_bin());
         cmd.args(["exec", "--", "python3"]);
@@ -52,11 +55,20 @@ fn default_policy_on_the_dedicated_cgroup() {
     // cgroup the daemon created.
     let (status, state) = daemon.stop_keeping_state().expect("daemon stops");
     assert!(status.success());
-    assert_eq!(attached_programs(&dedicated).len(), 6);
+    assert_eq!(
+        attached_programs(&dedicated).len(),
+        ram_tests::PROGRAMS_PER_CGROUP
+    );
     let output = state.ram().arg("uninstall").output().unwrap();
     assert!(output.status.success(), "{output:?}");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(stdout.contains("removed 6 link(s)"), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "removed {} link(s)",
+            ram_tests::PROGRAMS_PER_CGROUP
+        )),
+        "{stdout}"
+    );
     assert!(!dedicated.exists(), "uninstall removes ram's own cgroup");
     assert!(!state.pin_dir().exists());
 }
@@ -162,7 +174,10 @@ fn missing_cgroup_is_refused_with_advice() {
 fn sigint_stops_the_daemon_but_not_enforcement() {
     let cgroup = TestCgroup::new();
     let mut daemon = Daemon::start("", &[cgroup.path()]).expect("daemon starts");
-    assert_eq!(attached_programs(cgroup.path()).len(), 6);
+    assert_eq!(
+        attached_programs(cgroup.path()).len(),
+        ram_tests::PROGRAMS_PER_CGROUP
+    );
     // SAFETY: kill(2) of the daemon's own PID.
     unsafe { libc::kill(daemon.pid().cast_signed(), libc::SIGINT) };
     daemon
@@ -173,7 +188,10 @@ fn sigint_stops_the_daemon_but_not_enforcement() {
         .expect("the daemon logs its stop");
     let (status, state) = daemon.stop_keeping_state().expect("exited");
     assert!(status.success());
-    assert_eq!(attached_programs(cgroup.path()).len(), 6);
+    assert_eq!(
+        attached_programs(cgroup.path()).len(),
+        ram_tests::PROGRAMS_PER_CGROUP
+    );
     drop(state);
     assert!(attached_programs(cgroup.path()).is_empty());
 }

@@ -351,7 +351,11 @@ fn enforcement_outlives_the_daemon_until_uninstall() {
 
     let (status, state) = daemon.stop_keeping_state().expect("daemon stops");
     assert!(status.success(), "daemon exit status: {status}");
-    assert_eq!(attached_programs(cgroup.path()).len(), 6, "fail-closed");
+    assert_eq!(
+        attached_programs(cgroup.path()).len(),
+        ram_tests::PROGRAMS_PER_CGROUP,
+        "fail-closed"
+    );
     // The policy stays in force with no daemon, and `ram policy show` still says so.
     let shown = state.ram().args(["policy", "show"]).output().unwrap();
     assert!(
@@ -398,7 +402,10 @@ fn programs_of_others_on_the_same_cgroup_keep_working() {
     );
 
     narrow.stop().unwrap();
-    assert_eq!(attached_programs(cgroup.path()).len(), 6);
+    assert_eq!(
+        attached_programs(cgroup.path()).len(),
+        ram_tests::PROGRAMS_PER_CGROUP
+    );
     assert!(
         probe_in(&cgroup, "tcp-http", &b(), HTTP_PORT).ok(),
         "B after narrow stopped"

@@ -64,7 +64,10 @@ fn containers_are_followed_as_they_come_and_go() {
         "{:?}",
         enforced_paths(&daemon)
     );
-    assert_eq!(attached_programs(&container).len(), 6);
+    assert_eq!(
+        attached_programs(&container).len(),
+        ram_tests::PROGRAMS_PER_CGROUP
+    );
     let in_container = TestCgroup::adopt(container.clone());
     assert_eq!(
         probe_in(&in_container, "tcp-connect", &c(), HTTP_PORT).result,
@@ -87,7 +90,10 @@ fn a_cgroup_made_anew_is_enforced_again() {
     let _net = TestNet::new();
     let cgroup = TestCgroup::new();
     let _daemon = Daemon::start(&policy(""), &[cgroup.path()]).unwrap();
-    assert_eq!(attached_programs(cgroup.path()).len(), 6);
+    assert_eq!(
+        attached_programs(cgroup.path()).len(),
+        ram_tests::PROGRAMS_PER_CGROUP
+    );
 
     // As `systemctl restart` does to a service's cgroup.
     fs::remove_dir(cgroup.path()).unwrap();
@@ -96,7 +102,7 @@ fn a_cgroup_made_anew_is_enforced_again() {
     assert!(
         eventually(Duration::from_secs(3), || attached_programs(cgroup.path())
             .len()
-            == 6),
+            == ram_tests::PROGRAMS_PER_CGROUP),
         "not enforced again"
     );
     assert_eq!(

@@ -27,6 +27,8 @@ if grep -q "enforcing on" /tmp/ram.log; then echo "RAM-MATRIX attached"; else
 echo "RAM-MATRIX allowed $(in_t /bin/ram-matrix-peer connect 127.0.0.1 9)"
 # Denied: 127.0.0.2 is loopback too, but allow_loopback is off.
 echo "RAM-MATRIX denied $(in_t /bin/ram-matrix-peer connect 127.0.0.2 9)"
+# The socket gate: a raw socket cannot even be made in the enforced cgroup.
+echo "RAM-MATRIX raw-socket $(in_t /bin/ram-matrix-peer raw)"
 # DNS learning: registry.test's address is denied until the trusted resolver's answer for it.
 echo "RAM-MATRIX before-dns $(in_t /bin/ram-matrix-peer connect 10.77.0.2 80)"
 echo "RAM-MATRIX resolved $(in_t /bin/ram-matrix-peer query 10.77.0.1 registry.test | grep -v '^port')"

@@ -104,6 +104,7 @@ struct Report {
 const SCENARIO: &[(&str, &str, &str)] = &[
     ("allowed", "127.0.0.1 (allow_cidrs)", "reached"),
     ("denied", "127.0.0.2 (not allowed)", "EPERM"),
+    ("raw-socket", "a raw socket in the enforced cgroup", "EPERM"),
     ("before-dns", "registry.test's address before DNS", "EPERM"),
     ("resolved", "registry.test resolved", "answer 10.77.0.2"),
     ("learned", "registry.test's address after DNS", "reached"),

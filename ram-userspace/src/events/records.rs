@@ -41,6 +41,10 @@ pub struct AuditRecord {
     /// The policy entry that matched (none for denials), and its index in its list.
     pub rule: Option<String>,
     pub rule_index: Option<u32>,
+    /// For a socket refused at creation (`hook: socket_create`, `reason: socket_type`): what was
+    /// asked for (`inet raw udp`, `inet6 seqpacket sctp`); the destination is then unknown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket: Option<String>,
 }
 
 impl AuditRecord {
@@ -57,7 +61,11 @@ impl AuditRecord {
             verdict: if event.verdict == 0 { "deny" } else { "allow" },
             reason: Reason::from_u8(event.reason).map_or("unknown", Reason::as_str),
             hook: Hook::from_u8(event.hook).map_or("unknown", Hook::as_str),
-            protocol: protocol_name(event.protocol),
+            protocol: if event.hook == Hook::SocketCreate as u8 {
+                protocol_name_full(event.socket_protocol)
+            } else {
+                protocol_name(event.protocol)
+            },
             pid,
             tgid: pid,
             tid: event.pid_tgid as u32,
@@ -74,11 +82,29 @@ impl AuditRecord {
             hostname: None,
             rule: None,
             rule_index: (event.rule_index != BUILTIN_RULE).then_some(event.rule_index),
+            socket: (event.hook == Hook::SocketCreate as u8).then(|| {
+                format!(
+                    "{} {} {}",
+                    family_name(event.socket_family),
+                    socket_type_name(event.socket_type),
+                    protocol_name_full(event.socket_protocol)
+                )
+            }),
         }
     }
 
     /// A short human-readable line for the daemon's own log.
     pub fn summary(&self) -> String {
+        if let Some(socket) = &self.socket {
+            return format!(
+                "{} socket {socket} by pid {} ({}) in {} ({})",
+                self.verdict,
+                self.pid,
+                self.comm,
+                self.cgroup.as_deref().unwrap_or("unknown cgroup"),
+                self.reason
+            );
+        }
         let host = self
             .hostname
             .as_deref()
@@ -257,6 +283,39 @@ pub fn protocol_name(protocol: u8) -> String {
     }
 }
 
+/// As [`protocol_name`], for protocol numbers past 255 too (MPTCP is 262).
+pub fn protocol_name_full(protocol: u16) -> String {
+    match i32::from(protocol) {
+        libc::IPPROTO_MPTCP => "mptcp".into(),
+        libc::IPPROTO_UDPLITE => "udplite".into(),
+        libc::IPPROTO_DCCP => "dccp".into(),
+        115 => "l2tp".into(),
+        libc::IPPROTO_RAW => "raw".into(),
+        0 => "ip".into(),
+        _ if protocol <= 255 => protocol_name(protocol as u8),
+        other => other.to_string(),
+    }
+}
+
+fn family_name(family: u16) -> String {
+    match i32::from(family) {
+        libc::AF_INET => "inet".into(),
+        libc::AF_INET6 => "inet6".into(),
+        other => format!("family {other}"),
+    }
+}
+
+fn socket_type_name(kind: u16) -> String {
+    match i32::from(kind) {
+        libc::SOCK_STREAM => "stream".into(),
+        libc::SOCK_DGRAM => "dgram".into(),
+        libc::SOCK_RAW => "raw".into(),
+        libc::SOCK_SEQPACKET => "seqpacket".into(),
+        libc::SOCK_DCCP => "dccp".into(),
+        other => format!("type {other}"),
+    }
+}
+
 fn comm_string(comm: &[u8; 16]) -> String {
     let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
     String::from_utf8_lossy(&comm[..end]).into_owned()
@@ -350,9 +409,10 @@ mod tests {
             reason: Reason::NotLearned as u8,
             verdict: 0,
             protocol: libc::IPPROTO_TCP as u8,
-            _reserved: [0; 2],
+            socket_protocol: 0,
             rule_index: BUILTIN_RULE,
-            _reserved2: 0,
+            socket_family: 0,
+            socket_type: 0,
             rule_id: 0,
         };
         let record = AuditRecord::from_event(&event, 0, Some("/ram.enforced".into()));
@@ -375,6 +435,31 @@ mod tests {
             record
                 .summary()
                 .contains("deny connect4 tcp 203.0.113.3:8080")
+        );
+        assert!(!json.contains("socket"), "{json}");
+
+        // A socket refused at creation names what was asked for.
+        let event = GateEvent {
+            hook: Hook::SocketCreate as u8,
+            reason: Reason::SocketType as u8,
+            addr: [0; 16],
+            port: 0,
+            protocol: 255,
+            socket_protocol: libc::IPPROTO_MPTCP as u16,
+            socket_family: libc::AF_INET6 as u16,
+            socket_type: libc::SOCK_STREAM as u16,
+            ..event
+        };
+        let record = AuditRecord::from_event(&event, 0, None);
+        assert_eq!(record.socket.as_deref(), Some("inet6 stream mptcp"));
+        assert_eq!(record.reason, "socket_type");
+        assert_eq!(record.hook, "socket_create");
+        assert!(
+            record
+                .summary()
+                .starts_with("deny socket inet6 stream mptcp by pid 1234"),
+            "{}",
+            record.summary()
         );
     }
 }

@@ -12,7 +12,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::ProgramArray,
-    programs::{CgroupSkb, CgroupSockAddr, Program, ProgramError},
+    programs::{CgroupSkb, CgroupSock, CgroupSockAddr, Program, ProgramError},
 };
 use aya_obj::generated::bpf_attach_type;
 use ram_common::maps::{ALL, ANSWER_RR_SLOT, DNS_TAIL_CALLS, LEARNED};
@@ -85,20 +85,28 @@ pub const SNOOPERS: [Snooper; 2] = [
 /// The program `dns_snoop_in` tail-calls once per answer record (loaded, never attached).
 pub const ANSWER_RR: &str = "dns_answer_rr";
 
+/// The cgroup sock_create program: only the sockets the gates judge may be made.
+pub const SOCKET_GATE: Gate = Gate {
+    name: "socket_gate",
+    attach_type: bpf_attach_type::BPF_CGROUP_INET_SOCK_CREATE,
+};
+
 /// Names of every program ram loads.
 pub fn program_names() -> impl Iterator<Item = &'static str> {
     std::iter::once(ANSWER_RR)
         .chain(SNOOPERS.iter().map(|s| s.name))
         .chain(GATES.iter().map(|g| g.name))
+        .chain(std::iter::once(SOCKET_GATE.name))
 }
 
 /// Every program attached to an enforced cgroup, with its attach type, in attach order (the DNS
-/// programs first, so that no query a gate lets through goes unrecorded).
+/// programs first, so that no query a gate lets through goes unrecorded; the socket gate last).
 pub fn attached_programs() -> impl Iterator<Item = (&'static str, bpf_attach_type)> {
     SNOOPERS
         .iter()
         .map(|s| (s.name, s.attach_type))
         .chain(GATES.iter().map(|g| (g.name, g.attach_type)))
+        .chain(std::iter::once((SOCKET_GATE.name, SOCKET_GATE.attach_type)))
 }
 
 /// Loads the object with every map pinned under `pins` (reusing the pinned ones) and
@@ -147,6 +155,9 @@ pub(super) fn load_programs(
             .load()
             .map_err(|source| load_error(gate.name, source))?;
     }
+    program_as::<CgroupSock>(ebpf, SOCKET_GATE.name)?
+        .load()
+        .map_err(|source| load_error(SOCKET_GATE.name, source))?;
     let mut program_ids = StdHashMap::new();
     for name in program_names() {
         let program = ebpf
@@ -172,7 +183,8 @@ pub(super) fn load_programs(
     Ok(program_ids)
 }
 
-/// Program `name` of the object as the program type `T` (`CgroupSockAddr`, `CgroupSkb`).
+/// Program `name` of the object as the program type `T` (`CgroupSockAddr`, `CgroupSkb`,
+/// `CgroupSock`).
 fn program_as<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, EnforceError>
 where
     &'a mut T: TryFrom<&'a mut Program, Error = ProgramError>,
@@ -194,6 +206,7 @@ pub(super) fn program_fd(ebpf: &Ebpf, name: &'static str) -> Result<OwnedFd, Enf
     let fd = match program {
         Program::CgroupSkb(p) => p.fd(),
         Program::CgroupSockAddr(p) => p.fd(),
+        Program::CgroupSock(p) => p.fd(),
         _ => return Err(EnforceError::MissingProgram { program: name }),
     }
     .map_err(|source| EnforceError::Program {
@@ -254,7 +267,7 @@ mod tests {
         let names: Vec<_> = program_names().collect();
         let unique: std::collections::HashSet<_> = names.iter().collect();
         assert_eq!(names.len(), unique.len());
-        assert_eq!(names.len(), 1 + SNOOPERS.len() + GATES.len());
+        assert_eq!(names.len(), 1 + SNOOPERS.len() + GATES.len() + 1);
         assert!(attached_programs().all(|(name, _)| name != ANSWER_RR));
         // The DNS programs come first.
         let order: Vec<_> = attached_programs().map(|(name, _)| name).collect();
@@ -277,6 +290,7 @@ mod tests {
             let section = &object.programs[name].section;
             let from_section = match section {
                 ProgramSection::CgroupSockAddr { attach_type } => (*attach_type).into(),
+                ProgramSection::CgroupSock { attach_type } => (*attach_type).into(),
                 ProgramSection::CgroupSkb {
                     attach_type: Some(attach_type),
                 } => (*attach_type).into(),

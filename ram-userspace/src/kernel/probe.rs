@@ -57,6 +57,7 @@ const fn required(name: &'static str, since: &'static str, check: Check) -> Feat
 
 const SOCK_ADDR: ProgramType = ProgramType::CgroupSockAddr;
 const SKB: ProgramType = ProgramType::CgroupSkb;
+const SOCK: ProgramType = ProgramType::CgroupSock;
 
 /// Every feature ram uses, roughly oldest first. Helpers are those the programs call
 /// (`ram-ebpf/src/gate.rs` for the sock_addr gates, `ram-ebpf/src/dns.rs` for the cgroup_skb
@@ -99,6 +100,21 @@ pub static FEATURES: &[Feature] = &[
         "bpf_skb_cgroup_id in cgroup_skb programs",
         "4.18",
         Check::Helper(SKB, BpfHelper::BPF_FUNC_skb_cgroup_id),
+    ),
+    required(
+        "cgroup sock programs (the socket creation hook)",
+        "4.10",
+        Check::Program(SOCK),
+    ),
+    required(
+        "bpf_get_current_cgroup_id in cgroup sock programs",
+        "5.8",
+        Check::Helper(SOCK, BpfHelper::BPF_FUNC_get_current_cgroup_id),
+    ),
+    required(
+        "bpf_ringbuf_reserve in cgroup sock programs",
+        "5.8",
+        Check::Helper(SOCK, BpfHelper::BPF_FUNC_ringbuf_reserve),
     ),
     required(
         "cgroup bpf_links (BPF_LINK_CREATE)",

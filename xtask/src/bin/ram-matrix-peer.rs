@@ -7,6 +7,7 @@
 //! ram-matrix-peer query RESOLVER NAME [--txid N] [--any-id]  # one A query; prints the answer
 //! ram-matrix-peer spoof FROM PORT NAME TXID IP              # send a forged answer to 127.0.0.1:PORT
 //! ram-matrix-peer connect ADDR PORT                         # TCP connect: reached / EPERM / ...
+//! ram-matrix-peer raw                                       # a raw IPv4 socket: made / EPERM / ...
 //! ```
 //!
 //! `serve`: `/badid` answers with the transaction id plus one, `/silent` never answers, and
@@ -29,6 +30,7 @@ fn main() {
         ["query", resolver, name, rest @ ..] => query(resolver, name, rest),
         ["spoof", from, port, name, txid, ip] => spoof(from, port, name, txid, ip),
         ["connect", addr, port] => connect(addr, port),
+        ["raw"] => raw(),
         _ => Err("usage: see the head of xtask/src/bin/ram-matrix-peer.rs".into()),
     };
     if let Err(err) = result {
@@ -240,6 +242,20 @@ fn connect(addr: &str, port: &str) -> Result<()> {
     match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
         Ok(_) => println!("reached (connected)"),
         Err(err) => println!("{}", describe(&err)),
+    }
+    Ok(())
+}
+
+/// Makes a raw IPv4 socket (what ping and packet forgers use), and closes it.
+fn raw() -> Result<()> {
+    // SAFETY: plain socket(2); the descriptor, if any, is closed at once.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_UDP) };
+    if fd >= 0 {
+        // SAFETY: the descriptor just made, owned by nothing else.
+        unsafe { libc::close(fd) };
+        println!("made");
+    } else {
+        println!("{}", describe(&std::io::Error::last_os_error()));
     }
     Ok(())
 }

@@ -1,0 +1,58 @@
+//! The socket gate: a cgroup sock_create program, so that an enforced cgroup makes only the
+//! sockets the connect/sendmsg gates judge — TCP and UDP over IPv4 and IPv6. Every other
+//! AF_INET/AF_INET6 socket never passes those hooks, or is not shown to: raw sockets (which
+//! write their own headers), SCTP, DCCP and L2TP over IP (their connects and sends run no
+//! cgroup hook), ICMP ping sockets, MPTCP and UDP-Lite. Asking for one fails at once with
+//! EPERM, and is reported.
+//!
+//! The hook runs in `inet_create`/`inet6_create` only: packet sockets (`AF_PACKET`) are not
+//! seen here (see docs/limits.md). Netlink and Unix sockets are not network traffic.
+
+use aya_ebpf::{helpers::bpf_get_current_cgroup_id, macros::cgroup_sock, programs::SockContext};
+use ram_common::{BUILTIN_RULE, Counter, Hook, Reason};
+
+use crate::{
+    count,
+    gate::{SocketKind, Verdict, report},
+};
+
+const ALLOW: i32 = 1;
+const DENY: i32 = 0;
+
+const SOCK_STREAM: u32 = 1;
+const SOCK_DGRAM: u32 = 2;
+const IPPROTO_TCP: u32 = 6;
+const IPPROTO_UDP: u32 = 17;
+
+#[cgroup_sock(sock_create)]
+pub fn socket_gate(ctx: SockContext) -> i32 {
+    // SAFETY: `ctx.sock` is the kernel's bpf_sock of the socket being created: not null, valid
+    // for the whole run, and only read; the verifier checks each load against the hook.
+    let sock = unsafe { &*ctx.sock };
+    let (family, kind, protocol) = (sock.family, sock.type_, sock.protocol);
+    // inet_create has resolved protocol 0 to the type's default before this hook runs.
+    let judged = (kind == SOCK_STREAM && protocol == IPPROTO_TCP)
+        || (kind == SOCK_DGRAM && protocol == IPPROTO_UDP);
+    if judged {
+        return ALLOW;
+    }
+    count(Counter::DeniedSocket);
+    let verdict = Verdict {
+        // SAFETY: no arguments; the calling task's cgroup.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        addr: [0; 16],
+        port: 0,
+        hook: Hook::SocketCreate,
+        reason: Reason::SocketType,
+        rule_index: BUILTIN_RULE,
+        rule_id: 0,
+        protocol,
+        socket: SocketKind {
+            family: family as u16,
+            kind: kind as u16,
+            protocol: protocol as u16,
+        },
+    };
+    report(&verdict, 0);
+    DENY
+}
