@@ -342,6 +342,7 @@ fn enforcement_outlives_the_daemon_until_uninstall() {
             "dns_snoop_in",
             "sendmsg4_gate",
             "sendmsg6_gate",
+            "socket_gate",
         ]
     );
     assert_eq!(
@@ -394,7 +395,10 @@ fn programs_of_others_on_the_same_cgroup_keep_working() {
     // Two independent sets of programs on one cgroup: a call must pass both.
     let wide = Daemon::start(&policy_allowing(&[a(), b()]), &[cgroup.path()]).expect("first");
     let narrow = Daemon::start(&policy_allowing(&[a()]), &[cgroup.path()]).expect("second");
-    assert_eq!(attached_programs(cgroup.path()).len(), 12);
+    assert_eq!(
+        attached_programs(cgroup.path()).len(),
+        2 * ram_tests::PROGRAMS_PER_CGROUP
+    );
     assert!(probe_in(&cgroup, "tcp-http", &a(), HTTP_PORT).ok());
     assert_eq!(
         probe_in(&cgroup, "tcp-connect", &b(), HTTP_PORT).result,

@@ -195,7 +195,10 @@ fn kill_9_leaves_enforcement_and_learning_in_place_and_a_restart_adopts_it() {
     let daemon = Daemon::start(&policy(&["registry.test"], &[]), &[cgroup.path()]).unwrap();
 
     let state = daemon.kill9().unwrap();
-    assert_eq!(attached_programs(cgroup.path()).len(), 6);
+    assert_eq!(
+        attached_programs(cgroup.path()).len(),
+        ram_tests::PROGRAMS_PER_CGROUP
+    );
     assert_eq!(connect(&cgroup, &c()), "EPERM", "still denied, no daemon");
     assert_eq!(connect(&cgroup, &b()), "EPERM", "not learned yet");
     assert_eq!(dig(&cgroup, "registry.test"), b());
@@ -211,7 +214,7 @@ fn kill_9_leaves_enforcement_and_learning_in_place_and_a_restart_adopts_it() {
         .unwrap();
     assert_eq!(
         attached_programs(cgroup.path()).len(),
-        6,
+        ram_tests::PROGRAMS_PER_CGROUP,
         "swapped, not added"
     );
     assert_eq!(
@@ -509,7 +512,10 @@ fn a_detached_program_is_noticed_and_attached_again() {
     daemon
         .wait_for_line("connect4_gate detached from cgroup", Duration::from_secs(5))
         .unwrap();
-    assert_eq!(attached_programs(cgroup.path()).len(), 6);
+    assert_eq!(
+        attached_programs(cgroup.path()).len(),
+        ram_tests::PROGRAMS_PER_CGROUP
+    );
     assert_eq!(connect(&cgroup, &c()), "EPERM");
 }
 
@@ -560,7 +566,7 @@ fn systemd_hears_ready_once_enforcing() {
     assert!(message.starts_with("READY=1"), "{message}");
     assert_eq!(
         attached_programs(cgroup.path()).len(),
-        6,
+        ram_tests::PROGRAMS_PER_CGROUP,
         "ready means attached"
     );
 }
