@@ -398,6 +398,27 @@ fn container_networks_resolve_allowed_names_only() {
         .wait_for_line("ram-otherdns", Duration::from_secs(5))
         .expect("a log line names the container");
 
+    // A container that may administer its network (CAP_NET_ADMIN) could send 127.0.0.11:53 to
+    // a server of its own: its DNS is not trusted.
+    let (_, out, err, _) = docker.run(&[
+        "run",
+        "--rm",
+        "--name",
+        "ram-netadmin",
+        "--cap-add",
+        "NET_ADMIN",
+        "--network",
+        "ramnet",
+        "bb:latest",
+        "sh",
+        "-c",
+        "sleep 1; nslookup allowed.test || echo LOOKUP-FAILED",
+    ]);
+    assert!(out.contains("LOOKUP-FAILED"), "{out}{err}");
+    daemon
+        .wait_for_line("ram-netadmin", Duration::from_secs(5))
+        .expect("a log line names the container");
+
     // A running container is listed with its namespace's resolvers (Docker's embedded DNS and
     // the policy's resolver it forwards to), and no more once it is gone.
     let (ok, out, err, _) = docker.run(&[
@@ -624,6 +645,8 @@ fn containerd_containers_are_enforced() {
          else echo CTR-REFUSED; fi",
         EngineNet::HOST_SIDE
     );
+    // (No pause after the connection: the daemon names a container's cgroup even once it is
+    // gone, having enforced it.)
     let run = |name: &str| {
         let output = containerd
             .ctr()

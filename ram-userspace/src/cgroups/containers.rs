@@ -11,12 +11,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::procs::root_processes_named;
+use super::{
+    procs::{in_container, root_processes_named},
+    scope::container_id,
+};
+use crate::sys;
 
 /// dockerd's state directory unless `--data-root` says otherwise.
 const DOCKER_DATA_ROOT: &str = "/var/lib/docker";
 /// A container's config.v2.json is a few KiB; a larger one is not read.
 const CONFIG_MAX: u64 = 4 << 20;
+/// An engine's command line is short; a longer one is read this far.
+const CMDLINE_MAX: u64 = 64 * 1024;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ContainerInfo {
@@ -71,26 +77,53 @@ impl ContainerInfos {
     }
 }
 
+/// Root processes named `name` that are not inside a container (a container's root can name a
+/// process `dockerd`), with their command lines.
+fn engines_named(proc_root: &Path, name: &str) -> Vec<(u32, Vec<String>)> {
+    root_processes_named(proc_root, name)
+        .into_iter()
+        .filter(|pid| !in_container(proc_root, *pid, |part| container_id(part).is_some()))
+        .filter_map(|pid| {
+            let mut cmdline = Vec::new();
+            std::fs::File::open(proc_root.join(pid.to_string()).join("cmdline"))
+                .ok()?
+                .take(CMDLINE_MAX)
+                .read_to_end(&mut cmdline)
+                .ok()?;
+            let args = cmdline
+                .split(|b| *b == 0)
+                .map(|arg| String::from_utf8_lossy(arg).into_owned())
+                .collect();
+            Some((pid, args))
+        })
+        .collect()
+}
+
 /// The container `id` as a running dockerd describes it.
 fn docker_container(proc_root: &Path, id: &str) -> Option<ContainerInfo> {
     // Only ids dockerd makes: 64 hex digits, which also keeps the path below a plain name.
     if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
-    root_processes_named(proc_root, "dockerd")
+    engines_named(proc_root, "dockerd")
         .into_iter()
-        .find_map(|pid| {
-            let process = proc_root.join(pid.to_string());
-            let cmdline = std::fs::read(process.join("cmdline")).ok()?;
-            let data_root = data_root(&cmdline);
-            let config = process
-                .join("root")
-                .join(data_root.trim_start_matches('/'))
+        .find_map(|(pid, args)| {
+            let data_root = data_root(&args);
+            // Relative to dockerd's own root, and never above it.
+            let data_root = data_root.trim_start_matches('/');
+            if Path::new(data_root)
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+            {
+                return None;
+            }
+            let config = Path::new(data_root)
                 .join("containers")
                 .join(id)
                 .join("config.v2.json");
+            let root = proc_root.join(pid.to_string()).join("root");
             let mut text = String::new();
-            std::fs::File::open(config)
+            sys::open_in_root(&root, &config)
                 .ok()?
                 .take(CONFIG_MAX)
                 .read_to_string(&mut text)
@@ -105,14 +138,9 @@ fn conmon_container(proc_root: &Path, id: &str) -> Option<ContainerInfo> {
     if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
-    root_processes_named(proc_root, "conmon")
+    engines_named(proc_root, "conmon")
         .into_iter()
-        .find_map(|pid| {
-            let cmdline = std::fs::read(proc_root.join(pid.to_string()).join("cmdline")).ok()?;
-            let args: Vec<String> = cmdline
-                .split(|b| *b == 0)
-                .map(|arg| String::from_utf8_lossy(arg).into_owned())
-                .collect();
+        .find_map(|(_, args)| {
             let value = |short: &str, long: &str| {
                 args.iter()
                     .position(|a| a == short || a == long)
@@ -125,12 +153,8 @@ fn conmon_container(proc_root: &Path, id: &str) -> Option<ContainerInfo> {
         })
 }
 
-/// `--data-root` of a dockerd command line (NUL-separated), or the default.
-fn data_root(cmdline: &[u8]) -> String {
-    let args: Vec<String> = cmdline
-        .split(|b| *b == 0)
-        .map(|arg| String::from_utf8_lossy(arg).into_owned())
-        .collect();
+/// `--data-root` of a dockerd command line, or the default.
+fn data_root(args: &[String]) -> String {
     for (i, arg) in args.iter().enumerate() {
         if let Some(value) = arg.strip_prefix("--data-root=") {
             return value.to_owned();
@@ -159,9 +183,10 @@ mod tests {
 
     #[test]
     fn data_root_from_the_command_line() {
-        assert_eq!(data_root(b"dockerd\0-H\0fd://"), DOCKER_DATA_ROOT);
-        assert_eq!(data_root(b"dockerd\0--data-root=/srv/d\0"), "/srv/d");
-        assert_eq!(data_root(b"dockerd\0--data-root\0/srv/e"), "/srv/e");
+        let args = |line: &str| -> Vec<String> { line.split(' ').map(str::to_owned).collect() };
+        assert_eq!(data_root(&args("dockerd -H fd://")), DOCKER_DATA_ROOT);
+        assert_eq!(data_root(&args("dockerd --data-root=/srv/d")), "/srv/d");
+        assert_eq!(data_root(&args("dockerd --data-root /srv/e")), "/srv/e");
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod names;
 pub mod networks;
 pub mod procs;
 pub mod scope;
+pub mod shims;
 
 use std::{
     fs,

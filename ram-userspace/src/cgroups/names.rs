@@ -31,12 +31,33 @@ impl CgroupNames {
             if !self.roots.iter().any(|root| root.id == dir.id) {
                 self.roots.push(dir.clone());
             }
-            if self.known.get(&dir.id).is_some_and(Option::is_none) {
-                self.known.remove(&dir.id);
+            // Known by path from now on, even once removed: a short-lived container's last
+            // events are often read after its cgroup is gone.
+            let path = self.relative(&dir.path);
+            if self.known.len() > Self::MAX_KNOWN {
+                self.known.clear();
             }
+            self.known.insert(dir.id, Some(path));
         }
         self.roots
             .retain(|root| dirs.iter().any(|dir| dir.id == root.id));
+    }
+
+    /// Whether the cgroup at `relative` (`/docker/<id>`) is a directory owned by root.
+    pub fn owned_by_root(&self, relative: &str) -> bool {
+        use std::os::unix::fs::MetadataExt as _;
+        let Some(mount) = &self.mount else {
+            return false;
+        };
+        std::fs::metadata(mount.join(relative.trim_start_matches('/')))
+            .is_ok_and(|m| m.is_dir() && m.uid() == 0)
+    }
+
+    fn relative(&self, path: &std::path::Path) -> String {
+        match self.mount.as_ref().and_then(|m| path.strip_prefix(m).ok()) {
+            Some(relative) => format!("/{}", relative.display()),
+            None => path.display().to_string(),
+        }
     }
 
     /// The path relative to the cgroup2 mount (`/ram.enforced/job`), as systemd shows them.
@@ -44,12 +65,7 @@ impl CgroupNames {
         if let Some(known) = self.known.get(&id) {
             return known.clone();
         }
-        let found = find_by_id(&self.roots, id, Self::MAX_WALK).map(|path| {
-            match self.mount.as_ref().and_then(|m| path.strip_prefix(m).ok()) {
-                Some(relative) => format!("/{}", relative.display()),
-                None => path.display().to_string(),
-            }
-        });
+        let found = find_by_id(&self.roots, id, Self::MAX_WALK).map(|path| self.relative(&path));
         if self.known.len() > Self::MAX_KNOWN {
             self.known.clear();
         }

@@ -36,15 +36,45 @@ pub struct ContainerNetwork {
     /// `nameserver` lines of the container's /etc/resolv.conf, in order, without repeats, at
     /// most [`MAXNS`] (as the C library reads them).
     pub nameservers: Vec<IpAddr>,
-    /// Its first process's bounding set holds CAP_NET_RAW.
+    /// Its first process's capabilities, if it already runs the container's command.
+    pub capabilities: Option<Capabilities>,
+}
+
+/// What a container's first process may do to the network (its bounding set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// CAP_NET_RAW: raw and packet sockets.
     pub net_raw: bool,
-    /// Its default routes' gateways (IPv4): the runtime's bridge.
-    pub gateways: Vec<IpAddr>,
+    /// CAP_NET_ADMIN: routes, addresses, netfilter of its namespace.
+    pub net_admin: bool,
+}
+
+/// The capabilities of process `pid`, once it runs the container's command: `None` while it
+/// is still the runtime's (runc's init keeps every capability until it starts the command).
+pub fn capabilities(proc_root: &Path, pid: u32) -> Option<Capabilities> {
+    let process = proc_root.join(pid.to_string());
+    let comm = std::fs::read_to_string(process.join("comm")).unwrap_or_default();
+    let exe = std::fs::read_link(process.join("exe")).unwrap_or_default();
+    let exe = exe.file_name().unwrap_or_default().to_string_lossy();
+    let exe = exe.strip_suffix(" (deleted)").unwrap_or(&exe);
+    // runc names its stages `runc:[0:PARENT]` .. `runc:[2:INIT]`, and may run from a copy of
+    // itself (`memfd:runc_cloned…`).
+    if comm.starts_with("runc:[") || exe.contains("runc") || RUNTIMES.contains(&exe) {
+        return None;
+    }
+    Some(Capabilities {
+        net_raw: has_capability(&process, CAP_NET_RAW),
+        net_admin: has_capability(&process, CAP_NET_ADMIN),
+    })
 }
 
 /// The C library uses the first three nameservers (resolv.h's MAXNS); the rest are never asked.
 pub const MAXNS: usize = 3;
-/// CAP_NET_RAW's bit in /proc/PID/status's capability sets.
+/// OCI runtimes, whose process is a container's first until it runs the container's command.
+const RUNTIMES: [&str; 4] = ["runc", "crun", "runsc", "youki"];
+
+/// Bits in /proc/PID/status's capability sets.
+const CAP_NET_ADMIN: u32 = 12;
 const CAP_NET_RAW: u32 = 13;
 
 #[derive(Debug, thiserror::Error)]
@@ -68,8 +98,9 @@ pub enum NetworkError {
 /// namespace (`--network host`), where the policy's resolvers already apply.
 ///
 /// Only once the runtime has moved the container's first process into the container's root
-/// (runc does so before it waits to start the container's command): before that, its root and
-/// its namespaces may still be the host's, and so would be the resolv.conf read through it.
+/// (runc does so before it starts the container's command): before that, its root and its
+/// namespaces may still be the host's, and so would be the resolv.conf read through it. Its
+/// capabilities are the container's only once the command runs: see [`Capabilities`].
 pub fn container_network(
     mount: &Path,
     cgroup: &Path,
@@ -102,10 +133,7 @@ pub fn container_network(
         pid,
         netns_inode,
         nameservers,
-        net_raw: has_net_raw(&process),
-        gateways: std::fs::read_to_string(process.join("net/route"))
-            .map(|table| default_gateways(&table))
-            .unwrap_or_default(),
+        capabilities: capabilities(proc_root, pid),
     }))
 }
 
@@ -129,25 +157,8 @@ fn read_nameservers(root: &Path) -> io::Result<Vec<IpAddr>> {
     Ok(nameservers)
 }
 
-/// Gateways of the default routes in a `/proc/PID/net/route` table (hex, host byte order).
-fn default_gateways(table: &str) -> Vec<IpAddr> {
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let (destination, gateway) = (*fields.get(1)?, *fields.get(2)?);
-            if destination != "00000000" {
-                return None;
-            }
-            let raw = u32::from_str_radix(gateway, 16).ok()?;
-            (raw != 0).then(|| IpAddr::V4(std::net::Ipv4Addr::from(raw.to_le_bytes())))
-        })
-        .collect()
-}
-
-/// Whether the process's bounding set (`CapBnd`) holds CAP_NET_RAW; true when unreadable.
-fn has_net_raw(process: &Path) -> bool {
+/// Whether the process's bounding set (`CapBnd`) holds `capability`; true when unreadable.
+fn has_capability(process: &Path, capability: u32) -> bool {
     let Ok(status) = std::fs::read_to_string(process.join("status")) else {
         return true;
     };
@@ -155,7 +166,7 @@ fn has_net_raw(process: &Path) -> bool {
         .lines()
         .find_map(|line| line.strip_prefix("CapBnd:"))
         .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .is_none_or(|caps| caps & (1 << CAP_NET_RAW) != 0)
+        .is_none_or(|caps| caps & (1 << capability) != 0)
 }
 
 /// The container's first process: of those in its cgroup (its own children included) whose
@@ -219,17 +230,6 @@ fn cgroup_and_children(cgroup: &Path) -> Vec<PathBuf> {
 mod tests {
     use super::*;
     use std::fs;
-
-    #[test]
-    fn default_gateways_from_the_route_table() {
-        let table = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\n\
-                     eth0\t00000000\t0100580A\t0003\t0\t0\t0\t00000000\n\
-                     eth0\t0000580A\t00000000\t0001\t0\t0\t0\t00FFFFFF\n";
-        assert_eq!(
-            default_gateways(table),
-            vec!["10.88.0.1".parse::<IpAddr>().unwrap()]
-        );
-    }
 
     /// A fake /proc and cgroup tree: the container's init (parent: the shim, outside), its
     /// child, and an orphan the shim adopted later.

@@ -13,15 +13,26 @@ pub fn root_processes_named(proc_root: &Path, comm: &str) -> Vec<u32> {
         .collect()
 }
 
-/// Whether `pid` runs as root from a binary named `comm`.
+/// Whether `pid` runs as root from a binary named `comm` (one replaced on disk since it
+/// started, by a package upgrade, reads as `NAME (deleted)`: still that binary).
 pub fn is_root_binary(proc_root: &Path, pid: u32, comm: &str) -> bool {
     let dir = proc_root.join(pid.to_string());
     let Ok(status) = fs::metadata(&dir) else {
         return false;
     };
-    let named =
-        fs::read_link(dir.join("exe")).is_ok_and(|exe| exe.file_name().is_some_and(|n| n == comm));
+    let named = fs::read_link(dir.join("exe")).is_ok_and(|exe| {
+        exe.file_name().is_some_and(|name| {
+            let name = name.to_string_lossy();
+            name.strip_suffix(" (deleted)").unwrap_or(&name) == comm
+        })
+    });
     status.uid() == 0 && named
+}
+
+/// Whether `pid` runs inside a container (a cgroup path with a container id in it): such a
+/// process may be named like an engine or a shim by the container's root, and is not one.
+pub fn in_container(proc_root: &Path, pid: u32, is_container_id: impl Fn(&str) -> bool) -> bool {
+    cgroup_of(proc_root, pid).is_none_or(|path| path.split('/').any(is_container_id))
 }
 
 /// (pid, comm) of every process in `proc_root`.

@@ -4,7 +4,8 @@
 
 use super::{
     CgroupDir,
-    procs::{cgroup_of, children, is_root_binary, processes},
+    procs::{cgroup_of, in_container, is_root_binary, processes},
+    shims,
 };
 use crate::policy::Scope;
 
@@ -77,8 +78,10 @@ pub fn engine_cgroups(mount: &Path, proc_root: &Path) -> (Vec<Found>, Vec<String
         .filter_map(|(pid, comm)| {
             let rank = ENGINE_PROCESSES.iter().position(|e| *e == comm)?;
             // `podman` is also every command a user types: only its API service is an engine.
+            // A container's root may name its processes like engines: those are not.
             let engine = is_root_binary(proc_root, pid, &comm)
-                && (comm != "podman" || is_podman_service(proc_root, pid));
+                && (comm != "podman" || is_podman_service(proc_root, pid))
+                && !in_container(proc_root, pid, |part| container_id(part).is_some());
             engine.then_some((rank, pid, comm))
         })
         .collect();
@@ -153,7 +156,7 @@ pub fn container_cgroups(mount: &Path) -> Containers {
                     reason: format!("scope.containers: container {}", &id[..12]),
                     container: Some(id),
                 });
-            } else if is_buildkit_parent(&dir, &name) {
+            } else if is_buildkit_parent(mount, &dir, &name) {
                 // Programs on a cgroup run for every cgroup made below it: enforcing the parent
                 // covers each RUN step from its first instruction, with no scan in between.
                 found.push(Found {
@@ -195,10 +198,11 @@ pub fn run_step_id<'a>(parent: &str, name: &'a str) -> Option<&'a str> {
     buildkit_step_id(name)
 }
 
-/// Whether `name`, in directory `dir`, is where dockerd's BuildKit makes the cgroups of RUN
-/// steps with the cgroupfs driver: `<docker's cgroup parent>/buildkit` (`/docker/buildkit/<id>`).
-fn is_buildkit_parent(dir: &Path, name: &str) -> bool {
-    name == "buildkit" && dir.file_name().is_some_and(|parent| parent == "docker")
+/// Whether `name`, in directory `dir`, is where BuildKit makes the cgroups of RUN steps with
+/// the cgroupfs driver: dockerd's (`<docker's cgroup parent>/buildkit`, `/docker/buildkit/<id>`)
+/// or a standalone buildkitd's (`/buildkit/<id>` at the mount).
+fn is_buildkit_parent(mount: &Path, dir: &Path, name: &str) -> bool {
+    name == "buildkit" && (dir == mount || dir.file_name().is_some_and(|parent| parent == "docker"))
 }
 
 /// The id of a RUN step of dockerd's BuildKit under the systemd driver, whose units are
@@ -221,9 +225,12 @@ fn is_podman_service(proc_root: &Path, pid: u32) -> bool {
     let Ok(cmdline) = fs::read(proc_root.join(pid.to_string()).join("cmdline")) else {
         return false;
     };
-    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    args.windows(2)
-        .any(|pair| pair[0] == b"system" && pair[1] == b"service")
+    // The command is the first two words that are not options: `podman [--flags] system service`.
+    let mut words = cmdline
+        .split(|b| *b == 0)
+        .skip(1)
+        .filter(|arg| !arg.starts_with(b"-"));
+    words.next() == Some(b"system".as_slice()) && words.next() == Some(b"service".as_slice())
 }
 
 /// The cgroups to enforce now (the command line's, then what the policy's scope finds), and
@@ -272,9 +279,12 @@ pub fn in_scope(mount: &Path, given: &[(CgroupDir, String)], scope: &Scope) -> (
     if scope.containers {
         let containers = container_cgroups(mount);
         complete = containers.complete;
+        let by_name: Vec<PathBuf> = containers.found.iter().map(|f| f.path.clone()).collect();
         containers.found.into_iter().for_each(&mut add);
-        shim_children(mount, Path::new("/proc"))
+        // A container found by name is not found again below it (Podman's `container` child).
+        shims::shim_children(mount, Path::new("/proc"))
             .into_iter()
+            .filter(|found| !by_name.iter().any(|path| found.path.starts_with(path)))
             .for_each(&mut add);
     }
     if scope.whole_host {
@@ -288,100 +298,6 @@ pub fn in_scope(mount: &Path, given: &[(CgroupDir, String)], scope: &Scope) -> (
         }
     }
     (wanted, complete)
-}
-
-/// The processes that start containers and stay their parent: containerd's shims (Docker's and
-/// containerd's own containers, `ctr run` among them) and Podman's and CRI-O's conmon.
-const SHIMS: [&str; 4] = [
-    "containerd-shim-runc-v2",
-    "containerd-shim-runc-v1",
-    "containerd-shim",
-    "conmon",
-];
-
-/// The cgroups of the containers that shims started, found by process rather than by name: a
-/// container named freely (`ctr run IMAGE web` makes `/default/web`) is found too. A shim's
-/// child is the container's first process, in the container's cgroup. Only root shims from a
-/// binary of that name count, and only shims outside every container (a container's root
-/// cannot name its own process `conmon` and have its children taken for containers).
-pub fn shim_children(mount: &Path, proc_root: &Path) -> Vec<Found> {
-    let mut found: Vec<Found> = Vec::new();
-    for (pid, comm) in processes(proc_root) {
-        // The kernel keeps 15 bytes of a name (`containerd-shim` for each containerd shim):
-        // the binary's own name decides.
-        let Some(shim) = SHIMS
-            .iter()
-            .find(|shim| shim.starts_with(comm.as_str()) && is_root_binary(proc_root, pid, shim))
-        else {
-            continue;
-        };
-        let comm = *shim;
-        let Some(shim_cgroup) = cgroup_of(proc_root, pid) else {
-            continue;
-        };
-        if shim_cgroup == "/"
-            || shim_cgroup
-                .split('/')
-                .any(|part| container_id(part).is_some())
-        {
-            continue;
-        }
-        for child in container_processes(proc_root, pid, &shim_cgroup) {
-            let Some(relative) = cgroup_of(proc_root, child) else {
-                continue;
-            };
-            if relative == "/" {
-                continue;
-            }
-            let path = mount.join(relative.trim_start_matches('/'));
-            let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
-                continue;
-            };
-            let id = container_id(&name).unwrap_or(name);
-            if found.iter().any(|f| f.path == path) {
-                continue;
-            }
-            found.push(Found {
-                reason: format!(
-                    "scope.containers: container {} (started by {comm})",
-                    short(&id)
-                ),
-                path,
-                container: Some(id),
-            });
-        }
-    }
-    found
-}
-
-fn short(id: &str) -> &str {
-    &id[..id.len().min(12)]
-}
-
-/// How deep below a shim its container's first process may be: the shim's child is the
-/// runtime (`runc create`, in the shim's cgroup) until the runtime exits, the container's
-/// process its child; then the shim adopts it.
-const SHIM_DEPTH: usize = 3;
-
-/// The shim's descendants that are no longer in its cgroup (`shim_cgroup`), looking no deeper
-/// than the first such process on each branch, nor than [`SHIM_DEPTH`] levels.
-fn container_processes(proc_root: &Path, shim: u32, shim_cgroup: &str) -> Vec<u32> {
-    let mut found = Vec::new();
-    let mut level = vec![shim];
-    for _ in 0..SHIM_DEPTH {
-        let mut next = Vec::new();
-        for pid in level {
-            for child in children(proc_root, pid) {
-                match cgroup_of(proc_root, child) {
-                    Some(cgroup) if cgroup != shim_cgroup => found.push(child),
-                    Some(_) => next.push(child),
-                    None => {}
-                }
-            }
-        }
-        level = next;
-    }
-    found
 }
 
 #[cfg(test)]
@@ -557,6 +473,8 @@ mod tests {
         tree.dir("system.slice/docker-vnzzykkws3m9pp48rularan15.scope");
         tree.dir("system.slice/buildkit");
         tree.dir("system.slice/docker-notanid.scope");
+        // A standalone buildkitd's steps, with no cgroup parent set: `/buildkit/<id>`.
+        tree.dir("buildkit/wq2xq7w7ztx2fypt6f2ymcwsq");
         let found = container_cgroups(&tree.0);
         let paths: Vec<String> = found
             .found
@@ -566,12 +484,14 @@ mod tests {
         assert_eq!(
             paths,
             [
+                "buildkit",
                 "docker/0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
                 "docker/buildkit",
                 "system.slice/docker-vnzzykkws3m9pp48rularan15.scope",
             ]
         );
-        assert!(found.found[1].reason.contains("BuildKit's RUN steps"));
+        assert!(found.found[0].reason.contains("BuildKit's RUN steps"));
+        assert!(found.found[2].reason.contains("BuildKit's RUN steps"));
     }
 
     #[test]
@@ -584,41 +504,5 @@ mod tests {
         assert_eq!(container_id(&format!("docker-{}.scope", &ID[1..])), None);
         assert_eq!(container_id("docker.service"), None);
         assert_eq!(container_id(&format!("docker-{}x.scope", &ID[1..])), None);
-    }
-
-    /// `ctr run` makes `/default/web`: found through the shim, whose child is `runc create`
-    /// (still in the shim's cgroup) while the container's first process is its grandchild. A
-    /// process named like a shim but run from elsewhere counts for nothing.
-    #[test]
-    fn containers_are_found_by_their_shim() {
-        let mount = Tree::new("shim");
-        let proc = Tree::new("shim-proc");
-        let process = |pid: &str, comm: &str, cgroup: &str, children: &str| {
-            proc.file(&format!("{pid}/comm"), &format!("{comm}\n"));
-            proc.file(&format!("{pid}/cgroup"), &format!("0::{cgroup}\n"));
-            proc.file(&format!("{pid}/task/{pid}/children"), children);
-        };
-        process(
-            "50",
-            "containerd-shim",
-            "/system.slice/containerd.service",
-            "51 ",
-        );
-        proc.exe("50", "/usr/bin/containerd-shim-runc-v2");
-        process("51", "runc", "/system.slice/containerd.service", "52 ");
-        process("52", "sh", "/default/web", "");
-        process("60", "conmon", "/user.slice", "61 ");
-        proc.exe("60", "/home/mallory/conmon-lookalike");
-        process("61", "sh", "/user.slice/fake", "");
-        let found = shim_children(&mount.0, &proc.0);
-        assert_eq!(
-            found,
-            vec![Found {
-                path: mount.0.join("default/web"),
-                reason: "scope.containers: container web (started by containerd-shim-runc-v2)"
-                    .into(),
-                container: Some("web".into()),
-            }]
-        );
     }
 }

@@ -19,9 +19,12 @@ use crate::{cgroups::scope::Scoped, sys};
 /// Where runtimes put containers, relative to the mount: Docker (cgroupfs driver) and its
 /// BuildKit, systemd's slices (Docker and containerd with the systemd driver, Podman), the
 /// kubelet's, Podman's cgroupfs parent, containerd's namespaces (`ctr run`: `/default/<id>`).
-const USUAL_PARENTS: [&str; 11] = [
+const USUAL_PARENTS: [&str; 14] = [
     "docker",
     "docker/buildkit",
+    "buildkit",
+    "kubepods.slice/kubepods-burstable.slice",
+    "kubepods.slice/kubepods-besteffort.slice",
     "system.slice",
     "machine.slice",
     "kubepods",
@@ -74,7 +77,7 @@ impl CgroupWatcher {
         dirs.extend(
             enforced
                 .iter()
-                .filter(|scoped| scoped.dir.path.ends_with("docker/buildkit"))
+                .filter(|scoped| scoped.dir.path.ends_with("buildkit"))
                 .map(|scoped| scoped.dir.path.clone()),
         );
         dirs.sort();

@@ -19,7 +19,9 @@ use crate::{
     cgroups::{
         CgroupDir,
         containers::ContainerInfos,
-        networks::{DOCKER_EMBEDDED_DNS, NetworkError, container_network},
+        networks::{
+            Capabilities, DOCKER_EMBEDDED_DNS, NetworkError, capabilities, container_network,
+        },
         scope::{Scoped, run_step_id},
     },
     compile::CompiledPolicy,
@@ -47,8 +49,9 @@ struct Trusted {
     /// Its nameservers that are trusted, and those that are not (not the host's).
     nameservers: Vec<IpAddr>,
     ignored: Vec<IpAddr>,
-    /// Its first process may use CAP_NET_RAW (a packet socket bypasses the egress programs).
-    net_raw: bool,
+    /// Its first process's capabilities; `None` until it runs the container's command (then
+    /// checked: one with CAP_NET_ADMIN loses the trust).
+    capabilities: Option<Capabilities>,
 }
 
 #[derive(Default)]
@@ -137,7 +140,7 @@ impl ContainerDns {
                             )
                         }
                     );
-                    if trusted.net_raw && !self.warned_net_raw {
+                    if trusted.capabilities.is_some_and(|c| c.net_raw) && !self.warned_net_raw {
                         // Once: Docker gives it to every container by default.
                         self.warned_net_raw = true;
                         warn!(
@@ -167,6 +170,8 @@ impl ContainerDns {
             }
         }
 
+        retry |= self.check_capabilities();
+
         let wanted: HashSet<NetnsResolverKey> = self
             .trusted
             .values()
@@ -190,6 +195,43 @@ impl ContainerDns {
             }
         }
         retry
+    }
+
+    /// Reads the capabilities of trusted containers whose command had not started when they
+    /// were read; one that may administer its network loses the trust. Returns whether one
+    /// has still not started.
+    fn check_capabilities(&mut self) -> bool {
+        let mut pending = false;
+        let unchecked: Vec<(u64, u32, String, PathBuf)> = self
+            .trusted
+            .iter()
+            .filter(|(_, t)| t.capabilities.is_none())
+            .map(|(id, t)| (*id, t.pid, t.container.clone(), t.cgroup.clone()))
+            .collect();
+        for (id, pid, container, cgroup) in unchecked {
+            match capabilities(Path::new("/proc"), pid) {
+                None => {
+                    let since = *self.first_seen.entry(id).or_insert_with(Instant::now);
+                    pending |= since.elapsed() < SETUP_WINDOW;
+                }
+                Some(caps) if caps.net_admin => {
+                    self.trusted.remove(&id);
+                    self.unreadable += 1;
+                    let label = self.label(&container);
+                    warn!(
+                        "container {label} ({}): its DNS is no longer trusted: {NET_ADMIN}",
+                        cgroup.display()
+                    );
+                    self.failing.insert(id, NET_ADMIN.into());
+                }
+                Some(caps) => {
+                    if let Some(trusted) = self.trusted.get_mut(&id) {
+                        trusted.capabilities = Some(caps);
+                    }
+                }
+            }
+        }
+        pending
     }
 
     /// `web (3f2a…)`: the container's name where its runtime says, and its id.
@@ -236,7 +278,7 @@ impl ContainerDns {
                     .iter()
                     .map(ToString::to_string)
                     .collect(),
-                net_raw: t.net_raw,
+                net_raw: t.capabilities.is_none_or(|c| c.net_raw),
             })
             .collect()
     }
@@ -251,7 +293,7 @@ fn containers_in(enforced: &[Scoped]) -> Vec<(CgroupDir, String)> {
             found.push((scoped.dir.clone(), id.clone()));
             continue;
         }
-        if !scoped.dir.path.ends_with("docker/buildkit") {
+        if !scoped.dir.path.ends_with("buildkit") {
             continue;
         }
         let Ok(entries) = std::fs::read_dir(&scoped.dir.path) else {
@@ -278,9 +320,8 @@ fn containers_in(enforced: &[Scoped]) -> Vec<(CgroupDir, String)> {
 
 /// The resolvers a container's resolv.conf may name and be trusted for: the host's (the
 /// policy's, /etc/resolv.conf's and systemd-resolved's upstreams, which runtimes copy into
-/// containers), Docker's embedded DNS, and `dns.container_resolvers` (beside these, its own
-/// network's gateway: see [`read`]). Loopback ones other than Docker's are the container's
-/// own. A container's root can rewrite its resolv.conf before the daemon reads it; it can then
+/// containers), Docker's embedded DNS, and `dns.container_resolvers`. Loopback ones other
+/// than Docker's are the container's own. A container's root can rewrite its resolv.conf before the daemon reads it; it can then
 /// only pick among these.
 fn allowed_resolvers(policy_resolvers: &[IpAddr], container_resolvers: &[IpAddr]) -> Vec<IpAddr> {
     let mut allowed = vec![DOCKER_EMBEDDED_DNS];
@@ -293,12 +334,20 @@ fn allowed_resolvers(policy_resolvers: &[IpAddr], container_resolvers: &[IpAddr]
         .into_iter()
         .flat_map(|path| resolv::nameservers_from(Path::new(path)).unwrap_or_default());
     for resolver in policy_resolvers.iter().copied().chain(host) {
-        if !resolver.is_loopback() && !allowed.contains(&resolver) {
+        // A link-local address names another host on the container's own link.
+        let link_local = match resolver {
+            IpAddr::V4(v4) => v4.is_link_local(),
+            IpAddr::V6(v6) => v6.is_unicast_link_local(),
+        };
+        if !resolver.is_loopback() && !link_local && !allowed.contains(&resolver) {
             allowed.push(resolver);
         }
     }
     allowed
 }
+
+const NET_ADMIN: &str =
+    "it has CAP_NET_ADMIN, with which it could send its DNS to a server of its own";
 
 enum Unreadable {
     /// Not set up by its runtime yet: look again soon, say nothing.
@@ -307,9 +356,8 @@ enum Unreadable {
 }
 
 /// Reads a container's network: `Ok(None)` when it shares the daemon's. Only its nameservers
-/// among `allowed`, or its default gateway (the runtime's bridge, where Podman's aardvark-dns
-/// and CNI's dnsname answer; a container cannot change its routes without CAP_NET_ADMIN), are
-/// trusted.
+/// among `allowed` are trusted, and none if it may administer its network (CAP_NET_ADMIN: it
+/// could redirect `127.0.0.11:53`, or any resolver's address, to a server of its own).
 fn read(
     mount: &Path,
     dir: &CgroupDir,
@@ -338,7 +386,10 @@ fn read(
     let (nameservers, ignored): (Vec<IpAddr>, Vec<IpAddr>) = network
         .nameservers
         .iter()
-        .partition(|addr| allowed.contains(addr) || network.gateways.contains(addr));
+        .partition(|addr| allowed.contains(addr));
+    if network.capabilities.is_some_and(|caps| caps.net_admin) {
+        return Err(Unreadable::Failed(NET_ADMIN.into()));
+    }
     if nameservers.is_empty() {
         return Err(Unreadable::Failed(format!(
             "none of its nameservers ({}) is one of the host's resolvers or Docker's embedded DNS",
@@ -354,7 +405,7 @@ fn read(
         netns_cookie,
         nameservers,
         ignored,
-        net_raw: network.net_raw,
+        capabilities: network.capabilities,
     }))
 }
 

@@ -89,9 +89,21 @@ impl Auditor {
     }
 
     /// The container of cgroup `id` at `path`: by the path's name, or as the scope found it.
+    /// A container id in a path is believed only if a root-owned directory carries it: a user
+    /// with a delegated cgroup could name one `docker-<someone else's id>.scope`.
     fn container(&mut self, id: u64, path: Option<&str>) -> Option<String> {
-        path.and_then(container_id)
-            .or_else(|| self.container_of.get(&id).cloned())
+        if let Some(container) = self.container_of.get(&id) {
+            return Some(container.clone());
+        }
+        let path = path?;
+        let container = container_id(path)?;
+        let carrier = path
+            .split('/')
+            .position(|part| part.contains(container.as_str()))?;
+        let prefix: Vec<&str> = path.split('/').take(carrier + 1).collect();
+        self.cgroup_names
+            .owned_by_root(&prefix.join("/"))
+            .then_some(container)
     }
 
     pub fn cgroup_name(&mut self, id: u64) -> Option<String> {
