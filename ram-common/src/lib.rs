@@ -581,10 +581,15 @@ pub enum Counter {
     /// Sockets an enforced cgroup asked for that the gates would not judge: refused
     /// ([`Reason::SocketType`]).
     DeniedSocket = 18,
+    /// Source routes and routing headers refused: `IP_OPTIONS`/`IPV6_RTHDR` set on an
+    /// enforced socket, or packets of one carrying IPv4 options or an IPv6 routing header
+    /// (sent as control messages): dropped, as they would go elsewhere than the address the
+    /// gates judged.
+    RedirectRefused = 19,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 19;
+    pub const COUNT: u32 = 20;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Self::AllowedCidr,
         Self::AllowedLoopback,
@@ -605,6 +610,7 @@ impl Counter {
         Self::ScratchBusy,
         Self::SpoofedDnsDropped,
         Self::DeniedSocket,
+        Self::RedirectRefused,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -628,6 +634,7 @@ impl Counter {
             Self::ScratchBusy => "scratch_busy",
             Self::SpoofedDnsDropped => "spoofed_dns_dropped",
             Self::DeniedSocket => "denied_socket",
+            Self::RedirectRefused => "redirect_refused",
         }
     }
 }

@@ -44,6 +44,8 @@ const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const E2BIG: i32 = 7;
 const TCP_SYN: u8 = 0x02;
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
 /// A scratch slot held longer than this is taken to be abandoned (no run takes a millisecond).
 const SCRATCH_STALE_NS: u64 = 1_000_000;
 /// Longest TTL honoured before `dns.max_ttl` caps it (RFC 2181: values ≥ 2^31 mean 0).
@@ -51,6 +53,10 @@ const TTL_SIGN_BIT: u32 = 1 << 31;
 
 #[cgroup_skb]
 pub fn dns_query_out(ctx: SkBuffContext) -> i32 {
+    if carries_a_route(&ctx) {
+        count(Counter::RedirectRefused);
+        return DROP;
+    }
     if sends_from_dns_port(&ctx) {
         count(Counter::SpoofedDnsDropped);
         return DROP;
@@ -153,6 +159,27 @@ fn dns_packet(ctx: &SkBuffContext, cookie: u64, outgoing: bool) -> Option<DnsPac
         msg_offset,
         msg_len,
     })
+}
+
+/// Whether the packet carries IPv4 options (a source route among them: the header is longer
+/// than 20 bytes) or an IPv6 routing header (first, or after hop-by-hop options): it would go
+/// elsewhere than the address the gates judged. Enforced sockets may not set these options
+/// (`sockopt_gate`); this drops them when they come as control messages with a send. One
+/// byte read per packet, two for IPv6 with hop-by-hop options.
+#[inline(always)]
+fn carries_a_route(ctx: &SkBuffContext) -> bool {
+    match u16::from_be(ctx.skb.protocol() as u16) {
+        ETH_P_IP => ctx
+            .load::<u8>(0)
+            .is_ok_and(|version_ihl| version_ihl & 0x0f > 5),
+        ETH_P_IPV6 => match ctx.load::<u8>(6) {
+            Ok(IPV6_ROUTING) => true,
+            // The hop-by-hop header's own next header is its first byte.
+            Ok(IPV6_HOP_BY_HOP) => ctx.load::<u8>(40).is_ok_and(|next| next == IPV6_ROUTING),
+            _ => false,
+        },
+        _ => false,
+    }
 }
 
 /// `::1`, or `127.0.0.0/8` in mapped form.

@@ -7,8 +7,17 @@
 //!
 //! The hook runs in `inet_create`/`inet6_create` only: packet sockets (`AF_PACKET`) are not
 //! seen here (see docs/limits.md). Netlink and Unix sockets are not network traffic.
+//!
+//! `sockopt_gate` (cgroup setsockopt) refuses the options that send a packet elsewhere than
+//! the address a gate judged: IPv4 source routes (`IP_OPTIONS`, whatever options they hold:
+//! none is needed by a registry client) and IPv6 routing headers (`IPV6_RTHDR`). The same
+//! sent per packet as control messages is dropped by `dns_query_out` (see dns.rs).
 
-use aya_ebpf::{helpers::bpf_get_current_cgroup_id, macros::cgroup_sock, programs::SockContext};
+use aya_ebpf::{
+    helpers::bpf_get_current_cgroup_id,
+    macros::{cgroup_sock, cgroup_sockopt},
+    programs::{SockContext, SockoptContext},
+};
 use ram_common::{BUILTIN_RULE, Counter, Hook, Reason};
 
 use crate::{
@@ -54,5 +63,30 @@ pub fn socket_gate(ctx: SockContext) -> i32 {
         },
     };
     report(&verdict, 0);
+    DENY
+}
+
+const SOL_IP: i32 = 0;
+const IP_OPTIONS: i32 = 4;
+const SOL_IPV6: i32 = 41;
+/// RFC 2292's number for the same option, still accepted by Linux.
+const IPV6_2292RTHDR: i32 = 5;
+const IPV6_RTHDR: i32 = 57;
+
+#[cgroup_sockopt(setsockopt)]
+pub fn sockopt_gate(ctx: SockoptContext) -> i32 {
+    // SAFETY: `ctx.sockopt` is the kernel's bpf_sockopt of this setsockopt call: not null,
+    // valid for the whole run, and only read.
+    let sockopt = unsafe { &*ctx.sockopt };
+    let (level, optname) = (sockopt.level, sockopt.optname);
+    // Clearing the options (an empty value) stays allowed.
+    let redirects = (level == SOL_IP && optname == IP_OPTIONS && sockopt.optlen > 0)
+        || (level == SOL_IPV6 && (optname == IPV6_RTHDR || optname == IPV6_2292RTHDR));
+    if !redirects {
+        return ALLOW;
+    }
+    // Counted, not reported: setsockopt programs on older kernels (5.10) may not name the
+    // process, and the caller sees EPERM at once.
+    count(Counter::RedirectRefused);
     DENY
 }

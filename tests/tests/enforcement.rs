@@ -343,6 +343,7 @@ fn enforcement_outlives_the_daemon_until_uninstall() {
             "sendmsg4_gate",
             "sendmsg6_gate",
             "socket_gate",
+            "sockopt_gate",
         ]
     );
     assert_eq!(

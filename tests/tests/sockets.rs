@@ -144,3 +144,89 @@ except OSError as e: print(e.errno)'",
         "ping socket not refused"
     );
 }
+
+/// What a process sends with a route: `setsockopt` of an IPv4 source route (loose, through
+/// 127.0.0.2) and of an IPv6 routing header, and a datagram that carries IPv4 options as a
+/// control message. Prints one `name result` line each: `ok`/`sent`, or the errno's name.
+const ROUTES: &str = r#"
+import errno, socket, sys
+port = int(sys.argv[1])
+def attempt(name, action):
+    try:
+        action()
+        print(name, "ok")
+    except OSError as e:
+        print(name, errno.errorcode.get(e.errno, str(e.errno)))
+def lsrr():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, bytes([0x83, 7, 4, 127, 0, 0, 2, 0]))
+def rthdr():
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RTHDR, bytes([17, 2, 0, 1, 0, 0, 0, 0]) + bytes(16))
+def cmsg_options():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    # IP_RETOPTS (7): no-operation options, padded: the header grows to 24 bytes.
+    s.sendmsg([b"OPTS"], [(socket.IPPROTO_IP, 7, bytes([1, 1, 1, 0]))], 0, ("127.0.0.1", port))
+attempt("lsrr", lsrr)
+attempt("rthdr", rthdr)
+attempt("cmsg", cmsg_options)
+"#;
+
+/// Enforced sockets cannot be sent elsewhere than the address the gates judged: setting an
+/// IPv4 source route or an IPv6 routing header fails with EPERM, and a datagram carrying IPv4
+/// options as a control message is dropped (EPERM) — the listener, which gets the same
+/// datagram from outside, gets nothing from inside.
+#[test]
+fn source_routes_and_routing_headers_are_refused() {
+    let listener = UdpSocket::bind("127.0.0.1:0").unwrap();
+    listener
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let run = |cmd: &mut std::process::Command| -> Vec<(String, String)> {
+        let output = cmd
+            .args(["-c", ROUTES, &port.to_string()])
+            .output()
+            .expect("python3 runs");
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| {
+                let (name, result) = line.split_once(' ')?;
+                Some((name.to_owned(), result.to_owned()))
+            })
+            .collect()
+    };
+    let mut buf = [0u8; 64];
+    let outside = run(&mut std::process::Command::new("python3"));
+    assert!(
+        outside.contains(&("lsrr".into(), "ok".into())),
+        "{outside:?}"
+    );
+    assert!(
+        outside.contains(&("cmsg".into(), "ok".into())),
+        "{outside:?}"
+    );
+    let (n, _) = listener
+        .recv_from(&mut buf)
+        .expect("the datagram from outside arrives");
+    assert_eq!(&buf[..n], b"OPTS");
+
+    let cgroup = TestCgroup::new();
+    let daemon = Daemon::start(
+        "[registry_access]\nallow_loopback = true\n[dns]\nresolvers = []\n",
+        &[cgroup.path()],
+    )
+    .expect("daemon starts");
+    let inside = run(&mut cgroup.command("python3"));
+    for name in ["lsrr", "rthdr", "cmsg"] {
+        assert!(
+            inside.contains(&(name.into(), "EPERM".into())),
+            "{name}: {inside:?}"
+        );
+    }
+    assert!(
+        listener.recv_from(&mut buf).is_err(),
+        "a datagram with options arrived"
+    );
+    assert!(daemon.counter("redirect_refused") >= 3);
+}

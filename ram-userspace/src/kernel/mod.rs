@@ -25,6 +25,7 @@ pub mod probe;
 pub use enforcer::{ApplyReport, Enforcer, OpenReport};
 pub use error::{EnforceError, RefillStep};
 pub use object::{
-    ANSWER_RR, GATES, Gate, SNOOPERS, SOCKET_GATE, Snooper, attached_programs, program_names,
+    ANSWER_RR, GATES, Gate, SNOOPERS, SOCKET_GATE, SOCKOPT_GATE, Snooper, attached_programs,
+    program_names,
 };
 pub use pins::{DEFAULT_PIN_DIR, PinDir, Removed, uninstall};

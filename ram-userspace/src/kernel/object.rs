@@ -12,7 +12,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::ProgramArray,
-    programs::{CgroupSkb, CgroupSock, CgroupSockAddr, Program, ProgramError},
+    programs::{CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockopt, Program, ProgramError},
 };
 use aya_obj::generated::bpf_attach_type;
 use ram_common::maps::{ALL, ANSWER_RR_SLOT, DNS_TAIL_CALLS, LEARNED};
@@ -91,22 +91,29 @@ pub const SOCKET_GATE: Gate = Gate {
     attach_type: bpf_attach_type::BPF_CGROUP_INET_SOCK_CREATE,
 };
 
+/// The cgroup setsockopt program: no source routes or routing headers.
+pub const SOCKOPT_GATE: Gate = Gate {
+    name: "sockopt_gate",
+    attach_type: bpf_attach_type::BPF_CGROUP_SETSOCKOPT,
+};
+
 /// Names of every program ram loads.
 pub fn program_names() -> impl Iterator<Item = &'static str> {
     std::iter::once(ANSWER_RR)
         .chain(SNOOPERS.iter().map(|s| s.name))
         .chain(GATES.iter().map(|g| g.name))
-        .chain(std::iter::once(SOCKET_GATE.name))
+        .chain([SOCKET_GATE.name, SOCKOPT_GATE.name])
 }
 
 /// Every program attached to an enforced cgroup, with its attach type, in attach order (the DNS
-/// programs first, so that no query a gate lets through goes unrecorded; the socket gate last).
+/// programs first, so that no query a gate lets through goes unrecorded; the socket and
+/// socket-option gates last).
 pub fn attached_programs() -> impl Iterator<Item = (&'static str, bpf_attach_type)> {
     SNOOPERS
         .iter()
         .map(|s| (s.name, s.attach_type))
         .chain(GATES.iter().map(|g| (g.name, g.attach_type)))
-        .chain(std::iter::once((SOCKET_GATE.name, SOCKET_GATE.attach_type)))
+        .chain([SOCKET_GATE, SOCKOPT_GATE].map(|g| (g.name, g.attach_type)))
 }
 
 /// Loads the object with every map pinned under `pins` (reusing the pinned ones) and
@@ -158,6 +165,9 @@ pub(super) fn load_programs(
     program_as::<CgroupSock>(ebpf, SOCKET_GATE.name)?
         .load()
         .map_err(|source| load_error(SOCKET_GATE.name, source))?;
+    program_as::<CgroupSockopt>(ebpf, SOCKOPT_GATE.name)?
+        .load()
+        .map_err(|source| load_error(SOCKOPT_GATE.name, source))?;
     let mut program_ids = StdHashMap::new();
     for name in program_names() {
         let program = ebpf
@@ -207,6 +217,7 @@ pub(super) fn program_fd(ebpf: &Ebpf, name: &'static str) -> Result<OwnedFd, Enf
         Program::CgroupSkb(p) => p.fd(),
         Program::CgroupSockAddr(p) => p.fd(),
         Program::CgroupSock(p) => p.fd(),
+        Program::CgroupSockopt(p) => p.fd(),
         _ => return Err(EnforceError::MissingProgram { program: name }),
     }
     .map_err(|source| EnforceError::Program {
@@ -267,7 +278,7 @@ mod tests {
         let names: Vec<_> = program_names().collect();
         let unique: std::collections::HashSet<_> = names.iter().collect();
         assert_eq!(names.len(), unique.len());
-        assert_eq!(names.len(), 1 + SNOOPERS.len() + GATES.len() + 1);
+        assert_eq!(names.len(), 1 + SNOOPERS.len() + GATES.len() + 2);
         assert!(attached_programs().all(|(name, _)| name != ANSWER_RR));
         // The DNS programs come first.
         let order: Vec<_> = attached_programs().map(|(name, _)| name).collect();
@@ -291,6 +302,7 @@ mod tests {
             let from_section = match section {
                 ProgramSection::CgroupSockAddr { attach_type } => (*attach_type).into(),
                 ProgramSection::CgroupSock { attach_type } => (*attach_type).into(),
+                ProgramSection::CgroupSockopt { attach_type } => (*attach_type).into(),
                 ProgramSection::CgroupSkb {
                     attach_type: Some(attach_type),
                 } => (*attach_type).into(),

@@ -58,6 +58,7 @@ const fn required(name: &'static str, since: &'static str, check: Check) -> Feat
 const SOCK_ADDR: ProgramType = ProgramType::CgroupSockAddr;
 const SKB: ProgramType = ProgramType::CgroupSkb;
 const SOCK: ProgramType = ProgramType::CgroupSock;
+const SOCKOPT: ProgramType = ProgramType::CgroupSockopt;
 
 /// Every feature ram uses, roughly oldest first. Helpers are those the programs call
 /// (`ram-ebpf/src/gate.rs` for the sock_addr gates, `ram-ebpf/src/dns.rs` for the cgroup_skb
@@ -115,6 +116,11 @@ pub static FEATURES: &[Feature] = &[
         "bpf_ringbuf_reserve in cgroup sock programs",
         "5.8",
         Check::Helper(SOCK, BpfHelper::BPF_FUNC_ringbuf_reserve),
+    ),
+    required(
+        "cgroup sockopt programs (the setsockopt hook)",
+        "5.3",
+        Check::Program(SOCKOPT),
     ),
     required(
         "cgroup bpf_links (BPF_LINK_CREATE)",
