@@ -25,6 +25,7 @@ use crate::{
         scope::{Scoped, run_step_id},
     },
     compile::CompiledPolicy,
+    events::records::text,
     kernel::Enforcer,
     policy::{
         resolv::{self, RESOLV_CONF},
@@ -237,8 +238,8 @@ impl ContainerDns {
     /// `web (3f2a…)`: the container's name where its runtime says, and its id.
     fn label(&mut self, container: &str) -> String {
         match self.infos.lookup(container).name {
-            Some(name) => format!("{name} ({})", short(container)),
-            None => short(container).to_owned(),
+            Some(name) => format!("{} ({})", text(&name), text(short(container))),
+            None => text(short(container)),
         }
     }
 

@@ -11,16 +11,12 @@ use std::{
 use log::{info, warn};
 use ram_common::{DnsEvent, GateEvent, LearnedKey, Reason};
 
-/// Container ids of enforced cgroups remembered for naming events (containers come and go;
-/// the map is emptied rather than grown past this).
-const CONTAINERS_REMEMBERED: usize = 4096;
-
 use super::{
     answers::named_addresses,
     names::{Hostnames, RuleNames, SeenAddress},
     records::{
         AuditRecord, DroppedRecord, ImageDecision, ImageRecord, LearnRecord, container_id,
-        display_addr, now_rfc3339, protocol_name, rfc3339_utc,
+        display_addr, now_rfc3339, protocol_name, rfc3339_utc, text,
     },
     sink::{AuditLogError, AuditSink},
 };
@@ -29,6 +25,10 @@ use crate::{
     policy::to_v6,
     sys,
 };
+
+/// Container ids of enforced cgroups remembered for naming events (containers come and go;
+/// the map is emptied rather than grown past this).
+const CONTAINERS_REMEMBERED: usize = 4096;
 
 /// Where the count of lost events already written to the audit log is kept, in the run
 /// directory, across restarts (the kernel's counter is pinned and counts from installation).
@@ -273,7 +273,10 @@ impl Auditor {
         let record = ImageRecord::new(decision);
         info!(
             "image {} {} {} ({})",
-            record.verdict, record.action, record.image, record.reason
+            record.verdict,
+            record.action,
+            text(&record.image),
+            text(&record.reason)
         );
         self.sink.write(&record);
     }

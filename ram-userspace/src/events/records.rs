@@ -100,20 +100,20 @@ impl AuditRecord {
                 "{} socket {socket} by pid {} ({}) in {} ({})",
                 self.verdict,
                 self.pid,
-                self.comm,
-                self.cgroup.as_deref().unwrap_or("unknown cgroup"),
+                text(&self.comm),
+                text(self.cgroup.as_deref().unwrap_or("unknown cgroup")),
                 self.reason
             );
         }
         let host = self
             .hostname
             .as_deref()
-            .map(|h| format!(" ({h})"))
+            .map(|h| format!(" ({})", text(h)))
             .unwrap_or_default();
         let rule = self
             .rule
             .as_deref()
-            .map(|r| format!(", rule `{r}`"))
+            .map(|r| format!(", rule `{}`", text(r)))
             .unwrap_or_default();
         format!(
             "{} {} {} {}:{}{host} by pid {} ({}) in {} ({}{rule})",
@@ -123,8 +123,8 @@ impl AuditRecord {
             bracket_v6(&self.dst_addr),
             self.dst_port,
             self.pid,
-            self.comm,
-            self.cgroup.as_deref().unwrap_or("unknown cgroup"),
+            text(&self.comm),
+            text(self.cgroup.as_deref().unwrap_or("unknown cgroup")),
             self.reason
         )
     }
@@ -240,19 +240,26 @@ impl LearnRecord {
         let via = if self.record_owner == self.hostname {
             String::new()
         } else {
-            format!(" via {}", self.record_owner)
+            format!(" via {}", text(&self.record_owner))
         };
         format!(
             "learned {} for {}{via} (ttl {} s, rule `{}`) in {} from {} over {}",
             self.dst_addr,
-            self.hostname,
+            text(&self.hostname),
             self.ttl,
-            self.rule,
-            self.cgroup.as_deref().unwrap_or("unknown cgroup"),
+            text(&self.rule),
+            text(self.cgroup.as_deref().unwrap_or("unknown cgroup")),
             self.resolver,
             self.protocol
         )
     }
+}
+
+/// A value others choose (a process name, a hostname from an answer, a container's or image's
+/// name, a cgroup path) as it goes into a text log line: control characters, quotes and
+/// backslashes escaped, so that no value can end the line or fake another one.
+pub fn text(value: &str) -> String {
+    value.escape_debug().to_string()
 }
 
 fn bracket_v6(addr: &str) -> String {
@@ -437,6 +444,13 @@ mod tests {
                 .contains("deny connect4 tcp 203.0.113.3:8080")
         );
         assert!(!json.contains("socket"), "{json}");
+
+        // A process name cannot end the log line or fake another one.
+        let mut forged = event;
+        forged.comm = *b"x\n[INFO] allow\0\0";
+        let line = AuditRecord::from_event(&forged, 0, None).summary();
+        assert!(!line.contains('\n'), "{line}");
+        assert!(line.contains(r"(x\n[INFO] allow)"), "{line}");
 
         // A socket refused at creation names what was asked for.
         let event = GateEvent {
