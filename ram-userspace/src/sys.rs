@@ -11,7 +11,8 @@
 //!   opening a file inside a container's root (openat2);
 //! - clocks (CLOCK_BOOTTIME, the programs' clock; CLOCK_REALTIME; CLOCK_MONOTONIC);
 //! - network namespace cookies (this process's, and a container's through a short-lived thread);
-//! - RLIMIT_MEMLOCK, the umask and the effective user id.
+//! - RLIMIT_MEMLOCK, the umask and the effective user id;
+//! - confining a command: a cgroup namespace, capabilities, its user (`ram exec`).
 //!
 //! Kernel constants come from `aya_obj::generated` (bpf.h) and `libc` (magic.h, socket.h);
 //! those neither has are defined here with the header they come from.
@@ -365,6 +366,104 @@ pub fn open_in_root(root: &Path, path: &Path) -> io::Result<std::fs::File> {
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(format!("/proc/self/fd/{}", handle.as_raw_fd()))
+}
+
+// --- confining a command (`ram exec`) ------------------------------------------------------
+
+/// Capabilities with which a root process could leave its cgroup or get around the programs:
+/// mount and namespaces (SYS_ADMIN), BPF objects and links (BPF, PERFMON), its network's
+/// configuration (NET_ADMIN), packet sockets (NET_RAW), other processes (SYS_PTRACE), kernel
+/// modules and raw memory (SYS_MODULE, SYS_RAWIO), file handles outside its mounts
+/// (DAC_READ_SEARCH).
+pub const ESCAPE_CAPABILITIES: [u32; 9] = [21, 39, 38, 12, 13, 19, 16, 17, 2];
+
+/// Makes the calling process the root of a new cgroup namespace: it can then move no process
+/// (itself included) out of its cgroup, whatever its user (the kernel refuses migrations
+/// outside the namespace's root). unshare(2), Linux 4.6+.
+pub fn unshare_cgroup_namespace() -> io::Result<()> {
+    // SAFETY: unshare(2) takes flags only.
+    if unsafe { libc::unshare(libc::CLONE_NEWCGROUP) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Removes `capabilities` from the bounding set (so no exec, setuid binary or file capability
+/// gives them back), clears the ambient set, and takes them out of the inheritable,
+/// permitted and effective sets. prctl(2), capset(2).
+pub fn drop_capabilities(capabilities: &[u32]) -> io::Result<()> {
+    for &capability in capabilities {
+        // SAFETY: prctl(2) with integer arguments. EINVAL: a capability this kernel does not
+        // know (CAP_BPF before 5.8), which then nobody can have.
+        let rc =
+            unsafe { libc::prctl(libc::PR_CAPBSET_DROP, capability as libc::c_ulong, 0, 0, 0) };
+        if rc != 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    // SAFETY: prctl(2) with integer arguments.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let mut header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget(2) with a version-3 header and room for its two data words.
+    if unsafe { libc::syscall(libc::SYS_capget, &raw mut header, data.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    for &capability in capabilities {
+        let (word, bit) = ((capability / 32) as usize, 1u32 << (capability % 32));
+        if let Some(d) = data.get_mut(word) {
+            d.effective &= !bit;
+            d.permitted &= !bit;
+            d.inheritable &= !bit;
+        }
+    }
+    // SAFETY: capset(2) with the header and data just read, only bits cleared.
+    if unsafe { libc::syscall(libc::SYS_capset, &raw mut header, data.as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Becomes user `uid` with group `gid` and no supplementary groups (root gives up every
+/// capability with its uid). setgroups(2), setgid(2), setuid(2).
+pub fn switch_user(uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: setgroups(2) with an empty list, then setgid/setuid with plain integers.
+    unsafe {
+        if libc::setgroups(0, std::ptr::null()) != 0
+            || libc::setgid(gid) != 0
+            || libc::setuid(uid) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 // --- clocks ---------------------------------------------------------------------------------

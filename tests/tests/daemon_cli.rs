@@ -51,6 +51,35 @@ fn default_policy_on_the_dedicated_cgroup() {
     let port = listener.local_addr().unwrap().port();
     assert!(probe_with(in_dedicated(), "tcp-connect", "127.0.0.1", port).ok());
 
+    // What `ram exec` runs stays confined: as another user it cannot move itself out of the
+    // cgroup; as root it cannot make a packet socket (no CAP_NET_RAW).
+    let exec = |args: &[&str]| {
+        let output = Command::new(ram_bin())
+            .arg("exec")
+            .args(args)
+            .env_remove("SUDO_UID")
+            .output()
+            .expect("ram exec runs");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    };
+    let escape = format!(
+        "echo $$ > {}/cgroup.procs && echo MOVED || echo STAYED",
+        ram_tests::cgroup2_mount().display()
+    );
+    assert_eq!(
+        exec(&["--user", "nobody", "--", "sh", "-c", &escape]),
+        "STAYED"
+    );
+    let out = exec(&[
+        "--",
+        "python3",
+        "-c",
+        "import socket\ntry:\n socket.socket(socket.AF_PACKET, socket.SOCK_RAW); print('MADE')\n\
+         except OSError as e: print('ERRNO', e.errno)",
+    ]);
+    assert_eq!(out, "ERRNO 1", "a packet socket from ram exec");
+    assert_eq!(exec(&["--user", "nobody", "--", "id", "-u"]), "65534");
+
     // Stopping the daemon leaves enforcement in place; `ram uninstall` removes it, and the
     // cgroup the daemon created.
     let (status, state) = daemon.stop_keeping_state().expect("daemon stops");

@@ -38,7 +38,8 @@ enum Command {
     /// Enforcement is pinned in the kernel and stays when the daemon stops or dies; a restarted
     /// daemon takes it over without a gap; `ram uninstall` removes it.
     Daemon(DaemonArgs),
-    /// Run a command inside an enforced cgroup (one a running `ram daemon` enforces).
+    /// Run a command inside an enforced cgroup (one a running `ram daemon` enforces), without
+    /// the capabilities that get around the programs, as the sudo user or `--user`.
     Exec(ExecArgs),
     /// What the daemon enforces: cgroups, policy, counters, map fill levels.
     Status(JsonArg),
@@ -97,9 +98,17 @@ struct DaemonArgs {
 
 #[derive(Debug, clap::Args)]
 struct ExecArgs {
-    /// The enforced cgroup to run in (same forms as `ram daemon --cgroup`).
+    /// The enforced cgroup to run in (same forms as `ram daemon --cgroup`). It becomes the root
+    /// of the command's cgroup namespace: no process of the command can be moved out of it.
     #[arg(long, value_name = "PATH", default_value = DEDICATED_CGROUP)]
     cgroup: PathBuf,
+    /// Run the command as this user (a name, UID, or UID:GID); by default the user who ran
+    /// `sudo`, else root. Whoever it runs as, it runs without the capabilities that could get
+    /// around the programs (SYS_ADMIN, BPF, PERFMON, NET_ADMIN, NET_RAW, SYS_PTRACE,
+    /// SYS_MODULE, SYS_RAWIO, DAC_READ_SEARCH). As root it could still leave the cgroup by
+    /// writing another cgroup's cgroup.procs: `ram exec` says so.
+    #[arg(long, value_name = "USER")]
+    user: Option<String>,
     /// The command and its arguments.
     #[arg(required = true, last = true, value_name = "CMD")]
     command: Vec<OsString>,
