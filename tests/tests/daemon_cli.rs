@@ -64,7 +64,7 @@ fn default_policy_on_the_dedicated_cgroup() {
     };
     let escape = format!(
         "echo $$ > {}/cgroup.procs && echo MOVED || echo STAYED",
-        ram_tests::cgroup2_mount().display()
+        cgroup2_mount().display()
     );
     assert_eq!(
         exec(&["--user", "nobody", "--", "sh", "-c", &escape]),
