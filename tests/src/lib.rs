@@ -368,23 +368,11 @@ impl TestNet {
     /// adds dnsmasq options (`--cname=...`, `--synth-domain=...`, `--local-ttl=...`).
     pub fn dnsmasq(&self, records: &[(&str, IpAddr)], extra: &[&str]) -> Background {
         let mut cmd = self.command("dnsmasq");
-        cmd.args([
-            "--keep-in-foreground",
-            "--no-daemon",
-            "--no-resolv",
-            "--no-hosts",
-            "--no-poll",
-            "--bind-interfaces",
-            "--port=53",
-            "--user=root",
-            "--pid-file=",
-            "--log-facility=-",
-        ]);
-        cmd.arg(format!("--listen-address={}", Self::PEER_V4[0]));
-        cmd.arg(format!("--listen-address={}", Self::PEER_V6[0]));
-        for (name, addr) in records {
-            cmd.arg(format!("--host-record={name},{addr}"));
-        }
+        dnsmasq_args(
+            &mut cmd,
+            &[Self::PEER_V4[0].into(), Self::PEER_V6[0].into()],
+            records,
+        );
         cmd.args(extra);
         let server = Background::spawn("dnsmasq", cmd);
         wait_for_tcp(SocketAddr::new(IpAddr::V4(Self::PEER_V4[0]), 53));
@@ -439,6 +427,29 @@ impl TestNet {
             ],
         )
         .expect("routing the prefix to the peer");
+    }
+}
+
+/// dnsmasq in the foreground on port 53 of `listen`, answering `records` (name, address)
+/// authoritatively and nothing else (no upstream, no /etc/hosts).
+fn dnsmasq_args(cmd: &mut Command, listen: &[IpAddr], records: &[(&str, IpAddr)]) {
+    cmd.args([
+        "--keep-in-foreground",
+        "--no-daemon",
+        "--no-resolv",
+        "--no-hosts",
+        "--no-poll",
+        "--bind-interfaces",
+        "--port=53",
+        "--user=root",
+        "--pid-file=",
+        "--log-facility=-",
+    ]);
+    for addr in listen {
+        cmd.arg(format!("--listen-address={addr}"));
+    }
+    for (name, addr) in records {
+        cmd.arg(format!("--host-record={name},{addr}"));
     }
 }
 
@@ -1111,22 +1122,8 @@ impl EngineNet {
     /// [`Self::add_host_address`]).
     pub fn dnsmasq_on(&self, addr: Ipv4Addr, records: &[(&str, Ipv4Addr)]) -> Background {
         let mut cmd = Command::new("dnsmasq");
-        cmd.args([
-            "--keep-in-foreground",
-            "--no-daemon",
-            "--no-resolv",
-            "--no-hosts",
-            "--no-poll",
-            "--bind-interfaces",
-            "--port=53",
-            "--user=root",
-            "--pid-file=",
-            "--log-facility=-",
-        ]);
-        cmd.arg(format!("--listen-address={addr}"));
-        for (name, answer) in records {
-            cmd.arg(format!("--host-record={name},{answer}"));
-        }
+        let records: Vec<(&str, IpAddr)> = records.iter().map(|(n, a)| (*n, (*a).into())).collect();
+        dnsmasq_args(&mut cmd, &[addr.into()], &records);
         let server = Background::spawn("dnsmasq", cmd);
         wait_for_tcp(SocketAddr::new(IpAddr::V4(addr), 53));
         server
@@ -1363,16 +1360,7 @@ impl TestDocker {
     /// Makes image `tag` from the directory `rootfs` (`docker import` of its tar): no base
     /// image and no registry needed.
     pub fn import_rootfs(&self, rootfs: &Path, tag: &str) {
-        let tar = rootfs.with_extension("tar");
-        let status = Command::new("tar")
-            .arg("-C")
-            .arg(rootfs)
-            .arg("-cf")
-            .arg(&tar)
-            .arg(".")
-            .status()
-            .expect("running tar");
-        assert!(status.success(), "tar of {}", rootfs.display());
+        let tar = tar_of(rootfs);
         let (ok, _, err, _) = self.run(&["import", &tar.display().to_string(), tag]);
         assert!(ok, "docker import {tag}: {err}");
     }
@@ -1640,16 +1628,7 @@ impl TestPodman {
 
     /// Imports `rootfs` (a directory) as image `tag`.
     pub fn import_rootfs(&self, rootfs: &Path, tag: &str) {
-        let tar = self.dir.path().join("rootfs.tar");
-        let status = Command::new("tar")
-            .arg("-C")
-            .arg(rootfs)
-            .arg("-cf")
-            .arg(&tar)
-            .arg(".")
-            .status()
-            .expect("running tar");
-        assert!(status.success(), "tar failed");
+        let tar = tar_of(rootfs);
         let output = self
             .podman()
             .arg("import")
@@ -1667,6 +1646,21 @@ impl TestPodman {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+}
+
+/// `rootfs` (a directory) as a tar file beside it, for an engine's `import`.
+fn tar_of(rootfs: &Path) -> PathBuf {
+    let tar = rootfs.with_extension("tar");
+    let status = Command::new("tar")
+        .arg("-C")
+        .arg(rootfs)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .expect("running tar");
+    assert!(status.success(), "tar of {}", rootfs.display());
+    tar
 }
 
 /// On a hybrid cgroup layout (cgroup2 beside v1 hierarchies, as here), engines also make their

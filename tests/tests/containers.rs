@@ -27,7 +27,12 @@ const PORT: u16 = 18080;
 
 /// `bb:latest`: busybox-static as a one-binary image (no registry needed).
 fn import_busybox(docker: &TestDocker) {
-    let rootfs = docker.dir().join("busybox-rootfs");
+    docker.import_rootfs(&busybox_rootfs(docker.dir()), "bb:latest");
+}
+
+/// busybox-static, with the applets the tests' scripts use, as a root directory in `dir`.
+fn busybox_rootfs(dir: &Path) -> std::path::PathBuf {
+    let rootfs = dir.join("busybox-rootfs");
     fs::create_dir_all(rootfs.join("bin")).unwrap();
     fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("busybox-static is installed");
     for applet in [
@@ -35,7 +40,21 @@ fn import_busybox(docker: &TestDocker) {
     ] {
         std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
     }
-    docker.import_rootfs(&rootfs, "bb:latest");
+    rootfs
+}
+
+/// The cgroup parent `name` that an engine makes for its containers (`docker`, `default`,
+/// `libpod_parent`), which must not exist yet (another engine's containers, or a test's left
+/// over), with the guard that removes its v1 twins when the test ends.
+fn fresh_parent(name: &str) -> (std::path::PathBuf, V1Parents) {
+    let parent = cgroup2_mount().join(name);
+    let v1 = V1Parents::new(name);
+    assert!(
+        !parent.exists(),
+        "{} exists: another engine's containers, or a test's left over; remove it first",
+        parent.display()
+    );
+    (parent, v1)
 }
 
 /// Accepts and closes connections on `listener` until dropped, counting them: a client that
@@ -135,13 +154,7 @@ fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
 #[test]
 fn buildkit_run_steps_are_enforced() {
     // The cgroupfs driver makes `docker/` at the mount; the test removes it only if it made it.
-    let docker_parent = cgroup2_mount().join("docker");
-    let _v1 = V1Parents::new("docker");
-    assert!(
-        !docker_parent.exists(),
-        "{} exists: another Docker Engine's containers, or a test's left over; remove it first",
-        docker_parent.display()
-    );
+    let (docker_parent, _v1) = fresh_parent("docker");
     let net = EngineNet::new();
     let far_side = Acceptor::new(TcpListener::bind((EngineNet::HOST_SIDE, PORT)).unwrap());
     let engine = TestCgroup::new();
@@ -258,6 +271,70 @@ fn lookup_and_connect_script() -> String {
     )
 }
 
+/// The engine's network with two test hosts on the test's side, the one allowed by name and the
+/// blocked one, dnsmasq answering for both (the resolver engines' resolv.conf names), and a
+/// listener on each that counts what arrives.
+struct Hosts {
+    net: EngineNet,
+    _dns: ram_tests::Background,
+    allowed: Acceptor,
+    blocked: Acceptor,
+}
+
+impl Hosts {
+    fn new() -> Self {
+        let net = EngineNet::new();
+        net.add_host_address(ALLOWED_HOST);
+        net.add_host_address(BLOCKED_HOST);
+        let dns = net.dnsmasq(&[
+            ("allowed.test", ALLOWED_HOST),
+            ("blocked.test", BLOCKED_HOST),
+        ]);
+        Self {
+            allowed: Acceptor::new(TcpListener::bind((ALLOWED_HOST, PORT)).unwrap()),
+            blocked: Acceptor::new(TcpListener::bind((BLOCKED_HOST, PORT)).unwrap()),
+            _dns: dns,
+            net,
+        }
+    }
+}
+
+/// A bridged dockerd on `hosts`' network with bb:latest imported, in a cgroup of the test's;
+/// refused where another engine's `docker` parent cgroup exists. Fields go in this order:
+/// the containers' parent (its processes killed), the engine, its cgroup, the v1 parents.
+struct DockerBed {
+    _parent: TestCgroup,
+    docker: TestDocker,
+    _engine: TestCgroup,
+    _v1: V1Parents,
+}
+
+impl DockerBed {
+    fn new(hosts: &Hosts) -> Self {
+        let (parent, v1) = fresh_parent("docker");
+        let engine = TestCgroup::new();
+        let docker = TestDocker::start_bridged(&engine, &hosts.net);
+        let parent = TestCgroup::adopt(parent);
+        import_busybox(&docker);
+        Self {
+            _parent: parent,
+            docker,
+            _engine: engine,
+            _v1: v1,
+        }
+    }
+}
+
+/// `scope.containers` with allowed.test allowed and the engines' resolver trusted; `dns_extra`
+/// adds `[dns]` lines.
+fn containers_policy(dns_extra: &str) -> String {
+    format!(
+        "[scope]\ncontainers = true\n\n[registry_access]\nallow = [\"allowed.test\"]\n\
+         allow_loopback = true\n\n[dns]\nresolvers = [\"{}\"]\n{dns_extra}",
+        EngineNet::HOST_SIDE
+    )
+}
+
 /// Under `scope.containers`, a container on the default bridge and one on a user-defined
 /// network (Docker's embedded DNS, 127.0.0.11) resolve and reach the host allowed by name, as
 /// they would unenforced; the blocked name resolves but its address is refused at once with
@@ -265,41 +342,20 @@ fn lookup_and_connect_script() -> String {
 /// log names the container; `ram status` lists the trusted namespaces with their resolvers.
 #[test]
 fn container_networks_resolve_allowed_names_only() {
-    let docker_parent = cgroup2_mount().join("docker");
-    let _v1 = V1Parents::new("docker");
-    assert!(
-        !docker_parent.exists(),
-        "{} exists: another Docker Engine's containers, or a test's left over; remove it first",
-        docker_parent.display()
-    );
-    let net = EngineNet::new();
-    net.add_host_address(ALLOWED_HOST);
-    net.add_host_address(BLOCKED_HOST);
-    let _dns = net.dnsmasq(&[
-        ("allowed.test", ALLOWED_HOST),
-        ("blocked.test", BLOCKED_HOST),
-    ]);
+    let hosts = Hosts::new();
+    let (net, allowed, blocked) = (&hosts.net, &hosts.allowed, &hosts.blocked);
     // A resolver the host does not use, which lies: allowed.test is the blocked host.
     let _rogue = net.dnsmasq_on(BLOCKED_HOST, &[("allowed.test", BLOCKED_HOST)]);
     // A resolver only containers use (a cluster's DNS, say), named in dns.container_resolvers.
     net.add_host_address(CLUSTER_DNS);
     let _cluster_dns = net.dnsmasq_on(CLUSTER_DNS, &[("allowed.test", ALLOWED_HOST)]);
-    let allowed = Acceptor::new(TcpListener::bind((ALLOWED_HOST, PORT)).unwrap());
-    let blocked = Acceptor::new(TcpListener::bind((BLOCKED_HOST, PORT)).unwrap());
-    let engine = TestCgroup::new();
     let bystander = TestCgroup::new();
-    let docker = TestDocker::start_bridged(&engine, &net);
-    let _docker_parent = TestCgroup::adopt(docker_parent.clone());
-    import_busybox(&docker);
+    let bed = DockerBed::new(&hosts);
+    let docker = &bed.docker;
     let (ok, _, err, _) = docker.run(&["network", "create", "--subnet=10.89.0.0/24", "ramnet"]);
     assert!(ok, "docker network create: {err}");
 
-    let policy = format!(
-        "[scope]\ncontainers = true\n\n[registry_access]\nallow = [\"allowed.test\"]\n\
-         allow_loopback = true\n\n[dns]\nresolvers = [\"{}\"]\n\
-         container_resolvers = [\"{CLUSTER_DNS}\"]\n",
-        EngineNet::HOST_SIDE
-    );
+    let policy = containers_policy(&format!("container_resolvers = [\"{CLUSTER_DNS}\"]\n"));
     let mut daemon = Daemon::start(&policy, &[bystander.path()]).expect("daemon starts");
     let script = lookup_and_connect_script();
     for network in ["bridge", "ramnet"] {
@@ -531,7 +587,7 @@ fn container_networks_resolve_allowed_names_only() {
         );
     }
     drop(daemon);
-    drop(docker);
+    drop(bed);
 }
 
 /// RUN steps of both builders under `scope.containers`: the classic builder's steps are
@@ -540,27 +596,11 @@ fn container_networks_resolve_allowed_names_only() {
 /// name's address and by raw address) with EPERM, nothing arriving there.
 #[test]
 fn build_steps_resolve_allowed_names_only() {
-    let docker_parent = cgroup2_mount().join("docker");
-    let _v1 = V1Parents::new("docker");
-    assert!(
-        !docker_parent.exists(),
-        "{} exists: another Docker Engine's containers, or a test's left over; remove it first",
-        docker_parent.display()
-    );
-    let net = EngineNet::new();
-    net.add_host_address(ALLOWED_HOST);
-    net.add_host_address(BLOCKED_HOST);
-    let _dns = net.dnsmasq(&[
-        ("allowed.test", ALLOWED_HOST),
-        ("blocked.test", BLOCKED_HOST),
-    ]);
-    let allowed = Acceptor::new(TcpListener::bind((ALLOWED_HOST, PORT)).unwrap());
-    let blocked = Acceptor::new(TcpListener::bind((BLOCKED_HOST, PORT)).unwrap());
-    let engine = TestCgroup::new();
+    let hosts = Hosts::new();
+    let (allowed, blocked) = (&hosts.allowed, &hosts.blocked);
     let bystander = TestCgroup::new();
-    let docker = TestDocker::start_bridged(&engine, &net);
-    let _docker_parent = TestCgroup::adopt(docker_parent.clone());
-    import_busybox(&docker);
+    let bed = DockerBed::new(&hosts);
+    let docker = &bed.docker;
     let context = docker.dir().join("context");
     fs::create_dir_all(&context).unwrap();
     // The step sleeps at the end: its cgroup outlives its connections, for the audit's names.
@@ -573,19 +613,15 @@ fn build_steps_resolve_allowed_names_only() {
     )
     .unwrap();
     // A first BuildKit build makes BuildKit's parent cgroup, which the daemon then enforces.
-    let (ok, out) = build_with(&docker, &context, true);
+    let (ok, out) = build_with(docker, &context, true);
     assert!(ok && out.contains("A-CONNECTED"), "{out}");
 
-    let policy = format!(
-        "[scope]\ncontainers = true\n\n[registry_access]\nallow = [\"allowed.test\"]\n\
-         allow_loopback = true\n\n[dns]\nresolvers = [\"{}\"]\n",
-        EngineNet::HOST_SIDE
-    );
+    let policy = containers_policy("");
     let daemon = Daemon::start(&policy, &[bystander.path()]).expect("daemon starts");
     let before = allowed.accepted();
     let blocked_before = blocked.accepted();
     for buildkit in [false, true] {
-        let (ok, out) = build_with(&docker, &context, buildkit);
+        let (ok, out) = build_with(docker, &context, buildkit);
         let what = if buildkit {
             "BuildKit"
         } else {
@@ -612,7 +648,7 @@ fn build_steps_resolve_allowed_names_only() {
         "a blocked connection arrived"
     );
     drop(daemon);
-    drop(docker);
+    drop(bed);
 }
 
 /// containerd without dockerd: `ctr run` makes `/default/<name>`, a cgroup no name pattern
@@ -621,25 +657,14 @@ fn build_steps_resolve_allowed_names_only() {
 /// the daemon, it is refused with EPERM, nothing arrives, and the audit names the container.
 #[test]
 fn containerd_containers_are_enforced() {
-    let parent = cgroup2_mount().join("default");
-    let _v1 = V1Parents::new("default");
-    assert!(
-        !parent.exists(),
-        "{} exists: another containerd's containers, or a test's left over; remove it first",
-        parent.display()
-    );
+    let (parent, _v1) = fresh_parent("default");
     let net = EngineNet::new();
     let far_side = Acceptor::new(TcpListener::bind((EngineNet::HOST_SIDE, PORT)).unwrap());
     let engine = TestCgroup::new();
     let bystander = TestCgroup::new();
     let containerd = TestContainerd::start(&engine, &net);
     let _parent = TestCgroup::adopt(parent.clone());
-    let rootfs = containerd.dir().join("rootfs");
-    fs::create_dir_all(rootfs.join("bin")).unwrap();
-    fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
-    for applet in ["sh", "nc", "echo", "timeout"] {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
-    }
+    let rootfs = busybox_rootfs(containerd.dir());
     let script = format!(
         "if timeout 10 nc -w 5 {} {PORT} </dev/null; then echo CTR-CONNECTED; \
          else echo CTR-REFUSED; fi",
@@ -709,32 +734,12 @@ fn containerd_containers_are_enforced() {
 /// refused with EPERM, nothing arrives, and the audit names the builder container.
 #[test]
 fn builder_container_steps_are_enforced() {
-    let docker_parent = cgroup2_mount().join("docker");
-    let _v1 = V1Parents::new("docker");
-    assert!(
-        !docker_parent.exists(),
-        "{} exists: another Docker Engine's containers, or a test's left over; remove it first",
-        docker_parent.display()
-    );
-    let net = EngineNet::new();
-    net.add_host_address(ALLOWED_HOST);
-    net.add_host_address(BLOCKED_HOST);
-    let _dns = net.dnsmasq(&[
-        ("allowed.test", ALLOWED_HOST),
-        ("blocked.test", BLOCKED_HOST),
-    ]);
-    let allowed = Acceptor::new(TcpListener::bind((ALLOWED_HOST, PORT)).unwrap());
-    let blocked = Acceptor::new(TcpListener::bind((BLOCKED_HOST, PORT)).unwrap());
-    let engine = TestCgroup::new();
+    let hosts = Hosts::new();
+    let (allowed, blocked) = (&hosts.allowed, &hosts.blocked);
     let bystander = TestCgroup::new();
-    let docker = TestDocker::start_bridged(&engine, &net);
-    let _docker_parent = TestCgroup::adopt(docker_parent.clone());
-    import_busybox(&docker);
-    let policy = format!(
-        "[scope]\ncontainers = true\n\n[registry_access]\nallow = [\"allowed.test\"]\n\
-         allow_loopback = true\n\n[dns]\nresolvers = [\"{}\"]\n",
-        EngineNet::HOST_SIDE
-    );
+    let bed = DockerBed::new(&hosts);
+    let docker = &bed.docker;
+    let policy = containers_policy("");
     let daemon = Daemon::start(&policy, &[bystander.path()]).expect("daemon starts");
     let (ok, out, err, _) = docker.run(&[
         "run",
@@ -762,7 +767,7 @@ fn builder_container_steps_are_enforced() {
         daemon.status()
     );
 
-    let step = TestCgroup::new_in(&docker_parent.join(&id));
+    let step = TestCgroup::new_in(&cgroup2_mount().join("docker").join(&id));
     let output = step
         .command("nsenter")
         .args(["-t", &pid, "-n", "-m", "-r", "-w", "/bin/sh", "-c"])
@@ -797,7 +802,7 @@ fn builder_container_steps_are_enforced() {
     );
     drop(step);
     drop(daemon);
-    drop(docker);
+    drop(bed);
 }
 
 /// Rootful Podman with its default network (a CNI bridge, in the engine's namespace): under
@@ -806,37 +811,15 @@ fn builder_container_steps_are_enforced() {
 /// with EPERM; nothing arrives there, and the audit names the container.
 #[test]
 fn podman_containers_resolve_allowed_names_only() {
-    let parent = cgroup2_mount().join("libpod_parent");
-    let _v1 = V1Parents::new("libpod_parent");
-    assert!(
-        !parent.exists(),
-        "{} exists: another Podman's containers, or a test's left over; remove it first",
-        parent.display()
-    );
-    let net = EngineNet::new();
-    net.add_host_address(ALLOWED_HOST);
-    net.add_host_address(BLOCKED_HOST);
-    let _dns = net.dnsmasq(&[
-        ("allowed.test", ALLOWED_HOST),
-        ("blocked.test", BLOCKED_HOST),
-    ]);
-    let allowed = Acceptor::new(TcpListener::bind((ALLOWED_HOST, PORT)).unwrap());
-    let blocked = Acceptor::new(TcpListener::bind((BLOCKED_HOST, PORT)).unwrap());
+    let (parent, _v1) = fresh_parent("libpod_parent");
+    let hosts = Hosts::new();
+    let (net, allowed, blocked) = (&hosts.net, &hosts.allowed, &hosts.blocked);
     let engine = TestCgroup::new();
     let bystander = TestCgroup::new();
-    let podman = TestPodman::new(&engine, &net, EngineNet::HOST_SIDE.into());
-    let rootfs = podman.dir().join("rootfs");
-    fs::create_dir_all(rootfs.join("bin")).unwrap();
-    fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
-    for applet in ["sh", "nc", "echo", "timeout", "sleep", "nslookup", "awk"] {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
-    }
+    let podman = TestPodman::new(&engine, net, EngineNet::HOST_SIDE.into());
+    let rootfs = busybox_rootfs(podman.dir());
     podman.import_rootfs(&rootfs, "localhost/bb:latest");
-    let policy = format!(
-        "[scope]\ncontainers = true\n\n[registry_access]\nallow = [\"allowed.test\"]\n\
-         allow_loopback = true\n\n[dns]\nresolvers = [\"{}\"]\n",
-        EngineNet::HOST_SIDE
-    );
+    let policy = containers_policy("");
     let daemon = Daemon::start(&policy, &[bystander.path()]).expect("daemon starts");
     let output = podman
         .podman()

@@ -35,9 +35,10 @@ for name, family, kind, proto in kinds:
         print(name, errno.errorcode.get(e.errno, str(e.errno)))
 "#;
 
-fn try_sockets(cmd: &mut std::process::Command, port: u16) -> Vec<(String, String)> {
+/// Runs python `script` with `port` through `cmd`; its `name result` lines.
+fn run_script(cmd: &mut std::process::Command, script: &str, port: u16) -> Vec<(String, String)> {
     let output = cmd
-        .args(["-c", SCRIPT, &port.to_string()])
+        .args(["-c", script, &port.to_string()])
         .output()
         .expect("python3 runs");
     String::from_utf8_lossy(&output.stdout)
@@ -49,6 +50,29 @@ fn try_sockets(cmd: &mut std::process::Command, port: u16) -> Vec<(String, Strin
         .collect()
 }
 
+fn try_sockets(cmd: &mut std::process::Command, port: u16) -> Vec<(String, String)> {
+    run_script(cmd, SCRIPT, port)
+}
+
+/// A listener on loopback that waits half a second for each datagram.
+fn udp_listener() -> (UdpSocket, u16) {
+    let listener = UdpSocket::bind("127.0.0.1:0").unwrap();
+    listener
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    (listener, port)
+}
+
+/// A daemon enforcing `cgroup` with loopback allowed and no resolver.
+fn daemon_on(cgroup: &TestCgroup) -> Daemon {
+    Daemon::start(
+        "[registry_access]\nallow_loopback = true\n[dns]\nresolvers = []\n",
+        &[cgroup.path()],
+    )
+    .expect("daemon starts")
+}
+
 /// In an enforced cgroup only TCP and UDP sockets can be made: raw IPv4 and IPv6, ICMP ping,
 /// UDP-Lite, MPTCP, SCTP, DCCP and L2TP/IP fail with EPERM (or, where this kernel has no such
 /// protocol, EPROTONOSUPPORT/ESOCKTNOSUPPORT before ram is asked: then there is nothing to
@@ -56,11 +80,7 @@ fn try_sockets(cmd: &mut std::process::Command, port: u16) -> Vec<(String, Strin
 /// arrives when sent from outside never arrives from inside.
 #[test]
 fn only_tcp_and_udp_sockets_can_be_made() {
-    let listener = UdpSocket::bind("127.0.0.1:0").unwrap();
-    listener
-        .set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
-    let port = listener.local_addr().unwrap().port();
+    let (listener, port) = udp_listener();
     let mut buf = [0u8; 64];
 
     // Outside any enforced cgroup: every kind the kernel has can be made, and the raw
@@ -76,11 +96,7 @@ fn only_tcp_and_udp_sockets_can_be_made() {
     assert_eq!(&buf[..n], b"RAW!");
 
     let cgroup = TestCgroup::new();
-    let daemon = Daemon::start(
-        "[registry_access]\nallow_loopback = true\n[dns]\nresolvers = []\n",
-        &[cgroup.path()],
-    )
-    .expect("daemon starts");
+    let daemon = daemon_on(&cgroup);
     let inside = try_sockets(&mut cgroup.command("python3"), port);
     assert!(
         listener.recv_from(&mut buf).is_err(),
@@ -178,24 +194,8 @@ attempt("cmsg", cmsg_options)
 /// datagram from outside, gets nothing from inside.
 #[test]
 fn source_routes_and_routing_headers_are_refused() {
-    let listener = UdpSocket::bind("127.0.0.1:0").unwrap();
-    listener
-        .set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let run = |cmd: &mut std::process::Command| -> Vec<(String, String)> {
-        let output = cmd
-            .args(["-c", ROUTES, &port.to_string()])
-            .output()
-            .expect("python3 runs");
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .filter_map(|line| {
-                let (name, result) = line.split_once(' ')?;
-                Some((name.to_owned(), result.to_owned()))
-            })
-            .collect()
-    };
+    let (listener, port) = udp_listener();
+    let run = |cmd: &mut std::process::Command| run_script(cmd, ROUTES, port);
     let mut buf = [0u8; 64];
     let outside = run(&mut std::process::Command::new("python3"));
     assert!(
@@ -212,11 +212,7 @@ fn source_routes_and_routing_headers_are_refused() {
     assert_eq!(&buf[..n], b"OPTS");
 
     let cgroup = TestCgroup::new();
-    let daemon = Daemon::start(
-        "[registry_access]\nallow_loopback = true\n[dns]\nresolvers = []\n",
-        &[cgroup.path()],
-    )
-    .expect("daemon starts");
+    let daemon = daemon_on(&cgroup);
     let inside = run(&mut cgroup.command("python3"));
     for name in ["lsrr", "rthdr", "cmsg"] {
         assert!(
