@@ -425,4 +425,50 @@ fn pull_gate_passes_token_authentication_and_cdn_redirects_on() {
         );
         assert!(body.contains("UNSUPPORTED"), "{method} {path}: {body}");
     }
+
+    // A flood of requests (any local user can send them): the daemon stays responsive, and
+    // the audit log gets one line for the decision and one counting its repeats.
+    let (host, port) = GATE.rsplit_once(':').unwrap();
+    let flood = format!(
+        "import http.client\n\
+         c = http.client.HTTPConnection('{host}', {port}, timeout=10)\n\
+         for i in range(2000):\n\
+         \x20   c.request('GET', '/v2/someuser/flood/manifests/latest')\n\
+         \x20   c.getresponse().read()\n\
+         print('DONE')\n"
+    );
+    let output = Command::new("python3")
+        .args(["-c", &flood])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "DONE",
+        "{output:?}"
+    );
+    let started = std::time::Instant::now();
+    daemon
+        .ram(&["status"])
+        .expect("the daemon answers after the flood");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let flood_lines = |daemon: &Daemon| -> Vec<serde_json::Value> {
+        daemon
+            .audit_records()
+            .into_iter()
+            .filter(|r| {
+                r["image"]
+                    .as_str()
+                    .is_some_and(|i| i.contains("someuser/flood"))
+            })
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while flood_lines(&daemon).len() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let lines = flood_lines(&daemon);
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert!(lines[0]["repeated"].is_null(), "{lines:#?}");
+    let repeated = lines[1]["repeated"].as_u64().unwrap_or(0);
+    assert!(repeated >= 1999 - 10, "{lines:#?}");
 }

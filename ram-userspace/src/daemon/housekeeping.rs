@@ -21,6 +21,7 @@ impl Daemon {
             warn!("{message}");
         }
         self.report_dropped();
+        self.auditor.flush_repeats();
         if !self.ticks.is_multiple_of(EXPIRE_EVERY_TICKS) {
             return retry;
         }

@@ -264,6 +264,7 @@ async fn serve(options: Options, policy: LoadedPolicy, sink: AuditSink) -> Resul
     });
     let _ = std::fs::remove_file(control::socket_path(&daemon.options.run_dir));
     daemon.docker.stop();
+    daemon.auditor.flush_all_repeats();
     let counters = daemon.enforcement.enforcer.counters().unwrap_or_default();
     let summary: Vec<String> = Counter::ALL
         .iter()

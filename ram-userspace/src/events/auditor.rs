@@ -18,6 +18,7 @@ use super::{
         AuditRecord, DroppedRecord, ImageDecision, ImageRecord, LearnRecord, container_id,
         display_addr, now_rfc3339, protocol_name, rfc3339_utc, text,
     },
+    repeats::{Repeats, WINDOW},
     sink::{AuditLogError, AuditSink},
 };
 use crate::{
@@ -40,6 +41,7 @@ pub struct Auditor {
     containers: ContainerInfos,
     /// Container ids of enforced cgroups, as the scope found them (bounded).
     container_of: HashMap<u64, String>,
+    repeats: Repeats,
     hostnames: Hostnames,
     /// CLOCK_REALTIME − CLOCK_BOOTTIME: the programs stamp events with the boot clock.
     clock_offset: i128,
@@ -56,6 +58,7 @@ impl Auditor {
             cgroup_names: CgroupNames::new(enforced),
             containers: ContainerInfos::default(),
             container_of: HashMap::new(),
+            repeats: Repeats::default(),
             hostnames: Hostnames::default(),
             clock_offset: sys::realtime_minus_boottime_ns(),
             dropped_reported: read_dropped_reported(run_dir),
@@ -268,17 +271,44 @@ impl Auditor {
         }
     }
 
-    /// A decision of the authorization plugin or the pull gate.
+    /// A decision of the authorization plugin or the pull gate (repeats folded: see
+    /// `events::repeats`).
     pub fn image_decision(&mut self, decision: ImageDecision) {
-        let record = ImageRecord::new(decision);
+        let lines = self
+            .repeats
+            .admit(ImageRecord::new(decision), std::time::Instant::now());
+        for record in lines {
+            self.write_image_record(&record);
+        }
+    }
+
+    /// Writes the lines of image-decision windows that ended (once a second).
+    pub fn flush_repeats(&mut self) {
+        for record in self.repeats.flush(std::time::Instant::now(), false) {
+            self.write_image_record(&record);
+        }
+    }
+
+    /// At stop: writes the lines of every window with repeats.
+    pub fn flush_all_repeats(&mut self) {
+        for record in self.repeats.flush(std::time::Instant::now(), true) {
+            self.write_image_record(&record);
+        }
+    }
+
+    fn write_image_record(&mut self, record: &ImageRecord) {
+        let repeated = record
+            .repeated
+            .map(|n| format!(", {n} more time(s) within {} s", WINDOW.as_secs()))
+            .unwrap_or_default();
         info!(
-            "image {} {} {} ({})",
+            "image {} {} {} ({}){repeated}",
             record.verdict,
             record.action,
             text(&record.image),
             text(&record.reason)
         );
-        self.sink.write(&record);
+        self.sink.write(record);
     }
 
     /// Writes an audit line when the kernel's count of events it could not hand over

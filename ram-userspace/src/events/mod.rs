@@ -5,6 +5,7 @@
 //! - `records`: the audit log's JSON lines (the schema of docs/audit.md);
 //! - `answers`: decoding the DNS answers the kernel learned from, to name addresses;
 //! - `names`: hostnames per address and policy entries per rule id, for readers of logs;
+//! - `repeats`: folding repeated image decisions into one line;
 //! - `sink`: where records go (a file only root can redirect, or stdout);
 //! - `auditor`: the one place that turns events into records.
 
@@ -12,5 +13,6 @@ pub mod answers;
 pub mod auditor;
 pub mod names;
 pub mod records;
+pub mod repeats;
 pub mod ring;
 pub mod sink;

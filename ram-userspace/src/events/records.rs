@@ -174,6 +174,10 @@ pub struct ImageRecord {
     pub image: String,
     pub user: Option<String>,
     pub via: &'static str,
+    /// On a line that ends a window of repeats: how many more identical decisions there were
+    /// since the line this one repeats (see `events::repeats`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repeated: Option<u64>,
 }
 
 impl ImageRecord {
@@ -186,6 +190,7 @@ impl ImageRecord {
             image: decision.image,
             user: decision.user,
             via: decision.via,
+            repeated: None,
         }
     }
 }
