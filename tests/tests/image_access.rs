@@ -64,6 +64,23 @@ fn docker_hub_images_are_judged_by_category_with_dockers_message() {
     // Docker Compose pulls through the same API.
     assert_compose_pull_of_a_community_image_is_refused(&docker);
 
+    // A key given twice: dockerd reads its first value, and so does the plugin. The
+    // community image first is refused; the official one first passes the plugin (and is then
+    // not found, Docker Hub not existing here).
+    let api_pull = |query: &str| {
+        let output = Command::new("curl")
+            .args(["-s", "-X", "POST", "--unix-socket"])
+            .arg(docker.dir().join("docker.sock"))
+            .arg(format!("http://docker/v1.41/images/create?{query}"))
+            .output()
+            .expect("curl runs");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let out = api_pull("fromImage=someuser%2Fcustom-image&fromImage=busybox&tag=latest");
+    assert!(out.contains("community images not allowed"), "{out}");
+    let out = api_pull("fromImage=busybox&fromImage=someuser%2Fcustom-image&tag=latest");
+    assert!(!out.contains("authorization denied"), "{out}");
+
     // Official, organization and verified-publisher images pass the plugin (and then fail to
     // reach Docker Hub, which does not exist here).
     for image in [

@@ -221,14 +221,8 @@ pub fn authorize(body: &[u8], rules: Option<&ImageRules>) -> (bool, String, Opti
                 return deny_unreadable("image_pull", user);
             }
             let params = query_params(query);
-            // Go's `r.Form.Get` takes the first value, Rust code easily the last: a key given
-            // twice could make the two judge different images, so it is not judged at all.
-            let repeated = ["fromImage", "tag", "fromSrc"]
-                .iter()
-                .any(|key| params.iter().filter(|(k, _)| k == key).count() > 1);
-            if repeated {
-                return deny_unreadable("image_pull", user);
-            }
+            // As dockerd reads them (Go's `r.Form.Get`): a key's first value, even if a later
+            // one differs, and an empty first value is no value.
             let get = |key: &str| {
                 params
                     .iter()
@@ -460,15 +454,20 @@ mod tests {
             "http://docker/v1.41/images/create?fromImage=someuser%2Fx",
             "//v1.41//images/create/?fromImage=someuser%2Fx",
             "/v1.41/images/create?fromImage=someuser%2Fx&fromSrc=-",
-            "/v1.41/images/create?fromImage=busybox&fromImage=someuser%2Fx",
-            // Go reads the first value: both orders, and an empty last one, are refused.
+            // dockerd reads a key's first value: the community image is the one it pulls.
             "/v1.41/images/create?fromImage=someuser%2Fx&fromImage=busybox",
             "/v1.41/images/create?fromImage=someuser%2Fx&fromImage=&fromSrc=-",
-            "/v1.41/images/create?fromImage=busybox&tag=latest&tag=..%2F..%2Fsomeuser%2Fx",
             "/v1.41/images/create?fromImage=registry-1.docker.io:443%2Fsomeuser%2Fx",
             "/v1.41/images/create?fromImage=Docker.IO%2Fsomeuser%2Fx",
         ] {
             assert!(!allowed(uri), "{uri} was allowed");
+        }
+        // ... and where the first value is an official image, that is what dockerd pulls.
+        for uri in [
+            "/v1.41/images/create?fromImage=busybox&fromImage=someuser%2Fx",
+            "/v1.41/images/create?fromImage=busybox&tag=latest&tag=..%2F..%2Fsomeuser%2Fx",
+        ] {
+            assert!(allowed(uri), "{uri} was refused");
         }
         let with_form_body = json!({
             "RequestMethod": "POST",
