@@ -91,6 +91,47 @@ fn parse_stat(stat: &str) -> Option<(u32, u64)> {
     Some((parent, started))
 }
 
+/// A fake cgroup mount or /proc in a temporary directory, for the tests of the functions that
+/// read them (here, in `scope` and in `shims`); removed on drop.
+#[cfg(test)]
+pub(crate) mod fake {
+    use std::{fs, path::PathBuf};
+
+    pub(crate) struct Tree(pub(crate) PathBuf);
+
+    impl Tree {
+        pub(crate) fn new(tag: &str) -> Self {
+            let path = std::env::temp_dir().join(format!("ram-fake-{tag}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&path);
+            fs::create_dir_all(&path).unwrap();
+            Self(path)
+        }
+
+        pub(crate) fn dir(&self, relative: &str) -> PathBuf {
+            let path = self.0.join(relative);
+            fs::create_dir_all(&path).unwrap();
+            path
+        }
+
+        /// `PID/exe` pointing at `target`.
+        pub(crate) fn exe(&self, pid: &str, target: &str) {
+            std::os::unix::fs::symlink(target, self.0.join(pid).join("exe")).unwrap();
+        }
+
+        pub(crate) fn file(&self, relative: &str, text: &str) {
+            let path = self.0.join(relative);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(path, text).unwrap();
+        }
+    }
+
+    impl Drop for Tree {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -153,7 +153,7 @@ pub fn container_cgroups(mount: &Path) -> Containers {
                 // A container's own children (e.g. Podman's `container`) are covered by it.
                 found.push(Found {
                     path: entry.path(),
-                    reason: format!("scope.containers: container {}", &id[..12]),
+                    reason: format!("scope.containers: container {}", short_id(&id)),
                     container: Some(id),
                 });
             } else if is_buildkit_parent(mount, &dir, &name) {
@@ -188,6 +188,11 @@ pub fn container_id(name: &str) -> Option<String> {
         (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()))
             .then(|| id.to_ascii_lowercase())
     })
+}
+
+/// A container id as log lines show it: its first 12 characters, as `docker ps` does.
+pub fn short_id(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
 }
 
 /// The id of a BuildKit RUN step whose cgroup is `name` in directory `parent` (either driver).
@@ -303,39 +308,7 @@ pub fn in_scope(mount: &Path, given: &[(CgroupDir, String)], scope: &Scope) -> (
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    struct Tree(PathBuf);
-
-    impl Tree {
-        fn new(tag: &str) -> Self {
-            let path = std::env::temp_dir().join(format!("ram-scope-{tag}-{}", std::process::id()));
-            let _ = fs::remove_dir_all(&path);
-            fs::create_dir_all(&path).unwrap();
-            Self(path)
-        }
-
-        fn dir(&self, relative: &str) -> PathBuf {
-            let path = self.0.join(relative);
-            fs::create_dir_all(&path).unwrap();
-            path
-        }
-
-        fn exe(&self, pid: &str, target: &str) {
-            std::os::unix::fs::symlink(target, self.0.join(pid).join("exe")).unwrap();
-        }
-
-        fn file(&self, relative: &str, text: &str) {
-            let path = self.0.join(relative);
-            fs::create_dir_all(path.parent().unwrap()).unwrap();
-            fs::write(path, text).unwrap();
-        }
-    }
-
-    impl Drop for Tree {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::cgroups::procs::fake::Tree;
 
     const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 

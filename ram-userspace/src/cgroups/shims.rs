@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::{
     procs::{cgroup_of, children, is_root_binary, processes},
-    scope::{Found, container_id},
+    scope::{Found, container_id, short_id},
 };
 
 /// The processes that start containers and stay their parent: containerd's shims (Docker's and
@@ -63,7 +63,7 @@ pub fn shim_children(mount: &Path, proc_root: &Path) -> Vec<Found> {
             found.push(Found {
                 reason: format!(
                     "scope.containers: container {} (started by {comm})",
-                    short(&id)
+                    short_id(&id)
                 ),
                 path,
                 container: Some(id),
@@ -71,10 +71,6 @@ pub fn shim_children(mount: &Path, proc_root: &Path) -> Vec<Found> {
         }
     }
     found
-}
-
-fn short(id: &str) -> &str {
-    &id[..id.len().min(12)]
 }
 
 /// How deep below a shim its container's first process may be: the shim's child is the
@@ -105,38 +101,12 @@ fn container_processes(proc_root: &Path, shim: u32, shim_cgroup: &str) -> Vec<u3
 
 #[cfg(test)]
 mod tests {
-    use std::{fs, path::PathBuf};
+    use std::path::PathBuf;
 
     use super::*;
+    use crate::cgroups::procs::fake::Tree;
 
     const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-
-    struct Tree(PathBuf);
-
-    impl Tree {
-        fn new(tag: &str) -> Self {
-            let path = std::env::temp_dir().join(format!("ram-shims-{tag}-{}", std::process::id()));
-            let _ = fs::remove_dir_all(&path);
-            fs::create_dir_all(&path).unwrap();
-            Self(path)
-        }
-
-        fn exe(&self, pid: &str, target: &str) {
-            std::os::unix::fs::symlink(target, self.0.join(pid).join("exe")).unwrap();
-        }
-
-        fn file(&self, relative: &str, text: &str) {
-            let path = self.0.join(relative);
-            fs::create_dir_all(path.parent().unwrap()).unwrap();
-            fs::write(path, text).unwrap();
-        }
-    }
-
-    impl Drop for Tree {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
 
     /// `ctr run` makes `/default/web`: found through the shim, whose child is `runc create`
     /// (still in the shim's cgroup) while the container's first process is its grandchild. A
@@ -175,8 +145,7 @@ mod tests {
         );
         proc.exe("80", "/usr/bin/containerd-shim-runc-v2 (deleted)");
         process("81", "sh", "/default/db", "");
-        let found = shim_children(&mount.0, &proc.0);
-        let mut found = found;
+        let mut found = shim_children(&mount.0, &proc.0);
         found.sort_by(|a, b| b.path.cmp(&a.path));
         let paths: Vec<PathBuf> = found.iter().map(|f| f.path.clone()).collect();
         assert_eq!(

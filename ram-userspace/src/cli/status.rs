@@ -59,7 +59,7 @@ pub fn run(run_dir: &Path, json: bool) -> Result<()> {
             status.container_networks_unreadable
         );
         for network in &status.container_networks {
-            let id = &network.container[..network.container.len().min(12)];
+            let id = ram::cgroups::scope::short_id(&network.container);
             let label = match &network.name {
                 Some(name) => format!("{name} ({id})"),
                 None => id.to_owned(),

@@ -22,7 +22,7 @@ use crate::{
         networks::{
             Capabilities, DOCKER_EMBEDDED_DNS, NetworkError, capabilities, container_network,
         },
-        scope::{Scoped, run_step_id},
+        scope::{Scoped, run_step_id, short_id},
     },
     compile::CompiledPolicy,
     events::records::text,
@@ -106,7 +106,7 @@ impl ContainerDns {
             self.forget_gone(&containers);
         }
 
-        let own_netns_inode = std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino());
+        let mut own_netns_inode: Option<u64> = None;
         let mut allowed: Option<Vec<IpAddr>> = None;
         let mut retry = false;
         for (dir, container) in &containers {
@@ -115,6 +115,9 @@ impl ContainerDns {
             }
             let allowed = allowed.get_or_insert_with(|| {
                 allowed_resolvers(policy_resolvers, &policy.container_resolvers)
+            });
+            let own_netns_inode = *own_netns_inode.get_or_insert_with(|| {
+                std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino())
             });
             let result = read(mount, dir, container, own_netns_inode, allowed);
             let label = match &result {
@@ -238,8 +241,8 @@ impl ContainerDns {
     /// `web (3f2a…)`: the container's name where its runtime says, and its id.
     fn label(&mut self, container: &str) -> String {
         match self.infos.lookup(container).name {
-            Some(name) => format!("{} ({})", text(&name), text(short(container))),
-            None => text(short(container)),
+            Some(name) => format!("{} ({})", text(&name), text(short_id(container))),
+            None => text(short_id(container)),
         }
     }
 
@@ -253,7 +256,7 @@ impl ContainerDns {
         {
             info!(
                 "container {}: DNS in its network namespace (inode {}) no longer trusted",
-                short(&gone.container),
+                short_id(&gone.container),
                 gone.netns_inode
             );
         }
@@ -423,10 +426,6 @@ fn resolvers_of(nameservers: &[IpAddr], policy_resolvers: &[IpAddr]) -> Vec<IpAd
         }
     }
     resolvers
-}
-
-fn short(container: &str) -> &str {
-    &container[..container.len().min(12)]
 }
 
 fn list(addrs: &[IpAddr]) -> String {
