@@ -329,6 +329,26 @@ pub fn reversed_key(name: &Name, len: usize, key: &mut [u8; NAME_BUF]) -> usize 
 pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 pub const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
+/// FNV-1a of a search domain's text (lower case, no trailing dot) read from its last character
+/// to its first: the order in which `dns_query_out` meets it, scanning a question from its end
+/// (see `ram_common::maps::SEARCH_DOMAINS`). Never 0 for a non-empty suffix in practice; 0 is
+/// the count's key in `SEARCH_SUFFIXES`.
+pub fn suffix_hash(suffix: &[u8]) -> u64 {
+    let mut hash = FNV_OFFSET;
+    let mut i = suffix.len();
+    while i > 0 {
+        i -= 1;
+        hash = suffix_hash_step(hash, suffix[i]);
+    }
+    hash
+}
+
+/// One character of [`suffix_hash`].
+#[inline(always)]
+pub fn suffix_hash_step(hash: u64, byte: u8) -> u64 {
+    (hash ^ byte as u64).wrapping_mul(FNV_PRIME)
+}
+
 /// The question of a message (the first and only one ram tracks).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Question {

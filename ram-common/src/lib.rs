@@ -34,11 +34,11 @@ pub mod maps {
     /// [`crate::DnsEvent`] change other than in `_reserved` bytes (the ring buffers are pinned
     /// too, and hold events of the previous programs): a newer daemon then builds fresh maps
     /// instead of misreading old ones (and learned addresses are learned again).
-    pub const LAYOUT: u32 = 3;
+    pub const LAYOUT: u32 = 4;
 
     /// Every map of `ram-ebpf`, all pinned (under `maps-v<LAYOUT>/`) so that enforcement,
     /// learning and the audit backlog outlive the daemon.
-    pub const ALL: [&str; 21] = [
+    pub const ALL: [&str; 24] = [
         POLICY_SLOT,
         POLICY_CONFIG,
         RULE_IDS[0],
@@ -60,6 +60,9 @@ pub mod maps {
         COUNTERS,
         GATE_EVENTS,
         DNS_EVENTS,
+        SEARCH_DOMAINS,
+        SEARCH_SUFFIXES,
+        CONNECTED_UDP,
     ];
 
     /// `Array<u32>` with one entry: which slot (0 or 1) of the double-buffered policy maps
@@ -176,13 +179,18 @@ pub mod maps {
     pub const TCP_DNS_STREAMS: &str = "TCP_DNS_STREAMS";
     pub const TCP_DNS_STREAMS_MAX: u32 = 4_096;
 
-    /// `ProgramArray` with one entry, `dns_answer_rr`: `dns_snoop_in` and `dns_answer_rr` tail-call
-    /// it once per answer record. Written by the daemon before attaching. Pinned like every map:
+    /// `ProgramArray` of `dns_answer_rr` (`dns_snoop_in` and `dns_answer_rr` tail-call it once
+    /// per answer record) and `dns_query_name` (`dns_query_out` tail-calls it per query). Written by the daemon before attaching. Pinned like every map:
     /// the kernel empties a program array when its last user-space holder goes, which would stop
     /// learning when the daemon dies.
     pub const DNS_TAIL_CALLS: &str = "DNS_TAIL_CALLS";
     /// Index of `dns_answer_rr` in [`DNS_TAIL_CALLS`].
     pub const ANSWER_RR_SLOT: u32 = 0;
+    /// Index of `dns_query_name` in [`DNS_TAIL_CALLS`]: `dns_query_out` tail-calls it to judge a
+    /// query's name (`dns.queries = "allowed"`), a verifier budget of its own.
+    pub const QUERY_NAME_SLOT: u32 = 1;
+    /// Entries of [`DNS_TAIL_CALLS`].
+    pub const DNS_TAIL_CALLS_MAX: u32 = 2;
 
     /// `RingBuf` of [`crate::DnsEvent`]: one event per answer that taught the kernel something
     /// (or had refused or unlearnable addresses), and per answer to a name no rule allows, with
@@ -192,6 +200,100 @@ pub mod maps {
     pub const DNS_EVENTS: &str = "DNS_EVENTS";
     /// 1 MiB: ~490 answers between two reads by the daemon.
     pub const DNS_EVENTS_BYTES: u32 = 1024 * 1024;
+
+    /// `HashMap<u64, u8>`: search domains the host's resolvers are configured with, as
+    /// [`crate::dns::suffix_hash`]es: a query for an allowed name followed by one of them
+    /// (`registry.example.com.corp.internal`, sent first by a resolver with `ndots`) is let
+    /// through under `dns.queries = "allowed"`. Written by the daemon from `dns.search_domains`
+    /// and the host's `/etc/resolv.conf`; read by `dns_query_out`. Not double-buffered: a
+    /// search domain lets no address be learned, only a query be asked.
+    pub const SEARCH_DOMAINS: &str = "SEARCH_DOMAINS";
+    pub const SEARCH_DOMAINS_MAX: u32 = 256;
+
+    /// `LruHashMap<SearchKey, u32>`: search domains the kernel has not been told of, accepted
+    /// per cgroup after an allowed name (a container's or a mount namespace's own resolv.conf,
+    /// `LOCALDOMAIN`): at most [`crate::SEARCH_BUDGET`] distinct ones per cgroup, so that the
+    /// budget bounds what queries could carry out. The entry with `suffix_hash` 0 holds the
+    /// count. Written and read by `dns_query_out`.
+    pub const SEARCH_SUFFIXES: &str = "SEARCH_SUFFIXES";
+    pub const SEARCH_SUFFIXES_MAX: u32 = 65_536;
+
+    /// `LruHashMap<u64, ConnectedDest>`: socket cookie → the destination a connected UDP or ICMP
+    /// socket of an enforced cgroup was last judged for. Written by the connect gates (and by
+    /// the egress backstop after a full judgement); read by `dns_query_out`, so that the
+    /// packets of a connected socket pass after one lookup. An LRU: a forgotten socket is
+    /// judged in full again.
+    pub const CONNECTED_UDP: &str = "CONNECTED_UDP";
+    pub const CONNECTED_UDP_MAX: u32 = 65_536;
+}
+
+/// Distinct search domains not known to the kernel that one cgroup may use (see
+/// [`maps::SEARCH_SUFFIXES`]): glibc reads at most 6 from a resolv.conf.
+pub const SEARCH_BUDGET: u32 = 6;
+
+/// Key of [`maps::SEARCH_SUFFIXES`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SearchKey {
+    pub cgroup_id: u64,
+    /// [`dns::suffix_hash`] of the search domain; 0 for the cgroup's count.
+    pub suffix_hash: u64,
+}
+
+/// Value of [`maps::CONNECTED_UDP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectedDest {
+    pub addr: Addr16,
+    /// Host byte order.
+    pub port: u16,
+    pub _reserved: [u8; 6],
+}
+
+/// Destination ports a hostname rule allows its learned addresses on ([`NameRule::ports`],
+/// [`LearnedAddr::ports`]): up to four, host byte order, unused slots 0; all 0 means every
+/// port (`host:*`).
+pub type Ports = [u16; 4];
+
+/// The ports of an entry written without one: HTTPS, and HTTP for redirects.
+pub const DEFAULT_PORTS: Ports = [443, 80, 0, 0];
+
+/// Whether `ports` allow `port`.
+#[inline(always)]
+pub fn ports_allow(ports: &Ports, port: u16) -> bool {
+    let any = ports[0] == 0 && ports[1] == 0 && ports[2] == 0 && ports[3] == 0;
+    any || (port != 0
+        && (ports[0] == port || ports[1] == port || ports[2] == port || ports[3] == port))
+}
+
+/// `a` and `b` together (an address two rules taught): `None` if that needs more than four.
+#[inline(always)]
+pub fn merge_ports(a: &Ports, b: &Ports) -> Option<Ports> {
+    let any = |p: &Ports| p[0] == 0 && p[1] == 0 && p[2] == 0 && p[3] == 0;
+    if any(a) || any(b) {
+        return Some([0; 4]);
+    }
+    let mut out = *a;
+    let mut i = 0;
+    // Bounded: four ports of `b`, each placed in one of four slots.
+    while i < 4 {
+        let port = b[i];
+        if port != 0 && !(out[0] == port || out[1] == port || out[2] == port || out[3] == port) {
+            if out[0] == 0 {
+                out[0] = port;
+            } else if out[1] == 0 {
+                out[1] = port;
+            } else if out[2] == 0 {
+                out[2] = port;
+            } else if out[3] == 0 {
+                out[3] = port;
+            } else {
+                return None;
+            }
+        }
+        i += 1;
+    }
+    Some(out)
 }
 
 /// Key of [`maps::LEARNED`].
@@ -219,6 +321,9 @@ pub struct LearnedAddr {
     /// Index of that entry in the policy in force when the address was learned.
     pub rule_index: u32,
     pub _reserved: u32,
+    /// Ports the address is allowed on: those of the rule, merged with another rule's when two
+    /// taught the same address.
+    pub ports: Ports,
 }
 
 /// A policy entry's identity across policy versions: FNV-1a (64 bit) of its kind and text,
@@ -301,6 +406,8 @@ pub struct NameRule {
     pub _reserved: u32,
     /// [`rule_id`] of the entry.
     pub rule_id: u64,
+    /// Ports its addresses are allowed on (the entry's port, else [`DEFAULT_PORTS`]).
+    pub ports: Ports,
 }
 
 /// The LPM key the kernel builds for a question (same layout as aya's `lpm_trie::Key`).
@@ -347,11 +454,45 @@ pub struct DnsScratch {
     /// The name reader's state (see [`dns::NameWalk`] for why it lives here).
     pub walk: dns::NameWalk,
     pub key: NameKey,
+    /// Room after `key`: `dns_query_name` builds trie keys for the name before a search
+    /// domain in place, inside `key.data`, and such a key may reach this far past it.
+    pub key_spill: [u8; dns::NAME_BUF],
     /// Progress through the answer section, carried across `dns_answer_rr` tail calls.
     pub answers: dns::AnswerWalk,
     /// What `dns_answer_rr` needs to learn and report, set by `dns_snoop_in`.
     pub learning: Learning,
+    /// The query `dns_query_out` read, for `dns_query_name` to judge and record.
+    pub query: QueryInFlight,
 }
+
+/// A query read by `dns_query_out`, carried to `dns_query_name` (part of [`DnsScratch`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct QueryInFlight {
+    pub key: PendingKey,
+    pub pending: PendingQuery,
+    /// cgroup v2 id of the sending socket.
+    pub cgroup_id: u64,
+    /// Length of the question's name in `DnsScratch::question`.
+    pub name_len: u32,
+    /// Where the message is in the packet, and how long, to copy it into a refusal's event.
+    pub msg_offset: u32,
+    pub msg_len: u32,
+    pub protocol: u8,
+    pub _reserved: [u8; 3],
+    /// Candidate search domains of a name no rule allows: how many were found, where each
+    /// ends in the reversed name (its dot), and its [`dns::suffix_hash`]. Kept here rather
+    /// than in registers so that the verifier sees one state per loop iteration.
+    pub candidates: u32,
+    /// The hash being accumulated while scanning (in memory for the same reason).
+    pub scan_hash: u64,
+    pub dots: [u32; MAX_SEARCH_CANDIDATES],
+    pub hashes: [u64; MAX_SEARCH_CANDIDATES],
+}
+
+/// Search domains of up to this many labels are recognized after an allowed name
+/// (Kubernetes' longest, `namespace.svc.cluster.local`, has four).
+pub const MAX_SEARCH_CANDIDATES: usize = 8;
 
 /// The context of one answer being learned from (part of [`DnsScratch`]).
 #[repr(C)]
@@ -363,6 +504,8 @@ pub struct Learning {
     pub rule_id: u64,
     pub resolver_rule_id: u64,
     pub rule_index: u32,
+    /// The rule's ports, given to every address learned.
+    pub ports: Ports,
     /// The policy slot the question was judged with (its TTL settings apply).
     pub slot: u32,
     /// Addresses new to (or expired in) LEARNED.
@@ -397,9 +540,15 @@ pub struct PolicyConfig {
     /// [`AUDIT_ALLOWED_FIRST`] (first per process and destination in `allowed_window_ns`) or
     /// [`AUDIT_ALLOWED_ALL`]. Denials are always reported.
     pub audit_allowed: u32,
-    pub _reserved: u32,
+    /// [`FLAG_QUERIES_ALLOWED`] | [`FLAG_PING`].
+    pub flags: u32,
     pub allowed_window_ns: u64,
 }
+
+/// `dns.queries = "allowed"`: queries to trusted resolvers only for names the policy allows.
+pub const FLAG_QUERIES_ALLOWED: u32 = 1;
+/// `registry_access.allow_ping`: ICMP ping sockets, to destinations the policy allows.
+pub const FLAG_PING: u32 = 2;
 
 pub const AUDIT_ALLOWED_NONE: u32 = 0;
 pub const AUDIT_ALLOWED_FIRST: u32 = 1;
@@ -444,7 +593,10 @@ pub struct DnsEvent {
     /// 1 when the question is not allowed (nothing learned; sent so that the daemon can name
     /// the addresses in later denials), else 0.
     pub not_allowed: u8,
-    pub _reserved: [u8; 2],
+    /// 1 when this is a query `dns_query_out` refused (`dns.queries = "allowed"`), which never
+    /// left; `msg` is the query. Else 0.
+    pub query_refused: u8,
+    pub _reserved: u8,
     pub msg: [u8; dns::MSG_MAX],
 }
 
@@ -504,6 +656,10 @@ pub enum Reason {
     /// A socket the connect/sendmsg gates would never judge (raw, SCTP, DCCP, L2TP/IP, ICMP
     /// ping, MPTCP, UDP-Lite, ...): refused at creation.
     SocketType = 9,
+    /// A learned address, on a port its rule does not name.
+    PortNotAllowed = 10,
+    /// A DNS query for a name no rule allows (`dns.queries = "allowed"`).
+    QueryNotAllowed = 11,
 }
 
 impl Reason {
@@ -518,6 +674,8 @@ impl Reason {
             7 => Some(Self::UntrustedNetns),
             8 => Some(Self::AllowedImageGate),
             9 => Some(Self::SocketType),
+            10 => Some(Self::PortNotAllowed),
+            11 => Some(Self::QueryNotAllowed),
             _ => None,
         }
     }
@@ -534,6 +692,8 @@ impl Reason {
             Self::UntrustedNetns => "untrusted_netns",
             Self::AllowedImageGate => "image_gate",
             Self::SocketType => "socket_type",
+            Self::PortNotAllowed => "port_not_allowed",
+            Self::QueryNotAllowed => "query_not_allowed",
         }
     }
 }
@@ -586,10 +746,17 @@ pub enum Counter {
     /// (sent as control messages): dropped, as they would go elsewhere than the address the
     /// gates judged.
     RedirectRefused = 19,
+    /// DNS queries for names no rule allows, dropped before they left (`dns.queries`).
+    QueryRefused = 20,
+    /// Queries let through as an allowed name followed by a search domain.
+    SearchSuffixAllowed = 21,
+    /// Packets of connected UDP or ICMP sockets whose destination the policy does not allow
+    /// (the egress backstop).
+    BackstopDropped = 22,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 20;
+    pub const COUNT: u32 = 23;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Self::AllowedCidr,
         Self::AllowedLoopback,
@@ -611,6 +778,9 @@ impl Counter {
         Self::SpoofedDnsDropped,
         Self::DeniedSocket,
         Self::RedirectRefused,
+        Self::QueryRefused,
+        Self::SearchSuffixAllowed,
+        Self::BackstopDropped,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -635,6 +805,9 @@ impl Counter {
             Self::SpoofedDnsDropped => "spoofed_dns_dropped",
             Self::DeniedSocket => "denied_socket",
             Self::RedirectRefused => "redirect_refused",
+            Self::QueryRefused => "query_refused",
+            Self::SearchSuffixAllowed => "search_suffix_allowed",
+            Self::BackstopDropped => "backstop_dropped",
         }
     }
 }
@@ -649,6 +822,8 @@ pub enum Hook {
     Sendmsg6 = 4,
     /// Socket creation (`socket_gate`).
     SocketCreate = 5,
+    /// A packet leaving (`dns_query_out`: the backstop, refused DNS queries).
+    Egress = 6,
 }
 
 impl Hook {
@@ -659,6 +834,7 @@ impl Hook {
             3 => Some(Self::Sendmsg4),
             4 => Some(Self::Sendmsg6),
             5 => Some(Self::SocketCreate),
+            6 => Some(Self::Egress),
             _ => None,
         }
     }
@@ -670,6 +846,7 @@ impl Hook {
             Self::Sendmsg4 => "sendmsg4",
             Self::Sendmsg6 => "sendmsg6",
             Self::SocketCreate => "socket_create",
+            Self::Egress => "egress",
         }
     }
 }
@@ -736,6 +913,10 @@ mod pod {
     unsafe impl aya::Pod for super::NetnsResolverKey {}
     // SAFETY: plain old data: `repr(C)`, integers and byte arrays only, every bit pattern valid.
     unsafe impl aya::Pod for super::DnsSocket {}
+    // SAFETY: plain old data: `repr(C)`, integers and byte arrays only, every bit pattern valid.
+    unsafe impl aya::Pod for super::SearchKey {}
+    // SAFETY: plain old data: `repr(C)`, integers and byte arrays only, every bit pattern valid.
+    unsafe impl aya::Pod for super::ConnectedDest {}
 }
 
 #[cfg(test)]
@@ -745,7 +926,10 @@ mod tests {
     #[test]
     fn layouts_are_stable() {
         assert_eq!(size_of::<GateEvent>(), 88);
-        assert_eq!(size_of::<LearnedAddr>(), 32);
+        assert_eq!(size_of::<LearnedAddr>(), 40);
+        assert_eq!(size_of::<NameRule>(), 24);
+        assert_eq!(size_of::<SearchKey>(), 16);
+        assert_eq!(size_of::<ConnectedDest>(), 24);
         assert_eq!(size_of::<AuditSeenKey>(), 32);
         assert_eq!(size_of::<CidrRule>(), 24);
         assert_eq!(size_of::<ResolverRule>(), 16);
@@ -776,6 +960,8 @@ mod tests {
             Reason::UntrustedNetns,
             Reason::AllowedImageGate,
             Reason::SocketType,
+            Reason::PortNotAllowed,
+            Reason::QueryNotAllowed,
         ] {
             assert_eq!(Reason::from_u8(reason as u8), Some(reason));
         }
@@ -785,9 +971,27 @@ mod tests {
             Hook::Sendmsg4,
             Hook::Sendmsg6,
             Hook::SocketCreate,
+            Hook::Egress,
         ] {
             assert_eq!(Hook::from_u8(hook as u8), Some(hook));
         }
         assert_eq!(Counter::ALL.len() as u32, Counter::COUNT);
+    }
+
+    #[test]
+    fn ports_allow_and_merge() {
+        assert!(ports_allow(&DEFAULT_PORTS, 443) && ports_allow(&DEFAULT_PORTS, 80));
+        assert!(!ports_allow(&DEFAULT_PORTS, 22) && !ports_allow(&DEFAULT_PORTS, 0));
+        assert!(ports_allow(&[0; 4], 22));
+        assert_eq!(
+            merge_ports(&DEFAULT_PORTS, &[5000, 0, 0, 0]),
+            Some([443, 80, 5000, 0])
+        );
+        assert_eq!(
+            merge_ports(&DEFAULT_PORTS, &DEFAULT_PORTS),
+            Some(DEFAULT_PORTS)
+        );
+        assert_eq!(merge_ports(&DEFAULT_PORTS, &[0; 4]), Some([0; 4]));
+        assert_eq!(merge_ports(&[1, 2, 3, 4], &[5, 0, 0, 0]), None);
     }
 }

@@ -21,16 +21,17 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use ram_common::{
-    Addr16, Counter, DnsEvent, DnsScratch, DnsSocket, LearnedAddr, LearnedKey, Learning,
-    PendingKey, PendingQuery, TcpDnsStream,
+    Addr16, Counter, DnsEvent, DnsScratch, DnsSocket, FLAG_QUERIES_ALLOWED, LearnedAddr,
+    LearnedKey, Learning, MAX_SEARCH_CANDIDATES, PendingKey, PendingQuery, QueryInFlight,
+    SEARCH_BUDGET, SearchKey, TcpDnsStream,
     dns::{self, HEADER_LEN, Header, MSG_MAX},
-    maps::{ANSWER_RR_SLOT, SCRATCH_EGRESS, SCRATCH_INGRESS},
-    v4_mapped,
+    maps::{ANSWER_RR_SLOT, QUERY_NAME_SLOT, SCRATCH_EGRESS, SCRATCH_INGRESS},
+    merge_ports, v4_mapped,
 };
 
 use crate::{
     DNS_EVENTS, DNS_SCRATCH, DNS_SOCKETS, DNS_TAIL_CALLS, LEARNED, PENDING_QUERIES, POLICY_CONFIG,
-    Policy, TCP_DNS_STREAMS, count, count_n,
+    Policy, SEARCH_DOMAINS, SEARCH_SUFFIXES, TCP_DNS_STREAMS, count, count_n, egress,
 };
 
 type NameLpmKey = aya_ebpf::maps::lpm_trie::Key<[u8; dns::NAME_BUF]>;
@@ -44,8 +45,6 @@ const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const E2BIG: i32 = 7;
 const TCP_SYN: u8 = 0x02;
-const IPV6_HOP_BY_HOP: u8 = 0;
-const IPV6_ROUTING: u8 = 43;
 /// A scratch slot held longer than this is taken to be abandoned (no run takes a millisecond).
 const SCRATCH_STALE_NS: u64 = 1_000_000;
 /// Longest TTL honoured before `dns.max_ttl` caps it (RFC 2181: values ≥ 2^31 mean 0).
@@ -53,7 +52,10 @@ const TTL_SIGN_BIT: u32 = 1 << 31;
 
 #[cgroup_skb]
 pub fn dns_query_out(ctx: SkBuffContext) -> i32 {
-    if carries_a_route(&ctx) {
+    let Some(packet) = egress::outgoing(&ctx) else {
+        return PASS;
+    };
+    if packet.carries_a_route {
         count(Counter::RedirectRefused);
         return DROP;
     }
@@ -61,8 +63,13 @@ pub fn dns_query_out(ctx: SkBuffContext) -> i32 {
         count(Counter::SpoofedDnsDropped);
         return DROP;
     }
-    let _ = track_query(&ctx);
-    PASS
+    if packet.protocol != egress::IPPROTO_TCP && !egress::backstop_allows(&ctx, &packet) {
+        return DROP;
+    }
+    match track_query(&ctx) {
+        Query::Pass => PASS,
+        Query::Refuse => DROP,
+    }
 }
 
 #[cgroup_skb]
@@ -82,11 +89,31 @@ struct DnsPacket {
     msg_len: usize,
 }
 
+/// Why a packet of a DNS socket holds no DNS message to look at.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Skip {
+    /// Not DNS: another port, a SYN, an ACK without data.
+    NotDns,
+    /// DNS data that is not a whole message at a known boundary (split, retransmitted, out of
+    /// order, malformed headers): nothing is learned from it, and under
+    /// `dns.queries = "allowed"` such a query is not let out.
+    Unreadable,
+}
+
 /// Finds the DNS message of a UDP or TCP packet whose remote port is 53; `outgoing` says which
 /// side the resolver is on. IPv6 extension headers and IPv4 fragments are not followed (DNS
 /// packets do not carry them in practice; such a packet simply teaches nothing).
 #[inline(always)]
-fn dns_packet(ctx: &SkBuffContext, cookie: u64, outgoing: bool) -> Option<DnsPacket> {
+fn dns_packet(ctx: &SkBuffContext, cookie: u64, outgoing: bool) -> Result<DnsPacket, Skip> {
+    dns_packet_or_none(ctx, cookie, outgoing).unwrap_or(Err(Skip::Unreadable))
+}
+
+#[inline(always)]
+fn dns_packet_or_none(
+    ctx: &SkBuffContext,
+    cookie: u64,
+    outgoing: bool,
+) -> Option<Result<DnsPacket, Skip>> {
     let skb_len = ctx.len() as usize;
     let (src, dst, protocol, l4) = match u16::from_be(ctx.skb.protocol() as u16) {
         ETH_P_IP => {
@@ -123,7 +150,7 @@ fn dns_packet(ctx: &SkBuffContext, cookie: u64, outgoing: bool) -> Option<DnsPac
     // runs before this program. The gate judged the socket's own destination (port 53), and
     // the answer must still come from port 53 (netfilter translates it back).
     if resolver_port != DNS_PORT && !(outgoing && is_loopback(&resolver)) {
-        return None;
+        return Some(Err(Skip::NotDns));
     }
     let (msg_offset, msg_len) = match protocol {
         IPPROTO_UDP => {
@@ -136,50 +163,29 @@ fn dns_packet(ctx: &SkBuffContext, cookie: u64, outgoing: bool) -> Option<DnsPac
             let seq = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
             if header[13] & TCP_SYN != 0 {
                 start_tcp_stream(cookie, outgoing, seq);
-                return None;
+                return Some(Err(Skip::NotDns));
             }
             let payload = l4 + ((header[12] >> 4) as usize) * 4;
             let segment_len = skb_len.checked_sub(payload)?;
             if segment_len == 0 {
-                return None; // ACK, FIN: no data
+                return Some(Err(Skip::NotDns)); // ACK, FIN: no data
             }
             let msg_len =
                 tcp_message_at_boundary(ctx, cookie, outgoing, seq, payload, segment_len)?;
             (payload + 2, msg_len)
         }
-        _ => return None,
+        _ => return Some(Err(Skip::NotDns)),
     };
     if msg_offset + msg_len > skb_len {
         return None;
     }
-    Some(DnsPacket {
+    Some(Ok(DnsPacket {
         resolver,
         client_port,
         protocol,
         msg_offset,
         msg_len,
-    })
-}
-
-/// Whether the packet carries IPv4 options (a source route among them: the header is longer
-/// than 20 bytes) or an IPv6 routing header (first, or after hop-by-hop options): it would go
-/// elsewhere than the address the gates judged. Enforced sockets may not set these options
-/// (`sockopt_gate`); this drops them when they come as control messages with a send. One
-/// byte read per packet, two for IPv6 with hop-by-hop options.
-#[inline(always)]
-fn carries_a_route(ctx: &SkBuffContext) -> bool {
-    match u16::from_be(ctx.skb.protocol() as u16) {
-        ETH_P_IP => ctx
-            .load::<u8>(0)
-            .is_ok_and(|version_ihl| version_ihl & 0x0f > 5),
-        ETH_P_IPV6 => match ctx.load::<u8>(6) {
-            Ok(IPV6_ROUTING) => true,
-            // The hop-by-hop header's own next header is its first byte.
-            Ok(IPV6_HOP_BY_HOP) => ctx.load::<u8>(40).is_ok_and(|next| next == IPV6_ROUTING),
-            _ => false,
-        },
-        _ => false,
-    }
+    }))
 }
 
 /// `::1`, or `127.0.0.0/8` in mapped form.
@@ -402,7 +408,10 @@ fn may_be_dns_socket(ctx: &SkBuffContext) -> bool {
 /// gate let through to a trusted resolver (`DNS_SOCKETS`). Cheapest checks first, so that
 /// every other packet leaves at once.
 #[inline(always)]
-fn dns_socket_packet(ctx: &SkBuffContext, outgoing: bool) -> Option<(u64, DnsSocket, DnsPacket)> {
+fn dns_socket_packet(
+    ctx: &SkBuffContext,
+    outgoing: bool,
+) -> Option<(u64, DnsSocket, Result<DnsPacket, Skip>)> {
     if !may_be_dns_socket(ctx) {
         return None;
     }
@@ -411,21 +420,74 @@ fn dns_socket_packet(ctx: &SkBuffContext, outgoing: bool) -> Option<(u64, DnsSoc
     // SAFETY: copied out at once; DnsSocket is plain integers, and the gates write an entry
     // only once per socket, with what never changes for it (its cgroup and namespace).
     let socket = *unsafe { DNS_SOCKETS.get(cookie) }?;
-    Some((cookie, socket, dns_packet(ctx, cookie, outgoing)?))
+    Some((cookie, socket, dns_packet(ctx, cookie, outgoing)))
+}
+
+/// What `dns_query_out` does with a packet after the backstop.
+enum Query {
+    Pass,
+    /// A query `dns.queries = "allowed"` does not let out (reported with its name).
+    Refuse,
 }
 
 #[inline(always)]
-fn track_query(ctx: &SkBuffContext) -> Option<()> {
-    let (cookie, socket, packet) = dns_socket_packet(ctx, true)?;
-    Policy::in_force()?.resolver_for(&socket, packet.resolver)?;
-    let scratch = take_scratch(SCRATCH_EGRESS)?;
-    let tracked = record_query(ctx, cookie, &packet, scratch);
+fn track_query(ctx: &SkBuffContext) -> Query {
+    let Some((cookie, socket, packet)) = dns_socket_packet(ctx, true) else {
+        return Query::Pass;
+    };
+    let Some(policy) = Policy::in_force() else {
+        return Query::Refuse;
+    };
+    let strict = policy.config.flags & FLAG_QUERIES_ALLOWED != 0;
+    let packet = match packet {
+        Ok(packet) => packet,
+        Err(Skip::NotDns) => return Query::Pass,
+        Err(Skip::Unreadable) if strict => return refuse_unreadable(),
+        Err(Skip::Unreadable) => return Query::Pass,
+    };
+    // A DNS socket writing to port 53 elsewhere than a trusted resolver: a destination the
+    // gates allowed by prefix, trusted as such.
+    if policy.resolver_for(&socket, packet.resolver).is_none() {
+        return Query::Pass;
+    }
+    let Some(scratch) = take_scratch(SCRATCH_EGRESS) else {
+        return if strict {
+            refuse_unreadable()
+        } else {
+            Query::Pass
+        };
+    };
+    if read_query(ctx, cookie, &packet, scratch).is_none() {
+        scratch.busy_since_ns = 0;
+        return if strict {
+            refuse_unreadable()
+        } else {
+            Query::Pass
+        };
+    }
+    if strict {
+        // Returns only if the call fails; then the query is not let out (fail closed).
+        // SAFETY: `ctx` is this cgroup_skb program's context, the type dns_query_name takes;
+        // on success dns_query_name's verdict is this program's, and it frees the slot.
+        unsafe { DNS_TAIL_CALLS.tail_call(ctx, QUERY_NAME_SLOT) };
+        scratch.busy_since_ns = 0;
+        return refuse_unreadable();
+    }
+    record_query(&scratch.query);
     scratch.busy_since_ns = 0;
-    tracked
+    Query::Pass
 }
 
+/// A query that cannot be read cannot be shown to ask for an allowed name: not let out.
 #[inline(always)]
-fn record_query(
+fn refuse_unreadable() -> Query {
+    count(Counter::QueryRefused);
+    Query::Refuse
+}
+
+/// Reads the query's message and question into the scratch slot (`scratch.query`).
+#[inline(always)]
+fn read_query(
     ctx: &SkBuffContext,
     cookie: u64,
     packet: &DnsPacket,
@@ -437,29 +499,224 @@ fn record_query(
         return None;
     }
     let question = dns::read_question(&scratch.msg, &mut scratch.walk, &mut scratch.question)?;
-    let key = PendingKey {
-        socket_cookie: cookie,
-        txid: header.id,
-        client_port: packet.client_port,
-        _reserved: 0,
+    scratch.query = QueryInFlight {
+        key: PendingKey {
+            socket_cookie: cookie,
+            txid: header.id,
+            client_port: packet.client_port,
+            _reserved: 0,
+        },
+        pending: PendingQuery {
+            // SAFETY: no arguments; reads the boot clock.
+            sent_ns: unsafe { bpf_ktime_get_boot_ns() },
+            question_hash: question.name_hash,
+            resolver: packet.resolver,
+            qtype: question.qtype,
+            _reserved: [0; 6],
+        },
+        // SAFETY: the program's context, the __sk_buff the helper takes.
+        cgroup_id: unsafe { bpf_skb_cgroup_id(ctx.skb.skb) },
+        name_len: question.name_len as u32,
+        msg_offset: packet.msg_offset as u32,
+        msg_len: scratch.msg.len() as u32,
+        protocol: packet.protocol,
+        _reserved: [0; 3],
+        candidates: 0,
+        scan_hash: 0,
+        dots: [0; MAX_SEARCH_CANDIDATES],
+        hashes: [0; MAX_SEARCH_CANDIDATES],
     };
-    let query = PendingQuery {
-        // SAFETY: no arguments; reads the boot clock.
-        sent_ns: unsafe { bpf_ktime_get_boot_ns() },
-        question_hash: question.name_hash,
-        resolver: packet.resolver,
-        qtype: question.qtype,
-        _reserved: [0; 6],
-    };
-    PENDING_QUERIES.insert(key, query, 0).ok()?;
-    count(Counter::QueriesTracked);
     Some(())
+}
+
+/// Notes a query in flight, for its answer.
+#[inline(always)]
+fn record_query(query: &QueryInFlight) {
+    if PENDING_QUERIES.insert(query.key, query.pending, 0).is_ok() {
+        count(Counter::QueriesTracked);
+    }
+}
+
+/// Tail call target of `dns_query_out` under `dns.queries = "allowed"`: judges the query's
+/// name, records the query when it is allowed, and is the verdict on the packet.
+#[cgroup_skb]
+pub fn dns_query_name(ctx: SkBuffContext) -> i32 {
+    // The slot dns_query_out took and filled; it stays taken until here.
+    // SAFETY: this CPU's egress entry of the per-CPU array (a tail call stays on the CPU),
+    // valid for this run; dns_query_out marked it busy, so no other run on this CPU uses it.
+    let Some(scratch) = DNS_SCRATCH.get_ptr_mut(SCRATCH_EGRESS) else {
+        return DROP;
+    };
+    // SAFETY: as above.
+    let scratch = unsafe { &mut *scratch };
+    let allowed = match Policy::in_force() {
+        Some(policy) => query_allowed(&policy, scratch),
+        None => false,
+    };
+    let query = scratch.query;
+    if allowed {
+        record_query(&query);
+    } else {
+        count(Counter::QueryRefused);
+        let learning = Learning {
+            cgroup_id: query.cgroup_id,
+            now_ns: query.pending.sent_ns,
+            resolver: query.pending.resolver,
+            msg_offset: query.msg_offset,
+            protocol: query.protocol,
+            not_allowed: 1,
+            ..Learning::default()
+        };
+        report_event(&ctx, &learning, query.msg_len as usize, 1);
+    }
+    scratch.busy_since_ns = 0;
+    if allowed { PASS } else { DROP }
+}
+
+/// Whether the question (in `scratch.question`, `scratch.query.name_len` bytes) may be
+/// asked: its name is allowed, or it is an allowed name followed by a search domain, which a
+/// resolver configured with `search` and `ndots` asks before the name itself (glibc gives up on
+/// the name at the first refused search query). A search domain must be one the daemon was
+/// told of (`SEARCH_DOMAINS`) or fit in the cgroup's budget of others (`SEARCH_SUFFIXES`):
+/// otherwise any name could be carried out after an allowed one.
+#[inline(always)]
+fn query_allowed(policy: &Policy, scratch: &mut DnsScratch) -> bool {
+    let len = scratch.query.name_len as usize & (dns::NAME_BUF - 1);
+    // The whole name, reversed into `scratch.key` (`registry.test.corp` → `proc.tset.yrtsiger`).
+    let key_len = dns::reversed_key(&scratch.question, len, &mut scratch.key.data);
+    scratch.key.prefix_len = (key_len * 8) as u32;
+    // SAFETY: as in check_answer: NameKey has the trie key's layout; nothing writes
+    // `scratch.key` while the reference lives.
+    let key = unsafe { &*core::ptr::from_ref(&scratch.key).cast::<NameLpmKey>() };
+    if policy.name(key).is_some() {
+        return true;
+    }
+    // Each dot of the reversed name ends a candidate search domain (shortest first): note
+    // where, and the domain's hash, for up to MAX_SEARCH_CANDIDATES of them.
+    let query = core::ptr::from_mut(&mut scratch.query);
+    // The length, read again from memory: the copy loop's exit made the verifier know its
+    // exact value on each of 255 paths, and it would check what follows once per path.
+    // SAFETY: `query` points into this CPU's scratch slot, owned by this run.
+    let len = unsafe { core::ptr::read_volatile(&raw const (*query).name_len) } as usize
+        & (dns::NAME_BUF - 1);
+    // The scan's count and hash live in memory (volatile accesses), where the verifier does
+    // not track their values, so every iteration has one state to check.
+    // SAFETY: `query` points into this CPU's scratch slot, owned by this run (as in every
+    // block below).
+    unsafe {
+        core::ptr::write_volatile(&raw mut (*query).candidates, 0);
+        core::ptr::write_volatile(&raw mut (*query).scan_hash, dns::FNV_OFFSET);
+    }
+    let mut i = 0;
+    // Bounded: one iteration per character of the name.
+    while i < dns::NAME_BUF - 1 {
+        if i >= len {
+            break;
+        }
+        let byte = scratch.key.data[i];
+        // SAFETY: as above.
+        let hash = unsafe { core::ptr::read_volatile(&raw const (*query).scan_hash) };
+        if byte == b'.' && i >= 3 {
+            // SAFETY: as above.
+            unsafe {
+                let n = core::ptr::read_volatile(&raw const (*query).candidates) as usize;
+                if n < MAX_SEARCH_CANDIDATES {
+                    let slot = n & (MAX_SEARCH_CANDIDATES - 1);
+                    (*query).dots[slot] = i as u32;
+                    (*query).hashes[slot] = hash;
+                    core::ptr::write_volatile(&raw mut (*query).candidates, n as u32 + 1);
+                }
+            }
+        }
+        // SAFETY: as above.
+        unsafe {
+            core::ptr::write_volatile(
+                &raw mut (*query).scan_hash,
+                dns::suffix_hash_step(hash, byte),
+            );
+        }
+        i += 1;
+    }
+    // The name before each candidate, reversed, is the rest of the key after its dot, with its
+    // terminator. Its trie key is built in place: the 4-byte prefix length is written over the
+    // bytes up to and including the dot, which later (longer) candidates do not need.
+    let base = core::ptr::from_mut(&mut scratch.key.data).cast::<u8>();
+    // SAFETY: as above; read again for the same reason.
+    let len = unsafe { core::ptr::read_volatile(&raw const (*query).name_len) } as usize
+        & (dns::NAME_BUF - 1);
+    let mut k = 0;
+    // Bounded: MAX_SEARCH_CANDIDATES lookups.
+    while k < MAX_SEARCH_CANDIDATES {
+        // SAFETY: as above.
+        let (count, dot, suffix_hash) = unsafe {
+            (
+                core::ptr::read_volatile(&raw const (*query).candidates) as usize,
+                (*query).dots[k] as usize & (dns::NAME_BUF - 1),
+                (*query).hashes[k],
+            )
+        };
+        if k >= count {
+            break;
+        }
+        if dot >= 3 && dot + 1 < len {
+            let candidate_len = (len - dot) as u32; // the name before the dot, and its 0
+            // SAFETY: `base + dot - 3` is within `key.data` (dot ≥ 3), and the 260-byte key
+            // read from there ends at most 256 bytes past `data`'s end, within `key_spill`
+            // (NAME_BUF bytes) of the same scratch slot.
+            let found = unsafe {
+                let at = base.add(dot - 3);
+                core::ptr::write_unaligned(at.cast::<u32>(), candidate_len * 8);
+                policy.name(&*at.cast::<NameLpmKey>()).is_some()
+            };
+            if found {
+                return search_domain_accepted(scratch.query.cgroup_id, suffix_hash);
+            }
+        }
+        k += 1;
+    }
+    false
+}
+
+/// A search domain the daemon was told of, or one this cgroup has used before, or a new one
+/// while its budget lasts (counted and remembered).
+#[inline(always)]
+fn search_domain_accepted(cgroup_id: u64, suffix_hash: u64) -> bool {
+    // SAFETY: only presence is used.
+    if unsafe { SEARCH_DOMAINS.get(suffix_hash) }.is_some() {
+        count(Counter::SearchSuffixAllowed);
+        return true;
+    }
+    let used_key = SearchKey {
+        cgroup_id,
+        suffix_hash,
+    };
+    // SAFETY: only presence is used.
+    if unsafe { SEARCH_SUFFIXES.get(used_key) }.is_some() {
+        count(Counter::SearchSuffixAllowed);
+        return true;
+    }
+    let count_key = SearchKey {
+        cgroup_id,
+        suffix_hash: 0,
+    };
+    // SAFETY: a u32 copied out at once.
+    let used = unsafe { SEARCH_SUFFIXES.get(count_key) }
+        .copied()
+        .unwrap_or(0);
+    if used >= SEARCH_BUDGET {
+        return false;
+    }
+    let _ = SEARCH_SUFFIXES.insert(count_key, used + 1, 0);
+    let _ = SEARCH_SUFFIXES.insert(used_key, 1, 0);
+    count(Counter::SearchSuffixAllowed);
+    true
 }
 
 #[inline(always)]
 fn learn_from_answer(ctx: &SkBuffContext) -> Option<()> {
     // Answers count only from a trusted resolver.
     let (cookie, socket, packet) = dns_socket_packet(ctx, false)?;
+    let packet = packet.ok()?;
     let policy = Policy::in_force()?;
     let Some(resolver) = policy.resolver_for(&socket, packet.resolver) else {
         count(Counter::AnswerUntrusted);
@@ -539,6 +796,7 @@ fn check_answer(
         rule_id: rule.map_or(0, |r| r.rule_id),
         resolver_rule_id,
         rule_index: rule.map_or(0, |r| r.rule_index),
+        ports: rule.map_or([0; 4], |r| r.ports),
         slot: policy.slot,
         learned: 0,
         refreshed: 0,
@@ -655,6 +913,7 @@ fn learn(
     };
     let mut expires_ns = now + lifetime + config.grace_ns;
     let mut new = true;
+    let mut ports = learning.ports;
     // SAFETY: the element stays mapped until the run ends; LearnedAddr is plain integers, so
     // one replaced meanwhile reads, at worst, as another learned address, whose expiry (itself
     // bounded by a max_ttl) may then be kept.
@@ -663,6 +922,14 @@ fn learn(
         if existing.expires_ns > expires_ns {
             expires_ns = existing.expires_ns;
         }
+        // Two rules taught this address (two names on one front end): both rules' ports,
+        // unless that needs more slots than there are (then this answer's rule's).
+        if !new
+            && existing.rule_id != learning.rule_id
+            && let Some(merged) = merge_ports(&existing.ports, &learning.ports)
+        {
+            ports = merged;
+        }
     }
     let value = LearnedAddr {
         expires_ns,
@@ -670,6 +937,7 @@ fn learn(
         resolver_rule_id: learning.resolver_rule_id,
         rule_index: learning.rule_index,
         _reserved: 0,
+        ports,
     };
     match LEARNED.insert(key, value, 0) {
         Ok(()) => Ok(new),
@@ -679,6 +947,11 @@ fn learn(
 
 #[inline(always)]
 fn report_answer(ctx: &SkBuffContext, learning: &Learning, len: usize) {
+    report_event(ctx, learning, len, 0);
+}
+
+#[inline(always)]
+fn report_event(ctx: &SkBuffContext, learning: &Learning, len: usize, query_refused: u8) {
     let Some(mut entry) = DNS_EVENTS.reserve::<DnsEvent>(0) else {
         count(Counter::EventsDropped);
         return;
@@ -697,7 +970,8 @@ fn report_answer(ctx: &SkBuffContext, learning: &Learning, len: usize) {
         (*event).rule_index = learning.rule_index;
         (*event).protocol = learning.protocol;
         (*event).not_allowed = learning.not_allowed;
-        (*event)._reserved = [0; 2];
+        (*event).query_refused = query_refused;
+        (*event)._reserved = 0;
         let mut copied = len;
         if copied > MSG_MAX {
             copied = MSG_MAX;

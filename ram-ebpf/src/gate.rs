@@ -24,14 +24,21 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use ram_common::{
-    AUDIT_ALLOWED_ALL, AUDIT_ALLOWED_FIRST, Addr16, AuditSeenKey, BUILTIN_RULE, Counter, DnsSocket,
-    GateEvent, Hook, LearnedKey, Reason, ResolverRule, v4_mapped,
+    AUDIT_ALLOWED_ALL, AUDIT_ALLOWED_FIRST, Addr16, AuditSeenKey, BUILTIN_RULE, CidrRule,
+    ConnectedDest, Counter, DnsSocket, GateEvent, Hook, LearnedKey, Reason, ResolverRule,
+    ports_allow, v4_mapped,
 };
 
-use crate::{AUDIT_SEEN, DNS_SOCKETS, GATE_EVENTS, LEARNED, Policy, container_resolver, count};
+use crate::{
+    AUDIT_SEEN, CONNECTED_UDP, DNS_SOCKETS, GATE_EVENTS, LEARNED, Policy, container_resolver, count,
+};
 
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
+
+const IPPROTO_TCP: u32 = 6;
+pub(crate) const IPPROTO_ICMP: u32 = 1;
+pub(crate) const IPPROTO_ICMPV6: u32 = 58;
 
 const DNS_PORT: u16 = 53;
 
@@ -39,29 +46,85 @@ const DNS_PORT: u16 = 53;
 pub fn connect4_gate(ctx: SockAddrContext) -> i32 {
     // SAFETY: `ctx.sock_addr` is the kernel's bpf_sock_addr for this connect4 call: not null,
     // valid for the whole run, and only read; the verifier checks each load against the hook.
-    let addr = ipv4_destination(unsafe { &*ctx.sock_addr });
-    judge(&ctx, addr, Hook::Connect4)
+    let sock_addr = unsafe { &*ctx.sock_addr };
+    let addr = ipv4_destination(sock_addr);
+    let verdict = judge(&ctx, addr, user_port(sock_addr), Hook::Connect4);
+    remember_connected(&ctx, sock_addr, addr, verdict);
+    verdict
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn connect6_gate(ctx: SockAddrContext) -> i32 {
     // SAFETY: as in connect4_gate: the kernel's bpf_sock_addr for this connect6 call, only read.
-    let addr = ipv6_destination(unsafe { &*ctx.sock_addr });
-    judge(&ctx, addr, Hook::Connect6)
+    let sock_addr = unsafe { &*ctx.sock_addr };
+    let addr = ipv6_destination(sock_addr);
+    let verdict = judge(&ctx, addr, user_port(sock_addr), Hook::Connect6);
+    remember_connected(&ctx, sock_addr, addr, verdict);
+    verdict
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sendmsg4_gate(ctx: SockAddrContext) -> i32 {
     // SAFETY: as in connect4_gate: the kernel's bpf_sock_addr for this sendmsg4 call, only read.
-    let addr = ipv4_destination(unsafe { &*ctx.sock_addr });
-    judge(&ctx, addr, Hook::Sendmsg4)
+    let sock_addr = unsafe { &*ctx.sock_addr };
+    // A send on a connected socket with control messages runs this hook without an address
+    // (0.0.0.0, port 0): the packet goes to the socket's peer, which is what is judged.
+    if sock_addr.user_ip4 == 0 && sock_addr.user_port == 0 {
+        // SAFETY: `sk` of a sock_addr context is the socket of the call, never null there.
+        let sk = unsafe { &*sock_addr.__bindgen_anon_1.sk };
+        let addr = v4_mapped(sk.dst_ip4.to_ne_bytes());
+        return judge(&ctx, addr, u16::from_be(sk.dst_port), Hook::Sendmsg4);
+    }
+    judge(
+        &ctx,
+        ipv4_destination(sock_addr),
+        user_port(sock_addr),
+        Hook::Sendmsg4,
+    )
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sendmsg6_gate(ctx: SockAddrContext) -> i32 {
     // SAFETY: as in connect4_gate: the kernel's bpf_sock_addr for this sendmsg6 call, only read.
-    let addr = ipv6_destination(unsafe { &*ctx.sock_addr });
-    judge(&ctx, addr, Hook::Sendmsg6)
+    let sock_addr = unsafe { &*ctx.sock_addr };
+    let addr = ipv6_destination(sock_addr);
+    // As in sendmsg4_gate: no address (`::`, port 0) means the connected peer.
+    if addr == [0; 16] && sock_addr.user_port == 0 {
+        // SAFETY: as in sendmsg4_gate.
+        let sk = unsafe { &*sock_addr.__bindgen_anon_1.sk };
+        let peer = words_to_addr([sk.dst_ip6[0], sk.dst_ip6[1], sk.dst_ip6[2], sk.dst_ip6[3]]);
+        return judge(&ctx, peer, u16::from_be(sk.dst_port), Hook::Sendmsg6);
+    }
+    judge(&ctx, addr, user_port(sock_addr), Hook::Sendmsg6)
+}
+
+/// `user_port` carries the port in network byte order in its low 16 bits.
+#[inline(always)]
+fn user_port(sock_addr: &bpf_sock_addr) -> u16 {
+    u16::from_be(sock_addr.user_port as u16)
+}
+
+/// Notes the destination of a UDP or ICMP socket's allowed connect, so that the egress
+/// backstop passes its packets after one lookup (TCP needs no note: its destination is fixed
+/// by the connect the gate judged).
+#[inline(always)]
+fn remember_connected(
+    ctx: &SockAddrContext,
+    sock_addr: &bpf_sock_addr,
+    addr: Addr16,
+    verdict: i32,
+) {
+    if verdict != ALLOW || sock_addr.protocol == IPPROTO_TCP {
+        return;
+    }
+    // SAFETY: the hook's context, the argument the sock_addr form of the helper takes.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast::<c_void>()) };
+    let dest = ConnectedDest {
+        addr,
+        port: user_port(sock_addr),
+        _reserved: [0; 6],
+    };
+    let _ = CONNECTED_UDP.insert(cookie, dest, 0);
 }
 
 /// `user_ip4` holds the address in network byte order; its in-memory bytes are the octets.
@@ -73,13 +136,18 @@ fn ipv4_destination(sock_addr: &bpf_sock_addr) -> Addr16 {
 /// `user_ip6` must be read as four 4-byte loads (the verifier rejects other widths).
 #[inline(always)]
 fn ipv6_destination(sock_addr: &bpf_sock_addr) -> Addr16 {
-    let mut addr = [0u8; 16];
-    let words = [
+    words_to_addr([
         sock_addr.user_ip6[0],
         sock_addr.user_ip6[1],
         sock_addr.user_ip6[2],
         sock_addr.user_ip6[3],
-    ];
+    ])
+}
+
+/// Four 4-byte words of an IPv6 address, each in network byte order, as 16 bytes.
+#[inline(always)]
+pub(crate) fn words_to_addr(words: [u32; 4]) -> Addr16 {
+    let mut addr = [0u8; 16];
     let mut i = 0;
     // Bounded: exactly four words.
     while i < 4 {
@@ -99,11 +167,9 @@ fn ipv6_destination(sock_addr: &bpf_sock_addr) -> Addr16 {
 /// (loopback included) on any port. Everything else is denied and reported. The order only
 /// puts cheap hash lookups first: any rule that allows, allows.
 #[inline(always)]
-fn judge(ctx: &SockAddrContext, addr: Addr16, hook: Hook) -> i32 {
+fn judge(ctx: &SockAddrContext, addr: Addr16, port: u16, hook: Hook) -> i32 {
     // SAFETY: the hook's context (see connect4_gate), only read.
     let sock_addr = unsafe { &*ctx.sock_addr };
-    // `user_port` carries the port in network byte order in its low 16 bits.
-    let port = u16::from_be(sock_addr.user_port as u16);
     // SAFETY: no arguments; the calling task's cgroup, a helper cgroup programs may call.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     let mut verdict = Verdict {
@@ -126,20 +192,22 @@ fn judge(ctx: &SockAddrContext, addr: Addr16, hook: Hook) -> i32 {
 
     // Learned addresses first: a hash lookup, cheaper than the trie, and what registry
     // traffic hits. The order changes no decision (any rule that allows, allows).
-    // SAFETY: the element stays mapped until the run ends; LearnedAddr is plain integers, so
-    // one that dns_answer_rr or the daemon replaces meanwhile reads, at worst, as the entry the
-    // kernel reused it for.
-    if let Some(learned) = unsafe { LEARNED.get(LearnedKey { cgroup_id, addr }) } {
-        // SAFETY: no arguments; reads the boot clock.
-        if learned.expires_ns > unsafe { bpf_ktime_get_boot_ns() } && policy.keeps(learned) {
+    match learned(&policy, cgroup_id, addr, port, sock_addr.protocol) {
+        Learned::Allowed(rule_index, rule_id) => {
             count(Counter::AllowedLearned);
             verdict.reason = Reason::AllowedLearned;
-            verdict.rule_index = learned.rule_index;
-            verdict.rule_id = learned.rule_id;
+            verdict.rule_index = rule_index;
+            verdict.rule_id = rule_id;
             report_allowed(&policy, &verdict);
             return ALLOW;
         }
-        verdict.reason = Reason::Expired;
+        Learned::OtherPort(rule_index, rule_id) => {
+            verdict.reason = Reason::PortNotAllowed;
+            verdict.rule_index = rule_index;
+            verdict.rule_id = rule_id;
+        }
+        Learned::Expired => verdict.reason = Reason::Expired,
+        Learned::No => {}
     }
 
     // Resolvers before the trie: hash lookups, and every DNS query passes here.
@@ -171,22 +239,14 @@ fn judge(ctx: &SockAddrContext, addr: Addr16, hook: Hook) -> i32 {
         }
     }
 
-    if let Some(rule) = policy.cidr(addr)
-        && (rule.port == 0 || rule.port == port)
-    {
-        let loopback = rule.reason == Reason::AllowedLoopback as u32;
-        count(if loopback {
+    if let Some(rule) = cidr(&policy, addr, port) {
+        let reason = cidr_reason(rule);
+        count(if reason == Reason::AllowedLoopback {
             Counter::AllowedLoopback
         } else {
             Counter::AllowedCidr
         });
-        verdict.reason = if loopback {
-            Reason::AllowedLoopback
-        } else if rule.reason == Reason::AllowedImageGate as u32 {
-            Reason::AllowedImageGate
-        } else {
-            Reason::AllowedCidr
-        };
+        verdict.reason = reason;
         verdict.rule_index = rule.rule_index;
         verdict.rule_id = rule.rule_id;
         report_allowed(&policy, &verdict);
@@ -196,6 +256,64 @@ fn judge(ctx: &SockAddrContext, addr: Addr16, hook: Hook) -> i32 {
     count(Counter::Denied);
     report(&verdict, 0);
     DENY
+}
+
+/// What `LEARNED` says of a destination.
+pub(crate) enum Learned {
+    /// Learned, live, kept by the policy, on one of its rule's ports: (rule index, rule id).
+    Allowed(u32, u64),
+    /// Learned and live, but its rules name other ports.
+    OtherPort(u32, u64),
+    Expired,
+    No,
+}
+
+/// `addr:port` as learned by `cgroup_id`. ICMP has no ports: a learned address may be pinged
+/// when the policy allows ping at all.
+#[inline(always)]
+pub(crate) fn learned(
+    policy: &Policy,
+    cgroup_id: u64,
+    addr: Addr16,
+    port: u16,
+    protocol: u32,
+) -> Learned {
+    // SAFETY: the element stays mapped until the run ends; LearnedAddr is plain integers, so
+    // one that dns_answer_rr or the daemon replaces meanwhile reads, at worst, as the entry the
+    // kernel reused it for.
+    let Some(entry) = (unsafe { LEARNED.get(LearnedKey { cgroup_id, addr }) }) else {
+        return Learned::No;
+    };
+    // SAFETY: no arguments; reads the boot clock.
+    if entry.expires_ns <= unsafe { bpf_ktime_get_boot_ns() } || !policy.keeps(entry) {
+        return Learned::Expired;
+    }
+    let icmp = protocol == IPPROTO_ICMP || protocol == IPPROTO_ICMPV6;
+    if icmp || ports_allow(&entry.ports, port) {
+        Learned::Allowed(entry.rule_index, entry.rule_id)
+    } else {
+        Learned::OtherPort(entry.rule_index, entry.rule_id)
+    }
+}
+
+/// The `ALLOWED_CIDRS` entry (loopback and the image gate included) allowing `addr:port`.
+#[inline(always)]
+pub(crate) fn cidr(policy: &Policy, addr: Addr16, port: u16) -> Option<&'static CidrRule> {
+    policy
+        .cidr(addr)
+        .filter(|rule| rule.port == 0 || rule.port == port)
+}
+
+/// Why a `CidrRule` allows.
+#[inline(always)]
+pub(crate) fn cidr_reason(rule: &CidrRule) -> Reason {
+    if rule.reason == Reason::AllowedLoopback as u32 {
+        Reason::AllowedLoopback
+    } else if rule.reason == Reason::AllowedImageGate as u32 {
+        Reason::AllowedImageGate
+    } else {
+        Reason::AllowedCidr
+    }
 }
 
 /// One decision, as reported.
@@ -223,7 +341,7 @@ pub(crate) struct SocketKind {
 
 impl SocketKind {
     /// For decisions about destinations.
-    const NONE: Self = Self {
+    pub(crate) const NONE: Self = Self {
         family: 0,
         kind: 0,
         protocol: 0,
@@ -288,9 +406,28 @@ fn report_allowed(policy: &Policy, verdict: &Verdict) {
     report(verdict, 1);
 }
 
-/// Sends `verdict` to the daemon (`GATE_EVENTS`); a full buffer is counted.
+/// Sends `verdict` to the daemon (`GATE_EVENTS`), with the calling task; a full buffer is
+/// counted.
 #[inline(always)]
 pub(crate) fn report(verdict: &Verdict, allowed: u8) {
+    let task = Task {
+        pid_tgid: bpf_get_current_pid_tgid(),
+        uid_gid: bpf_get_current_uid_gid(),
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    };
+    report_with(verdict, allowed, &task);
+}
+
+/// Who a decision is about. Egress programs may run in softirq context, and older kernels
+/// give cgroup_skb programs no current-task helpers: they report the socket's owner only.
+pub(crate) struct Task {
+    pub(crate) pid_tgid: u64,
+    pub(crate) uid_gid: u64,
+    pub(crate) comm: [u8; 16],
+}
+
+#[inline(always)]
+pub(crate) fn report_with(verdict: &Verdict, allowed: u8, task: &Task) {
     let Some(mut entry) = GATE_EVENTS.reserve::<GateEvent>(0) else {
         count(Counter::EventsDropped);
         return;
@@ -299,9 +436,9 @@ pub(crate) fn report(verdict: &Verdict, allowed: u8) {
         // SAFETY: no arguments; reads the boot clock.
         boot_ns: unsafe { bpf_ktime_get_boot_ns() },
         cgroup_id: verdict.cgroup_id,
-        pid_tgid: bpf_get_current_pid_tgid(),
-        uid_gid: bpf_get_current_uid_gid(),
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        pid_tgid: task.pid_tgid,
+        uid_gid: task.uid_gid,
+        comm: task.comm,
         addr: verdict.addr,
         port: verdict.port,
         hook: verdict.hook as u8,

@@ -3,13 +3,15 @@
 //!
 //! - `gate`: connect4/connect6/sendmsg4/sendmsg6 (`*_gate`) allow or deny each connection.
 //! - `socket`: cgroup sock_create (`socket_gate`) refuses sockets the gates would not judge.
-//! - `dns`: cgroup_skb egress (`dns_query_out`) notes queries to trusted resolvers; cgroup_skb
+//! - `dns`: cgroup_skb egress (`dns_query_out`) notes queries to trusted resolvers, refuses
+//!   queries for names no rule allows, and is the packet-level backstop (`egress`); cgroup_skb
 //!   ingress (`dns_snoop_in`) learns addresses from their answers before the answer reaches the
 //!   socket, so the first connect after a lookup is already allowed.
 #![no_std]
 #![no_main]
 
 mod dns;
+mod egress;
 mod gate;
 mod socket;
 
@@ -19,13 +21,15 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use ram_common::{
-    Addr16, AuditSeenKey, CidrRule, Counter, DnsScratch, DnsSocket, LearnedAddr, LearnedKey,
-    NameRule, NetnsResolverKey, PendingKey, PendingQuery, PolicyConfig, ResolverRule, TcpDnsStream,
+    Addr16, AuditSeenKey, CidrRule, ConnectedDest, Counter, DnsScratch, DnsSocket, LearnedAddr,
+    LearnedKey, NameRule, NetnsResolverKey, PendingKey, PendingQuery, PolicyConfig, ResolverRule,
+    SearchKey, TcpDnsStream,
     dns::NAME_BUF,
     maps::{
-        ALLOWED_CIDRS_MAX, ALLOWED_NAMES_MAX, AUDIT_SEEN_MAX, DNS_EVENTS_BYTES, DNS_SOCKETS_MAX,
-        GATE_EVENTS_BYTES, LEARNED_MAX, NETNS_RESOLVERS_MAX, PENDING_QUERIES_MAX, RESOLVERS_MAX,
-        RULE_IDS_MAX, TCP_DNS_STREAMS_MAX,
+        ALLOWED_CIDRS_MAX, ALLOWED_NAMES_MAX, AUDIT_SEEN_MAX, CONNECTED_UDP_MAX, DNS_EVENTS_BYTES,
+        DNS_SOCKETS_MAX, DNS_TAIL_CALLS_MAX, GATE_EVENTS_BYTES, LEARNED_MAX, NETNS_RESOLVERS_MAX,
+        PENDING_QUERIES_MAX, RESOLVERS_MAX, RULE_IDS_MAX, SEARCH_DOMAINS_MAX, SEARCH_SUFFIXES_MAX,
+        TCP_DNS_STREAMS_MAX,
     },
 };
 
@@ -84,7 +88,7 @@ static TCP_DNS_STREAMS: LruHashMap<u64, TcpDnsStream> =
     LruHashMap::with_max_entries(TCP_DNS_STREAMS_MAX, 0);
 
 #[map]
-static DNS_TAIL_CALLS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+static DNS_TAIL_CALLS: ProgramArray = ProgramArray::with_max_entries(DNS_TAIL_CALLS_MAX, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
@@ -94,6 +98,17 @@ static GATE_EVENTS: RingBuf = RingBuf::with_byte_size(GATE_EVENTS_BYTES, 0);
 
 #[map]
 static DNS_EVENTS: RingBuf = RingBuf::with_byte_size(DNS_EVENTS_BYTES, 0);
+
+#[map]
+static SEARCH_DOMAINS: HashMap<u64, u8> = HashMap::with_max_entries(SEARCH_DOMAINS_MAX, 0);
+
+#[map]
+static SEARCH_SUFFIXES: LruHashMap<SearchKey, u32> =
+    LruHashMap::with_max_entries(SEARCH_SUFFIXES_MAX, 0);
+
+#[map]
+static CONNECTED_UDP: LruHashMap<u64, ConnectedDest> =
+    LruHashMap::with_max_entries(CONNECTED_UDP_MAX, 0);
 
 /// The policy in force for one program run: read once at the start, so that a run never mixes
 /// two policies (the daemon flips `POLICY_SLOT` only after filling the other slot).

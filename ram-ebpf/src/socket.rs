@@ -2,7 +2,7 @@
 //! sockets the connect/sendmsg gates judge — TCP and UDP over IPv4 and IPv6. Every other
 //! AF_INET/AF_INET6 socket never passes those hooks, or is not shown to: raw sockets (which
 //! write their own headers), SCTP, DCCP and L2TP over IP (their connects and sends run no
-//! cgroup hook), ICMP ping sockets, MPTCP and UDP-Lite. Asking for one fails at once with
+//! cgroup hook), ICMP ping sockets (unless the policy allows ping), MPTCP and UDP-Lite. Asking for one fails at once with
 //! EPERM, and is reported.
 //!
 //! The hook runs in `inet_create`/`inet6_create` only: packet sockets (`AF_PACKET`) are not
@@ -18,11 +18,11 @@ use aya_ebpf::{
     macros::{cgroup_sock, cgroup_sockopt},
     programs::{SockContext, SockoptContext},
 };
-use ram_common::{BUILTIN_RULE, Counter, Hook, Reason};
+use ram_common::{BUILTIN_RULE, Counter, FLAG_PING, Hook, Reason};
 
 use crate::{
-    count,
-    gate::{SocketKind, Verdict, report},
+    Policy, count,
+    gate::{IPPROTO_ICMP, IPPROTO_ICMPV6, SocketKind, Verdict, report},
 };
 
 const ALLOW: i32 = 1;
@@ -43,6 +43,12 @@ pub fn socket_gate(ctx: SockContext) -> i32 {
     let judged = (kind == SOCK_STREAM && protocol == IPPROTO_TCP)
         || (kind == SOCK_DGRAM && protocol == IPPROTO_UDP);
     if judged {
+        return ALLOW;
+    }
+    // Ping sockets when the policy allows ping: their connects run the connect gates, and
+    // every packet they send is judged by the egress backstop (`egress`), sends included.
+    let ping = kind == SOCK_DGRAM && (protocol == IPPROTO_ICMP || protocol == IPPROTO_ICMPV6);
+    if ping && Policy::in_force().is_some_and(|policy| policy.config.flags & FLAG_PING != 0) {
         return ALLOW;
     }
     count(Counter::DeniedSocket);

@@ -367,12 +367,24 @@ impl TestNet {
     /// (name, address) authoritatively and nothing else (no upstream, no /etc/hosts); `extra`
     /// adds dnsmasq options (`--cname=...`, `--synth-domain=...`, `--local-ttl=...`).
     pub fn dnsmasq(&self, records: &[(&str, IpAddr)], extra: &[&str]) -> Background {
+        self.dnsmasq_logging(records, extra, "-")
+    }
+
+    /// [`Self::dnsmasq`], logging to `facility` (a file: with `--log-queries` in `extra`, the
+    /// proof of which queries reached the resolver).
+    pub fn dnsmasq_logging(
+        &self,
+        records: &[(&str, IpAddr)],
+        extra: &[&str],
+        facility: &str,
+    ) -> Background {
         let mut cmd = self.command("dnsmasq");
         dnsmasq_args(
             &mut cmd,
             &[Self::PEER_V4[0].into(), Self::PEER_V6[0].into()],
             records,
         );
+        cmd.arg(format!("--log-facility={facility}"));
         cmd.args(extra);
         let server = Background::spawn("dnsmasq", cmd);
         wait_for_tcp(SocketAddr::new(IpAddr::V4(Self::PEER_V4[0]), 53));
@@ -443,7 +455,6 @@ fn dnsmasq_args(cmd: &mut Command, listen: &[IpAddr], records: &[(&str, IpAddr)]
         "--port=53",
         "--user=root",
         "--pid-file=",
-        "--log-facility=-",
     ]);
     for addr in listen {
         cmd.arg(format!("--listen-address={addr}"));
@@ -1014,7 +1025,7 @@ pub mod peers {
     use super::TestNet;
 
     /// Port of the HTTP server tests start on the peer.
-    pub const HTTP_PORT: u16 = 8080;
+    pub const HTTP_PORT: u16 = 80;
 
     pub fn a() -> String {
         TestNet::PEER_V4[0].to_string()
@@ -1124,6 +1135,7 @@ impl EngineNet {
         let mut cmd = Command::new("dnsmasq");
         let records: Vec<(&str, IpAddr)> = records.iter().map(|(n, a)| (*n, (*a).into())).collect();
         dnsmasq_args(&mut cmd, &[addr.into()], &records);
+        cmd.arg("--log-facility=-");
         let server = Background::spawn("dnsmasq", cmd);
         wait_for_tcp(SocketAddr::new(IpAddr::V4(addr), 53));
         server

@@ -329,7 +329,7 @@ impl DockerBed {
 /// adds `[dns]` lines.
 fn containers_policy(dns_extra: &str) -> String {
     format!(
-        "[scope]\ncontainers = true\n\n[registry_access]\nallow = [\"allowed.test\"]\n\
+        "[scope]\ncontainers = true\n\n[registry_access]\nallow = [\"allowed.test:{PORT}\"]\n\
          allow_loopback = true\n\n[dns]\nresolvers = [\"{}\"]\n{dns_extra}",
         EngineNet::HOST_SIDE
     )

@@ -10,7 +10,7 @@ use ram_tests::{Daemon, TempDir, TestCgroup, TestDocker, TestNet, peers::*};
 use serde_json::Value;
 
 const REGISTRY_PORT: u16 = 5000;
-const FILE_PORT: u16 = 8080;
+const FILE_PORT: u16 = 80;
 
 /// Builds a one-file image from a tar (no base image needed) and pushes it to both
 /// registries, before ram enforces anything.

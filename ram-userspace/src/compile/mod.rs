@@ -10,11 +10,11 @@ use std::{
 
 use ram_common::{
     AUDIT_ALLOWED_ALL, AUDIT_ALLOWED_FIRST, AUDIT_ALLOWED_NONE, Addr16, BUILTIN_RULE,
-    CONTAINER_RESOLVER_RULE_ID, CidrRule, NameRule, PolicyConfig, Reason, ResolverRule,
-    dns::NAME_BUF, rule_id,
+    CONTAINER_RESOLVER_RULE_ID, CidrRule, FLAG_PING, FLAG_QUERIES_ALLOWED, NameRule, PolicyConfig,
+    Reason, ResolverRule, dns::NAME_BUF, rule_id,
 };
 
-use crate::policy::{AllowedAudit, Cidr, HostPattern, Policy, presets, to_v6};
+use crate::policy::{AllowedAudit, Cidr, DnsQueries, HostPattern, Policy, presets, to_v6};
 
 /// How long a query waits for its answer before an answer no longer counts (resolvers time out
 /// well before: glibc after 5 s by default, with up to 2 attempts per server).
@@ -70,6 +70,9 @@ pub struct CompiledPolicy {
     pub container_dns: bool,
     /// `dns.container_resolvers`: more resolvers a container may name and have trusted.
     pub container_resolvers: Vec<IpAddr>,
+    /// `SEARCH_DOMAINS`: `dns.search_domains`, and the host's resolv.conf `search` domains
+    /// (added by the daemon, which reads the file).
+    pub search_domains: Vec<String>,
 }
 
 /// The `ALLOWED_NAMES` key of a hostname pattern: the name character-reversed, followed by a 0
@@ -140,11 +143,16 @@ impl CompiledPolicy {
         let mut withheld_for_gate = Vec::new();
         for (index, pattern) in access.allow.iter().enumerate() {
             let entry = pattern.to_string();
-            let hosts = match presets::expand(pattern) {
-                Some(expansion) => expansion.hosts,
-                None => vec![pattern.clone()],
+            let (hosts, preset_ports) = match presets::expand(pattern) {
+                Some(expansion) => (expansion.hosts, Some(expansion.ports)),
+                None => (vec![pattern.clone()], None),
             };
             for host in hosts {
+                let written = host.port.is_some() || host.any_port;
+                let ports = match preset_ports {
+                    Some(ports) if !written => ports,
+                    _ => host.ports(),
+                };
                 let text = if host == *pattern {
                     entry.clone()
                 } else {
@@ -167,9 +175,22 @@ impl CompiledPolicy {
                         rule_index: index as u32,
                         _reserved: 0,
                         rule_id: id,
+                        ports,
                     },
                 });
             }
+        }
+        // One name written twice (`registry.corp` and `registry.corp:5000`) is one trie entry:
+        // it carries both entries' ports.
+        let mut ports_by_key: HashMap<(Vec<u8>, u32), ram_common::Ports> = HashMap::new();
+        for name in &names {
+            let merged = ports_by_key
+                .entry((name.key.to_vec(), name.prefix_len))
+                .or_insert(name.rule.ports);
+            *merged = ram_common::merge_ports(merged, &name.rule.ports).unwrap_or(*merged);
+        }
+        for name in &mut names {
+            name.rule.ports = ports_by_key[&(name.key.to_vec(), name.prefix_len)];
         }
         let container_dns = policy.scope.containers;
         if container_dns {
@@ -190,7 +211,10 @@ impl CompiledPolicy {
                 AllowedAudit::First => AUDIT_ALLOWED_FIRST,
                 AllowedAudit::All => AUDIT_ALLOWED_ALL,
             },
-            _reserved: 0,
+            flags: match policy.dns.queries {
+                DnsQueries::Allowed => FLAG_QUERIES_ALLOWED,
+                DnsQueries::Any => 0,
+            } | if access.allow_ping { FLAG_PING } else { 0 },
             allowed_window_ns: policy.audit.allowed_window * NS,
         };
         Self {
@@ -204,6 +228,7 @@ impl CompiledPolicy {
             withheld_for_gate,
             container_dns,
             container_resolvers: policy.dns.container_resolvers.iter().map(|r| r.0).collect(),
+            search_domains: policy.dns.search_domains.clone(),
         }
     }
 

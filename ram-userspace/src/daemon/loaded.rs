@@ -60,12 +60,21 @@ impl LoadedPolicy {
             None => (PolicySource::Embedded, DEFAULT_POLICY.to_owned()),
         };
         let policy = Policy::from_toml(&text, &source)?;
-        let compiled = CompiledPolicy::new(&policy, || {
+        let mut compiled = CompiledPolicy::new(&policy, || {
             resolv::nameservers_from(Path::new(resolv::RESOLV_CONF)).unwrap_or_else(|err| {
                 warn!("cannot read {}: {err}", resolv::RESOLV_CONF);
                 Vec::new()
             })
         });
+        // The host's search domains: a query for an allowed name followed by one is the
+        // resolver library's own doing (`ndots`), and stays allowed.
+        if let Ok(text) = fs::read_to_string(resolv::RESOLV_CONF) {
+            for domain in resolv::search_domains(&text) {
+                if !compiled.search_domains.contains(&domain) {
+                    compiled.search_domains.push(domain);
+                }
+            }
+        }
         Ok(Self {
             sha256: sha256_hex(text.as_bytes()),
             loaded: now_rfc3339(),

@@ -25,6 +25,13 @@ pub enum AnswerError {
     NoQuestion,
 }
 
+/// The question of a query (`name`, type), as the audit log names it.
+pub fn query_question(message: &[u8]) -> Result<(String, String), AnswerError> {
+    let packet = Packet::parse(message)?;
+    let question = packet.questions.first().ok_or(AnswerError::NoQuestion)?;
+    Ok((question.qname.to_string(), format!("{:?}", question.qtype)))
+}
+
 /// Decodes `message` and follows its CNAME chain from the question, as the kernel does.
 pub fn named_addresses(message: &[u8]) -> Result<Vec<NamedAddress>, AnswerError> {
     let packet = Packet::parse(message)?;

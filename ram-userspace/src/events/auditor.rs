@@ -12,11 +12,11 @@ use log::{info, warn};
 use ram_common::{DnsEvent, GateEvent, LearnedKey, Reason};
 
 use super::{
-    answers::named_addresses,
+    answers::{named_addresses, query_question},
     names::{Hostnames, RuleNames, SeenAddress},
     records::{
-        AuditRecord, DroppedRecord, ImageDecision, ImageRecord, LearnRecord, container_id,
-        display_addr, now_rfc3339, protocol_name, rfc3339_utc, text,
+        AuditRecord, DroppedRecord, ImageDecision, ImageRecord, LearnRecord, QueryRecord,
+        container_id, display_addr, now_rfc3339, protocol_name, rfc3339_utc, text,
     },
     repeats::{Repeats, WINDOW},
     sink::{AuditLogError, AuditSink},
@@ -181,6 +181,28 @@ impl Auditor {
             );
         }
         let message = &event.msg[..(event.msg_len as usize).min(event.msg.len())];
+        if event.query_refused != 0 {
+            let (hostname, qtype) = query_question(message)
+                .unwrap_or_else(|_| ("<unreadable query>".to_owned(), "?".to_owned()));
+            let record = QueryRecord {
+                time,
+                verdict: "deny",
+                reason: Reason::QueryNotAllowed.as_str(),
+                hook: "dns_query",
+                cgroup,
+                cgroup_id: event.cgroup_id,
+                container_id,
+                container_name: container.name,
+                container_image: container.image,
+                hostname,
+                qtype,
+                resolver,
+                protocol: protocol_name(event.protocol),
+            };
+            info!("{}", record.summary());
+            self.sink.write(&record);
+            return;
+        }
         if event.not_allowed != 0 {
             self.note_unallowed_answer(message);
             return;

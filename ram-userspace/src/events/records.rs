@@ -212,6 +212,43 @@ pub fn container_id(cgroup_path: &str) -> Option<String> {
     crate::cgroups::scope::run_step_id(parent, name).map(str::to_owned)
 }
 
+/// One JSON line of the audit log for a DNS query refused in the kernel (`dns.queries =
+/// "allowed"`): it never left the host.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct QueryRecord {
+    pub time: String,
+    /// Always "deny".
+    pub verdict: &'static str,
+    /// Always "query_not_allowed".
+    pub reason: &'static str,
+    /// Always "dns_query".
+    pub hook: &'static str,
+    pub cgroup: Option<String>,
+    pub cgroup_id: u64,
+    pub container_id: Option<String>,
+    pub container_name: Option<String>,
+    pub container_image: Option<String>,
+    /// The name asked for, and the record type.
+    pub hostname: String,
+    pub qtype: String,
+    /// The resolver it was sent to, and over which protocol.
+    pub resolver: String,
+    pub protocol: String,
+}
+
+impl QueryRecord {
+    pub fn summary(&self) -> String {
+        format!(
+            "deny DNS query for {} ({}) in {} to {} over {}: no rule allows the name",
+            text(&self.hostname),
+            self.qtype,
+            text(self.cgroup.as_deref().unwrap_or("unknown cgroup")),
+            self.resolver,
+            self.protocol
+        )
+    }
+}
+
 /// One JSON line of the audit log for an address learned from a DNS answer.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct LearnRecord {

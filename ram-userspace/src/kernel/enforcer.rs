@@ -12,11 +12,11 @@ use aya::{
 use ram_common::{
     Addr16, BUILTIN_RULE, CONTAINER_RESOLVER_RULE_ID, CidrRule, Counter, LearnedAddr, LearnedKey,
     NameRule, NetnsResolverKey, PolicyConfig, ResolverRule,
-    dns::NAME_BUF,
+    dns::{NAME_BUF, suffix_hash},
     maps::{
         ALLOWED_CIDRS, ALLOWED_CIDRS_MAX, ALLOWED_NAMES, ALLOWED_NAMES_MAX, COUNTERS, DNS_EVENTS,
         GATE_EVENTS, LEARNED, LEARNED_MAX, NETNS_RESOLVERS, NETNS_RESOLVERS_MAX, POLICY_CONFIG,
-        POLICY_SLOT, RESOLVERS, RESOLVERS_MAX, RULE_IDS,
+        POLICY_SLOT, RESOLVERS, RESOLVERS_MAX, RULE_IDS, SEARCH_DOMAINS, SEARCH_DOMAINS_MAX,
     },
 };
 
@@ -184,6 +184,7 @@ impl Enforcer {
                 .set(next, value, 0)
                 .map_err(|source| map_error(POLICY_CONFIG, source))?;
         }
+        self.sync_search_domains(&policy.search_domains)?;
         // The switch: one 4-byte array update, which every program reads once per run.
         {
             let mut slot: Array<_, u32> = typed_map(&mut self.ebpf, POLICY_SLOT)?;
@@ -370,6 +371,30 @@ impl Enforcer {
         match first_error.or(removal.first_error) {
             Some(source) => Err(map_error(NETNS_RESOLVERS, source)),
             None => Ok((added, removal.done)),
+        }
+    }
+
+    /// Makes `SEARCH_DOMAINS` hold the hashes of exactly `domains`, adding before removing.
+    fn sync_search_domains(&mut self, domains: &[String]) -> Result<(), EnforceError> {
+        check_size(SEARCH_DOMAINS, domains.len(), SEARCH_DOMAINS_MAX)?;
+        let mut map: HashMap<_, u64, u8> = typed_map(&mut self.ebpf, SEARCH_DOMAINS)?;
+        let wanted: HashSet<u64> = domains
+            .iter()
+            .map(|domain| suffix_hash(domain.as_bytes()))
+            .collect();
+        let present: HashSet<u64> = map
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(|source| map_error(SEARCH_DOMAINS, source))?;
+        for hash in wanted.difference(&present) {
+            map.insert(hash, 1, 0)
+                .map_err(|source| map_error(SEARCH_DOMAINS, source))?;
+        }
+        let stale: Vec<u64> = present.difference(&wanted).copied().collect();
+        let removal = remove_keys(&mut map, &stale);
+        match removal.first_error {
+            Some(source) => Err(map_error(SEARCH_DOMAINS, source)),
+            None => Ok(()),
         }
     }
 

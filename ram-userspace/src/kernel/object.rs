@@ -15,7 +15,7 @@ use aya::{
     programs::{CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockopt, Program, ProgramError},
 };
 use aya_obj::generated::bpf_attach_type;
-use ram_common::maps::{ALL, ANSWER_RR_SLOT, DNS_TAIL_CALLS, LEARNED};
+use ram_common::maps::{ALL, ANSWER_RR_SLOT, DNS_TAIL_CALLS, LEARNED, QUERY_NAME_SLOT};
 
 use super::{
     error::EnforceError,
@@ -84,6 +84,10 @@ pub const SNOOPERS: [Snooper; 2] = [
 
 /// The program `dns_snoop_in` tail-calls once per answer record (loaded, never attached).
 pub const ANSWER_RR: &str = "dns_answer_rr";
+/// The program `dns_query_out` tail-calls to judge a query's name (loaded, never attached).
+pub const QUERY_NAME: &str = "dns_query_name";
+/// The tail-called programs and their `DNS_TAIL_CALLS` slots.
+const TAIL_CALLED: [(&str, u32); 2] = [(ANSWER_RR, ANSWER_RR_SLOT), (QUERY_NAME, QUERY_NAME_SLOT)];
 
 /// The cgroup sock_create program: only the sockets the gates judge may be made.
 pub const SOCKET_GATE: Gate = Gate {
@@ -99,7 +103,9 @@ pub const SOCKOPT_GATE: Gate = Gate {
 
 /// Names of every program ram loads.
 pub fn program_names() -> impl Iterator<Item = &'static str> {
-    std::iter::once(ANSWER_RR)
+    TAIL_CALLED
+        .iter()
+        .map(|(name, _)| *name)
         .chain(SNOOPERS.iter().map(|s| s.name))
         .chain(GATES.iter().map(|g| g.name))
         .chain([SOCKET_GATE.name, SOCKOPT_GATE.name])
@@ -137,19 +143,17 @@ pub(super) fn load_programs(
     ebpf: &mut Ebpf,
     pins: &PinDir,
 ) -> Result<StdHashMap<&'static str, u32>, EnforceError> {
-    {
-        let answer_rr = program_as::<CgroupSkb>(ebpf, ANSWER_RR)?;
-        answer_rr
-            .load()
-            .map_err(|source| load_error(ANSWER_RR, source))?;
-        let fd = answer_rr
+    for (name, slot) in TAIL_CALLED {
+        let program = program_as::<CgroupSkb>(ebpf, name)?;
+        program.load().map_err(|source| load_error(name, source))?;
+        let fd = program
             .fd()
-            .map_err(|source| load_error(ANSWER_RR, source))?
+            .map_err(|source| load_error(name, source))?
             .try_clone()
-            .map_err(|err| load_error(ANSWER_RR, ProgramError::IOError(err)))?;
+            .map_err(|err| load_error(name, ProgramError::IOError(err)))?;
         let mut tail_calls: ProgramArray<_> = typed_map(ebpf, DNS_TAIL_CALLS)?;
         tail_calls
-            .set(ANSWER_RR_SLOT, &fd, 0)
+            .set(slot, &fd, 0)
             .map_err(|source| map_error(DNS_TAIL_CALLS, source))?;
     }
     for snooper in SNOOPERS {
@@ -242,7 +246,7 @@ fn load_error(program: &'static str, source: ProgramError) -> EnforceError {
             program,
             kernel: probe::kernel_release(),
             source: io_error,
-            verifier_tail: indent(&last_lines(&verifier_log.to_string(), 20)),
+            verifier_tail: indent(&last_lines(&verifier_log.to_string(), 60)),
         },
         source => EnforceError::Program { program, source },
     }

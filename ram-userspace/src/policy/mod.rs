@@ -134,6 +134,8 @@ pub struct RegistryAccess {
     /// Loopback (127.0.0.0/8, ::1, and the unspecified addresses, which Linux connects to
     /// loopback).
     pub allow_loopback: bool,
+    /// ICMP ping sockets, to destinations the policy allows (else refused at creation).
+    pub allow_ping: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,6 +154,30 @@ pub struct Dns {
     pub grace_period: u64,
     /// Capacity of the learned-address map; when full, new addresses are denied.
     pub max_learned: u64,
+    /// Which names enforced cgroups may ask trusted resolvers for.
+    pub queries: DnsQueries,
+    /// Search domains (beside those of the host's /etc/resolv.conf) after which an allowed
+    /// name may be asked for (`registry.example.com.corp.internal`).
+    pub search_domains: Vec<String>,
+}
+
+/// `dns.queries`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsQueries {
+    /// Names the policy allows (and those followed by a search domain); other queries fail at
+    /// once and are audited, so that DNS cannot carry data out.
+    Allowed,
+    /// Any name, as ram did before this setting.
+    Any,
+}
+
+impl DnsQueries {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allowed => "allowed",
+            Self::Any => "any",
+        }
+    }
 }
 
 impl Dns {
@@ -172,6 +198,8 @@ impl Default for Dns {
             max_ttl: Self::DEFAULT_MAX_TTL,
             grace_period: Self::DEFAULT_GRACE_PERIOD,
             max_learned: Self::DEFAULT_MAX_LEARNED,
+            queries: DnsQueries::Allowed,
+            search_domains: Vec::new(),
         }
     }
 }

@@ -12,8 +12,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    AllowedAudit, Audit, DEFAULT_POLICY, Dns, EntryError, ImageAccess, Policy, PolicySource,
-    RegistryAccess, Scope,
+    AllowedAudit, Audit, DEFAULT_POLICY, Dns, DnsQueries, EntryError, HostPattern, ImageAccess,
+    Policy, PolicySource, RegistryAccess, Scope,
 };
 
 /// values are kept with their position and validated afterwards so errors can point at them.
@@ -82,6 +82,8 @@ struct RawRegistryAccess {
     allow_cidrs: Vec<Spanned<String>>,
     #[serde(default = "default_true")]
     allow_loopback: bool,
+    #[serde(default)]
+    allow_ping: bool,
 }
 
 impl Default for RawRegistryAccess {
@@ -90,6 +92,7 @@ impl Default for RawRegistryAccess {
             allow: Vec::new(),
             allow_cidrs: Vec::new(),
             allow_loopback: true,
+            allow_ping: false,
         }
     }
 }
@@ -105,6 +108,9 @@ struct RawDns {
     max_ttl: Option<Spanned<i64>>,
     grace_period: Option<Spanned<i64>>,
     max_learned: Option<Spanned<i64>>,
+    queries: Option<Spanned<String>>,
+    #[serde(default)]
+    search_domains: Vec<Spanned<String>>,
 }
 
 fn default_true() -> bool {
@@ -193,6 +199,7 @@ impl Policy {
                     &invalid,
                 )?,
                 allow_loopback: access.allow_loopback,
+                allow_ping: access.allow_ping,
             },
             dns: Dns {
                 resolvers: match raw.dns.resolvers {
@@ -236,6 +243,43 @@ impl Policy {
                     ),
                     &invalid,
                 )?,
+                queries: match &raw.dns.queries {
+                    None => DnsQueries::Allowed,
+                    Some(value) => match value.get_ref().as_str() {
+                        "allowed" => DnsQueries::Allowed,
+                        "any" => DnsQueries::Any,
+                        other => {
+                            return Err(invalid(
+                                value.span().start,
+                                format!(
+                                    "dns.queries: `{other}` is not one of \"allowed\", \"any\""
+                                ),
+                            ));
+                        }
+                    },
+                },
+                search_domains: validate_all::<HostPattern>(
+                    "dns.search_domains",
+                    &raw.dns.search_domains,
+                    "search domain",
+                    &invalid,
+                )?
+                .into_iter()
+                .zip(&raw.dns.search_domains)
+                .map(|(domain, value)| {
+                    if domain.wildcard || domain.port.is_some() || domain.any_port {
+                        Err(invalid(
+                            value.span().start,
+                            format!(
+                                "dns.search_domains: `{}` is not a plain domain name",
+                                value.get_ref()
+                            ),
+                        ))
+                    } else {
+                        Ok(domain.domain)
+                    }
+                })
+                .collect::<Result<_, _>>()?,
             },
             audit: Audit {
                 allowed,
@@ -266,6 +310,7 @@ impl Policy {
             dedup_in_order(resolvers);
         }
         dedup_in_order(&mut policy.dns.container_resolvers);
+        dedup_in_order(&mut policy.dns.search_domains);
         Ok(policy)
     }
 }

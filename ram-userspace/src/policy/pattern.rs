@@ -76,12 +76,23 @@ pub struct HostPattern {
     /// The name, or for a wildcard the domain after `*.`.
     pub domain: String,
     pub wildcard: bool,
-    /// A registry's port as written (`nexus.corp:8443`). Kept for display only: ram allows a
-    /// host's learned addresses on every port, as it allows `allow_cidrs` entries.
+    /// A registry's port as written (`nexus.corp:8443`): its learned addresses are allowed on
+    /// that port only. Without one, on 443 and 80 ([`ram_common::DEFAULT_PORTS`]).
     pub port: Option<u16>,
+    /// Written `host:*`: its learned addresses are allowed on every port.
+    pub any_port: bool,
 }
 
 impl HostPattern {
+    /// The ports its learned addresses are allowed on, as the kernel holds them.
+    pub fn ports(&self) -> ram_common::Ports {
+        match self.port {
+            Some(port) => [port, 0, 0, 0],
+            None if self.any_port => [0; 4],
+            None => ram_common::DEFAULT_PORTS,
+        }
+    }
+
     /// Whether `name` (any case, trailing dot allowed) is covered by this pattern.
     pub fn matches(&self, name: &str) -> bool {
         let name = name.strip_suffix('.').unwrap_or(name);
@@ -105,6 +116,7 @@ impl fmt::Display for HostPattern {
         }
         match self.port {
             Some(port) => write!(f, ":{port}"),
+            None if self.any_port => f.write_str(":*"),
             None => Ok(()),
         }
     }
@@ -114,7 +126,11 @@ impl FromStr for HostPattern {
     type Err = EntryError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        // `registry.corp:5000`, as registries are named in image references.
+        // `registry.corp:5000`, as registries are named in image references; `host:*`: any port.
+        let (text, any_port) = match text.strip_suffix(":*") {
+            Some(host) if !host.contains(':') => (host, true),
+            _ => (text, false),
+        };
         let (text, port) = match text.rsplit_once(':') {
             Some((host, port))
                 if !host.contains(':')
@@ -182,6 +198,7 @@ impl FromStr for HostPattern {
             domain: name,
             wildcard,
             port,
+            any_port,
         })
     }
 }

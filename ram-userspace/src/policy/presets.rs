@@ -27,6 +27,8 @@ pub struct Preset {
     #[serde(default)]
     pattern: Option<String>,
     hosts: Vec<String>,
+    /// Ports the hosts' learned addresses are allowed on (at most four).
+    pub ports: Vec<u16>,
     pub source: String,
 }
 
@@ -37,6 +39,8 @@ pub struct Expansion {
     pub preset: String,
     /// Every host, the entry itself first.
     pub hosts: Vec<HostPattern>,
+    /// The preset's ports: every host's, and the entry's unless it was written with its own.
+    pub ports: ram_common::Ports,
 }
 
 /// The parsed table (parsed once; a unit test proves the embedded table valid).
@@ -53,6 +57,7 @@ pub fn presets() -> &'static [Preset] {
 pub fn expand(entry: &HostPattern) -> Option<Expansion> {
     let text = HostPattern {
         port: None,
+        any_port: false,
         ..entry.clone()
     }
     .to_string();
@@ -62,6 +67,10 @@ pub fn expand(entry: &HostPattern) -> Option<Expansion> {
         } else {
             match_pattern(preset.pattern.as_deref()?, &text)?
         };
+        let mut ports = [0u16; 4];
+        for (slot, port) in ports.iter_mut().zip(&preset.ports) {
+            *slot = *port;
+        }
         let mut hosts = vec![entry.clone()];
         for template in &preset.hosts {
             let mut host = template.replace("{entry}", &text);
@@ -79,6 +88,7 @@ pub fn expand(entry: &HostPattern) -> Option<Expansion> {
         Some(Expansion {
             preset: preset.name.clone(),
             hosts,
+            ports,
         })
     })
 }
@@ -166,6 +176,11 @@ mod tests {
         assert!(presets().len() >= 9);
         for preset in presets() {
             assert!(!preset.source.is_empty(), "{} has no source", preset.name);
+            assert!(
+                (1..=4).contains(&preset.ports.len()) && !preset.ports.contains(&0),
+                "{} names 1 to 4 ports",
+                preset.name
+            );
             assert!(
                 !preset.entries.is_empty() || preset.pattern.is_some(),
                 "{} selects nothing",
