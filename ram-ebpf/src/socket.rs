@@ -5,8 +5,9 @@
 //! cgroup hook), ICMP ping sockets (unless the policy allows ping), MPTCP and UDP-Lite. Asking for one fails at once with
 //! EPERM, and is reported.
 //!
-//! The hook runs in `inet_create`/`inet6_create` only: packet sockets (`AF_PACKET`) are not
-//! seen here (see docs/limits.md). Netlink and Unix sockets are not network traffic.
+//! The hook runs in `inet_create`/`inet6_create` only: packet sockets (`AF_PACKET`) and the
+//! other families are refused by `family_gate`, a BPF LSM program, where the kernel has it
+//! (see docs/limits.md). Netlink and Unix sockets are not network traffic.
 //!
 //! `sockopt_gate` (cgroup setsockopt) refuses the options that send a packet elsewhere than
 //! the address a gate judged: IPv4 source routes (`IP_OPTIONS`, whatever options they hold:
@@ -15,8 +16,8 @@
 
 use aya_ebpf::{
     helpers::bpf_get_current_cgroup_id,
-    macros::{cgroup_sock, cgroup_sockopt},
-    programs::{SockContext, SockoptContext},
+    macros::{cgroup_sock, cgroup_sockopt, lsm_cgroup},
+    programs::{LsmContext, SockContext, SockoptContext},
 };
 use ram_common::{BUILTIN_RULE, Counter, FLAG_PING, Hook, Reason};
 
@@ -65,6 +66,56 @@ pub fn socket_gate(ctx: SockContext) -> i32 {
         socket: SocketKind {
             family: family as u16,
             kind: kind as u16,
+            protocol: protocol as u16,
+        },
+    };
+    report(&verdict, 0);
+    DENY
+}
+
+const AF_UNIX: i32 = 1;
+const AF_INET: i32 = 2;
+const AF_INET6: i32 = 10;
+const AF_NETLINK: i32 = 16;
+const AF_ALG: i32 = 38;
+const AF_VSOCK: i32 = 40;
+
+/// The BPF LSM hook `socket_create` on enforced cgroups (Linux 6.0+, with `bpf` among the
+/// active LSMs): the families `socket_gate` never sees. Packet sockets (`AF_PACKET`, raw
+/// frames on any interface: Docker gives every container CAP_NET_RAW), AF_XDP, and families
+/// whose kernel side sends over sockets of its own that no cgroup hook judges (SMC, RxRPC,
+/// TIPC, RDS, KCM, ...) fail with EPERM and are reported. Left alone: Unix and netlink
+/// (local), AF_INET/AF_INET6 (judged by `socket_gate` and the gates), AF_ALG (the kernel's
+/// crypto API), and AF_VSOCK (the VM's host: WSL 2's interop with Windows; see
+/// docs/limits.md). Sockets the kernel makes for itself (`kern`) are not judged.
+#[lsm_cgroup(hook = "socket_create")]
+pub fn family_gate(ctx: LsmContext) -> i32 {
+    // socket_create(int family, int type, int protocol, int kern).
+    let (family, kind, protocol, kern): (i32, i32, i32, i32) =
+        (ctx.arg(0), ctx.arg(1), ctx.arg(2), ctx.arg(3));
+    if kern != 0
+        || matches!(
+            family,
+            AF_UNIX | AF_INET | AF_INET6 | AF_NETLINK | AF_ALG | AF_VSOCK
+        )
+    {
+        return ALLOW;
+    }
+    count(Counter::DeniedSocket);
+    let verdict = Verdict {
+        // SAFETY: no arguments; the calling task's cgroup.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        addr: [0; 16],
+        port: 0,
+        hook: Hook::SocketCreate,
+        reason: Reason::SocketType,
+        rule_index: BUILTIN_RULE,
+        rule_id: 0,
+        protocol: protocol as u32,
+        socket: SocketKind {
+            family: family as u16,
+            // The type without SOCK_NONBLOCK/SOCK_CLOEXEC.
+            kind: (kind & 0xf) as u16,
             protocol: protocol as u16,
         },
     };

@@ -246,7 +246,7 @@ fn resolvers_are_reachable_on_port_53_only() {
     let _http = net.http_server(HTTP_PORT);
     let cgroup = TestCgroup::new();
     let policy = format!(
-        "[registry_access]\nallow_cidrs = []\n[dns]\nresolvers = [\"{}\"]\n",
+        "[registry_access]\nallow = [\"registry.test\"]\nallow_cidrs = []\n[dns]\nresolvers = [\"{}\"]\n",
         a()
     );
     let _daemon = Daemon::start(&policy, &[cgroup.path()]).expect("daemon starts");

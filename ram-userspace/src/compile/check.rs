@@ -19,6 +19,9 @@ pub struct CheckAnswer {
     pub rule_index: Option<usize>,
     /// For a hostname: how its addresses get allowed; for an address: why or why not.
     pub explanation: String,
+    /// For an allowed hostname: the ports its addresses are allowed on (empty: every port).
+    #[serde(default)]
+    pub ports: Vec<u16>,
 }
 
 /// Whether the policy in force allows `host` (a hostname or an address), and by which entry.
@@ -32,6 +35,7 @@ pub fn check_host(policy: &Policy, host: &str) -> CheckAnswer {
             kind: kind.map(str::to_owned),
             rule_index: index,
             explanation,
+            ports: Vec::new(),
         };
     if let Ok(addr) = host
         .trim_matches(|c| c == '[' || c == ']')
@@ -95,27 +99,35 @@ pub fn check_host(policy: &Policy, host: &str) -> CheckAnswer {
             Some((index, pattern, host, expansion))
         });
     match found {
-        Some((index, pattern, host, expansion)) => answer(
-            true,
-            Some(pattern.to_string()),
-            Some("allow"),
-            Some(index),
-            match expansion {
-                Some(expansion) => format!(
-                    "preset {} ({}) stands for {}; `{host}` matches; its addresses are \
-                     allowed once a trusted resolver answers for it",
-                    expansion.preset,
-                    pattern,
-                    expansion
-                        .hosts
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-                None => "its addresses are allowed once a trusted resolver answers for it".into(),
-            },
-        ),
+        Some((index, pattern, host, expansion)) => {
+            let ports = super::rule_ports(&host, expansion.as_ref().map(|e| e.ports));
+            let on = super::ports_text(&ports);
+            let mut found = answer(
+                true,
+                Some(pattern.to_string()),
+                Some("allow"),
+                Some(index),
+                match expansion {
+                    Some(expansion) => format!(
+                        "preset {} ({}) stands for {}; `{host}` matches; its addresses are \
+                     allowed on {on} once a trusted resolver answers for it",
+                        expansion.preset,
+                        pattern,
+                        expansion
+                            .hosts
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    None => format!(
+                        "its addresses are allowed on {on} once a trusted resolver answers for it"
+                    ),
+                },
+            );
+            found.ports = ports.iter().copied().filter(|p| *p != 0).collect();
+            found
+        }
         None => answer(
             false,
             None,

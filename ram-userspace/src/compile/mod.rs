@@ -88,6 +88,33 @@ pub fn name_key(pattern: &HostPattern) -> ([u8; NAME_BUF], u32) {
     (key, (reversed.len() as u32 + 1) * 8)
 }
 
+/// The ports a host of an allow entry is allowed on: the port written with it (or every port
+/// for `host:*`), else its preset's, else [`ram_common::DEFAULT_PORTS`].
+pub fn rule_ports(
+    host: &HostPattern,
+    preset_ports: Option<ram_common::Ports>,
+) -> ram_common::Ports {
+    let written = host.port.is_some() || host.any_port;
+    match preset_ports {
+        Some(ports) if !written => ports,
+        _ => host.ports(),
+    }
+}
+
+/// `ports` for people: `ports 443, 80`, or `every port`.
+pub fn ports_text(ports: &ram_common::Ports) -> String {
+    let listed: Vec<String> = ports
+        .iter()
+        .filter(|p| **p != 0)
+        .map(ToString::to_string)
+        .collect();
+    match listed.len() {
+        0 => "every port".to_owned(),
+        1 => format!("port {}", listed[0]),
+        _ => format!("ports {}", listed.join(", ")),
+    }
+}
+
 impl CompiledPolicy {
     /// `system_resolvers` supplies the nameservers of /etc/resolv.conf; it is called only when
     /// the policy has no `dns.resolvers`.
@@ -148,11 +175,7 @@ impl CompiledPolicy {
                 None => (vec![pattern.clone()], None),
             };
             for host in hosts {
-                let written = host.port.is_some() || host.any_port;
-                let ports = match preset_ports {
-                    Some(ports) if !written => ports,
-                    _ => host.ports(),
-                };
+                let ports = rule_ports(&host, preset_ports);
                 let text = if host == *pattern {
                     entry.clone()
                 } else {

@@ -350,6 +350,15 @@ fn family_name(family: u16) -> String {
     match i32::from(family) {
         libc::AF_INET => "inet".into(),
         libc::AF_INET6 => "inet6".into(),
+        libc::AF_PACKET => "packet".into(),
+        libc::AF_XDP => "xdp".into(),
+        libc::AF_TIPC => "tipc".into(),
+        libc::AF_RDS => "rds".into(),
+        libc::AF_CAN => "can".into(),
+        libc::AF_BLUETOOTH => "bluetooth".into(),
+        43 => "smc".into(),
+        libc::AF_RXRPC => "rxrpc".into(),
+        41 => "kcm".into(),
         other => format!("family {other}"),
     }
 }

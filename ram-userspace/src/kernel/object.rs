@@ -7,12 +7,15 @@ use std::{
     fs, io,
     os::fd::{AsFd as _, OwnedFd},
     path::PathBuf,
+    sync::atomic::{AtomicBool, Ordering},
 };
 
 use aya::{
-    Ebpf, EbpfLoader,
+    Btf, Ebpf, EbpfLoader,
     maps::ProgramArray,
-    programs::{CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockopt, Program, ProgramError},
+    programs::{
+        CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockopt, LsmCgroup, Program, ProgramError,
+    },
 };
 use aya_obj::generated::bpf_attach_type;
 use ram_common::maps::{ALL, ANSWER_RR_SLOT, DNS_TAIL_CALLS, LEARNED, QUERY_NAME_SLOT};
@@ -101,6 +104,24 @@ pub const SOCKOPT_GATE: Gate = Gate {
     attach_type: bpf_attach_type::BPF_CGROUP_SETSOCKOPT,
 };
 
+/// The BPF LSM program refusing socket families `socket_gate` never sees (packet sockets
+/// among them); loaded where the kernel runs BPF LSM programs ([`probe::bpf_lsm_cgroup`]).
+pub const FAMILY_GATE: Gate = Gate {
+    name: "family_gate",
+    attach_type: bpf_attach_type::BPF_LSM_CGROUP,
+};
+
+/// The LSM hook `family_gate` runs on.
+const FAMILY_GATE_HOOK: &str = "socket_create";
+
+/// Whether `family_gate` is loaded (set once, by [`load_programs`]).
+static FAMILY_GATE_LOADED: AtomicBool = AtomicBool::new(false);
+
+/// Whether packet sockets and the other families are refused on this kernel.
+pub fn family_gate_loaded() -> bool {
+    FAMILY_GATE_LOADED.load(Ordering::Relaxed)
+}
+
 /// Names of every program ram loads.
 pub fn program_names() -> impl Iterator<Item = &'static str> {
     TAIL_CALLED
@@ -109,6 +130,7 @@ pub fn program_names() -> impl Iterator<Item = &'static str> {
         .chain(SNOOPERS.iter().map(|s| s.name))
         .chain(GATES.iter().map(|g| g.name))
         .chain([SOCKET_GATE.name, SOCKOPT_GATE.name])
+        .chain(family_gate_loaded().then_some(FAMILY_GATE.name))
 }
 
 /// Every program attached to an enforced cgroup, with its attach type, in attach order (the DNS
@@ -120,6 +142,7 @@ pub fn attached_programs() -> impl Iterator<Item = (&'static str, bpf_attach_typ
         .map(|s| (s.name, s.attach_type))
         .chain(GATES.iter().map(|g| (g.name, g.attach_type)))
         .chain([SOCKET_GATE, SOCKOPT_GATE].map(|g| (g.name, g.attach_type)))
+        .chain(family_gate_loaded().then_some((FAMILY_GATE.name, FAMILY_GATE.attach_type)))
 }
 
 /// Loads the object with every map pinned under `pins` (reusing the pinned ones) and
@@ -172,6 +195,7 @@ pub(super) fn load_programs(
     program_as::<CgroupSockopt>(ebpf, SOCKOPT_GATE.name)?
         .load()
         .map_err(|source| load_error(SOCKOPT_GATE.name, source))?;
+    load_family_gate(ebpf);
     let mut program_ids = StdHashMap::new();
     for name in program_names() {
         let program = ebpf
@@ -195,6 +219,30 @@ pub(super) fn load_programs(
         })?;
     }
     Ok(program_ids)
+}
+
+/// Loads `family_gate` where the kernel runs BPF LSM programs; says in the log either way
+/// (without it, packet sockets and the other families are not refused: docs/limits.md).
+fn load_family_gate(ebpf: &mut Ebpf) {
+    let loaded = probe::bpf_lsm_cgroup().and_then(|()| {
+        let btf = Btf::from_sys_fs().map_err(|err| format!("no kernel BTF: {err}"))?;
+        let program = program_as::<LsmCgroup>(ebpf, FAMILY_GATE.name).map_err(|e| e.to_string())?;
+        program
+            .load(FAMILY_GATE_HOOK, &btf)
+            .map_err(|err| format!("loading it failed: {}", crate::error_chain(&err)))
+    });
+    match loaded {
+        Ok(()) => {
+            FAMILY_GATE_LOADED.store(true, Ordering::Relaxed);
+            log::info!(
+                "socket families: packet sockets and other families than Unix, netlink, IPv4                  and IPv6 are refused in enforced cgroups (BPF LSM)"
+            );
+        }
+        Err(why) => log::warn!(
+            "socket families: packet sockets (AF_PACKET) and other families are NOT refused on \
+             this kernel: {why} (docs/limits.md)"
+        ),
+    }
 }
 
 /// Program `name` of the object as the program type `T` (`CgroupSockAddr`, `CgroupSkb`,
@@ -278,12 +326,16 @@ mod tests {
     }
 
     #[test]
-    fn every_program_is_loaded_once_and_the_tail_call_is_not_attached() {
+    fn every_program_is_loaded_once_and_the_tail_calls_are_not_attached() {
         let names: Vec<_> = program_names().collect();
         let unique: std::collections::HashSet<_> = names.iter().collect();
         assert_eq!(names.len(), unique.len());
-        assert_eq!(names.len(), 1 + SNOOPERS.len() + GATES.len() + 2);
-        assert!(attached_programs().all(|(name, _)| name != ANSWER_RR));
+        let family_gate = usize::from(family_gate_loaded());
+        assert_eq!(
+            names.len(),
+            TAIL_CALLED.len() + SNOOPERS.len() + GATES.len() + 2 + family_gate
+        );
+        assert!(attached_programs().all(|(name, _)| name != ANSWER_RR && name != QUERY_NAME));
         // The DNS programs come first.
         let order: Vec<_> = attached_programs().map(|(name, _)| name).collect();
         assert_eq!(&order[..2], ["dns_query_out", "dns_snoop_in"]);

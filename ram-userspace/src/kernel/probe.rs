@@ -305,6 +305,62 @@ pub fn judge(kernel: &str, findings: &[Finding]) -> Result<Verdict, ProbeError> 
     }
 }
 
+/// Whether BPF LSM programs run on this kernel (for `family_gate`): Linux 6.0+ (cgroup LSM
+/// programs) with `bpf` among the active LSMs, read from the `lsm=` boot option, else
+/// securityfs, else the kernel's build configuration (`CONFIG_LSM`, the default list).
+/// `Err` says why not.
+pub fn bpf_lsm_cgroup() -> Result<(), String> {
+    let release = kernel_release();
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse::<u32>().ok());
+    let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    if version < (6, 0) {
+        return Err(format!("Linux {release} has no cgroup LSM programs (6.0+)"));
+    }
+    let active = active_lsms().ok_or_else(|| {
+        "the active LSMs are unknown (no lsm= boot option, securityfs not mounted, no kernel          configuration in /boot or /proc/config.gz)"
+            .to_owned()
+    })?;
+    if active.split(',').any(|lsm| lsm.trim() == "bpf") {
+        Ok(())
+    } else {
+        Err(format!(
+            "the BPF LSM is not active (LSMs: {active}); add `bpf` to the `lsm=` boot option"
+        ))
+    }
+}
+
+fn active_lsms() -> Option<String> {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    if let Some(list) = cmdline
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("lsm="))
+    {
+        return Some(list.to_owned());
+    }
+    if let Ok(list) = std::fs::read_to_string("/sys/kernel/security/lsm") {
+        return Some(list.trim().to_owned());
+    }
+    let config = std::fs::read_to_string(format!("/boot/config-{}", kernel_release()))
+        .ok()
+        .or_else(|| {
+            // gzip, present wherever the kernel exposes its configuration compressed.
+            let output = std::process::Command::new("gzip")
+                .args(["-dc", "/proc/config.gz"])
+                .output()
+                .ok()?;
+            output
+                .status
+                .success()
+                .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+        })?;
+    config.lines().find_map(|line| {
+        line.strip_prefix("CONFIG_LSM=")
+            .map(|list| list.trim_matches('"').to_owned())
+    })
+}
+
 /// This kernel's release (`uname -r`).
 pub fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")

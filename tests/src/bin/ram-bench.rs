@@ -7,6 +7,8 @@
 //! - dns-lookup: a DNS query to dnsmasq on a test host and its answer, for an allowed name
 //!   (the enforced side tracks the query and learns from every answer in the kernel).
 //! - connect-learned: TCP connect + close to a test-host address learned from DNS.
+//! - bulk-tcp: 256 MiB written over one TCP connection to a learned test-host address (every
+//!   segment passes the egress programs); reported as time and as a throughput ratio.
 //! - container-dns-lookup, container-connect-learned: the same two from inside a container on
 //!   dockerd's default bridge (a real dockerd with its NAT, in a namespace of its own), the
 //!   container enforced under `scope.containers`, its DNS trusted in its namespace; the
@@ -42,7 +44,9 @@ fn main() -> anyhow::Result<()> {
     match args.get(1).map(String::as_str) {
         Some("worker-connect") => worker_connect(args[2].parse()?, args[3].parse()?),
         Some("worker-dns") => worker_dns(args[2].parse()?, &args[3], args[4].parse()?),
+        Some("worker-bulk") => worker_bulk(args[2].parse()?, args[3].parse()?),
         Some("listen") => listen(args[2].parse()?),
+        Some("sink") => sink(args[2].parse()?),
         // Optional first argument: run only benchmarks whose name contains it.
         filter => {
             let wanted = |name: &str| filter.is_none_or(|f| name.contains(f));
@@ -102,6 +106,35 @@ fn worker_dns(resolver: IpAddr, name: &str, count: usize) -> anyhow::Result<()> 
         }
     }
     report(start, count)
+}
+
+/// `worker-bulk ADDR MIB`: one TCP connection to ADDR (a sink), MIB MiB written in 64 KiB
+/// writes, then a shutdown and the sink's close awaited (every byte delivered); prints
+/// nanoseconds per MiB.
+fn worker_bulk(addr: SocketAddr, mib: usize) -> anyhow::Result<()> {
+    let chunk = vec![0x5a_u8; 64 * 1024];
+    let start = Instant::now();
+    let mut stream = TcpStream::connect(addr)?;
+    for _ in 0..mib * 16 {
+        stream.write_all(&chunk)?;
+    }
+    stream.shutdown(std::net::Shutdown::Write)?;
+    let mut rest = [0u8; 16];
+    while stream.read(&mut rest)? > 0 {}
+    report(start, mib)
+}
+
+/// `sink PORT`: reads each connection to its end, then closes it (run in the test host).
+fn sink(port: u16) -> anyhow::Result<()> {
+    let listener = deep_listener(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port))?;
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        thread::spawn(move || {
+            let mut buf = vec![0u8; 256 * 1024];
+            while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+        });
+    }
+    Ok(())
 }
 
 fn report(start: Instant, count: usize) -> anyhow::Result<()> {
@@ -195,7 +228,7 @@ fn side_by_side(
     plain: &TestCgroup,
     enforced: &TestCgroup,
     args: &[String],
-) -> anyhow::Result<()> {
+) -> anyhow::Result<f64> {
     side_by_side_in(title, unit, goal, plain, enforced, args, None)
 }
 
@@ -208,7 +241,7 @@ fn side_by_side_in(
     enforced: &TestCgroup,
     args: &[String],
     netns: Option<&str>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<f64> {
     // Warm-up: caches, socket slabs, branch predictors.
     run_worker(plain, args, netns)?;
     run_worker(enforced, args, netns)?;
@@ -241,7 +274,7 @@ fn side_by_side_in(
     println!(
         "  ratio enforced/unenforced: {paired_median:.3} (median of per-round ratios; goal <= {goal})"
     );
-    Ok(())
+    Ok(paired_median)
 }
 
 fn connect_loopback() -> anyhow::Result<()> {
@@ -271,15 +304,23 @@ fn connect_loopback() -> anyhow::Result<()> {
         &enforced,
         &args,
     )
+    .map(drop)
 }
 
 fn dns_benchmarks() -> anyhow::Result<()> {
     const PORT: u16 = 9090;
+    const SINK_PORT: u16 = 9091;
     let net = TestNet::new();
-    let mut listen_cmd = net.command(std::env::current_exe()?.to_str().context("exe path")?);
+    let exe = std::env::current_exe()?;
+    let exe = exe.to_str().context("exe path")?;
+    let mut listen_cmd = net.command(exe);
     listen_cmd.args(["listen", &PORT.to_string()]);
     let _listener = Background::spawn("bench listener", listen_cmd);
+    let mut sink_cmd = net.command(exe);
+    sink_cmd.args(["sink", &SINK_PORT.to_string()]);
+    let _sink = Background::spawn("bench sink", sink_cmd);
     ram_tests::wait_for_tcp(SocketAddr::new(IpAddr::V4(TestNet::PEER_V4[1]), PORT));
+    ram_tests::wait_for_tcp(SocketAddr::new(IpAddr::V4(TestNet::PEER_V4[1]), SINK_PORT));
     let _dns = net.dnsmasq(&[("bench.test", TestNet::PEER_V4[1].into())], &[]);
     let resolver = TestNet::PEER_V4[0].to_string();
 
@@ -287,7 +328,7 @@ fn dns_benchmarks() -> anyhow::Result<()> {
     let enforced = TestCgroup::new();
     let _daemon = Daemon::start(
         &format!(
-            "[registry_access]\nallow = [\"bench.test\"]\n[dns]\nresolvers = [\"{resolver}\"]\nmin_ttl = 3600\n"
+            "[registry_access]\nallow = [\"bench.test:{PORT}\", \"bench.test:{SINK_PORT}\"]\n[dns]\nresolvers = [\"{resolver}\"]\nmin_ttl = 3600\n"
         ),
         &[enforced.path()],
     )?;
@@ -327,7 +368,25 @@ fn dns_benchmarks() -> anyhow::Result<()> {
         &plain,
         &enforced,
         &connect,
-    )
+    )?;
+    let bulk = [
+        "worker-bulk".to_string(),
+        SocketAddr::new(IpAddr::V4(TestNet::PEER_V4[1]), SINK_PORT).to_string(),
+        "256".into(),
+    ];
+    let time_ratio = side_by_side(
+        "bulk-tcp: 256 MiB over one TCP connection to a learned test-host address (veth), per round",
+        "MiB",
+        1.02,
+        &plain,
+        &enforced,
+        &bulk,
+    )?;
+    println!(
+        "  throughput ratio enforced/unenforced: {:.3} (goal >= 0.98)",
+        1.0 / time_ratio
+    );
+    Ok(())
 }
 
 fn container_dns_benchmarks() -> anyhow::Result<()> {
