@@ -53,7 +53,10 @@ pub(crate) struct Outgoing {
 pub(crate) fn outgoing(ctx: &SkBuffContext) -> Option<Outgoing> {
     match u16::from_be(ctx.skb.protocol() as u16) {
         ETH_P_IP => {
-            let header: [u8; 20] = ctx.load(0).ok()?;
+            let header: [u8; 20] = match direct::<20>(ctx) {
+                Some(header) => header,
+                None => ctx.load(0).ok()?,
+            };
             Some(Outgoing {
                 carries_a_route: header[0] & 0x0f > 5,
                 protocol: header[9],
@@ -61,7 +64,10 @@ pub(crate) fn outgoing(ctx: &SkBuffContext) -> Option<Outgoing> {
             })
         }
         ETH_P_IPV6 => {
-            let header: [u8; 40] = ctx.load(0).ok()?;
+            let header: [u8; 40] = match direct::<40>(ctx) {
+                Some(header) => header,
+                None => ctx.load(0).ok()?,
+            };
             let next = header[6];
             // The hop-by-hop header's own next header is its first byte.
             let route = next == IPV6_ROUTING
@@ -77,6 +83,28 @@ pub(crate) fn outgoing(ctx: &SkBuffContext) -> Option<Outgoing> {
         }
         _ => None,
     }
+}
+
+/// The first `N` bytes of the packet (its IP header), read directly from the packet's linear
+/// part: no helper call on the path every packet takes. `None` if they are not all there.
+#[inline(always)]
+fn direct<const N: usize>(ctx: &SkBuffContext) -> Option<[u8; N]> {
+    let skb = ctx.skb.skb;
+    // SAFETY: the program's __sk_buff; `data` and `data_end` read as the 32-bit fields the
+    // verifier turns into packet pointers (cgroup_skb programs loaded with CAP_BPF), each with
+    // a load of its own.
+    let (data, data_end) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const (*skb).data) as usize,
+            core::ptr::read_volatile(&raw const (*skb).data_end) as usize,
+        )
+    };
+    if data + N > data_end {
+        return None;
+    }
+    // SAFETY: `data .. data + N` is inside the packet (checked against `data_end` above, the
+    // check the verifier requires); any byte pattern is a valid [u8; N].
+    Some(unsafe { core::ptr::read_unaligned(data as *const [u8; N]) })
 }
 
 /// Whether the packet may leave (see the module's documentation). TCP never gets here.

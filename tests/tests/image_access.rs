@@ -491,3 +491,79 @@ fn pull_gate_passes_token_authentication_and_cdn_redirects_on() {
     let repeated = lines[1]["repeated"].as_u64().unwrap_or(0);
     assert!(repeated >= 1999 - 10, "{lines:#?}");
 }
+
+/// Holds `count` idle connections to the gate as user `nobody` until stdin closes; prints how
+/// many the gate kept open (the others it closed at once) once they have had time to close.
+const HOLD_CONNECTIONS: &str = r#"
+import socket, sys, time
+host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+held = []
+for _ in range(count):
+    s = socket.create_connection((host, port), timeout=5)
+    held.append(s)
+time.sleep(1)
+open_ones = 0
+for s in held:
+    s.setblocking(False)
+    try:
+        data = s.recv(1)
+        if data:
+            open_ones += 1
+    except BlockingIOError:
+        open_ones += 1
+    except OSError:
+        pass
+print("open", open_ones, flush=True)
+sys.stdin.read()
+"#;
+
+/// One local user cannot take the gate's connections: another user's share is bounded, and
+/// root (dockerd) is still answered at once while the flood holds its connections open.
+#[test]
+fn one_local_user_cannot_starve_the_pull_gate() {
+    let bystander = TestCgroup::new();
+    let state = Daemon::prepare(
+        &format!(
+            "[image_access]\nenabled = true\ngate = \"{GATE}\"\nupstream = \"http://127.0.0.1:9\"\n"
+        ),
+        &[bystander.path()],
+    );
+    let mut daemon = state.start().unwrap();
+    daemon
+        .wait_for_line("Docker Hub pull gate on", Duration::from_secs(5))
+        .unwrap();
+    let (host, port) = GATE.rsplit_once(':').unwrap();
+    let mut flood = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+        ])
+        .arg(HOLD_CONNECTIONS)
+        .args([host, port, "200"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(flood.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let open: usize = line.trim().trim_start_matches("open ").parse().unwrap();
+    assert!(open <= 32, "one user kept {open} connections: {line}");
+    // Root, meanwhile: answered at once (the denial of a community image, judged locally).
+    let started = std::time::Instant::now();
+    let (code, _, body) = curl(&[&format!("http://{GATE}/v2/someuser/x/manifests/latest")]);
+    assert_eq!(code, "403", "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(flood.stdin.take());
+    let _ = flood.wait();
+}

@@ -58,7 +58,7 @@ fn main() -> anyhow::Result<()> {
             if wanted("connect-loopback") {
                 connect_loopback()?;
             }
-            if wanted("dns-lookup") || wanted("connect-learned") {
+            if wanted("dns-lookup") || wanted("connect-learned") || wanted("bulk-tcp") {
                 dns_benchmarks()?;
             }
             if wanted("container-dns-lookup") || wanted("container-connect-learned") {
@@ -428,7 +428,7 @@ fn container_dns_benchmarks() -> anyhow::Result<()> {
     let bystander = TestCgroup::new();
     let daemon = Daemon::start(
         &format!(
-            "[scope]\ncontainers = true\n[registry_access]\nallow = [\"bench.test\"]\n\
+            "[scope]\ncontainers = true\n[registry_access]\nallow = [\"bench.test:*\"]\n\
              [dns]\nresolvers = [\"{resolver}\"]\nmin_ttl = 3600\n"
         ),
         &[bystander.path()],

@@ -26,6 +26,7 @@
 //! its own shared with the authorization plugin, so that a large pull never delays the
 //! daemon's enforcement events, and the daemon's load never slows a pull.
 
+mod clients;
 pub mod routes;
 pub mod upstream;
 
@@ -65,8 +66,9 @@ pub const VIA: &str = "pull_gate";
 /// this is far above need, and keeps a local flood from using up the daemon's descriptors
 /// (which the authorization plugin and the control socket share).
 const MAX_CONNECTIONS: usize = 256;
-/// A client must send its request head within this time (an idle connection is closed).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// A client must send its request head within this time (an idle connection is closed):
+/// engines send theirs at once; a slow one only holds a connection of its own user's share.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a new gate retries its address while the old one lets go of it.
 const REBIND_TRIES: usize = 10;
 const REBIND_PAUSE: Duration = Duration::from_millis(100);
@@ -152,6 +154,7 @@ impl Drop for Gate {
 /// the connections still open end (dropping the set aborts them).
 async fn accept(listener: TcpListener, state: Arc<State>, mut stop: oneshot::Receiver<()>) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let users = clients::UserShares::new(MAX_CONNECTIONS / 2);
     let mut connections = JoinSet::new();
     loop {
         let permit = tokio::select! {
@@ -172,9 +175,14 @@ async fn accept(listener: TcpListener, state: Arc<State>, mut stop: oneshot::Rec
         };
         // The connections that ended since the last one was accepted.
         while connections.try_join_next().is_some() {}
+        let Some(share) = users.admit(&stream) else {
+            // Over its user's share: closed at once (the client sees a reset).
+            continue;
+        };
         let state = state.clone();
         connections.spawn(async move {
             let _permit = permit;
+            let _share = share;
             let service = service_fn(move |request| {
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(state.handle(request).await) }
