@@ -81,6 +81,46 @@ fn docker_hub_images_are_judged_by_category_with_dockers_message() {
     let out = api_pull("fromImage=busybox&fromImage=someuser%2Fcustom-image&tag=latest");
     assert!(!out.contains("authorization denied"), "{out}");
 
+    // The image in a chunked form body, its media type in mixed case: dockerd reads the form
+    // (Go parses media types case-insensitively, and hands the plugin no body for a chunked
+    // request), so the plugin cannot see the image: refused as unreadable.
+    let output = Command::new("curl")
+        .args(["-s", "-X", "POST", "--unix-socket"])
+        .arg(docker.dir().join("docker.sock"))
+        .args([
+            "-H",
+            "Content-Type: Application/X-WWW-Form-URLencoded",
+            "-H",
+            "Transfer-Encoding: chunked",
+            "--data-binary",
+            "fromImage=someuser%2Fcustom-image&tag=latest",
+            "http://docker/v1.41/images/create",
+        ])
+        .output()
+        .expect("curl runs");
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        out.contains("authorization denied") && out.contains("could not read the image"),
+        "{out}"
+    );
+
+    // An image-ID prefix names whatever local image has that ID, whatever its repository: a
+    // community image already in the engine (imported, never pulled) is not run by a prefix
+    // of its ID.
+    let rootfs_dir = TempDir::new();
+    let rootfs = rootfs_dir.path().join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("busybox-static");
+    docker.import_rootfs(&rootfs, "someuser/local-only:1");
+    let (ok, id, err, _) = docker.run(&["images", "-q", "--no-trunc", "someuser/local-only:1"]);
+    assert!(ok, "{err}");
+    let hex = id.trim().trim_start_matches("sha256:").to_owned();
+    for prefix in [&hex[..4], &hex[..12]] {
+        let (ok, _, err, _) = docker.run(&["create", prefix, "/bin/busybox", "true"]);
+        assert!(!ok, "docker create {prefix} passed the plugin");
+        assert!(err.contains("authorization denied"), "{prefix}: {err}");
+    }
+
     // Official, organization and verified-publisher images pass the plugin (and then fail to
     // reach Docker Hub, which does not exist here).
     for image in [

@@ -248,3 +248,61 @@ fn source_routes_and_routing_headers_are_refused() {
     );
     assert!(daemon.counter("redirect_refused") >= 3);
 }
+
+/// Sends an ICMP echo request from a ping socket to each address given; prints
+/// `ADDR result`: `reply`, `timeout`, or the errno's name.
+const PING: &str = r#"
+import errno, socket, struct, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
+s.settimeout(1)
+for addr in sys.argv[1:]:
+    try:
+        s.sendto(struct.pack("!BBHHH", 8, 0, 0, 0, 1) + b"ram", (addr, 0))
+        s.recvfrom(64)
+        print(addr, "reply")
+    except socket.timeout:
+        print(addr, "timeout")
+    except OSError as e:
+        print(addr, errno.errorcode.get(e.errno, str(e.errno)))
+"#;
+
+/// With `allow_ping`, ping sockets can be made, and reach only what the policy allows: the
+/// echo to an address no rule allows never leaves (no reply comes back, the send fails).
+#[test]
+fn ping_when_the_policy_allows_it_reaches_allowed_destinations_only() {
+    let cgroup = TestCgroup::new();
+    let daemon = Daemon::start(
+        "[registry_access]\nallow_loopback = false\nallow_cidrs = [\"127.0.0.1\"]\n\
+         allow_ping = true\n[dns]\nresolvers = []\n",
+        &[cgroup.path()],
+    )
+    .expect("daemon starts");
+    // In a network namespace of its own, where its group may make ping sockets.
+    let output = cgroup
+        .command("unshare")
+        .args([
+            "-n",
+            "sh",
+            "-c",
+            "ip link set lo up && sysctl -qw net.ipv4.ping_group_range='0 2147483647' && \
+             exec python3 -c \"$0\" 127.0.0.1 127.0.0.2",
+            PING,
+        ])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(out.contains("127.0.0.1 reply"), "{out} {output:?}");
+    assert!(
+        out.contains("127.0.0.2 EPERM") || out.contains("127.0.0.2 timeout"),
+        "{out}"
+    );
+    assert!(!out.contains("127.0.0.2 reply"), "{out}");
+    assert!(daemon.counter("backstop_dropped") >= 1);
+    let records = daemon.audit_records();
+    assert!(
+        records
+            .iter()
+            .any(|r| r["hook"] == "egress" && r["dst_addr"] == "127.0.0.2" && r["verdict"] == "deny"),
+        "{records:?}"
+    );
+}
