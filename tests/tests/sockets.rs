@@ -300,9 +300,9 @@ fn ping_when_the_policy_allows_it_reaches_allowed_destinations_only() {
     assert!(daemon.counter("backstop_dropped") >= 1);
     let records = daemon.audit_records();
     assert!(
-        records
-            .iter()
-            .any(|r| r["hook"] == "egress" && r["dst_addr"] == "127.0.0.2" && r["verdict"] == "deny"),
+        records.iter().any(|r| r["hook"] == "egress"
+            && r["dst_addr"] == "127.0.0.2"
+            && r["verdict"] == "deny"),
         "{records:?}"
     );
 }

@@ -41,7 +41,9 @@ pub struct Auditor {
     containers: ContainerInfos,
     /// Container ids of enforced cgroups, as the scope found them (bounded).
     container_of: HashMap<u64, String>,
-    repeats: Repeats,
+    repeats: Repeats<ImageRecord>,
+    /// Refused DNS queries, folded the same way (a resolver library retries each one).
+    query_repeats: Repeats<QueryRecord>,
     hostnames: Hostnames,
     /// CLOCK_REALTIME − CLOCK_BOOTTIME: the programs stamp events with the boot clock.
     clock_offset: i128,
@@ -59,6 +61,7 @@ impl Auditor {
             containers: ContainerInfos::default(),
             container_of: HashMap::new(),
             repeats: Repeats::default(),
+            query_repeats: Repeats::default(),
             hostnames: Hostnames::default(),
             clock_offset: sys::realtime_minus_boottime_ns(),
             dropped_reported: read_dropped_reported(run_dir),
@@ -198,9 +201,12 @@ impl Auditor {
                 qtype,
                 resolver,
                 protocol: protocol_name(event.protocol),
+                repeated: None,
             };
-            info!("{}", record.summary());
-            self.sink.write(&record);
+            for line in self.query_repeats.admit(record, std::time::Instant::now()) {
+                info!("{}", line.summary());
+                self.sink.write(&line);
+            }
             return;
         }
         if event.not_allowed != 0 {
@@ -309,12 +315,20 @@ impl Auditor {
         for record in self.repeats.flush(std::time::Instant::now(), false) {
             self.write_image_record(&record);
         }
+        for line in self.query_repeats.flush(std::time::Instant::now(), false) {
+            info!("{}", line.summary());
+            self.sink.write(&line);
+        }
     }
 
     /// At stop: writes the lines of every window with repeats.
     pub fn flush_all_repeats(&mut self) {
         for record in self.repeats.flush(std::time::Instant::now(), true) {
             self.write_image_record(&record);
+        }
+        for line in self.query_repeats.flush(std::time::Instant::now(), true) {
+            info!("{}", line.summary());
+            self.sink.write(&line);
         }
     }
 

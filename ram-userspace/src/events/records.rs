@@ -234,12 +234,19 @@ pub struct QueryRecord {
     /// The resolver it was sent to, and over which protocol.
     pub resolver: String,
     pub protocol: String,
+    /// On the line closing a window: how many more times the same query was refused in it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repeated: Option<u64>,
 }
 
 impl QueryRecord {
     pub fn summary(&self) -> String {
+        let repeated = self
+            .repeated
+            .map(|n| format!(", {n} more time(s) within the last seconds"))
+            .unwrap_or_default();
         format!(
-            "deny DNS query for {} ({}) in {} to {} over {}: no rule allows the name",
+            "deny DNS query for {} ({}) in {} to {} over {}: no rule allows the name{repeated}",
             text(&self.hostname),
             self.qtype,
             text(self.cgroup.as_deref().unwrap_or("unknown cgroup")),

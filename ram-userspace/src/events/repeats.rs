@@ -1,47 +1,102 @@
-//! Folding repeated image decisions into one audit line. The pull gate answers a request per
-//! manifest, blob and retry, and any local user can send it requests: the first decision of a
-//! kind (verdict, action, image, reason, user, enforcement point) in a window is written at
-//! once; its repeats within the window are only counted, and written as one line (`repeated`)
-//! when the window ends — so nothing is lost and nobody can flood the log.
+//! Folding repeated decisions into one audit line. The pull gate answers a request per
+//! manifest, blob and retry, and any local user can send it requests; a resolver library
+//! retries a refused DNS query on every server and search domain. The first decision of a kind
+//! (for an image: verdict, action, image, reason, user, enforcement point; for a DNS query:
+//! cgroup, name, type) in a window is written at once; its repeats within the window are only
+//! counted, and written as one line (`repeated`) when the window ends — so nothing is lost and
+//! nobody can flood the log.
 
 use std::{
     collections::HashMap,
+    hash::Hash,
     time::{Duration, Instant},
 };
 
-use super::records::{ImageRecord, now_rfc3339};
+use super::records::{ImageRecord, QueryRecord, now_rfc3339};
+
+/// A record whose repeats fold: what makes two of them the same decision, and how the line
+/// closing a window says how many more there were.
+pub trait Foldable: Clone {
+    type Kind: Clone + Eq + Hash;
+    fn kind(&self) -> Self::Kind;
+    fn with_repeats(self, repeated: u64, time: String) -> Self;
+}
+
+impl Foldable for ImageRecord {
+    type Kind = (
+        &'static str,
+        &'static str,
+        String,
+        String,
+        Option<String>,
+        &'static str,
+    );
+
+    fn kind(&self) -> Self::Kind {
+        (
+            self.verdict,
+            self.action,
+            self.image.clone(),
+            self.reason.clone(),
+            self.user.clone(),
+            self.via,
+        )
+    }
+
+    fn with_repeats(self, repeated: u64, time: String) -> Self {
+        Self {
+            time,
+            repeated: Some(repeated),
+            ..self
+        }
+    }
+}
+
+impl Foldable for QueryRecord {
+    type Kind = (u64, String, String);
+
+    fn kind(&self) -> Self::Kind {
+        (self.cgroup_id, self.hostname.clone(), self.qtype.clone())
+    }
+
+    fn with_repeats(self, repeated: u64, time: String) -> Self {
+        Self {
+            time,
+            repeated: Some(repeated),
+            ..self
+        }
+    }
+}
 
 /// How long repeats of a decision are folded into one line.
 pub const WINDOW: Duration = Duration::from_secs(10);
 /// Kinds remembered at most; past this, every window ends at once (its repeats written).
 const KINDS_MAX: usize = 4096;
 
-type Kind = (
-    &'static str,
-    &'static str,
-    String,
-    String,
-    Option<String>,
-    &'static str,
-);
-
-struct Window {
+struct Window<R> {
     since: Instant,
     repeated: u64,
-    record: ImageRecord,
+    record: R,
 }
 
-#[derive(Default)]
-pub struct Repeats {
-    windows: HashMap<Kind, Window>,
+pub struct Repeats<R: Foldable> {
+    windows: HashMap<R::Kind, Window<R>>,
 }
 
-impl Repeats {
+impl<R: Foldable> Default for Repeats<R> {
+    fn default() -> Self {
+        Self {
+            windows: HashMap::new(),
+        }
+    }
+}
+
+impl<R: Foldable> Repeats<R> {
     /// The lines to write for `record`, decided at `now`: none (a repeat, counted), or the
     /// record itself, after the line that closes the previous window of its kind if that one
     /// had repeats.
-    pub fn admit(&mut self, record: ImageRecord, now: Instant) -> Vec<ImageRecord> {
-        let kind = kind(&record);
+    pub fn admit(&mut self, record: R, now: Instant) -> Vec<R> {
+        let kind = record.kind();
         if let Some(window) = self.windows.get_mut(&kind)
             && now.duration_since(window.since) < WINDOW
         {
@@ -69,8 +124,8 @@ impl Repeats {
 
     /// Ends the windows that are over at `now` (or all, with `all`); returns the lines for
     /// those that had repeats.
-    pub fn flush(&mut self, now: Instant, all: bool) -> Vec<ImageRecord> {
-        let ended: Vec<Kind> = self
+    pub fn flush(&mut self, now: Instant, all: bool) -> Vec<R> {
+        let ended: Vec<R::Kind> = self
             .windows
             .iter()
             .filter(|(_, w)| all || now.duration_since(w.since) >= WINDOW)
@@ -84,24 +139,9 @@ impl Repeats {
     }
 }
 
-fn kind(record: &ImageRecord) -> Kind {
-    (
-        record.verdict,
-        record.action,
-        record.image.clone(),
-        record.reason.clone(),
-        record.user.clone(),
-        record.via,
-    )
-}
-
 /// The line for a window's repeats, if it had any.
-fn closing_line(window: Window) -> Option<ImageRecord> {
-    (window.repeated > 0).then(|| ImageRecord {
-        time: now_rfc3339(),
-        repeated: Some(window.repeated),
-        ..window.record
-    })
+fn closing_line<R: Foldable>(window: Window<R>) -> Option<R> {
+    (window.repeated > 0).then(|| window.record.with_repeats(window.repeated, now_rfc3339()))
 }
 
 #[cfg(test)]
@@ -123,7 +163,7 @@ mod tests {
 
     #[test]
     fn repeats_fold_into_one_line_and_none_is_lost() {
-        let mut repeats = Repeats::default();
+        let mut repeats = Repeats::<ImageRecord>::default();
         let start = Instant::now();
         assert_eq!(repeats.admit(record("a/x"), start).len(), 1);
         for _ in 0..1000 {
@@ -142,7 +182,7 @@ mod tests {
 
     #[test]
     fn a_new_window_first_closes_the_old_one() {
-        let mut repeats = Repeats::default();
+        let mut repeats = Repeats::<ImageRecord>::default();
         let start = Instant::now();
         repeats.admit(record("a/x"), start);
         repeats.admit(record("a/x"), start);
@@ -150,5 +190,34 @@ mod tests {
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0].repeated, Some(1));
         assert_eq!(lines[1].repeated, None);
+    }
+
+    #[test]
+    fn refused_queries_fold_per_cgroup_and_name() {
+        let query = |cgroup_id: u64, name: &str| QueryRecord {
+            time: "t".into(),
+            verdict: "deny",
+            reason: "query_not_allowed",
+            hook: "dns_query",
+            cgroup: None,
+            cgroup_id,
+            container_id: None,
+            container_name: None,
+            container_image: None,
+            hostname: name.into(),
+            qtype: "A".into(),
+            resolver: "10.0.0.53".into(),
+            protocol: "udp".into(),
+            repeated: None,
+        };
+        let mut repeats = Repeats::<QueryRecord>::default();
+        let start = Instant::now();
+        assert_eq!(repeats.admit(query(1, "x.test"), start).len(), 1);
+        assert!(repeats.admit(query(1, "x.test"), start).is_empty());
+        assert_eq!(repeats.admit(query(2, "x.test"), start).len(), 1);
+        assert_eq!(repeats.admit(query(1, "y.test"), start).len(), 1);
+        let lines = repeats.flush(start, true);
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0].repeated, Some(1));
     }
 }
