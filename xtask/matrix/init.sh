@@ -4,6 +4,9 @@
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 mkdir -p /sys/fs/cgroup /sys/fs/bpf; mount -t cgroup2 none /sys/fs/cgroup; mount -t bpf bpf /sys/fs/bpf
 ip link set lo up
+# Debian's SCTP, DCCP and L2TP/IP modules, with what they need (xtask matrix adds them per
+# kernel, numbered in load order); a module this kernel cannot load is reported as missing.
+for m in /modules/*.ko; do [ -f "$m" ] && insmod "$m" 2>/dev/null; done
 # Test hosts on lo, outside the addresses ram never learns (loopback, link-local, ...): the
 # resolver 10.77.0.1, registry.test's address 10.77.0.2, a spoofed answer's 10.77.0.3, and a
 # spoofer's source 10.77.0.4.
@@ -29,6 +32,12 @@ echo "RAM-MATRIX allowed $(in_t /bin/ram-matrix-peer connect 127.0.0.1 9)"
 echo "RAM-MATRIX denied $(in_t /bin/ram-matrix-peer connect 127.0.0.2 9)"
 # The socket gate: a raw socket cannot even be made in the enforced cgroup.
 echo "RAM-MATRIX raw-socket $(in_t /bin/ram-matrix-peer raw)"
+# Protocols without connect/sendmsg hooks: refused at socket creation in the enforced cgroup
+# (compared with the same socket made outside it, which proves the module is there).
+for p in sctp dccp l2tp packet; do
+  echo "RAM-MATRIX proto-$p $(in_t /bin/ram-matrix-peer socket $p) outside $(/bin/ram-matrix-peer socket $p)"
+done
+grep "socket families" /tmp/ram.log | sed 's/.*socket families: /RAM-MATRIX families /'
 # DNS learning: registry.test's address is denied until the trusted resolver's answer for it.
 echo "RAM-MATRIX before-dns $(in_t /bin/ram-matrix-peer connect 10.77.0.2 80)"
 echo "RAM-MATRIX resolved $(in_t /bin/ram-matrix-peer query 10.77.0.1 registry.test | grep -v '^port')"

@@ -30,6 +30,21 @@ const KERNELS: &[(&str, &str)] = &[
     ),
 ];
 const MIRROR: &str = "http://deb.debian.org";
+/// Modules of each kernel package put in its VM, in load order: SCTP, DCCP and L2TP over IP
+/// (protocols whose connects and sends run no cgroup hook) and what they need.
+const MODULES: &[&str] = &[
+    "crypto/crc32c_generic",
+    "lib/libcrc32c",
+    "net/ipv4/udp_tunnel",
+    "net/ipv6/ip6_udp_tunnel",
+    "net/sctp/sctp",
+    "net/dccp/dccp",
+    "net/dccp/dccp_ipv4",
+    "net/l2tp/l2tp_core",
+    "net/l2tp/l2tp_ip",
+];
+/// The protocols the VMs try to make sockets of, in and outside the enforced cgroup.
+const PROTOCOLS: &[&str] = &["sctp", "dccp", "l2tp", "packet"];
 /// What a VM may take, boot to power-off, under software emulation.
 const VM_SECONDS: u32 = 420;
 
@@ -98,6 +113,10 @@ struct Report {
     /// Scenario steps, in order: (step, what happened).
     steps: Vec<(String, String)>,
     audit: Vec<String>,
+    /// Sockets of [`PROTOCOLS`]: (protocol, inside the enforced cgroup, outside it).
+    protocols: Vec<(String, String, String)>,
+    /// The daemon's line on socket families (BPF LSM: packet sockets refused or not).
+    families: String,
 }
 
 /// The enforcement scenario of `xtask/matrix/init.sh`: each step and what passes.
@@ -147,6 +166,26 @@ impl Report {
             .any(|line| line.contains("kernel features present"))
     }
 
+    /// A protocol's socket passes when it is refused inside (`EPERM`) where the kernel makes
+    /// it outside, or fails alike on both sides (the kernel has no such protocol: a skip).
+    /// Packet sockets are refused only where the daemon loaded its BPF LSM program.
+    fn protocol_verdict(&self, protocol: &str) -> (&'static str, String) {
+        let Some((_, inside, outside)) = self.protocols.iter().find(|(p, _, _)| p == protocol)
+        else {
+            return ("WRONG", "(no report)".into());
+        };
+        let families_refused = self
+            .families
+            .starts_with("packet sockets and other families");
+        let verdict = match (inside.as_str(), outside.as_str()) {
+            ("EPERM", "made") => "ok",
+            ("made", "made") if protocol == "packet" && !families_refused => "skip",
+            (inside, outside) if inside == outside && outside != "made" => "skip",
+            _ => "WRONG",
+        };
+        (verdict, format!("inside {inside}, outside {outside}"))
+    }
+
     fn passed(&self) -> bool {
         self.attached
             && self.probe_passed()
@@ -154,6 +193,9 @@ impl Report {
                 .iter()
                 .all(|(key, _, expected)| self.step_passed(key, expected))
             && self.audit_passed()
+            && PROTOCOLS
+                .iter()
+                .all(|p| self.protocol_verdict(p).0 != "WRONG")
     }
 
     fn summary(&self) -> String {
@@ -190,6 +232,13 @@ impl Report {
             "{:5} audit log names the learned address and hostname",
             if self.audit_passed() { "ok" } else { "WRONG" }
         ));
+        for protocol in PROTOCOLS {
+            let (verdict, what) = self.protocol_verdict(protocol);
+            lines.push(format!("{verdict:5} {protocol} socket: {what}"));
+        }
+        if !self.families.is_empty() {
+            lines.push(format!("      socket families: {}", self.families));
+        }
         lines
     }
 }
@@ -219,6 +268,7 @@ fn boot(dir: &Path, pool_path: &str, initrd: &Path) -> Result<Report> {
             "unpacking a kernel package",
         )?;
     }
+    let initrd = &with_modules(&deb, &unpacked, initrd)?;
     let vmlinuz = fs::read_dir(unpacked.join("boot"))?
         .flatten()
         .map(|e| e.path())
@@ -252,6 +302,64 @@ fn boot(dir: &Path, pool_path: &str, initrd: &Path) -> Result<Report> {
          console ended with:\n{}",
         failures.last().map(String::as_str).unwrap_or("")
     )
+}
+
+/// The shared initramfs followed by one with this kernel's [`MODULES`] (as `/modules/NN-*.ko`,
+/// decompressed): the kernel unpacks concatenated archives in turn.
+fn with_modules(deb: &Path, unpacked: &Path, initrd: &Path) -> Result<PathBuf> {
+    let patterns: Vec<String> = MODULES
+        .iter()
+        .map(|m| format!("'./lib/modules/*/kernel/{m}.ko*'"))
+        .collect();
+    // Missing modules are not an error here: the VM reports what it could not load.
+    let _ = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "dpkg-deb --fsys-tarfile '{}' | tar -x -C '{}' --wildcards {} 2>/dev/null",
+            deb.display(),
+            unpacked.display(),
+            patterns.join(" ")
+        ))
+        .status();
+    let extra = unpacked.join("extra");
+    let _ = fs::remove_dir_all(&extra);
+    fs::create_dir_all(extra.join("modules"))?;
+    let kernel_dirs: Vec<PathBuf> = fs::read_dir(unpacked.join("lib/modules"))
+        .map(|dirs| dirs.flatten().map(|d| d.path().join("kernel")).collect())
+        .unwrap_or_default();
+    for (index, module) in MODULES.iter().enumerate() {
+        for kernel in &kernel_dirs {
+            let name = module.rsplit('/').next().expect("a module name");
+            let target = extra.join(format!("modules/{index:02}-{name}.ko"));
+            let plain = kernel.join(format!("{module}.ko"));
+            let xz = kernel.join(format!("{module}.ko.xz"));
+            if plain.exists() {
+                fs::copy(&plain, &target)?;
+            } else if xz.exists() {
+                run_step(
+                    Command::new("sh").arg("-c").arg(format!(
+                        "xz -dc '{}' > '{}'",
+                        xz.display(),
+                        target.display()
+                    )),
+                    "decompressing a module",
+                )?;
+            }
+        }
+    }
+    let combined = unpacked.join("initrd.cpio.gz");
+    run_step(
+        Command::new("sh")
+            .current_dir(&extra)
+            .arg("-c")
+            .arg(format!(
+                "{{ cat '{}'; find . | cpio -o -H newc 2>/dev/null | gzip -1; }} > '{}'",
+                initrd.display(),
+                combined.display()
+            )),
+        "packing the modules",
+    )?;
+    Ok(combined)
 }
 
 fn run_vm(vmlinuz: &Path, initrd: &Path) -> Result<String> {
@@ -295,6 +403,17 @@ fn parse_console(console: &str) -> Report {
             report.errors.push(error.to_owned());
         } else if let Some(audit) = rest.strip_prefix("audit ") {
             report.audit.push(audit.to_owned());
+        } else if let Some(families) = rest.strip_prefix("families ") {
+            report.families = families.to_owned();
+        } else if let Some(proto) = rest.strip_prefix("proto-")
+            && let Some((protocol, results)) = proto.split_once(' ')
+            && let Some((inside, outside)) = results.split_once(" outside ")
+        {
+            report.protocols.push((
+                protocol.to_owned(),
+                inside.trim().to_owned(),
+                outside.trim().to_owned(),
+            ));
         } else if let Some((key, value)) = rest.split_once(' ')
             && SCENARIO.iter().any(|(k, _, _)| *k == key)
         {
@@ -346,7 +465,7 @@ fn build_initramfs(dir: &Path, ram: &Path, peer: &Path) -> Result<PathBuf> {
         .context("/bin/busybox is missing (`cargo xtask setup` installs busybox-static)")?;
     for applet in [
         "sh", "mount", "mkdir", "echo", "cat", "sleep", "nc", "poweroff", "grep", "sed", "tail",
-        "head", "ip",
+        "head", "ip", "insmod",
     ] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
     }

@@ -8,6 +8,7 @@
 //! ram-matrix-peer spoof FROM PORT NAME TXID IP              # send a forged answer to 127.0.0.1:PORT
 //! ram-matrix-peer connect ADDR PORT                         # TCP connect: reached / EPERM / ...
 //! ram-matrix-peer raw                                       # a raw IPv4 socket: made / EPERM / ...
+//! ram-matrix-peer socket sctp|dccp|l2tp|packet              # that socket: made / EPERM / ...
 //! ```
 //!
 //! `serve`: `/badid` answers with the transaction id plus one, `/silent` never answers, and
@@ -31,6 +32,7 @@ fn main() {
         ["spoof", from, port, name, txid, ip] => spoof(from, port, name, txid, ip),
         ["connect", addr, port] => connect(addr, port),
         ["raw"] => raw(),
+        ["socket", kind] => socket(kind),
         _ => Err("usage: see the head of xtask/src/bin/ram-matrix-peer.rs".into()),
     };
     if let Err(err) = result {
@@ -250,6 +252,32 @@ fn connect(addr: &str, port: &str) -> Result<()> {
 fn raw() -> Result<()> {
     // SAFETY: plain socket(2); the descriptor, if any, is closed at once.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_UDP) };
+    if fd >= 0 {
+        // SAFETY: the descriptor just made, owned by nothing else.
+        unsafe { libc::close(fd) };
+        println!("made");
+    } else {
+        println!("{}", describe(&std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Makes a socket of a protocol the connect/sendmsg hooks never see (SCTP, DCCP, L2TP over
+/// IP) or a packet socket, and closes it.
+fn socket(kind: &str) -> Result<()> {
+    let (family, kind, protocol) = match kind {
+        "sctp" => (libc::AF_INET, libc::SOCK_STREAM, 132),
+        "dccp" => (libc::AF_INET, libc::SOCK_DCCP, 33),
+        "l2tp" => (libc::AF_INET, libc::SOCK_DGRAM, 115),
+        "packet" => (
+            libc::AF_PACKET,
+            libc::SOCK_RAW,
+            i32::from((libc::ETH_P_ALL as u16).to_be()),
+        ),
+        other => return Err(format!("unknown socket kind {other}")),
+    };
+    // SAFETY: plain socket(2); the descriptor, if any, is closed at once.
+    let fd = unsafe { libc::socket(family, kind, protocol) };
     if fd >= 0 {
         // SAFETY: the descriptor just made, owned by nothing else.
         unsafe { libc::close(fd) };

@@ -29,7 +29,11 @@ pub(super) struct Share {
 
 impl Drop for Share {
     fn drop(&mut self) {
-        let mut held = self.users.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut held = self
+            .users
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(count) = held.get_mut(&self.uid) {
             *count = count.saturating_sub(1);
             if *count == 0 {
@@ -59,7 +63,10 @@ impl UserShares {
         if uid == 0 {
             return Some(None);
         }
-        let mut held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut held = self
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let total: usize = held.values().sum();
         let own = held.get(&uid).copied().unwrap_or(0);
         if own >= MAX_PER_USER || total >= self.others_max {
