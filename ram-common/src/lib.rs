@@ -403,7 +403,10 @@ pub struct PendingQuery {
 pub struct NameRule {
     /// Index of the entry in `registry_access.allow`.
     pub rule_index: u32,
-    pub _reserved: u32,
+    /// 1 for a wildcard entry (`*.example.com`), 0 for an exact name: only an exact name may be
+    /// followed by a search domain the daemon was not told of (a wildcard's own labels could
+    /// carry anything).
+    pub wildcard: u32,
     /// [`rule_id`] of the entry.
     pub rule_id: u64,
     /// Ports its addresses are allowed on (the entry's port, else [`DEFAULT_PORTS`]).
@@ -660,6 +663,9 @@ pub enum Reason {
     PortNotAllowed = 10,
     /// A DNS query for a name no rule allows (`dns.queries = "allowed"`).
     QueryNotAllowed = 11,
+    /// Port 53 of an address that is not a trusted resolver (`dns.queries = "allowed"`: an
+    /// `allow_cidrs` range or loopback does not open DNS to any server).
+    ResolverNotTrusted = 12,
 }
 
 impl Reason {
@@ -676,6 +682,7 @@ impl Reason {
             9 => Some(Self::SocketType),
             10 => Some(Self::PortNotAllowed),
             11 => Some(Self::QueryNotAllowed),
+            12 => Some(Self::ResolverNotTrusted),
             _ => None,
         }
     }
@@ -694,6 +701,7 @@ impl Reason {
             Self::SocketType => "socket_type",
             Self::PortNotAllowed => "port_not_allowed",
             Self::QueryNotAllowed => "query_not_allowed",
+            Self::ResolverNotTrusted => "resolver_not_trusted",
         }
     }
 }
@@ -962,6 +970,7 @@ mod tests {
             Reason::SocketType,
             Reason::PortNotAllowed,
             Reason::QueryNotAllowed,
+            Reason::ResolverNotTrusted,
         ] {
             assert_eq!(Reason::from_u8(reason as u8), Some(reason));
         }

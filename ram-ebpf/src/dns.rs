@@ -66,7 +66,7 @@ pub fn dns_query_out(ctx: SkBuffContext) -> i32 {
     if packet.protocol != egress::IPPROTO_TCP && !egress::backstop_allows(&ctx, &packet) {
         return DROP;
     }
-    match track_query(&ctx) {
+    match track_query(&ctx, packet.protocol) {
         Query::Pass => PASS,
         Query::Refuse => DROP,
     }
@@ -140,11 +140,20 @@ fn dns_packet_or_none(
     let ports: [u8; 4] = ctx.load(l4).ok()?;
     let src_port = u16::from_be_bytes([ports[0], ports[1]]);
     let dst_port = u16::from_be_bytes([ports[2], ports[3]]);
-    let (resolver, resolver_port, client_port) = if outgoing {
+    let (mut resolver, resolver_port, client_port) = if outgoing {
         (dst, dst_port, src_port)
     } else {
         (src, src_port, dst_port)
     };
+    // A query of a socket connected to a resolver goes to the address the gate judged, which
+    // NAT may have changed before this program (kube-proxy's DNAT of a service address to a
+    // pod's): the query is the resolver's, and its answer comes back from it.
+    if outgoing {
+        let (peer, peer_port) = egress::socket_peer(ctx);
+        if peer_port == DNS_PORT {
+            resolver = peer;
+        }
+    }
     // A query to a loopback resolver may leave with another port: Docker's embedded DNS
     // (127.0.0.11) is reached through a DNAT rule to the port dockerd really listens on, which
     // runs before this program. The gate judged the socket's own destination (port 53), and
@@ -231,7 +240,7 @@ fn source_port(ctx: &SkBuffContext) -> Option<u16> {
             let header: [u8; 40] = ctx.load(0).ok()?;
             // An extension header (a raw socket's fragment header, say) would hide the ports
             // from this check but not from the receiver, which reassembles: taken as port 53.
-            if is_ipv6_extension(header[6]) {
+            if egress::is_ipv6_extension(header[6]) {
                 return Some(DNS_PORT);
             }
             (header[6], 40)
@@ -242,13 +251,6 @@ fn source_port(ctx: &SkBuffContext) -> Option<u16> {
         return None;
     }
     Some(u16::from_be(ctx.load::<u16>(l4).ok()?))
-}
-
-/// IPv6 extension headers that may come before a transport header (hop-by-hop, routing,
-/// fragment, ESP, AH, destination options, mobility, HIP, shim6).
-#[inline(always)]
-fn is_ipv6_extension(next_header: u8) -> bool {
-    matches!(next_header, 0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140)
 }
 
 /// Records where the first message of a DNS-over-TCP connection starts in one direction: the
@@ -333,7 +335,9 @@ fn tcp_message_at_boundary(
             (*stream).next_in = next;
         }
     }
-    if msg_len + 2 > segment_len {
+    // A query must be alone in its segment: bytes after it would be messages of their own to
+    // the resolver, never read here.
+    if msg_len + 2 > segment_len || (outgoing && msg_len + 2 != segment_len) {
         count(Counter::DnsTcpSplit);
         return None;
     }
@@ -397,6 +401,7 @@ fn copy_message(ctx: &SkBuffContext, packet: &DnsPacket, scratch: &mut DnsScratc
 /// Whether the packet's socket may be talking DNS: true unless it is connected to a port other
 /// than 53. A plain read of the context, so that every other connection's packets (the bulk
 /// of the traffic: registry downloads) leave these programs at once, before any helper call.
+/// Not for UDP leaving: a connected UDP socket may still `sendto` another address.
 #[inline(always)]
 fn may_be_dns_socket(ctx: &SkBuffContext) -> bool {
     // The socket's peer port, in network byte order in the upper 16 bits; 0 if unconnected.
@@ -411,8 +416,9 @@ fn may_be_dns_socket(ctx: &SkBuffContext) -> bool {
 fn dns_socket_packet(
     ctx: &SkBuffContext,
     outgoing: bool,
+    udp_out: bool,
 ) -> Option<(u64, DnsSocket, Result<DnsPacket, Skip>)> {
-    if !may_be_dns_socket(ctx) {
+    if !udp_out && !may_be_dns_socket(ctx) {
         return None;
     }
     // SAFETY: the program's context, the __sk_buff the skb form of the helper takes.
@@ -431,24 +437,38 @@ enum Query {
 }
 
 #[inline(always)]
-fn track_query(ctx: &SkBuffContext) -> Query {
-    let Some((cookie, socket, packet)) = dns_socket_packet(ctx, true) else {
+fn track_query(ctx: &SkBuffContext, protocol: u8) -> Query {
+    let udp = protocol == IPPROTO_UDP;
+    let Some((cookie, socket, packet)) = dns_socket_packet(ctx, true, udp) else {
         return Query::Pass;
     };
     let Some(policy) = Policy::in_force() else {
         return Query::Refuse;
     };
     let strict = policy.config.flags & FLAG_QUERIES_ALLOWED != 0;
+    // UDP segmentation offload: one send the kernel cuts into many datagrams, each a query
+    // of its own to the resolver, of which only the first would be read here.
+    // SAFETY: the program's __sk_buff; one 4-byte load of a field every skb program may read.
+    let segments = unsafe { core::ptr::read_volatile(&raw const (*ctx.skb.skb).gso_segs) };
+    let packet = match packet {
+        Ok(_) if udp && segments > 1 => Err(Skip::Unreadable),
+        other => other,
+    };
     let packet = match packet {
         Ok(packet) => packet,
         Err(Skip::NotDns) => return Query::Pass,
         Err(Skip::Unreadable) if strict => return refuse_unreadable(),
         Err(Skip::Unreadable) => return Query::Pass,
     };
-    // A DNS socket writing to port 53 elsewhere than a trusted resolver: a destination the
-    // gates allowed by prefix, trusted as such.
+    // A DNS socket writing to port 53 elsewhere than a trusted resolver: under
+    // `dns.queries = "allowed"` the gates let port 53 reach trusted resolvers only, so this is
+    // a destination changed after them (NAT of an unconnected socket's send): not let out.
     if policy.resolver_for(&socket, packet.resolver).is_none() {
-        return Query::Pass;
+        return if strict {
+            refuse_unreadable()
+        } else {
+            Query::Pass
+        };
     }
     let Some(scratch) = take_scratch(SCRATCH_EGRESS) else {
         return if strict {
@@ -666,10 +686,11 @@ fn query_allowed(policy: &Policy, scratch: &mut DnsScratch) -> bool {
             let found = unsafe {
                 let at = base.add(dot - 3);
                 core::ptr::write_unaligned(at.cast::<u32>(), candidate_len * 8);
-                policy.name(&*at.cast::<NameLpmKey>()).is_some()
+                policy.name(&*at.cast::<NameLpmKey>())
             };
-            if found {
-                return search_domain_accepted(scratch.query.cgroup_id, suffix_hash);
+            if let Some(rule) = found {
+                let exact = rule.wildcard == 0;
+                return search_domain_accepted(scratch.query.cgroup_id, suffix_hash, exact);
             }
         }
         k += 1;
@@ -677,14 +698,17 @@ fn query_allowed(policy: &Policy, scratch: &mut DnsScratch) -> bool {
     false
 }
 
-/// A search domain the daemon was told of, or one this cgroup has used before, or a new one
-/// while its budget lasts (counted and remembered).
+/// A search domain the daemon was told of; or, after an exact name (`exact`), one this cgroup
+/// has used before, or a new one while its budget lasts (counted and remembered).
 #[inline(always)]
-fn search_domain_accepted(cgroup_id: u64, suffix_hash: u64) -> bool {
+fn search_domain_accepted(cgroup_id: u64, suffix_hash: u64, exact: bool) -> bool {
     // SAFETY: only presence is used.
     if unsafe { SEARCH_DOMAINS.get(suffix_hash) }.is_some() {
         count(Counter::SearchSuffixAllowed);
         return true;
+    }
+    if !exact {
+        return false;
     }
     let used_key = SearchKey {
         cgroup_id,
@@ -715,7 +739,7 @@ fn search_domain_accepted(cgroup_id: u64, suffix_hash: u64) -> bool {
 #[inline(always)]
 fn learn_from_answer(ctx: &SkBuffContext) -> Option<()> {
     // Answers count only from a trusted resolver.
-    let (cookie, socket, packet) = dns_socket_packet(ctx, false)?;
+    let (cookie, socket, packet) = dns_socket_packet(ctx, false, false)?;
     let packet = packet.ok()?;
     let policy = Policy::in_force()?;
     let Some(resolver) = policy.resolver_for(&socket, packet.resolver) else {
@@ -926,6 +950,7 @@ fn learn(
         // unless that needs more slots than there are (then this answer's rule's).
         if !new
             && existing.rule_id != learning.rule_id
+            && rule_in_slot(learning.slot, existing.rule_id)
             && let Some(merged) = merge_ports(&existing.ports, &learning.ports)
         {
             ports = merged;
@@ -943,6 +968,19 @@ fn learn(
         Ok(()) => Ok(new),
         Err(err) => Err(err == -E2BIG),
     }
+}
+
+/// Whether the policy in slot `slot` still has the rule `rule_id` (a dropped rule's ports are
+/// not merged into a new answer's).
+#[inline(always)]
+fn rule_in_slot(slot: u32, rule_id: u64) -> bool {
+    let map = if slot & 1 == 0 {
+        &crate::RULE_IDS_0
+    } else {
+        &crate::RULE_IDS_1
+    };
+    // SAFETY: only presence is used.
+    unsafe { map.get(rule_id) }.is_some()
 }
 
 #[inline(always)]

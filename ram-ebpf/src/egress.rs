@@ -36,13 +36,13 @@ const AF_INET: u32 = 2;
 pub(crate) const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const IPV6_HOP_BY_HOP: u8 = 0;
-const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
 const DNS_PORT: u16 = 53;
 
 /// What the backstop needs from an outgoing packet's IP header, read with one load.
 pub(crate) struct Outgoing {
-    /// IPv4 options (a source route among them) or an IPv6 routing header: the packet would go
-    /// elsewhere than the address the gates judged.
+    /// IPv4 options (a source route among them) or IPv6 extension headers that could hold or
+    /// hide a routing header: the packet would go elsewhere than the address the gates judged.
     pub(crate) carries_a_route: bool,
     /// IPPROTO_* of the transport header (IPv6: the first next-header value).
     pub(crate) protocol: u8,
@@ -69,10 +69,16 @@ pub(crate) fn outgoing(ctx: &SkBuffContext) -> Option<Outgoing> {
                 None => ctx.load(0).ok()?,
             };
             let next = header[6];
-            // The hop-by-hop header's own next header is its first byte.
-            let route = next == IPV6_ROUTING
-                || (next == IPV6_HOP_BY_HOP
-                    && ctx.load::<u8>(40).is_ok_and(|after| after == IPV6_ROUTING));
+            // A routing header may hide behind destination options or hop-by-hop options
+            // (which a sender sets as control messages): any extension header before the
+            // transport header is refused but a fragment header (large UDP datagrams; a
+            // routing header always comes before it) and the hop-by-hop jumbo header of
+            // BIG TCP (followed by TCP, whose sockets cannot set options).
+            let route = match next {
+                IPV6_HOP_BY_HOP => !ctx.load::<u8>(40).is_ok_and(|after| after == IPPROTO_TCP),
+                IPV6_FRAGMENT => false,
+                other => is_ipv6_extension(other),
+            };
             let mut destination = [0u8; 16];
             destination.copy_from_slice(&header[24..40]);
             Some(Outgoing {
@@ -107,6 +113,13 @@ fn direct<const N: usize>(ctx: &SkBuffContext) -> Option<[u8; N]> {
     Some(unsafe { core::ptr::read_unaligned(data as *const [u8; N]) })
 }
 
+/// IPv6 extension headers that may come before a transport header (hop-by-hop, routing,
+/// fragment, ESP, AH, destination options, mobility, HIP, shim6).
+#[inline(always)]
+pub(crate) fn is_ipv6_extension(next_header: u8) -> bool {
+    matches!(next_header, 0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140)
+}
+
 /// Whether the packet may leave (see the module's documentation). TCP never gets here.
 #[inline(always)]
 pub(crate) fn backstop_allows(ctx: &SkBuffContext, packet: &Outgoing) -> bool {
@@ -117,13 +130,12 @@ pub(crate) fn backstop_allows(ctx: &SkBuffContext, packet: &Outgoing) -> bool {
     }
 }
 
+/// The packet's socket's peer (address and port, host byte order; port 0 if unconnected): what
+/// the application connected to, before any NAT.
 #[inline(always)]
-fn connected_udp_allowed(ctx: &SkBuffContext) -> bool {
+pub(crate) fn socket_peer(ctx: &SkBuffContext) -> (Addr16, u16) {
     // The socket's peer port, network byte order in the upper 16 bits; 0 if unconnected.
     let port = u32::from_be(ctx.skb.remote_port()) as u16;
-    if port == 0 {
-        return true;
-    }
     // Every field read whatever the family, each with its own load: the verifier refuses
     // a context load through a pointer the compiler computed for both branches.
     let skb = ctx.skb.skb;
@@ -146,6 +158,15 @@ fn connected_udp_allowed(ctx: &SkBuffContext) -> bool {
     } else {
         crate::gate::words_to_addr(words)
     };
+    (addr, port)
+}
+
+#[inline(always)]
+fn connected_udp_allowed(ctx: &SkBuffContext) -> bool {
+    let (addr, port) = socket_peer(ctx);
+    if port == 0 {
+        return true;
+    }
     // SAFETY: the program's context, the __sk_buff the skb form of the helper takes.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast::<c_void>()) };
     // SAFETY: copied out at once; ConnectedDest is plain integers.

@@ -25,8 +25,8 @@ use aya_ebpf::{
 };
 use ram_common::{
     AUDIT_ALLOWED_ALL, AUDIT_ALLOWED_FIRST, Addr16, AuditSeenKey, BUILTIN_RULE, CidrRule,
-    ConnectedDest, Counter, DnsSocket, GateEvent, Hook, LearnedKey, Reason, ResolverRule,
-    ports_allow, v4_mapped,
+    ConnectedDest, Counter, DnsSocket, FLAG_QUERIES_ALLOWED, GateEvent, Hook, LearnedKey, Reason,
+    ResolverRule, ports_allow, v4_mapped,
 };
 
 use crate::{
@@ -236,6 +236,16 @@ fn judge(ctx: &SockAddrContext, addr: Addr16, port: u16, hook: Hook) -> i32 {
         }
         if policy.resolver(addr).is_some() {
             verdict.reason = Reason::UntrustedNetns;
+        } else if verdict.reason == Reason::NotLearned {
+            verdict.reason = Reason::ResolverNotTrusted;
+        }
+        // Under `dns.queries = "allowed"`, DNS goes to trusted resolvers only, where queries
+        // are judged: a prefix or loopback rule does not open port 53 to any server (a local
+        // resolver of one's own would answer anything).
+        if policy.config.flags & FLAG_QUERIES_ALLOWED != 0 {
+            count(Counter::Denied);
+            report(&verdict, 0);
+            return DENY;
         }
     }
 

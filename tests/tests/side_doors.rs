@@ -272,6 +272,12 @@ fn a_learned_address_is_allowed_on_its_rules_ports_only() {
         "ok"
     );
 
+    // `ram check` and `ram learned` say which ports.
+    let check = daemon.ram(&["check", "registry.test"]).unwrap();
+    assert!(check.contains("ports 443, 80"), "{check}");
+    let learned = daemon.ram(&["learned"]).unwrap();
+    assert!(learned.contains("ports 443, 80"), "{learned}");
+
     let far_side = Acceptor::new(&net, 2222);
     assert_eq!(probe_in(&cgroup, "tcp-connect", &b(), 2222).result, "EPERM");
     let accepted = far_side.accepted();
@@ -385,4 +391,113 @@ fn the_backstop_stops_a_udp_socket_connected_before_enforcement() {
     assert_eq!(line.trim(), "EPERM", "nothing left, so nothing echoed");
     drop(stdin);
     let _ = client.wait();
+}
+
+/// DNS queries built by hand and sent in ways a resolver library would not: `argv[1]` is the
+/// resolver, `argv[2]` the way, the rest names. Prints `result` (`sent`, `answer`, or the
+/// errno's name).
+const CRAFTED_QUERIES: &str = r#"
+import errno, socket, struct, sys, time
+resolver, way, names = sys.argv[1], sys.argv[2], sys.argv[3:]
+def query(txid, name):
+    wire = b"".join(bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\0"
+    return struct.pack("!HHHHHH", txid, 0x0100, 1, 0, 0, 0) + wire + struct.pack("!HH", 1, 1)
+try:
+    if way == "gso":
+        # One send the kernel cuts into 512-byte datagrams: each a query of its own.
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.connect((resolver, 53))
+        chunks = [query(i + 1, n).ljust(512, b"\0") for i, n in enumerate(names)]
+        s.sendmsg([b"".join(chunks)], [(socket.SOL_UDP, 103, struct.pack("H", 512))])
+    elif way == "connected-elsewhere":
+        # Connected to an allowed address, then sends to the resolver with sendto.
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.connect((names[0], 9))
+        for i, n in enumerate(names[1:]):
+            s.sendto(query(i + 1, n), (resolver, 53))
+            time.sleep(0.2)
+    elif way == "tcp-two":
+        # Two queries in one write, one segment: an allowed one and another.
+        s = socket.create_connection((resolver, 53), timeout=2)
+        data = b"".join(struct.pack("!H", len(q)) + q for q in (query(1, names[0]), query(2, names[1])))
+        s.sendall(data)
+        s.settimeout(2)
+        s.recv(2)
+    print("sent")
+except socket.timeout:
+    print("timeout")
+except OSError as e:
+    print(errno.errorcode.get(e.errno, str(e.errno)))
+"#;
+
+fn crafted(cgroup: &TestCgroup, way: &str, names: &[&str]) -> String {
+    let output = cgroup
+        .command("python3")
+        .args(["-c", CRAFTED_QUERIES, &a(), way])
+        .args(names)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// Queries smuggled past the name check: behind an allowed one in a UDP GSO send, or in the
+/// same TCP segment, or from a UDP socket connected elsewhere. None reaches the resolver.
+#[test]
+fn queries_cannot_be_smuggled_past_the_name_check() {
+    let net = TestNet::new();
+    let dir = TempDir::new();
+    let (_dns, log) = dnsmasq_logging(&net, &dir);
+    let cgroup = TestCgroup::new();
+    let text = policy(&["registry.test"], &format!("allow_cidrs = [\"{}\"]", b()));
+    let _daemon = Daemon::start(&text, &[cgroup.path()]).unwrap();
+
+    let gso = crafted(&cgroup, "gso", &["registry.test", "gso.exfil.test"]);
+    assert_eq!(gso, "EPERM", "a segmented send is not let out");
+    let elsewhere = crafted(
+        &cgroup,
+        "connected-elsewhere",
+        &[&b(), "registry.test", "elsewhere.exfil.test"],
+    );
+    assert_eq!(elsewhere, "EPERM", "{elsewhere}");
+    let _ = crafted(&cgroup, "tcp-two", &["registry.test", "tcp.exfil.test"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let seen = queries_seen(&log);
+    assert!(
+        seen.contains("registry.test"),
+        "the allowed query arrives: {seen}"
+    );
+    assert!(!seen.contains("exfil"), "a smuggled query arrived: {seen}");
+}
+
+/// Port 53 of anything but a trusted resolver is refused, even where a prefix rule allows the
+/// address (a resolver of one's own would answer anything), and a wildcard name gets no
+/// search domain the daemon was not told of.
+#[test]
+fn dns_goes_to_trusted_resolvers_only_and_wildcards_get_known_search_domains_only() {
+    let net = TestNet::new();
+    let dir = TempDir::new();
+    let (_dns, log) = dnsmasq_logging(&net, &dir);
+    let cgroup = TestCgroup::new();
+    let text = policy(
+        &["registry.test", "*.wild.test"],
+        &format!("allow_cidrs = [\"{}\"]", b()),
+    ) + "search_domains = [\"corp.test\"]\n";
+    let daemon = Daemon::start(&text, &[cgroup.path()]).unwrap();
+    assert_eq!(probe_in(&cgroup, "udp-sendto", &b(), 53).result, "EPERM");
+    assert_eq!(probe_in(&cgroup, "tcp-connect", &b(), 53).result, "EPERM");
+    assert!(
+        daemon
+            .audit_records()
+            .iter()
+            .any(|r| r["reason"] == "resolver_not_trusted" && r["dst_port"] == 53),
+        "{:?}",
+        daemon.audit_records()
+    );
+    // The wildcard's own labels could carry anything: only known search domains follow it.
+    let _ = dig(&cgroup, "data.wild.test.corp.test");
+    let _ = dig(&cgroup, "secret.wild.test.x.exfil.test");
+    std::thread::sleep(Duration::from_millis(300));
+    let seen = queries_seen(&log);
+    assert!(seen.contains("data.wild.test.corp.test"), "{seen}");
+    assert!(!seen.contains("exfil"), "{seen}");
 }

@@ -3,6 +3,9 @@
 # cgroup, and reports on the serial console in lines starting with RAM-MATRIX, then powers off.
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 mkdir -p /sys/fs/cgroup /sys/fs/bpf; mount -t cgroup2 none /sys/fs/cgroup; mount -t bpf bpf /sys/fs/bpf
+# As systemd does: the active LSMs (is the BPF LSM among them?) are read from securityfs.
+mount -t securityfs securityfs /sys/kernel/security 2>/dev/null
+echo "RAM-MATRIX families LSMs: $(cat /sys/kernel/security/lsm 2>/dev/null)"
 ip link set lo up
 # Debian's SCTP, DCCP and L2TP/IP modules, with what they need (xtask matrix adds them per
 # kernel, numbered in load order); a module this kernel cannot load is reported as missing.

@@ -17,14 +17,19 @@ pub fn run(run_dir: &Path, json: bool) -> Result<()> {
         println!("no learned addresses");
     }
     for entry in &entries {
+        let mut ports = [0u16; 4];
+        for (slot, port) in ports.iter_mut().zip(&entry.ports) {
+            *slot = *port;
+        }
         println!(
-            "{:<40} {:<28} {:<30} expires in {} s (rule `{}`)",
+            "{:<40} {:<28} {:<30} {}, expires in {} s (rule `{}`)",
             entry.hostname.as_deref().unwrap_or("?"),
             entry.addr,
             entry
                 .cgroup
                 .clone()
                 .unwrap_or_else(|| format!("cgroup id {}", entry.cgroup_id)),
+            ram::compile::ports_text(&ports),
             entry.expires_in_s,
             entry.rule.as_deref().unwrap_or("?")
         );

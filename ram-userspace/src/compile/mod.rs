@@ -196,7 +196,7 @@ impl CompiledPolicy {
                     prefix_len,
                     rule: NameRule {
                         rule_index: index as u32,
-                        _reserved: 0,
+                        wildcard: u32::from(host.wildcard),
                         rule_id: id,
                         ports,
                     },

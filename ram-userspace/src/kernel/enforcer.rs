@@ -10,13 +10,14 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 use ram_common::{
-    Addr16, BUILTIN_RULE, CONTAINER_RESOLVER_RULE_ID, CidrRule, Counter, LearnedAddr, LearnedKey,
-    NameRule, NetnsResolverKey, PolicyConfig, ResolverRule,
+    Addr16, BUILTIN_RULE, CONTAINER_RESOLVER_RULE_ID, CidrRule, ConnectedDest, Counter,
+    LearnedAddr, LearnedKey, NameRule, NetnsResolverKey, PolicyConfig, ResolverRule,
     dns::{NAME_BUF, suffix_hash},
     maps::{
-        ALLOWED_CIDRS, ALLOWED_CIDRS_MAX, ALLOWED_NAMES, ALLOWED_NAMES_MAX, COUNTERS, DNS_EVENTS,
-        GATE_EVENTS, LEARNED, LEARNED_MAX, NETNS_RESOLVERS, NETNS_RESOLVERS_MAX, POLICY_CONFIG,
-        POLICY_SLOT, RESOLVERS, RESOLVERS_MAX, RULE_IDS, SEARCH_DOMAINS, SEARCH_DOMAINS_MAX,
+        ALLOWED_CIDRS, ALLOWED_CIDRS_MAX, ALLOWED_NAMES, ALLOWED_NAMES_MAX, CONNECTED_UDP,
+        COUNTERS, DNS_EVENTS, GATE_EVENTS, LEARNED, LEARNED_MAX, NETNS_RESOLVERS,
+        NETNS_RESOLVERS_MAX, POLICY_CONFIG, POLICY_SLOT, RESOLVERS, RESOLVERS_MAX, RULE_IDS,
+        SEARCH_DOMAINS, SEARCH_DOMAINS_MAX,
     },
 };
 
@@ -196,6 +197,7 @@ impl Enforcer {
         self.kept_resolvers = resolvers_kept;
         let cap = sys::boottime_ns() + policy.config.max_ttl_ns + policy.config.grace_ns;
         let learned_dropped = self.forget_learned(cap);
+        self.forget_connected();
         Ok(ApplyReport {
             slot: next,
             learned_dropped,
@@ -334,7 +336,24 @@ impl Enforcer {
         if let Some(source) = removal.first_error {
             return Err(map_error(LEARNED, source));
         }
+        self.forget_connected();
         Ok((removal.done, total - removal.done))
+    }
+
+    /// Empties `CONNECTED_UDP`: the backstop then judges each connected UDP or ping socket's
+    /// next packet in full again, under the policy in force and what is learned now (a
+    /// socket's note would otherwise outlive the address's expiry or a policy change).
+    /// Failures are logged: the notes only spare lookups.
+    fn forget_connected(&mut self) {
+        let Ok(mut connected) =
+            typed_map::<HashMap<_, u64, ConnectedDest>>(&mut self.ebpf, CONNECTED_UDP)
+        else {
+            return;
+        };
+        let keys: Vec<u64> = connected.keys().filter_map(Result::ok).collect();
+        if let Some(err) = remove_keys(&mut connected, &keys).first_error {
+            log::debug!("emptying {CONNECTED_UDP}: {err}");
+        }
     }
 
     /// Makes `NETNS_RESOLVERS` hold exactly `wanted` (network namespace cookie, resolver) by

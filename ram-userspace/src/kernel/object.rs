@@ -235,7 +235,8 @@ fn load_family_gate(ebpf: &mut Ebpf) {
         Ok(()) => {
             FAMILY_GATE_LOADED.store(true, Ordering::Relaxed);
             log::info!(
-                "socket families: packet sockets and other families than Unix, netlink, IPv4                  and IPv6 are refused in enforced cgroups (BPF LSM)"
+                "socket families: packet sockets and other families than Unix, netlink, IPv4 \
+                 and IPv6 are refused in enforced cgroups (BPF LSM)"
             );
         }
         Err(why) => log::warn!(
@@ -270,6 +271,7 @@ pub(super) fn program_fd(ebpf: &Ebpf, name: &'static str) -> Result<OwnedFd, Enf
         Program::CgroupSockAddr(p) => p.fd(),
         Program::CgroupSock(p) => p.fd(),
         Program::CgroupSockopt(p) => p.fd(),
+        Program::LsmCgroup(p) => p.fd(),
         _ => return Err(EnforceError::MissingProgram { program: name }),
     }
     .map_err(|source| EnforceError::Program {

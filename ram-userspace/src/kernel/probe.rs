@@ -319,7 +319,8 @@ pub fn bpf_lsm_cgroup() -> Result<(), String> {
         return Err(format!("Linux {release} has no cgroup LSM programs (6.0+)"));
     }
     let active = active_lsms().ok_or_else(|| {
-        "the active LSMs are unknown (no lsm= boot option, securityfs not mounted, no kernel          configuration in /boot or /proc/config.gz)"
+        "the active LSMs are unknown (no lsm= boot option, securityfs not mounted, no kernel \
+         configuration in /boot or /proc/config.gz)"
             .to_owned()
     })?;
     if active.split(',').any(|lsm| lsm.trim() == "bpf") {

@@ -111,6 +111,9 @@ pub struct LearnedEntry {
     pub rule: Option<String>,
     pub expires: String,
     pub expires_in_s: u64,
+    /// The ports the address is allowed on (empty: every port).
+    #[serde(default)]
+    pub ports: Vec<u16>,
 }
 
 /// The daemon's answer to any request.

@@ -149,6 +149,7 @@ impl Daemon {
                     rule: self.enforcement.rules.text(value.rule_id),
                     expires: self.auditor.wall_time(value.expires_ns),
                     expires_in_s: (value.expires_ns - now) / 1_000_000_000,
+                    ports: value.ports.iter().copied().filter(|p| *p != 0).collect(),
                 }
             })
             .collect();
