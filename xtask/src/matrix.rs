@@ -88,6 +88,10 @@ pub fn run() -> Result<()> {
                     for line in &report.errors {
                         println!("    {line}");
                     }
+                    println!("    console, last lines:");
+                    for line in &report.tail {
+                        println!("      {line}");
+                    }
                 }
             }
             Err(err) => {
@@ -117,6 +121,10 @@ struct Report {
     protocols: Vec<(String, String, String)>,
     /// The daemon's line on socket families (BPF LSM: packet sockets refused or not).
     families: String,
+    /// The console's last lines, shown when the scenario did not finish (a kernel oops, say).
+    tail: Vec<String>,
+    /// The init script reached its end (`RAM-MATRIX done`).
+    done: bool,
 }
 
 /// The enforcement scenario of `xtask/matrix/init.sh`: each step and what passes.
@@ -278,13 +286,17 @@ fn boot(dir: &Path, pool_path: &str, initrd: &Path) -> Result<Report> {
         })
         .context("no vmlinuz in the kernel package")?;
     // Software emulation sometimes crashes a kernel in early boot (seen with 6.12 under TCG:
-    // a fault in an interrupt before init runs). That says nothing about ram, so such a boot
-    // is retried, at most three times in all, and said.
+    // a fault in an interrupt before init runs), or stops a VM midway. That says nothing about
+    // ram, so such a boot is retried, at most three times in all, and said; the last one's
+    // report is kept when none finishes.
     let mut failures = Vec::new();
+    let mut partial = None;
     for _ in 0..3 {
         let console = run_vm(&vmlinuz, initrd)?;
         let report = parse_console(&console);
-        if !report.kernel.is_empty() {
+        // A VM that stopped reporting midway (seen once with 6.12 under TCG) is retried like
+        // one that never booted; a scenario that ran to its end is reported as it is.
+        if !report.kernel.is_empty() && report.done {
             if !failures.is_empty() {
                 eprintln!(
                     "xtask matrix: {} booted after {} emulation failure(s)",
@@ -296,6 +308,12 @@ fn boot(dir: &Path, pool_path: &str, initrd: &Path) -> Result<Report> {
         }
         let tail: Vec<&str> = console.lines().rev().take(15).collect();
         failures.push(tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+        if !report.kernel.is_empty() {
+            partial = Some(report);
+        }
+    }
+    if let Some(report) = partial {
+        return Ok(report);
     }
     bail!(
         "the VM never reached ram's init in 3 boots of at most {VM_SECONDS} s; the last \
@@ -386,6 +404,11 @@ fn run_vm(vmlinuz: &Path, initrd: &Path) -> Result<String> {
 
 fn parse_console(console: &str) -> Report {
     let mut report = Report::default();
+    let lines: Vec<&str> = console.lines().collect();
+    report.tail = lines[lines.len().saturating_sub(25)..]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     for line in console.lines() {
         let Some(rest) = line.split("RAM-MATRIX ").nth(1) else {
             continue;
@@ -399,6 +422,8 @@ fn parse_console(console: &str) -> Report {
             report.probe.push(probe.to_owned());
         } else if rest == "attached" {
             report.attached = true;
+        } else if rest == "done" {
+            report.done = true;
         } else if let Some(error) = rest.strip_prefix("error ") {
             report.errors.push(error.to_owned());
         } else if let Some(audit) = rest.strip_prefix("audit ") {
