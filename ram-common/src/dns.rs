@@ -618,6 +618,7 @@ pub fn never_learned(addr: &Addr16) -> bool {
             || a == 127                     // loopback
             || (a == 169 && b == 254)       // link-local (cloud metadata)
             || (224..=239).contains(&a)     // multicast
+            || addr[12..] == [100, 100, 100, 200] // Alibaba Cloud's metadata service
             || addr[12..] == [255, 255, 255, 255]; // broadcast
     }
     prefix.iter().all(|&byte| byte == 0)                 // ::/96: ::, ::1, IPv4-compatible
@@ -1006,6 +1007,10 @@ mod tests {
             "NAT64 of 198.51.100.2"
         );
         assert!(!never_learned(&v6("fd00:ec2::253")));
+        assert!(
+            never_learned(&v4([100, 100, 100, 200])),
+            "Alibaba Cloud metadata"
+        );
         assert!(!never_learned(&v4([198, 51, 100, 2])));
         assert!(!never_learned(&v4([10, 0, 0, 1])));
         let mut global = [0; 16];
