@@ -111,6 +111,11 @@ fn only_tcp_and_udp_sockets_can_be_made() {
         .lines
         .iter()
         .any(|line| line.contains("socket families: packet sockets and other families"));
+    assert_eq!(
+        daemon.status()["socket_families_refused"],
+        families_refused,
+        "ram status says the same"
+    );
     for ((name, out), (_, within)) in outside.iter().zip(&inside) {
         match (name.as_str(), out.as_str()) {
             ("tcp" | "udp", _) => assert_eq!(within, "ok", "{name}: {inside:?}"),

@@ -53,6 +53,14 @@ pub fn run(run_dir: &Path, json: bool) -> Result<()> {
     if let Some(rejected) = &policy.rejected {
         println!("  LAST CHANGE REJECTED (the policy above stays in force): {rejected}");
     }
+    println!(
+        "socket families: {}",
+        if status.socket_families_refused {
+            "packet sockets and families other than Unix, netlink, IPv4 and IPv6 refused (BPF LSM)"
+        } else {
+            "packet sockets NOT refused on this kernel (no BPF LSM; see docs/limits.md)"
+        }
+    );
     if !status.container_networks.is_empty() || status.container_networks_unreadable > 0 {
         println!(
             "container networks trusted for DNS ({} unreadable so far):",

@@ -26,6 +26,6 @@ pub use enforcer::{ApplyReport, Enforcer, OpenReport};
 pub use error::{EnforceError, RefillStep};
 pub use object::{
     ANSWER_RR, GATES, Gate, SNOOPERS, SOCKET_GATE, SOCKOPT_GATE, Snooper, attached_programs,
-    program_names,
+    family_gate_loaded, program_names,
 };
 pub use pins::{DEFAULT_PIN_DIR, PinDir, Removed, uninstall};

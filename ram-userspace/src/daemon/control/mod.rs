@@ -50,6 +50,10 @@ pub struct Status {
     /// Containers whose network could not be read (their DNS stays refused), each counted once.
     #[serde(default)]
     pub container_networks_unreadable: u64,
+    /// Packet sockets and the other families refused (`family_gate`, where the kernel runs
+    /// BPF LSM programs).
+    #[serde(default)]
+    pub socket_families_refused: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

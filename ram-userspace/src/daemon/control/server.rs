@@ -130,6 +130,7 @@ impl Daemon {
             ],
             container_networks,
             container_networks_unreadable: enforcement.container_dns.unreadable,
+            socket_families_refused: crate::kernel::family_gate_loaded(),
         }
     }
 
