@@ -329,18 +329,25 @@ pub fn reversed_key(name: &Name, len: usize, key: &mut [u8; NAME_BUF]) -> usize 
 pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 pub const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
-/// FNV-1a of a search domain's text (lower case, no trailing dot) read from its last character
-/// to its first: the order in which `dns_query_out` meets it, scanning a question from its end
-/// (see `ram_common::maps::SEARCH_DOMAINS`). Never 0 for a non-empty suffix in practice; 0 is
-/// the count's key in `SEARCH_SUFFIXES`.
-pub fn suffix_hash(suffix: &[u8]) -> u64 {
-    let mut hash = FNV_OFFSET;
+/// FNV-1a, keyed by `seed` (`PolicyConfig::search_seed`, mixed into the offset basis), of a
+/// search domain's text (lower case, no trailing dot) read from its last character to its
+/// first: the order in which `dns_query_name` meets it, scanning a question from its end (see
+/// `ram_common::maps::SEARCH_DOMAINS`). Never 0 for a non-empty suffix in practice; 0 is the
+/// count's key in `SEARCH_SUFFIXES`.
+pub fn suffix_hash(seed: u64, suffix: &[u8]) -> u64 {
+    let mut hash = suffix_hash_start(seed);
     let mut i = suffix.len();
     while i > 0 {
         i -= 1;
         hash = suffix_hash_step(hash, suffix[i]);
     }
     hash
+}
+
+/// Where [`suffix_hash`] starts for `seed`.
+#[inline(always)]
+pub fn suffix_hash_start(seed: u64) -> u64 {
+    FNV_OFFSET ^ seed
 }
 
 /// One character of [`suffix_hash`].
@@ -1017,5 +1024,17 @@ mod tests {
         global[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
         global[15] = 2;
         assert!(!never_learned(&global));
+    }
+
+    #[test]
+    fn suffix_hashes_are_keyed() {
+        assert_ne!(suffix_hash(1, b"corp.test"), suffix_hash(2, b"corp.test"));
+        assert_eq!(suffix_hash(7, b"corp.test"), suffix_hash(7, b"corp.test"));
+        // Read from the end, as the kernel meets the characters.
+        let mut hash = suffix_hash_start(7);
+        for &byte in b"corp.test".iter().rev() {
+            hash = suffix_hash_step(hash, byte);
+        }
+        assert_eq!(hash, suffix_hash(7, b"corp.test"));
     }
 }

@@ -546,6 +546,10 @@ pub struct PolicyConfig {
     /// [`FLAG_QUERIES_ALLOWED`] | [`FLAG_PING`].
     pub flags: u32,
     pub allowed_window_ns: u64,
+    /// The key of [`dns::suffix_hash`], random, chosen by the daemon that made the maps and
+    /// kept by the next: without it, a search domain colliding with a known one could be
+    /// computed offline (FNV-1a can be run backwards).
+    pub search_seed: u64,
 }
 
 /// `dns.queries = "allowed"`: queries to trusted resolvers only for names the policy allows.

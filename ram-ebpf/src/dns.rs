@@ -148,17 +148,20 @@ fn dns_packet_or_none(
     // A query of a socket connected to a resolver goes to the address the gate judged, which
     // NAT may have changed before this program (kube-proxy's DNAT of a service address to a
     // pod's): the query is the resolver's, and its answer comes back from it.
+    let mut connected_to_dns = false;
     if outgoing {
         let (peer, peer_port) = egress::socket_peer(ctx);
         if peer_port == DNS_PORT {
             resolver = peer;
+            connected_to_dns = true;
         }
     }
-    // A query to a loopback resolver may leave with another port: Docker's embedded DNS
-    // (127.0.0.11) is reached through a DNAT rule to the port dockerd really listens on, which
-    // runs before this program. The gate judged the socket's own destination (port 53), and
-    // the answer must still come from port 53 (netfilter translates it back).
-    if resolver_port != DNS_PORT && !(outgoing && is_loopback(&resolver)) {
+    // A query may leave with another port: NAT of the socket's destination (Docker's
+    // embedded DNS at 127.0.0.11 is reached through a DNAT rule to the port dockerd really
+    // listens on; a cluster's DNS service may map 53 to 5353), which runs before this program.
+    // The gate judged the socket's own destination (port 53), and the answer must still come
+    // from port 53 (netfilter translates it back).
+    if resolver_port != DNS_PORT && !(outgoing && (connected_to_dns || is_loopback(&resolver))) {
         return Some(Err(Skip::NotDns));
     }
     let (msg_offset, msg_len) = match protocol {
@@ -170,12 +173,16 @@ fn dns_packet_or_none(
             // Ports (4), sequence number (4), acknowledgment (4), data offset, flags.
             let header: [u8; 14] = ctx.load(l4).ok()?;
             let seq = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
-            if header[13] & TCP_SYN != 0 {
-                start_tcp_stream(cookie, outgoing, seq);
-                return Some(Err(Skip::NotDns));
-            }
             let payload = l4 + ((header[12] >> 4) as usize) * 4;
             let segment_len = skb_len.checked_sub(payload)?;
+            if header[13] & TCP_SYN != 0 {
+                start_tcp_stream(cookie, outgoing, seq);
+                // Data in a SYN (TCP Fast Open) would be a query no one read.
+                if outgoing && segment_len > 0 {
+                    return None;
+                }
+                return Some(Err(Skip::NotDns));
+            }
             if segment_len == 0 {
                 return Some(Err(Skip::NotDns)); // ACK, FIN: no data
             }
@@ -625,7 +632,10 @@ fn query_allowed(policy: &Policy, scratch: &mut DnsScratch) -> bool {
     // block below).
     unsafe {
         core::ptr::write_volatile(&raw mut (*query).candidates, 0);
-        core::ptr::write_volatile(&raw mut (*query).scan_hash, dns::FNV_OFFSET);
+        core::ptr::write_volatile(
+            &raw mut (*query).scan_hash,
+            dns::suffix_hash_start(policy.config.search_seed),
+        );
     }
     let mut i = 0;
     // Bounded: one iteration per character of the name.

@@ -12,6 +12,8 @@
 //! - Unconnected UDP: every send ran `sendmsg4`/`sendmsg6`.
 //! - ICMP: only ping sockets can send it (`socket_gate` refuses raw sockets), and only when the
 //!   policy allows ping; their sends run no gate, so each packet's destination is judged.
+//! - Port 53, under `dns.queries = "allowed"`: only a trusted resolver, for a socket the gates
+//!   let through to one, as in the gates.
 
 use aya_ebpf::{
     cty::c_void,
@@ -19,7 +21,8 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use ram_common::{
-    Addr16, BUILTIN_RULE, ConnectedDest, Counter, FLAG_PING, Hook, Reason, v4_mapped,
+    Addr16, BUILTIN_RULE, ConnectedDest, Counter, FLAG_PING, FLAG_QUERIES_ALLOWED, Hook, Reason,
+    v4_mapped,
 };
 
 use crate::{
@@ -37,6 +40,8 @@ pub(crate) const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const IPV6_HOP_BY_HOP: u8 = 0;
 const IPV6_FRAGMENT: u8 = 44;
+const IPPROTO_ESP: u8 = 50;
+const IPPROTO_AH: u8 = 51;
 const DNS_PORT: u16 = 53;
 
 /// What the backstop needs from an outgoing packet's IP header, read with one load.
@@ -76,7 +81,9 @@ pub(crate) fn outgoing(ctx: &SkBuffContext) -> Option<Outgoing> {
             // BIG TCP (followed by TCP, whose sockets cannot set options).
             let route = match next {
                 IPV6_HOP_BY_HOP => !ctx.load::<u8>(40).is_ok_and(|after| after == IPPROTO_TCP),
-                IPV6_FRAGMENT => false,
+                // IPsec (ESP, AH) as the host's transforms make it: a routing header would
+                // come before these.
+                IPV6_FRAGMENT | IPPROTO_ESP | IPPROTO_AH => false,
                 other => is_ipv6_extension(other),
             };
             let mut destination = [0u8; 16];
@@ -221,6 +228,20 @@ fn judged_allowed(
         socket: SocketKind::NONE,
     };
     if let Some(policy) = Policy::in_force() {
+        let strict_dns = policy.config.flags & FLAG_QUERIES_ALLOWED != 0;
+        if port == DNS_PORT && strict_dns {
+            // As in the gates: port 53 reaches trusted resolvers only.
+            // SAFETY: copied out at once; DnsSocket is plain integers.
+            let trusted = unsafe { DNS_SOCKETS.get(cookie) }
+                .is_some_and(|socket| policy.resolver_for(socket, addr).is_some());
+            if !trusted {
+                verdict.reason = Reason::ResolverNotTrusted;
+                count(Counter::BackstopDropped);
+                report_with(&verdict, 0, &owner(ctx));
+                return false;
+            }
+            return true;
+        }
         match learned(&policy, cgroup_id, addr, port, protocol) {
             Learned::Allowed(..) => return true,
             Learned::OtherPort(rule_index, rule_id) => {
@@ -244,11 +265,16 @@ fn judged_allowed(
         }
     }
     count(Counter::BackstopDropped);
-    let owner = Task {
+    report_with(&verdict, 0, &owner(ctx));
+    false
+}
+
+/// Who a packet's denial is about: the socket's owner (no task helpers here, see `Task`).
+#[inline(always)]
+fn owner(ctx: &SkBuffContext) -> Task {
+    Task {
         pid_tgid: 0,
         uid_gid: ctx.get_socket_uid() as u64,
         comm: [0; 16],
-    };
-    report_with(&verdict, 0, &owner);
-    false
+    }
 }

@@ -190,27 +190,12 @@ fn judge(ctx: &SockAddrContext, addr: Addr16, port: u16, hook: Hook) -> i32 {
         return DENY;
     };
 
-    // Learned addresses first: a hash lookup, cheaper than the trie, and what registry
-    // traffic hits. The order changes no decision (any rule that allows, allows).
-    match learned(&policy, cgroup_id, addr, port, sock_addr.protocol) {
-        Learned::Allowed(rule_index, rule_id) => {
-            count(Counter::AllowedLearned);
-            verdict.reason = Reason::AllowedLearned;
-            verdict.rule_index = rule_index;
-            verdict.rule_id = rule_id;
-            report_allowed(&policy, &verdict);
-            return ALLOW;
-        }
-        Learned::OtherPort(rule_index, rule_id) => {
-            verdict.reason = Reason::PortNotAllowed;
-            verdict.rule_index = rule_index;
-            verdict.rule_id = rule_id;
-        }
-        Learned::Expired => verdict.reason = Reason::Expired,
-        Learned::No => {}
-    }
-
-    // Resolvers before the trie: hash lookups, and every DNS query passes here.
+    // Under `dns.queries = "allowed"`, DNS goes to trusted resolvers only, where queries are
+    // judged: no other rule (a learned address, a prefix, loopback) opens port 53, and a
+    // container network's resolver is not reachable on another port (Docker's embedded DNS
+    // listens on 127.0.0.11 on a port of its own, behind a DNAT from port 53). The host's own
+    // resolvers may share an address with other services (a dnsmasq on 127.0.0.1).
+    let strict_dns = policy.config.flags & FLAG_QUERIES_ALLOWED != 0;
     if port == DNS_PORT {
         if let Some((rule, container_netns)) = trusted_resolver(ctx, &policy, addr) {
             // Only answers to sockets recorded here are ever learned from (dns_snoop_in), and
@@ -234,19 +219,45 @@ fn judge(ctx: &SockAddrContext, addr: Addr16, port: u16, hook: Hook) -> i32 {
             report_allowed(&policy, &verdict);
             return ALLOW;
         }
-        if policy.resolver(addr).is_some() {
-            verdict.reason = Reason::UntrustedNetns;
-        } else if verdict.reason == Reason::NotLearned {
-            verdict.reason = Reason::ResolverNotTrusted;
-        }
-        // Under `dns.queries = "allowed"`, DNS goes to trusted resolvers only, where queries
-        // are judged: a prefix or loopback rule does not open port 53 to any server (a local
-        // resolver of one's own would answer anything).
-        if policy.config.flags & FLAG_QUERIES_ALLOWED != 0 {
+        verdict.reason = if policy.resolver(addr).is_some() {
+            Reason::UntrustedNetns
+        } else {
+            Reason::ResolverNotTrusted
+        };
+        if strict_dns {
             count(Counter::Denied);
             report(&verdict, 0);
             return DENY;
         }
+        verdict.reason = Reason::NotLearned;
+    } else if strict_dns
+        && trusted_resolver(ctx, &policy, addr)
+            .is_some_and(|(_, container_netns)| container_netns != 0)
+    {
+        verdict.reason = Reason::ResolverNotTrusted;
+        count(Counter::Denied);
+        report(&verdict, 0);
+        return DENY;
+    }
+
+    // Learned addresses: a hash lookup, cheaper than the trie, and what registry traffic
+    // hits. The order changes no decision (any rule that allows, allows).
+    match learned(&policy, cgroup_id, addr, port, sock_addr.protocol) {
+        Learned::Allowed(rule_index, rule_id) => {
+            count(Counter::AllowedLearned);
+            verdict.reason = Reason::AllowedLearned;
+            verdict.rule_index = rule_index;
+            verdict.rule_id = rule_id;
+            report_allowed(&policy, &verdict);
+            return ALLOW;
+        }
+        Learned::OtherPort(rule_index, rule_id) => {
+            verdict.reason = Reason::PortNotAllowed;
+            verdict.rule_index = rule_index;
+            verdict.rule_id = rule_id;
+        }
+        Learned::Expired => verdict.reason = Reason::Expired,
+        Learned::No => {}
     }
 
     if let Some(rule) = cidr(&policy, addr, port) {

@@ -126,18 +126,14 @@ pub fn family_gate(ctx: LsmContext) -> i32 {
 const SOL_IP: i32 = 0;
 const IP_OPTIONS: i32 = 4;
 const SOL_IPV6: i32 = 41;
-/// IPv6 options that add extension headers to every packet: a routing header, or options
-/// headers it could hide behind (RFC 2292's numbers too, which Linux still accepts).
-const IPV6_EXTENSION_OPTIONS: [i32; 8] = [
-    3,  // IPV6_2292HOPOPTS
-    4,  // IPV6_2292DSTOPTS
-    5,  // IPV6_2292RTHDR
-    6,  // IPV6_2292PKTOPTIONS (sets all of them at once)
-    54, // IPV6_HOPOPTS
-    55, // IPV6_RTHDRDSTOPTS
-    57, // IPV6_RTHDR
-    59, // IPV6_DSTOPTS
-];
+/// IPv6 options that add extension headers to every packet a socket sends: a routing header,
+/// or options headers it could hide behind. (RFC 2292's 3, 4 and 5 only ask to receive
+/// headers; its `IPV6_2292PKTOPTIONS`, 6, sets them all.)
+const IPV6_2292PKTOPTIONS: i32 = 6;
+const IPV6_HOPOPTS: i32 = 54;
+const IPV6_RTHDRDSTOPTS: i32 = 55;
+const IPV6_RTHDR: i32 = 57;
+const IPV6_DSTOPTS: i32 = 59;
 
 #[cgroup_sockopt(setsockopt)]
 pub fn sockopt_gate(ctx: SockoptContext) -> i32 {
@@ -146,15 +142,14 @@ pub fn sockopt_gate(ctx: SockoptContext) -> i32 {
     let sockopt = unsafe { &*ctx.sockopt };
     let (level, optname) = (sockopt.level, sockopt.optname);
     // Clearing the options (an empty value) stays allowed.
+    // Clearing one (an empty value) stays allowed, as for IP_OPTIONS.
     let ipv6_extension = level == SOL_IPV6
-        && (optname == IPV6_EXTENSION_OPTIONS[0]
-            || optname == IPV6_EXTENSION_OPTIONS[1]
-            || optname == IPV6_EXTENSION_OPTIONS[2]
-            || optname == IPV6_EXTENSION_OPTIONS[3]
-            || optname == IPV6_EXTENSION_OPTIONS[4]
-            || optname == IPV6_EXTENSION_OPTIONS[5]
-            || optname == IPV6_EXTENSION_OPTIONS[6]
-            || optname == IPV6_EXTENSION_OPTIONS[7]);
+        && sockopt.optlen > 0
+        && (optname == IPV6_2292PKTOPTIONS
+            || optname == IPV6_HOPOPTS
+            || optname == IPV6_RTHDRDSTOPTS
+            || optname == IPV6_RTHDR
+            || optname == IPV6_DSTOPTS);
     let redirects =
         (level == SOL_IP && optname == IP_OPTIONS && sockopt.optlen > 0) || ipv6_extension;
     if !redirects {

@@ -396,6 +396,30 @@ fn container_networks_resolve_allowed_names_only() {
     );
     assert_eq!(blocked.accepted(), 0, "a blocked connection arrived");
 
+    // Docker's embedded DNS listens on 127.0.0.11 on ports of its own (port 53 reaches them
+    // through a DNAT rule): reached there directly, it would forward any query unjudged. Its
+    // TCP port, read from the container's socket table, is refused.
+    let embedded = "P=$(awk 'NR>1 && $2 ~ /^0B00007F:/ && $4 == \"0A\" {split($2,a,\":\"); print a[2]; exit}' \
+                    /proc/net/tcp); echo EMBED-PORT=$P; \
+                    if timeout 10 nc -w 5 127.0.0.11 $((0x$P)) </dev/null; then echo EMBED-CONNECTED; \
+                    else echo EMBED-REFUSED; fi";
+    let (_, out, err, _) = docker.run(&[
+        "run",
+        "--rm",
+        "--network",
+        "ramnet",
+        "bb:latest",
+        "sh",
+        "-c",
+        embedded,
+    ]);
+    assert!(
+        !out.contains("EMBED-PORT=\n"),
+        "no embedded DNS port found: {out}{err}"
+    );
+    assert!(out.contains("EMBED-REFUSED"), "{out}{err}");
+    assert!(err.contains("Operation not permitted"), "{out}{err}");
+
     // A container that names another resolver in its resolv.conf (its root may rewrite it
     // before the daemon reads it) does not get it trusted: the lie teaches nothing, and the
     // blocked host stays refused.

@@ -416,6 +416,14 @@ try:
         for i, n in enumerate(names[1:]):
             s.sendto(query(i + 1, n), (resolver, 53))
             time.sleep(0.2)
+    elif way == "tfo":
+        # TCP Fast Open without a cookie: the query rides in the SYN.
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.settimeout(2)
+        s.setsockopt(socket.IPPROTO_TCP, 34, 1)  # TCP_FASTOPEN_NO_COOKIE
+        q = query(1, names[0])
+        s.sendto(struct.pack("!H", len(q)) + q, socket.MSG_FASTOPEN, (resolver, 53))
+        s.recv(2)
     elif way == "tcp-two":
         # Two queries in one write, one segment: an allowed one and another.
         s = socket.create_connection((resolver, 53), timeout=2)
@@ -460,6 +468,7 @@ fn queries_cannot_be_smuggled_past_the_name_check() {
     );
     assert_eq!(elsewhere, "EPERM", "{elsewhere}");
     let _ = crafted(&cgroup, "tcp-two", &["registry.test", "tcp.exfil.test"]);
+    let _ = crafted(&cgroup, "tfo", &["tfo.exfil.test"]);
     std::thread::sleep(Duration::from_millis(500));
     let seen = queries_seen(&log);
     assert!(
@@ -479,12 +488,15 @@ fn dns_goes_to_trusted_resolvers_only_and_wildcards_get_known_search_domains_onl
     let (_dns, log) = dnsmasq_logging(&net, &dir);
     let cgroup = TestCgroup::new();
     let text = policy(
-        &["registry.test", "*.wild.test"],
+        &["registry.test:*", "*.wild.test"],
         &format!("allow_cidrs = [\"{}\"]", b()),
     ) + "search_domains = [\"corp.test\"]\n";
     let daemon = Daemon::start(&text, &[cgroup.path()]).unwrap();
     assert_eq!(probe_in(&cgroup, "udp-sendto", &b(), 53).result, "EPERM");
     assert_eq!(probe_in(&cgroup, "tcp-connect", &b(), 53).result, "EPERM");
+    // Nor does a learned address on every port (`registry.test:*`).
+    assert_eq!(dig(&cgroup, "registry.test").0, b());
+    assert_eq!(probe_in(&cgroup, "udp-sendto", &b(), 53).result, "EPERM");
     assert!(
         daemon
             .audit_records()

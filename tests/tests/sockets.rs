@@ -316,7 +316,7 @@ fn ping_when_the_policy_allows_it_reaches_allowed_destinations_only() {
 /// options, and a datagram to `::1` carrying destination options (then a routing header) as
 /// control messages. Prints `name result` lines.
 const IPV6_OPTIONS: &str = r#"
-import errno, socket, sys
+import errno, socket, struct, sys
 port = int(sys.argv[1])
 padn = bytes([0, 0, 1, 4, 0, 0, 0, 0])
 def attempt(name, action):
@@ -330,7 +330,8 @@ def dstopts():
     s.setsockopt(socket.IPPROTO_IPV6, 59, padn)
 def pktoptions():
     s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-    s.setsockopt(socket.IPPROTO_IPV6, 6, b"")
+    # RFC 2292's sticky options: one control message holding destination options.
+    s.setsockopt(socket.IPPROTO_IPV6, 6, struct.pack("=Qii", 24, 41, 59) + padn)
 def cmsg_dstopts():
     s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
     s.sendmsg([b"DOPT"], [(socket.IPPROTO_IPV6, 59, padn)], 0, ("::1", port))

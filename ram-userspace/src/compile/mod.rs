@@ -239,6 +239,8 @@ impl CompiledPolicy {
                 DnsQueries::Any => 0,
             } | if access.allow_ping { FLAG_PING } else { 0 },
             allowed_window_ns: policy.audit.allowed_window * NS,
+            // Filled in by the enforcer, which keeps the maps' key.
+            search_seed: 0,
         };
         Self {
             cidrs,

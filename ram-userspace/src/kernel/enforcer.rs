@@ -70,6 +70,26 @@ pub struct Enforcer {
     /// removed.
     kept_rules: HashSet<u64>,
     kept_resolvers: HashSet<u64>,
+    /// The key of the search-domain hashes (`PolicyConfig::search_seed`): the one of the
+    /// maps adopted, else a new random one.
+    search_seed: u64,
+}
+
+/// A new search-domain key: 8 bytes of the kernel's random pool, never 0.
+fn random_seed() -> std::io::Result<u64> {
+    use std::io::Read as _;
+    let mut bytes = [0u8; 8];
+    fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(u64::from_ne_bytes(bytes) | 1)
+}
+
+/// The search-domain key of the policy in force in maps a previous daemon pinned (0: none).
+fn adopted_search_seed(ebpf: &mut Ebpf) -> Option<u64> {
+    let slot: Array<_, u32> = typed_map(ebpf, POLICY_SLOT).ok()?;
+    let active = slot.get(&0, 0).ok()? & 1;
+    let config: Array<_, PolicyConfig> = typed_map(ebpf, POLICY_CONFIG).ok()?;
+    let seed = config.get(&active, 0).ok()?.search_seed;
+    (seed != 0).then_some(seed)
 }
 
 impl Enforcer {
@@ -107,6 +127,13 @@ impl Enforcer {
             report.learned_capacity_kept = Some(learned_capacity);
         }
         let program_ids = object::load_programs(&mut ebpf, &pins)?;
+        let search_seed = match adopted_search_seed(&mut ebpf) {
+            Some(seed) => seed,
+            None => random_seed().map_err(|source| EnforceError::PinDir {
+                path: PathBuf::from("/dev/urandom"),
+                source,
+            })?,
+        };
 
         let mut enforcer = Self {
             ebpf,
@@ -115,6 +142,7 @@ impl Enforcer {
             learned_capacity,
             kept_rules: HashSet::new(),
             kept_resolvers: HashSet::new(),
+            search_seed,
         };
         // The policy goes in before any new attach: a fresh link never runs without one.
         enforcer.apply(policy)?;
@@ -179,6 +207,7 @@ impl Enforcer {
             let mut config: Array<_, PolicyConfig> = typed_map(&mut self.ebpf, POLICY_CONFIG)?;
             let value = PolicyConfig {
                 trusted_netns_cookie: sys::own_netns_cookie().unwrap_or(0),
+                search_seed: self.search_seed,
                 ..policy.config
             };
             config
@@ -399,7 +428,7 @@ impl Enforcer {
         let mut map: HashMap<_, u64, u8> = typed_map(&mut self.ebpf, SEARCH_DOMAINS)?;
         let wanted: HashSet<u64> = domains
             .iter()
-            .map(|domain| suffix_hash(domain.as_bytes()))
+            .map(|domain| suffix_hash(self.search_seed, domain.as_bytes()))
             .collect();
         let present: HashSet<u64> = map
             .keys()
