@@ -27,7 +27,8 @@ pub fn check(file: &Path) -> Result<()> {
     let dns = &policy.dns;
     println!(
         "{}: ok: {} hostname(s), {} CIDR(s), loopback {}, resolvers: {}; learned addresses live \
-         {}..{} s plus {} s grace, at most {} of them; allowed connections audited: {}",
+         {}..{} s plus {} s grace, at most {} of them; allowed connections audited: {}; DNS \
+         queries: {}; ping: {}",
         file.display(),
         access.allow.len(),
         access.allow_cidrs.len(),
@@ -42,6 +43,15 @@ pub fn check(file: &Path) -> Result<()> {
         dns.grace_period,
         dns.max_learned,
         policy.audit.allowed.as_str(),
+        match dns.queries {
+            ram::policy::DnsQueries::Allowed => "allowed names only",
+            ram::policy::DnsQueries::Any => "any name",
+        },
+        if access.allow_ping {
+            "allowed"
+        } else {
+            "refused"
+        },
     );
     if let Err(err) = protect::check_policy_path(file) {
         println!("note: `ram daemon --policy` would refuse this file where it is: {err}");
