@@ -244,13 +244,7 @@ fn judged_allowed(
         }
         match learned(&policy, cgroup_id, addr, port, protocol) {
             Learned::Allowed(..) => return true,
-            Learned::OtherPort(rule_index, rule_id) => {
-                verdict.reason = Reason::PortNotAllowed;
-                verdict.rule_index = rule_index;
-                verdict.rule_id = rule_id;
-            }
-            Learned::Expired => verdict.reason = Reason::Expired,
-            Learned::No => {}
+            other => verdict.note(&other),
         }
         if port == DNS_PORT {
             // SAFETY: copied out at once; DnsSocket is plain integers.

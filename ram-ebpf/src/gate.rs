@@ -251,13 +251,7 @@ fn judge(ctx: &SockAddrContext, addr: Addr16, port: u16, hook: Hook) -> i32 {
             report_allowed(&policy, &verdict);
             return ALLOW;
         }
-        Learned::OtherPort(rule_index, rule_id) => {
-            verdict.reason = Reason::PortNotAllowed;
-            verdict.rule_index = rule_index;
-            verdict.rule_id = rule_id;
-        }
-        Learned::Expired => verdict.reason = Reason::Expired,
-        Learned::No => {}
+        other => verdict.note(&other),
     }
 
     if let Some(rule) = cidr(&policy, addr, port) {
@@ -350,6 +344,22 @@ pub(crate) struct Verdict {
     pub(crate) protocol: u32,
     /// What socket was asked for, for decisions at socket creation.
     pub(crate) socket: SocketKind,
+}
+
+impl Verdict {
+    /// Why `LEARNED` did not allow, for the report (when nothing else allows either).
+    #[inline(always)]
+    pub(crate) fn note(&mut self, learned: &Learned) {
+        match *learned {
+            Learned::OtherPort(rule_index, rule_id) => {
+                self.reason = Reason::PortNotAllowed;
+                self.rule_index = rule_index;
+                self.rule_id = rule_id;
+            }
+            Learned::Expired => self.reason = Reason::Expired,
+            Learned::Allowed(..) | Learned::No => {}
+        }
+    }
 }
 
 /// A socket's family, type and protocol, as `socket(2)` asked for them.

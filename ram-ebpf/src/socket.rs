@@ -52,25 +52,7 @@ pub fn socket_gate(ctx: SockContext) -> i32 {
     if ping && Policy::in_force().is_some_and(|policy| policy.config.flags & FLAG_PING != 0) {
         return ALLOW;
     }
-    count(Counter::DeniedSocket);
-    let verdict = Verdict {
-        // SAFETY: no arguments; the calling task's cgroup.
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        addr: [0; 16],
-        port: 0,
-        hook: Hook::SocketCreate,
-        reason: Reason::SocketType,
-        rule_index: BUILTIN_RULE,
-        rule_id: 0,
-        protocol,
-        socket: SocketKind {
-            family: family as u16,
-            kind: kind as u16,
-            protocol: protocol as u16,
-        },
-    };
-    report(&verdict, 0);
-    DENY
+    refuse(family, kind, protocol)
 }
 
 const AF_UNIX: i32 = 1;
@@ -101,6 +83,13 @@ pub fn family_gate(ctx: LsmContext) -> i32 {
     {
         return ALLOW;
     }
+    // The type without SOCK_NONBLOCK/SOCK_CLOEXEC.
+    refuse(family as u32, (kind & 0xf) as u32, protocol as u32)
+}
+
+/// Refuses a socket (EPERM), counted and reported with what was asked for.
+#[inline(always)]
+fn refuse(family: u32, kind: u32, protocol: u32) -> i32 {
     count(Counter::DeniedSocket);
     let verdict = Verdict {
         // SAFETY: no arguments; the calling task's cgroup.
@@ -111,11 +100,10 @@ pub fn family_gate(ctx: LsmContext) -> i32 {
         reason: Reason::SocketType,
         rule_index: BUILTIN_RULE,
         rule_id: 0,
-        protocol: protocol as u32,
+        protocol,
         socket: SocketKind {
             family: family as u16,
-            // The type without SOCK_NONBLOCK/SOCK_CLOEXEC.
-            kind: (kind & 0xf) as u16,
+            kind: kind as u16,
             protocol: protocol as u16,
         },
     };
