@@ -513,3 +513,56 @@ fn dns_goes_to_trusted_resolvers_only_and_wildcards_get_known_search_domains_onl
     assert!(seen.contains("data.wild.test.corp.test"), "{seen}");
     assert!(!seen.contains("exfil"), "{seen}");
 }
+
+/// A shared front end: two allowed names answered with one address. Each rule's ports hold for
+/// the address, and `ram learned` shows them merged.
+#[test]
+fn an_address_two_names_taught_has_both_rules_ports() {
+    let net = TestNet::new();
+    let _http = net.http_server(HTTP_PORT);
+    let dir = TempDir::new();
+    let log = dir.path().join("dnsmasq.log");
+    let _dns = net.dnsmasq_logging(
+        &[
+            ("registry.test", TestNet::PEER_V4[1].into()),
+            ("mirror.test", TestNet::PEER_V4[1].into()),
+        ],
+        &["--log-queries", "--local=/test/"],
+        &log.display().to_string(),
+    );
+    let cgroup = TestCgroup::new();
+    let daemon = Daemon::start(
+        &policy(&["registry.test", "mirror.test:2222"], ""),
+        &[cgroup.path()],
+    )
+    .unwrap();
+    assert_eq!(dig(&cgroup, "registry.test").0, b());
+    assert_eq!(dig(&cgroup, "mirror.test").0, b());
+    let far_side = Acceptor::new(&net, 2222);
+    assert_eq!(probe_in(&cgroup, "tcp-connect", &b(), 2222).result, "ok");
+    assert!(far_side.accepted().contains("accepted"));
+    assert_eq!(
+        probe_in(&cgroup, "tcp-connect", &b(), HTTP_PORT).result,
+        "ok"
+    );
+    let learned: serde_json::Value =
+        serde_json::from_str(&daemon.ram(&["learned", "--json"]).unwrap()).unwrap();
+    let entry = learned
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["addr"] == b())
+        .unwrap_or_else(|| panic!("{learned}"));
+    let ports = entry["ports"].as_array().unwrap();
+    for port in [443, 80, 2222] {
+        assert!(ports.iter().any(|p| p == port), "{entry}");
+    }
+    assert!(
+        entry["names"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n == "registry.test"),
+        "{entry}"
+    );
+}

@@ -21,9 +21,14 @@ pub fn run(run_dir: &Path, json: bool) -> Result<()> {
         for (slot, port) in ports.iter_mut().zip(&entry.ports) {
             *slot = *port;
         }
+        let names = if entry.names.len() > 1 {
+            entry.names.join(", ")
+        } else {
+            entry.hostname.clone().unwrap_or_else(|| "?".into())
+        };
         println!(
             "{:<40} {:<28} {:<30} {}, expires in {} s (rule `{}`)",
-            entry.hostname.as_deref().unwrap_or("?"),
+            names,
             entry.addr,
             entry
                 .cgroup

@@ -120,6 +120,14 @@ impl Auditor {
         self.hostnames.get(addr).map(|seen| seen.hostname.clone())
     }
 
+    /// The allowed names whose answers gave `addr` (most recent last).
+    pub fn taught_by(&self, addr: &std::net::IpAddr) -> Vec<String> {
+        self.hostnames
+            .get(addr)
+            .map(|seen| seen.taught_by.clone())
+            .unwrap_or_default()
+    }
+
     /// Boot-clock nanoseconds as the wall-clock time audit records write.
     pub fn wall_time(&self, boot_ns: u64) -> String {
         rfc3339_utc(i128::from(boot_ns) + self.clock_offset)
@@ -239,6 +247,7 @@ impl Auditor {
                     map_full_in: (!learned && !refused && event.map_full > 0)
                         .then_some(event.cgroup_id),
                     from_allowed: true,
+                    taught_by: Vec::new(),
                 },
             );
             if !learned {
@@ -294,6 +303,7 @@ impl Auditor {
                     hostname: address.question,
                     map_full_in: None,
                     from_allowed: false,
+                    taught_by: Vec::new(),
                 },
             );
         }

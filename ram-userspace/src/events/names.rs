@@ -11,6 +11,9 @@ pub struct SeenAddress {
     pub map_full_in: Option<u64>,
     /// From an answer to an allowed name (not one only reported for naming).
     pub from_allowed: bool,
+    /// Every allowed name whose answer gave this address (oldest first, at most eight): filled
+    /// in by [`Hostnames::note`].
+    pub taught_by: Vec<String>,
 }
 
 /// Bounded memory of hostnames per address (forgotten wholesale when full: it only names
@@ -23,11 +26,26 @@ pub struct Hostnames {
 impl Hostnames {
     const MAX: usize = 65_536;
 
+    /// Names kept per address: the allowed names whose answers gave it (a shared CDN front
+    /// end answers for several registries).
+    const NAMES_MAX: usize = 8;
+
     pub fn note(&mut self, addr: IpAddr, seen: SeenAddress) {
         if self.by_addr.len() >= Self::MAX {
             self.by_addr.clear();
         }
-        self.by_addr.insert(addr, seen);
+        let mut taught_by = Vec::new();
+        if let Some(previous) = self.by_addr.get(&addr) {
+            taught_by.clone_from(&previous.taught_by);
+        }
+        if seen.from_allowed {
+            taught_by.retain(|name| *name != seen.hostname);
+            taught_by.push(seen.hostname.clone());
+            if taught_by.len() > Self::NAMES_MAX {
+                taught_by.remove(0);
+            }
+        }
+        self.by_addr.insert(addr, SeenAddress { taught_by, ..seen });
     }
 
     pub fn get(&self, addr: &IpAddr) -> Option<&SeenAddress> {
@@ -66,5 +84,32 @@ impl RuleNames {
                 .cloned()
                 .unwrap_or_else(|| format!("#{rule_id:016x}"))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(name: &str, from_allowed: bool) -> SeenAddress {
+        SeenAddress {
+            hostname: name.into(),
+            map_full_in: None,
+            from_allowed,
+            taught_by: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn an_address_keeps_every_allowed_name_that_taught_it() {
+        let mut names = Hostnames::default();
+        let addr: IpAddr = "198.51.100.7".parse().unwrap();
+        names.note(addr, seen("ghcr.io", true));
+        names.note(addr, seen("quay.io", true));
+        names.note(addr, seen("ghcr.io", true));
+        names.note(addr, seen("other.example", false));
+        let got = names.get(&addr).unwrap();
+        assert_eq!(got.taught_by, ["quay.io", "ghcr.io"]);
+        assert_eq!(got.hostname, "other.example");
     }
 }

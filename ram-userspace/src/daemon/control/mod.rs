@@ -118,6 +118,11 @@ pub struct LearnedEntry {
     /// The ports the address is allowed on (empty: every port).
     #[serde(default)]
     pub ports: Vec<u16>,
+    /// The allowed names whose answers gave this address, as far as the daemon was told:
+    /// the kernel reports an answer when it teaches a new address, not when it refreshes one
+    /// (so a second name on a shared front end shows once that address is learned anew).
+    #[serde(default)]
+    pub names: Vec<String>,
 }
 
 /// The daemon's answer to any request.

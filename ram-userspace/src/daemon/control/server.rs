@@ -151,6 +151,7 @@ impl Daemon {
                     expires: self.auditor.wall_time(value.expires_ns),
                     expires_in_s: (value.expires_ns - now) / 1_000_000_000,
                     ports: value.ports.iter().copied().filter(|p| *p != 0).collect(),
+                    names: self.auditor.taught_by(&addr),
                 }
             })
             .collect();
