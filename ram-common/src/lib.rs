@@ -258,19 +258,24 @@ pub type Ports = [u16; 4];
 /// The ports of an entry written without one: HTTPS, and HTTP for redirects.
 pub const DEFAULT_PORTS: Ports = [443, 80, 0, 0];
 
+/// Whether `ports` is "every port" (all slots 0).
+#[inline(always)]
+pub fn every_port(ports: &Ports) -> bool {
+    ports[0] == 0 && ports[1] == 0 && ports[2] == 0 && ports[3] == 0
+}
+
 /// Whether `ports` allow `port`.
 #[inline(always)]
 pub fn ports_allow(ports: &Ports, port: u16) -> bool {
-    let any = ports[0] == 0 && ports[1] == 0 && ports[2] == 0 && ports[3] == 0;
-    any || (port != 0
-        && (ports[0] == port || ports[1] == port || ports[2] == port || ports[3] == port))
+    every_port(ports)
+        || (port != 0
+            && (ports[0] == port || ports[1] == port || ports[2] == port || ports[3] == port))
 }
 
 /// `a` and `b` together (an address two rules taught): `None` if that needs more than four.
 #[inline(always)]
 pub fn merge_ports(a: &Ports, b: &Ports) -> Option<Ports> {
-    let any = |p: &Ports| p[0] == 0 && p[1] == 0 && p[2] == 0 && p[3] == 0;
-    if any(a) || any(b) {
+    if every_port(a) || every_port(b) {
         return Some([0; 4]);
     }
     let mut out = *a;

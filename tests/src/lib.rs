@@ -966,6 +966,32 @@ fn parse_probe(output: &Output) -> Probe {
     }
 }
 
+/// `dig @resolver name qtype +short` (a real resolver client, one try of `timeout` seconds)
+/// inside `cgroup`, with `extra` options: its answer, one address per line.
+pub fn dig_in(
+    cgroup: &TestCgroup,
+    resolver: &str,
+    name: &str,
+    qtype: &str,
+    timeout: u32,
+    extra: &[&str],
+) -> String {
+    let output = cgroup
+        .command("dig")
+        .args([
+            &format!("@{resolver}"),
+            name,
+            qtype,
+            "+short",
+            "+tries=1",
+            &format!("+time={timeout}"),
+        ])
+        .args(extra)
+        .output()
+        .expect("running dig");
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
 /// Runs probe.py inside `cgroup`.
 pub fn probe_in(cgroup: &TestCgroup, op: &str, addr: &str, port: u16) -> Probe {
     probe_with(cgroup.command("python3"), op, addr, port)

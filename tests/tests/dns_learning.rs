@@ -41,20 +41,7 @@ fn addrs(report: &Value) -> Vec<String> {
 
 /// `dig` (a real resolver client) inside the cgroup: its answer, one address per line.
 fn dig(cgroup: &TestCgroup, name: &str, qtype: &str, extra: &[&str]) -> String {
-    let output = cgroup
-        .command("dig")
-        .args([
-            &format!("@{}", a()),
-            name,
-            qtype,
-            "+short",
-            "+tries=1",
-            "+time=2",
-        ])
-        .args(extra)
-        .output()
-        .expect("running dig");
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    ram_tests::dig_in(cgroup, &a(), name, qtype, 2, extra)
 }
 
 #[test]

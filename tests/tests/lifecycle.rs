@@ -39,19 +39,7 @@ fn connect(cgroup: &TestCgroup, addr: &str) -> String {
 
 /// `dig` inside the cgroup, against dnsmasq on peer A.
 fn dig(cgroup: &TestCgroup, name: &str) -> String {
-    let output = cgroup
-        .command("dig")
-        .args([
-            &format!("@{}", a()),
-            name,
-            "A",
-            "+short",
-            "+tries=1",
-            "+time=2",
-        ])
-        .output()
-        .expect("running dig");
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    ram_tests::dig_in(cgroup, &a(), name, "A", 2, &[])
 }
 
 /// `curl` inside the cgroup; returns its exit code (7: could not connect).
