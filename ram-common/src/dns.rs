@@ -385,6 +385,8 @@ pub fn read_question(msg: &Msg, walk: &mut NameWalk, name: &mut Name) -> Option<
 pub struct Found {
     pub addr: Addr16,
     pub ttl: u32,
+    /// Hash of the record's owner: the name at the end of the CNAME chain.
+    pub owner_hash: u64,
 }
 
 /// How a walk over the answer section ended.
@@ -506,6 +508,7 @@ pub fn answer_step(
             found(Found {
                 addr,
                 ttl: record.ttl,
+                owner_hash: chain.hash,
             });
         }
         (TYPE_AAAA, 16) => {
@@ -520,6 +523,7 @@ pub fn answer_step(
             found(Found {
                 addr,
                 ttl: record.ttl,
+                owner_hash: chain.hash,
             });
         }
         (TYPE_CNAME, _) => match read_name::<false>(msg, record.rdata, walk, scratch) {
@@ -910,7 +914,14 @@ mod tests {
             .record(&QNAME_PTR, TYPE_AAAA, 30, &v6)
             .build();
         let (found, _) = walk(&bytes);
-        assert_eq!(found, [Found { addr: v6, ttl: 30 }]);
+        assert_eq!(
+            found,
+            [Found {
+                addr: v6,
+                ttl: 30,
+                owner_hash: crate::tls::name_hash(b"reg.test"),
+            }]
+        );
     }
 
     #[test]

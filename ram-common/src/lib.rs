@@ -24,6 +24,7 @@ pub const fn v4_mapped(octets: [u8; 4]) -> Addr16 {
 }
 
 pub mod dns;
+pub mod tls;
 
 pub mod maps {
     //! Map names, sizes, keys and values. Each entry says who writes the map and who reads it.
@@ -34,11 +35,11 @@ pub mod maps {
     /// [`crate::DnsEvent`] change other than in `_reserved` bytes (the ring buffers are pinned
     /// too, and hold events of the previous programs): a newer daemon then builds fresh maps
     /// instead of misreading old ones (and learned addresses are learned again).
-    pub const LAYOUT: u32 = 4;
+    pub const LAYOUT: u32 = 5;
 
     /// Every map of `ram-ebpf`, all pinned (under `maps-v<LAYOUT>/`) so that enforcement,
     /// learning and the audit backlog outlive the daemon.
-    pub const ALL: [&str; 24] = [
+    pub const ALL: [&str; 30] = [
         POLICY_SLOT,
         POLICY_CONFIG,
         RULE_IDS[0],
@@ -63,6 +64,12 @@ pub mod maps {
         SEARCH_DOMAINS,
         SEARCH_SUFFIXES,
         CONNECTED_UDP,
+        TAUGHT_NAMES,
+        TLS_NOTES,
+        TLS_FLOWS,
+        TLS_SOCKETS,
+        TLS_SCRATCH,
+        TLS_EVENTS,
     ];
 
     /// `Array<u32>` with one entry: which slot (0 or 1) of the double-buffered policy maps
@@ -225,7 +232,154 @@ pub mod maps {
     /// judged in full again.
     pub const CONNECTED_UDP: &str = "CONNECTED_UDP";
     pub const CONNECTED_UDP_MAX: u32 = 65_536;
+
+    /// `LruHashMap<TaughtKey, u64>`: which names taught an address to a cgroup — the question
+    /// and the name owning the address record at the end of its CNAME chain — with the boot
+    /// time the lesson expires (as the [`LEARNED`] entry). Written by `dns_answer_rr` for each
+    /// address it learns or refreshes (when `registry_access.tls` is not `"off"`); read by
+    /// `tls_hello`, which lets a TLS connection to a learned address name only one of them.
+    /// An entry the LRU forgets refuses that name until the next answer: fail closed.
+    pub const TAUGHT_NAMES: &str = "TAUGHT_NAMES";
+    pub const TAUGHT_NAMES_MAX: u32 = 1 << 18;
+
+    /// `LruHashMap<u64, TlsNote>`: TCP connections to learned addresses, by socket cookie,
+    /// between the connect and the handshake. Written by the connect gates when they allow one
+    /// (TLS judged); read and removed by `tls_sockops` when the connection is established.
+    pub const TLS_NOTES: &str = "TLS_NOTES";
+    pub const TLS_NOTES_MAX: u32 = 65_536;
+
+    /// `LruHashMap<FlowKey, TlsFlow>`: each judged connection and its state (pending, allowed,
+    /// refused). Written by `tls_sockops` (pending, or refused when data left before the
+    /// connection was established: TCP Fast Open), `tls_hello` (its verdict), and
+    /// `dns_query_out` (refused, when data of a pending connection leaves by a path
+    /// `tls_hello` did not see). Read by `tls_hello` and `dns_query_out`, which drop payload of
+    /// marked sockets ([`crate::TLS_MARK`]) unless their flow is allowed: a forgotten flow is
+    /// refused.
+    pub const TLS_FLOWS: &str = "TLS_FLOWS";
+    pub const TLS_FLOWS_MAX: u32 = 65_536;
+
+    /// `SockHash<FlowKey>`: the established connections whose first bytes are judged; the
+    /// kernel runs `tls_hello` (attached to this map) on every send of a socket in it. Written
+    /// by `tls_sockops`; a socket leaves it when it closes, or when `tls_hello` allowed it
+    /// (then its sends take the kernel's usual path again).
+    pub const TLS_SOCKETS: &str = "TLS_SOCKETS";
+    pub const TLS_SOCKETS_MAX: u32 = 65_536;
+
+    /// `PerCpuArray<TlsScratch>` with one entry: `tls_hello`'s room for the server name's
+    /// trie key (too large for the stack).
+    pub const TLS_SCRATCH: &str = "TLS_SCRATCH";
+
+    /// Ring buffer of `TlsEvent`s: refused (and, under `tls = "audit"`, would-be refused)
+    /// ClientHellos, with the name sent. Written by `tls_hello`; read by the daemon.
+    pub const TLS_EVENTS: &str = "TLS_EVENTS";
+    pub const TLS_EVENTS_BYTES: u32 = 256 * 1024;
 }
+
+/// The bit of a socket's mark (`SO_MARK`) that the connect gates set on TCP connections to
+/// learned addresses: `dns_query_out` looks up the flow of a marked packet carrying data
+/// only. Chosen clear of the bits Docker, kube-proxy, Cilium and Tailscale use; `sockopt_gate`
+/// refuses `SO_MARK` on a marked socket.
+pub const TLS_MARK: u32 = 0x0020_0000;
+
+/// Key of [`maps::TAUGHT_NAMES`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaughtKey {
+    pub cgroup_id: u64,
+    pub addr: Addr16,
+    /// FNV-1a of the name's text form ([`tls::name_hash`]).
+    pub name_hash: u64,
+}
+
+/// Value of [`maps::TLS_NOTES`]: a connection the connect gates allowed to a learned address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlsNote {
+    /// The calling task's cgroup, whose lessons ([`maps::TAUGHT_NAMES`]) apply.
+    pub cgroup_id: u64,
+    pub rule_id: u64,
+    pub addr: Addr16,
+    /// Host byte order.
+    pub port: u16,
+    /// 1 when the port must carry TLS (443): anything else sent first is refused. On other
+    /// ports a TLS hello is judged and other protocols pass.
+    pub strict: u8,
+    pub _reserved: u8,
+    pub rule_index: u32,
+}
+
+/// Key of [`maps::TLS_FLOWS`] and [`maps::TLS_SOCKETS`]: a TCP connection as both the socket
+/// programs and a packet name it (IPv4 in mapped form, ports in host byte order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub local: Addr16,
+    pub remote: Addr16,
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub _reserved: u32,
+}
+
+/// [`TlsFlow::state`]: no verdict yet.
+pub const TLS_PENDING: u8 = 0;
+/// [`TlsFlow::state`]: the first bytes were judged and allowed (or passed under audit).
+pub const TLS_ALLOWED: u8 = 1;
+/// [`TlsFlow::state`]: refused; every later send and packet with data is too.
+pub const TLS_REFUSED: u8 = 2;
+
+/// Value of [`maps::TLS_FLOWS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlsFlow {
+    pub cgroup_id: u64,
+    pub rule_id: u64,
+    pub rule_index: u32,
+    /// [`TLS_PENDING`], [`TLS_ALLOWED`] or [`TLS_REFUSED`].
+    pub state: u8,
+    /// As [`TlsNote::strict`].
+    pub strict: u8,
+    pub _reserved: u16,
+}
+
+/// Value of [`maps::TLS_SCRATCH`].
+#[repr(C)]
+pub struct TlsScratch {
+    /// The server name, reversed, as an `ALLOWED_NAMES` key.
+    pub key: NameKey,
+    /// Length of `name`.
+    pub name_len: u32,
+    /// The server name as sent (lower-cased), for the event.
+    pub name: dns::Name,
+}
+
+/// One judged ClientHello (refused, or would be under `tls = "audit"`), sent by `tls_hello`
+/// through [`maps::TLS_EVENTS`].
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TlsEvent {
+    pub boot_ns: u64,
+    /// The cgroup whose connect the gates allowed.
+    pub cgroup_id: u64,
+    /// `bpf_get_current_pid_tgid()` of the sender.
+    pub pid_tgid: u64,
+    pub uid_gid: u64,
+    /// [`rule_id`] of the entry that taught the address.
+    pub rule_id: u64,
+    pub addr: Addr16,
+    pub port: u16,
+    /// [`Reason`] as `u8`.
+    pub reason: u8,
+    /// 0 refused, 2 would be refused (`tls = "audit"`).
+    pub verdict: u8,
+    pub rule_index: u32,
+    /// Bytes of `name` holding the server name sent (0: none, or unreadable).
+    pub name_len: u32,
+    pub _reserved: u32,
+    pub name: [u8; dns::NAME_BUF],
+}
+
+/// [`TlsEvent::verdict`] of a hello let through under `registry_access.tls = "audit"`.
+pub const VERDICT_WOULD_DENY: u8 = 2;
 
 /// Distinct search domains not known to the kernel that one cgroup may use (see
 /// [`maps::SEARCH_SUFFIXES`]): glibc reads at most 6 from a resolv.conf.
@@ -527,7 +681,11 @@ pub struct Learning {
     pub protocol: u8,
     /// 1 when the question matched no allow rule (the answer is only reported).
     pub not_allowed: u8,
-    pub _reserved: [u8; 2],
+    /// 1 when `registry_access.tls` is on: each address's lessons go to `TAUGHT_NAMES`.
+    pub tls: u8,
+    pub _reserved: u8,
+    /// FNV-1a of the question's text (the name a client sends as its TLS server name).
+    pub question_hash: u64,
 }
 
 /// Value of [`maps::POLICY_CONFIG`]. Times in nanoseconds.
@@ -561,6 +719,12 @@ pub struct PolicyConfig {
 pub const FLAG_QUERIES_ALLOWED: u32 = 1;
 /// `registry_access.allow_ping`: ICMP ping sockets, to destinations the policy allows.
 pub const FLAG_PING: u32 = 2;
+/// `registry_access.tls = "enforce"`: TCP connections to learned addresses must name, in
+/// their TLS ClientHello, a name that taught the address (see [`maps::TLS_FLOWS`]).
+pub const FLAG_TLS_ENFORCE: u32 = 4;
+/// `registry_access.tls = "audit"`: the same judgement, reported as `would_deny`, nothing
+/// refused.
+pub const FLAG_TLS_AUDIT: u32 = 8;
 
 pub const AUDIT_ALLOWED_NONE: u32 = 0;
 pub const AUDIT_ALLOWED_FIRST: u32 = 1;
@@ -675,6 +839,22 @@ pub enum Reason {
     /// Port 53 of an address that is not a trusted resolver (`dns.queries = "allowed"`: an
     /// `allow_cidrs` range or loopback does not open DNS to any server).
     ResolverNotTrusted = 12,
+    /// A TLS ClientHello to a learned address without a server name.
+    TlsNoName = 13,
+    /// A server name no rule allows.
+    TlsNameNotAllowed = 14,
+    /// An allowed server name, but not one that taught this address to this cgroup (another
+    /// tenant of a shared front end).
+    TlsNameNotTaught = 15,
+    /// Data that is not a TLS handshake, on a port that carries TLS (443).
+    TlsNotHandshake = 16,
+    /// A TLS record that cannot be read as one whole ClientHello, or data that left by a path
+    /// the hello check did not see (TCP Fast Open, a send begun before the connection was
+    /// established).
+    TlsUnreadable = 17,
+    /// UDP to a learned address on a TLS port: QUIC (HTTP/3), whose hello is encrypted, is not
+    /// judged but refused; clients fall back to TCP.
+    QuicRefused = 18,
 }
 
 impl Reason {
@@ -692,6 +872,12 @@ impl Reason {
             10 => Some(Self::PortNotAllowed),
             11 => Some(Self::QueryNotAllowed),
             12 => Some(Self::ResolverNotTrusted),
+            13 => Some(Self::TlsNoName),
+            14 => Some(Self::TlsNameNotAllowed),
+            15 => Some(Self::TlsNameNotTaught),
+            16 => Some(Self::TlsNotHandshake),
+            17 => Some(Self::TlsUnreadable),
+            18 => Some(Self::QuicRefused),
             _ => None,
         }
     }
@@ -711,6 +897,12 @@ impl Reason {
             Self::PortNotAllowed => "port_not_allowed",
             Self::QueryNotAllowed => "query_not_allowed",
             Self::ResolverNotTrusted => "resolver_not_trusted",
+            Self::TlsNoName => "tls_no_name",
+            Self::TlsNameNotAllowed => "tls_name_not_allowed",
+            Self::TlsNameNotTaught => "tls_name_not_taught",
+            Self::TlsNotHandshake => "tls_not_handshake",
+            Self::TlsUnreadable => "tls_unreadable",
+            Self::QuicRefused => "quic_refused",
         }
     }
 }
@@ -770,10 +962,22 @@ pub enum Counter {
     /// Packets of connected UDP or ICMP sockets whose destination the policy does not allow
     /// (the egress backstop).
     BackstopDropped = 22,
+    /// ClientHellos to learned addresses allowed (or data other than TLS on a port that need
+    /// not carry it).
+    TlsAllowed = 23,
+    /// ClientHellos refused (`registry_access.tls = "enforce"`).
+    TlsRefused = 24,
+    /// ClientHellos that would have been refused (`"audit"`).
+    TlsWouldDeny = 25,
+    /// Packets with data of a marked connection whose flow was not allowed (sent by a path
+    /// `tls_hello` did not see, or forgotten by the LRU): dropped.
+    TlsUnjudgedDropped = 26,
+    /// Connections whose state `tls_hello` did not find: refused.
+    TlsFlowLost = 27,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 23;
+    pub const COUNT: u32 = 28;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Self::AllowedCidr,
         Self::AllowedLoopback,
@@ -798,6 +1002,11 @@ impl Counter {
         Self::QueryRefused,
         Self::SearchSuffixAllowed,
         Self::BackstopDropped,
+        Self::TlsAllowed,
+        Self::TlsRefused,
+        Self::TlsWouldDeny,
+        Self::TlsUnjudgedDropped,
+        Self::TlsFlowLost,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -825,6 +1034,11 @@ impl Counter {
             Self::QueryRefused => "query_refused",
             Self::SearchSuffixAllowed => "search_suffix_allowed",
             Self::BackstopDropped => "backstop_dropped",
+            Self::TlsAllowed => "tls_allowed",
+            Self::TlsRefused => "tls_refused",
+            Self::TlsWouldDeny => "tls_would_deny",
+            Self::TlsUnjudgedDropped => "tls_unjudged_dropped",
+            Self::TlsFlowLost => "tls_flow_lost",
         }
     }
 }
@@ -841,6 +1055,8 @@ pub enum Hook {
     SocketCreate = 5,
     /// A packet leaving (`dns_query_out`: the backstop, refused DNS queries).
     Egress = 6,
+    /// The first bytes sent on a TCP connection to a learned address (`tls_hello`).
+    TlsHello = 7,
 }
 
 impl Hook {
@@ -852,6 +1068,7 @@ impl Hook {
             4 => Some(Self::Sendmsg6),
             5 => Some(Self::SocketCreate),
             6 => Some(Self::Egress),
+            7 => Some(Self::TlsHello),
             _ => None,
         }
     }
@@ -864,6 +1081,7 @@ impl Hook {
             Self::Sendmsg6 => "sendmsg6",
             Self::SocketCreate => "socket_create",
             Self::Egress => "egress",
+            Self::TlsHello => "tls_hello",
         }
     }
 }
@@ -934,6 +1152,14 @@ mod pod {
     unsafe impl aya::Pod for super::SearchKey {}
     // SAFETY: plain old data: `repr(C)`, integers and byte arrays only, every bit pattern valid.
     unsafe impl aya::Pod for super::ConnectedDest {}
+    // SAFETY: plain old data: `repr(C)`, integers and byte arrays only, every bit pattern valid.
+    unsafe impl aya::Pod for super::TaughtKey {}
+    // SAFETY: plain old data: `repr(C)`, integers and byte arrays only, every bit pattern valid.
+    unsafe impl aya::Pod for super::FlowKey {}
+    // SAFETY: plain old data: `repr(C)`, integers and byte arrays only, every bit pattern valid.
+    unsafe impl aya::Pod for super::TlsFlow {}
+    // SAFETY: plain old data: `repr(C)`, integers and byte arrays only, every bit pattern valid.
+    unsafe impl aya::Pod for super::TlsNote {}
 }
 
 #[cfg(test)]
@@ -956,6 +1182,11 @@ mod tests {
         assert_eq!(size_of::<NameKey>(), 260);
         assert_eq!(size_of::<NetnsResolverKey>(), 24);
         assert_eq!(size_of::<DnsSocket>(), 16);
+        assert_eq!(size_of::<TaughtKey>(), 32);
+        assert_eq!(size_of::<FlowKey>(), 40);
+        assert_eq!(size_of::<TlsFlow>(), 24);
+        assert_eq!(size_of::<TlsNote>(), 40);
+        assert_eq!(size_of::<TlsEvent>(), 328);
     }
 
     #[test]
@@ -980,6 +1211,12 @@ mod tests {
             Reason::PortNotAllowed,
             Reason::QueryNotAllowed,
             Reason::ResolverNotTrusted,
+            Reason::TlsNoName,
+            Reason::TlsNameNotAllowed,
+            Reason::TlsNameNotTaught,
+            Reason::TlsNotHandshake,
+            Reason::TlsUnreadable,
+            Reason::QuicRefused,
         ] {
             assert_eq!(Reason::from_u8(reason as u8), Some(reason));
         }
@@ -990,6 +1227,7 @@ mod tests {
             Hook::Sendmsg6,
             Hook::SocketCreate,
             Hook::Egress,
+            Hook::TlsHello,
         ] {
             assert_eq!(Hook::from_u8(hook as u8), Some(hook));
         }

@@ -21,9 +21,9 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use ram_common::{
-    Addr16, Counter, DnsEvent, DnsScratch, DnsSocket, FLAG_QUERIES_ALLOWED, LearnedAddr,
-    LearnedKey, Learning, MAX_SEARCH_CANDIDATES, PendingKey, PendingQuery, QueryInFlight,
-    SEARCH_BUDGET, SearchKey, TcpDnsStream,
+    Addr16, Counter, DnsEvent, DnsScratch, DnsSocket, FLAG_QUERIES_ALLOWED, FLAG_TLS_AUDIT,
+    FLAG_TLS_ENFORCE, LearnedAddr, LearnedKey, Learning, MAX_SEARCH_CANDIDATES, PendingKey,
+    PendingQuery, QueryInFlight, SEARCH_BUDGET, SearchKey, TcpDnsStream,
     dns::{self, HEADER_LEN, Header, MSG_MAX},
     maps::{ANSWER_RR_SLOT, QUERY_NAME_SLOT, SCRATCH_EGRESS, SCRATCH_INGRESS},
     merge_ports, v4_mapped,
@@ -31,7 +31,7 @@ use ram_common::{
 
 use crate::{
     DNS_EVENTS, DNS_SCRATCH, DNS_SOCKETS, DNS_TAIL_CALLS, LEARNED, PENDING_QUERIES, POLICY_CONFIG,
-    Policy, SEARCH_DOMAINS, SEARCH_SUFFIXES, TCP_DNS_STREAMS, count, count_n, egress,
+    Policy, SEARCH_DOMAINS, SEARCH_SUFFIXES, TCP_DNS_STREAMS, count, count_n, egress, tls,
 };
 
 type NameLpmKey = aya_ebpf::maps::lpm_trie::Key<[u8; dns::NAME_BUF]>;
@@ -63,7 +63,11 @@ pub fn dns_query_out(ctx: SkBuffContext) -> i32 {
         count(Counter::SpoofedDnsDropped);
         return DROP;
     }
-    if packet.protocol != egress::IPPROTO_TCP && !egress::backstop_allows(&ctx, &packet) {
+    if packet.protocol == egress::IPPROTO_TCP {
+        if tls::unjudged_data(&ctx, packet.transport_offset) {
+            return DROP;
+        }
+    } else if !egress::backstop_allows(&ctx, &packet) {
         return DROP;
     }
     match track_query(&ctx, packet.protocol) {
@@ -839,7 +843,9 @@ fn check_answer(
         msg_offset: packet.msg_offset as u32,
         protocol: packet.protocol,
         not_allowed: rule.is_none() as u8,
-        _reserved: [0; 2],
+        tls: (config.flags & (FLAG_TLS_ENFORCE | FLAG_TLS_AUDIT) != 0) as u8,
+        _reserved: 0,
+        question_hash: question.name_hash,
     };
     if rule.is_none() {
         // Nothing is learned, but the daemon hears of the answer, so that a denial of one of
@@ -880,8 +886,31 @@ fn answer_record(ctx: &SkBuffContext) -> Option<()> {
                 return;
             }
             match learn(learning, found, config) {
-                Ok(true) => learning.learned += 1,
-                Ok(false) => learning.refreshed += 1,
+                Ok((new, expires_ns)) => {
+                    if new {
+                        learning.learned += 1;
+                    } else {
+                        learning.refreshed += 1;
+                    }
+                    if learning.tls != 0 {
+                        // The names a TLS connection to this address may send: the question,
+                        // and the owner of the address record (the end of the CNAME chain).
+                        tls::teach(
+                            learning.cgroup_id,
+                            found.addr,
+                            learning.question_hash,
+                            expires_ns,
+                        );
+                        if found.owner_hash != learning.question_hash {
+                            tls::teach(
+                                learning.cgroup_id,
+                                found.addr,
+                                found.owner_hash,
+                                expires_ns,
+                            );
+                        }
+                    }
+                }
                 Err(full) => learning.map_full += full as u32,
             }
         },
@@ -920,14 +949,14 @@ fn next_record(ctx: &SkBuffContext, scratch: &mut DnsScratch) {
 }
 
 /// Adds or refreshes a learned address. Lifetime: max(TTL, min_ttl), capped at max_ttl, plus
-/// the grace period; a refresh never shortens it. `Ok(true)` when the address is new (or had
-/// expired), `Ok(false)` for a refresh, `Err(true)` when the map is full.
+/// the grace period; a refresh never shortens it. `Ok((true, expiry))` when the address is new
+/// (or had expired), `Ok((false, expiry))` for a refresh, `Err(true)` when the map is full.
 #[inline(always)]
 fn learn(
     learning: &Learning,
     found: dns::Found,
     config: &ram_common::PolicyConfig,
-) -> Result<bool, bool> {
+) -> Result<(bool, u64), bool> {
     let now = learning.now_ns;
     let ttl = if found.ttl >= TTL_SIGN_BIT {
         0
@@ -975,7 +1004,7 @@ fn learn(
         ports,
     };
     match LEARNED.insert(key, value, 0) {
-        Ok(()) => Ok(new),
+        Ok(()) => Ok((new, expires_ns)),
         Err(err) => Err(err == -E2BIG),
     }
 }

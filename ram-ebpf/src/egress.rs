@@ -3,7 +3,8 @@
 //! allow never leaves, whatever path it took.
 //!
 //! - TCP: its destination is fixed by the connect the gates judged (TCP Fast Open included),
-//!   and packets carrying a source route are dropped before this; nothing more is read.
+//!   and packets carrying a source route are dropped before this. A packet with data of a
+//!   socket marked for TLS judgement passes only once its hello was allowed (`tls.rs`).
 //! - Connected UDP: sends without an address run no gate (only sends with control messages
 //!   do), so the socket's peer — the address the application asked for, before any NAT — is
 //!   judged here. The connect gates note what they allowed (`CONNECTED_UDP`), so a packet passes
@@ -52,6 +53,8 @@ pub(crate) struct Outgoing {
     /// IPPROTO_* of the transport header (IPv6: the first next-header value).
     pub(crate) protocol: u8,
     pub(crate) destination: Addr16,
+    /// Where the transport header starts.
+    pub(crate) transport_offset: usize,
 }
 
 #[inline(always)]
@@ -66,6 +69,7 @@ pub(crate) fn outgoing(ctx: &SkBuffContext) -> Option<Outgoing> {
                 carries_a_route: header[0] & 0x0f > 5,
                 protocol: header[9],
                 destination: v4_mapped([header[16], header[17], header[18], header[19]]),
+                transport_offset: ((header[0] & 0x0f) as usize) * 4,
             })
         }
         ETH_P_IPV6 => {
@@ -92,6 +96,9 @@ pub(crate) fn outgoing(ctx: &SkBuffContext) -> Option<Outgoing> {
                 carries_a_route: route,
                 protocol: next,
                 destination,
+                // BIG TCP's jumbo header (8 bytes) is the one extension header let through
+                // before TCP.
+                transport_offset: if next == IPV6_HOP_BY_HOP { 48 } else { 40 },
             })
         }
         _ => None,

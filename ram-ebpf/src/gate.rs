@@ -25,18 +25,22 @@ use aya_ebpf::{
 };
 use ram_common::{
     AUDIT_ALLOWED_ALL, AUDIT_ALLOWED_FIRST, Addr16, AuditSeenKey, BUILTIN_RULE, CidrRule,
-    ConnectedDest, Counter, DnsSocket, FLAG_QUERIES_ALLOWED, GateEvent, Hook, LearnedKey, Reason,
-    ResolverRule, ports_allow, v4_mapped,
+    ConnectedDest, Counter, DnsSocket, FLAG_QUERIES_ALLOWED, FLAG_TLS_AUDIT, FLAG_TLS_ENFORCE,
+    GateEvent, Hook, LearnedKey, Reason, ResolverRule, TlsNote, ports_allow, v4_mapped,
 };
 
 use crate::{
-    AUDIT_SEEN, CONNECTED_UDP, DNS_SOCKETS, GATE_EVENTS, LEARNED, Policy, container_resolver, count,
+    AUDIT_SEEN, CONNECTED_UDP, DNS_SOCKETS, GATE_EVENTS, LEARNED, Policy, container_resolver,
+    count, tls,
 };
 
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
 
 const IPPROTO_TCP: u32 = 6;
+const IPPROTO_UDP: u32 = 17;
+/// The port that must carry TLS on a learned address (`registry_access.tls`).
+const HTTPS_PORT: u16 = 443;
 pub(crate) const IPPROTO_ICMP: u32 = 1;
 pub(crate) const IPPROTO_ICMPV6: u32 = 58;
 
@@ -244,10 +248,33 @@ fn judge(ctx: &SockAddrContext, addr: Addr16, port: u16, hook: Hook) -> i32 {
     // hits. The order changes no decision (any rule that allows, allows).
     match learned(&policy, cgroup_id, addr, port, sock_addr.protocol) {
         Learned::Allowed(rule_index, rule_id) => {
-            count(Counter::AllowedLearned);
-            verdict.reason = Reason::AllowedLearned;
             verdict.rule_index = rule_index;
             verdict.rule_id = rule_id;
+            let tls = policy.config.flags & (FLAG_TLS_ENFORCE | FLAG_TLS_AUDIT) != 0;
+            if tls && sock_addr.protocol == IPPROTO_TCP {
+                let note = TlsNote {
+                    cgroup_id,
+                    rule_id,
+                    addr,
+                    port,
+                    strict: (port == HTTPS_PORT) as u8,
+                    _reserved: 0,
+                    rule_index,
+                };
+                tls::note_connection(ctx.sock_addr, &note);
+            } else if sock_addr.protocol == IPPROTO_UDP
+                && port == HTTPS_PORT
+                && policy.config.flags & FLAG_TLS_ENFORCE != 0
+            {
+                // QUIC: its hello is encrypted (with keys anyone can derive, but not in the
+                // kernel), so it is refused rather than judged; clients fall back to TCP.
+                verdict.reason = Reason::QuicRefused;
+                count(Counter::Denied);
+                report(&verdict, 0);
+                return DENY;
+            }
+            count(Counter::AllowedLearned);
+            verdict.reason = Reason::AllowedLearned;
             report_allowed(&policy, &verdict);
             return ALLOW;
         }

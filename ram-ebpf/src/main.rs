@@ -7,6 +7,8 @@
 //!   queries for names no rule allows, and is the packet-level backstop (`egress`); cgroup_skb
 //!   ingress (`dns_snoop_in`) learns addresses from their answers before the answer reaches the
 //!   socket, so the first connect after a lookup is already allowed.
+//! - `tls`: cgroup sock_ops (`tls_sockops`) and sk_msg (`tls_hello`) judge the TLS server
+//!   name of connections to learned addresses.
 #![no_std]
 #![no_main]
 
@@ -14,22 +16,24 @@ mod dns;
 mod egress;
 mod gate;
 mod socket;
+mod tls;
 
 use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf, SockHash},
 };
 use ram_common::{
-    Addr16, AuditSeenKey, CidrRule, ConnectedDest, Counter, DnsScratch, DnsSocket, LearnedAddr,
-    LearnedKey, NameRule, NetnsResolverKey, PendingKey, PendingQuery, PolicyConfig, ResolverRule,
-    SearchKey, TcpDnsStream,
+    Addr16, AuditSeenKey, CidrRule, ConnectedDest, Counter, DnsScratch, DnsSocket, FlowKey,
+    LearnedAddr, LearnedKey, NameRule, NetnsResolverKey, PendingKey, PendingQuery, PolicyConfig,
+    ResolverRule, SearchKey, TaughtKey, TcpDnsStream, TlsFlow, TlsNote, TlsScratch,
     dns::NAME_BUF,
     maps::{
         ALLOWED_CIDRS_MAX, ALLOWED_NAMES_MAX, AUDIT_SEEN_MAX, CONNECTED_UDP_MAX, DNS_EVENTS_BYTES,
         DNS_SOCKETS_MAX, DNS_TAIL_CALLS_MAX, GATE_EVENTS_BYTES, LEARNED_MAX, NETNS_RESOLVERS_MAX,
         PENDING_QUERIES_MAX, RESOLVERS_MAX, RULE_IDS_MAX, SEARCH_DOMAINS_MAX, SEARCH_SUFFIXES_MAX,
-        TCP_DNS_STREAMS_MAX,
+        TAUGHT_NAMES_MAX, TCP_DNS_STREAMS_MAX, TLS_EVENTS_BYTES, TLS_FLOWS_MAX, TLS_NOTES_MAX,
+        TLS_SOCKETS_MAX,
     },
 };
 
@@ -109,6 +113,24 @@ static SEARCH_SUFFIXES: LruHashMap<SearchKey, u32> =
 #[map]
 static CONNECTED_UDP: LruHashMap<u64, ConnectedDest> =
     LruHashMap::with_max_entries(CONNECTED_UDP_MAX, 0);
+
+#[map]
+static TAUGHT_NAMES: LruHashMap<TaughtKey, u64> = LruHashMap::with_max_entries(TAUGHT_NAMES_MAX, 0);
+
+#[map]
+static TLS_NOTES: LruHashMap<u64, TlsNote> = LruHashMap::with_max_entries(TLS_NOTES_MAX, 0);
+
+#[map]
+static TLS_FLOWS: LruHashMap<FlowKey, TlsFlow> = LruHashMap::with_max_entries(TLS_FLOWS_MAX, 0);
+
+#[map]
+static TLS_SOCKETS: SockHash<FlowKey> = SockHash::with_max_entries(TLS_SOCKETS_MAX, 0);
+
+#[map]
+static TLS_SCRATCH: PerCpuArray<TlsScratch> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+static TLS_EVENTS: RingBuf = RingBuf::with_byte_size(TLS_EVENTS_BYTES, 0);
 
 /// The policy in force for one program run: read once at the start, so that a run never mixes
 /// two policies (the daemon flips `POLICY_SLOT` only after filling the other slot).

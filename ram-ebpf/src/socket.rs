@@ -19,7 +19,9 @@ use aya_ebpf::{
     macros::{cgroup_sock, cgroup_sockopt, lsm_cgroup},
     programs::{LsmContext, SockContext, SockoptContext},
 };
-use ram_common::{BUILTIN_RULE, Counter, FLAG_PING, Hook, Reason};
+use ram_common::{
+    BUILTIN_RULE, Counter, FLAG_PING, FLAG_TLS_AUDIT, FLAG_TLS_ENFORCE, Hook, Reason, TLS_MARK,
+};
 
 use crate::{
     Policy, count,
@@ -140,11 +142,47 @@ pub fn sockopt_gate(ctx: SockoptContext) -> i32 {
             || optname == IPV6_DSTOPTS);
     let redirects =
         (level == SOL_IP && optname == IP_OPTIONS && sockopt.optlen > 0) || ipv6_extension;
-    if !redirects {
-        return ALLOW;
+    if redirects {
+        // Counted, not reported: setsockopt programs on older kernels (5.10) may not name the
+        // process, and the caller sees EPERM at once.
+        count(Counter::RedirectRefused);
+        return DENY;
     }
-    // Counted, not reported: setsockopt programs on older kernels (5.10) may not name the
-    // process, and the caller sees EPERM at once.
-    count(Counter::RedirectRefused);
-    DENY
+    if tls_judgement_evaded(sockopt) {
+        count(Counter::TlsRefused);
+        return DENY;
+    }
+    ALLOW
+}
+
+const SOL_SOCKET: i32 = 1;
+const SO_MARK: i32 = 36;
+const SOL_TCP: i32 = 6;
+const TCP_FASTOPEN_CONNECT: i32 = 30;
+const TCP_FASTOPEN_NO_COOKIE: i32 = 34;
+
+/// Options that would let data leave unjudged where `registry_access.tls` judges it: a new
+/// mark on a socket the gates marked (the egress check finds such sockets by their mark), and
+/// TCP Fast Open's connect-time options (data would go out with the SYN, before the hello check
+/// can see it; `MSG_FASTOPEN` data is dropped at egress and poisons the connection instead).
+#[inline(always)]
+fn tls_judgement_evaded(sockopt: &aya_ebpf::bindings::bpf_sockopt) -> bool {
+    let (level, optname) = (sockopt.level, sockopt.optname);
+    let relevant = (level == SOL_SOCKET && optname == SO_MARK)
+        || (level == SOL_TCP
+            && (optname == TCP_FASTOPEN_CONNECT || optname == TCP_FASTOPEN_NO_COOKIE));
+    if !relevant {
+        return false;
+    }
+    let tls = Policy::in_force()
+        .is_some_and(|policy| policy.config.flags & (FLAG_TLS_ENFORCE | FLAG_TLS_AUDIT) != 0);
+    if !tls {
+        return false;
+    }
+    if level == SOL_TCP {
+        return true;
+    }
+    // SAFETY: `sk` of a sockopt context is the socket of the call, never null there.
+    let mark = unsafe { (*sockopt.__bindgen_anon_1.sk).mark };
+    mark & TLS_MARK != 0
 }

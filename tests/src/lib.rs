@@ -1500,6 +1500,58 @@ impl TestNet {
         server
     }
 
+    /// Starts docker-registry serving HTTPS on `addr:port` (with `ca`'s server certificate)
+    /// from `storage`, a directory another registry of the test may share.
+    pub fn registry_tls(
+        &self,
+        dir: &TempDir,
+        storage: &Path,
+        addr: IpAddr,
+        port: u16,
+        ca: &TestCa,
+    ) -> Background {
+        fs::create_dir_all(storage).expect("creating registry storage");
+        let config = dir.write(
+            &format!("registry-tls-{addr}-{port}.yml"),
+            &format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+                 http:\n  addr: {}\n  tls:\n    certificate: {}\n    key: {}\n",
+                storage.display(),
+                SocketAddr::new(addr, port),
+                ca.cert.display(),
+                ca.key.display(),
+            ),
+        );
+        let mut cmd = self.command("docker-registry");
+        cmd.arg("serve").arg(config);
+        let server = Background::spawn("docker-registry (TLS)", cmd);
+        wait_for_tcp(SocketAddr::new(addr, port));
+        server
+    }
+
+    /// Starts `tls_server.py` on `addr:port` with `ca`'s server certificate (every name of
+    /// the CA on one address), logging to the returned file what each connection sent.
+    pub fn tls_server(
+        &self,
+        dir: &TempDir,
+        addr: IpAddr,
+        port: u16,
+        ca: &TestCa,
+    ) -> (Background, PathBuf) {
+        let log = dir.path().join(format!("tls-server-{addr}-{port}.log"));
+        fs::write(&log, "").expect("creating the TLS server's log");
+        let mut cmd = self.command("python3");
+        cmd.arg(client_script("tls_server.py"))
+            .arg(addr.to_string())
+            .arg(port.to_string())
+            .arg(&ca.cert)
+            .arg(&ca.key)
+            .arg(&log);
+        let server = Background::spawn("TLS server", cmd);
+        wait_for_tcp(SocketAddr::new(addr, port));
+        (server, log)
+    }
+
     /// Starts `python3 -m http.server` serving `dir` on `port` in the peer namespace.
     pub fn file_server(&self, dir: &Path, port: u16) -> Background {
         let mut cmd = self.command("python3");
@@ -1750,4 +1802,86 @@ impl Drop for V1Parents {
             Self::remove_empty_tree(path);
         }
     }
+}
+
+/// A test certificate authority and one server certificate (an EC key) for several names.
+pub struct TestCa {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TestCa {
+    /// Made with the `openssl` command under `dir`.
+    pub fn new(dir: &TempDir, names: &[&str]) -> Self {
+        let path = |name: &str| dir.path().join(name);
+        let (ca, ca_key, cert, key, csr) = (
+            path("ca.pem"),
+            path("ca.key"),
+            path("server.pem"),
+            path("server.key"),
+            path("server.csr"),
+        );
+        let sans: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
+        let ext = dir.write(
+            "server.ext",
+            &format!("subjectAltName={}\n", sans.join(",")),
+        );
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let run = |args: Vec<&str>| {
+            sh("openssl", &args).unwrap_or_else(|err| panic!("openssl {args:?}: {err:#}"));
+        };
+        let mut args = vec!["req", "-x509"];
+        args.extend(ec);
+        args.extend([
+            "-keyout",
+            s(&ca_key),
+            "-out",
+            s(&ca),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=ram test CA",
+        ]);
+        run(args);
+        let mut args = vec!["req"];
+        args.extend(ec);
+        args.extend([
+            "-keyout",
+            s(&key),
+            "-out",
+            s(&csr),
+            "-subj",
+            "/CN=ram test server",
+        ]);
+        run(args);
+        run(vec![
+            "x509",
+            "-req",
+            "-in",
+            s(&csr),
+            "-CA",
+            s(&ca),
+            "-CAkey",
+            s(&ca_key),
+            "-CAcreateserial",
+            "-out",
+            s(&cert),
+            "-days",
+            "2",
+            "-extfile",
+            s(&ext),
+        ]);
+        Self { ca, cert, key }
+    }
+}
+
+fn s(path: &Path) -> &str {
+    path.to_str().expect("test paths are UTF-8")
 }

@@ -28,7 +28,7 @@ pub fn check(file: &Path) -> Result<()> {
     println!(
         "{}: ok: {} hostname(s), {} CIDR(s), loopback {}, resolvers: {}; learned addresses live \
          {}..{} s plus {} s grace, at most {} of them; allowed connections audited: {}; DNS \
-         queries: {}; ping: {}",
+         queries: {}; ping: {}; TLS names: {}",
         file.display(),
         access.allow.len(),
         access.allow_cidrs.len(),
@@ -52,6 +52,7 @@ pub fn check(file: &Path) -> Result<()> {
         } else {
             "refused"
         },
+        access.tls.as_str(),
     );
     if let Err(err) = protect::check_policy_path(file) {
         println!("note: `ram daemon --policy` would refuse this file where it is: {err}");

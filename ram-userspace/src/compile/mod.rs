@@ -10,11 +10,11 @@ use std::{
 
 use ram_common::{
     AUDIT_ALLOWED_ALL, AUDIT_ALLOWED_FIRST, AUDIT_ALLOWED_NONE, Addr16, BUILTIN_RULE,
-    CONTAINER_RESOLVER_RULE_ID, CidrRule, FLAG_PING, FLAG_QUERIES_ALLOWED, NameRule, PolicyConfig,
-    Reason, ResolverRule, dns::NAME_BUF, rule_id,
+    CONTAINER_RESOLVER_RULE_ID, CidrRule, FLAG_PING, FLAG_QUERIES_ALLOWED, FLAG_TLS_AUDIT,
+    FLAG_TLS_ENFORCE, NameRule, PolicyConfig, Reason, ResolverRule, dns::NAME_BUF, rule_id,
 };
 
-use crate::policy::{AllowedAudit, Cidr, DnsQueries, HostPattern, Policy, presets, to_v6};
+use crate::policy::{AllowedAudit, Cidr, DnsQueries, HostPattern, Policy, TlsMode, presets, to_v6};
 
 /// How long a query waits for its answer before an answer no longer counts (resolvers time out
 /// well before: glibc after 5 s by default, with up to 2 attempts per server).
@@ -237,7 +237,12 @@ impl CompiledPolicy {
             flags: match policy.dns.queries {
                 DnsQueries::Allowed => FLAG_QUERIES_ALLOWED,
                 DnsQueries::Any => 0,
-            } | if access.allow_ping { FLAG_PING } else { 0 },
+            } | if access.allow_ping { FLAG_PING } else { 0 }
+                | match access.tls {
+                    TlsMode::Enforce => FLAG_TLS_ENFORCE,
+                    TlsMode::Audit => FLAG_TLS_AUDIT,
+                    TlsMode::Off => 0,
+                },
             allowed_window_ns: policy.audit.allowed_window * NS,
             // Filled in by the enforcer, which keeps the maps' key.
             search_seed: 0,

@@ -21,7 +21,7 @@ pub mod watch;
 use std::{io, path::PathBuf, time::Duration};
 
 use log::{error, info, warn};
-use ram_common::{Counter, DnsEvent, GateEvent};
+use ram_common::{Counter, DnsEvent, GateEvent, TlsEvent};
 use tokio::signal::unix::{SignalKind, signal};
 
 use self::{
@@ -127,7 +127,10 @@ async fn serve(options: Options, policy: LoadedPolicy, sink: AuditSink) -> Resul
     let (mut enforcement, dirs) = Enforcement::start(&options, policy)?;
     let events = enforcement.enforcer.take_events()?;
     let dns_events = enforcement.enforcer.take_dns_events()?;
+    let tls_events = enforcement.enforcer.take_tls_events()?;
     let mut events = ring::watch(events).map_err(io_error("watching the event ring buffer"))?;
+    let mut tls_events =
+        ring::watch(tls_events).map_err(io_error("watching the TLS event ring buffer"))?;
     let mut dns_events =
         ring::watch(dns_events).map_err(io_error("watching the DNS event ring buffer"))?;
 
@@ -248,6 +251,14 @@ async fn serve(options: Options, policy: LoadedPolicy, sink: AuditSink) -> Resul
                     tokio::task::yield_now().await;
                 }
             }
+            guard = tls_events.readable_mut() => {
+                let mut guard = guard.map_err(io_error("waiting for TLS events"))?;
+                if drain(guard.get_inner_mut(), EVENTS_PER_TURN, |event: TlsEvent| daemon.tls_event(&event)) {
+                    guard.clear_ready();
+                } else {
+                    tokio::task::yield_now().await;
+                }
+            }
             // Last: a flood of requests to the Docker servers must not keep the loop from the
             // kernel's events; what overflows their bounded queue is counted.
             Some(decision) = image_decisions.recv() => daemon.auditor.image_decision(decision),
@@ -261,6 +272,9 @@ async fn serve(options: Options, policy: LoadedPolicy, sink: AuditSink) -> Resul
     });
     drain(events.get_mut(), EVENTS_AT_STOP, |event: GateEvent| {
         daemon.gate_event(&event);
+    });
+    drain(tls_events.get_mut(), EVENTS_AT_STOP, |event: TlsEvent| {
+        daemon.tls_event(&event);
     });
     let _ = std::fs::remove_file(control::socket_path(&daemon.options.run_dir));
     daemon.docker.stop();
@@ -299,6 +313,10 @@ fn follow_up(cgroups: &mut Option<CgroupWatcher>, daemon: &Daemon, retry: bool) 
 impl Daemon {
     fn gate_event(&mut self, event: &GateEvent) {
         self.auditor.gate_event(event, &self.enforcement.rules);
+    }
+
+    fn tls_event(&mut self, event: &TlsEvent) {
+        self.auditor.tls_event(event, &self.enforcement.rules);
     }
 
     fn dns_event(&mut self, event: &DnsEvent) {

@@ -9,7 +9,10 @@ use std::{
 };
 
 use log::{info, warn};
-use ram_common::{DnsEvent, GateEvent, LearnedKey, Reason};
+use ram_common::{DnsEvent, GateEvent, Hook, LearnedKey, Reason, TlsEvent};
+
+/// `IPPROTO_TCP`: every judged TLS hello is on a TCP connection.
+const IPPROTO_TCP: u8 = 6;
 
 use super::{
     answers::{named_addresses, query_question},
@@ -135,6 +138,54 @@ impl Auditor {
 
     /// A decision of the connect/sendmsg programs.
     pub fn gate_event(&mut self, event: &GateEvent, rules: &RuleNames) {
+        self.write_gate_record(event, rules, |_, _| {});
+    }
+
+    /// A TLS hello `tls_hello` refused (or, under `tls = "audit"`, would have): audited like a
+    /// gate's decision, with the name it sent and the names that taught the address.
+    pub fn tls_event(&mut self, event: &TlsEvent, rules: &RuleNames) {
+        let pid = (event.pid_tgid >> 32) as u32;
+        // sk_msg programs cannot read the task's name: the process's, while it lives.
+        let mut comm = [0u8; 16];
+        if let Ok(name) = fs::read(format!("/proc/{pid}/comm")) {
+            let name = name.strip_suffix(b"\n").unwrap_or(&name);
+            let len = name.len().min(15);
+            comm[..len].copy_from_slice(&name[..len]);
+        }
+        let gate = GateEvent {
+            boot_ns: event.boot_ns,
+            cgroup_id: event.cgroup_id,
+            pid_tgid: event.pid_tgid,
+            uid_gid: event.uid_gid,
+            comm,
+            addr: event.addr,
+            port: event.port,
+            hook: Hook::TlsHello as u8,
+            reason: event.reason,
+            verdict: event.verdict,
+            protocol: IPPROTO_TCP,
+            socket_protocol: 0,
+            rule_index: event.rule_index,
+            socket_family: 0,
+            socket_type: 0,
+            rule_id: event.rule_id,
+        };
+        let len = (event.name_len as usize).min(event.name.len());
+        let name = (len > 0).then(|| String::from_utf8_lossy(&event.name[..len]).into_owned());
+        self.write_gate_record(&gate, rules, |record, seen| {
+            record.server_name = name;
+            if let Some(seen) = seen {
+                record.taught_by = seen.taught_by.clone();
+            }
+        });
+    }
+
+    fn write_gate_record(
+        &mut self,
+        event: &GateEvent,
+        rules: &RuleNames,
+        extra: impl FnOnce(&mut AuditRecord, Option<&SeenAddress>),
+    ) {
         let cgroup = self.cgroup_names.lookup(event.cgroup_id);
         let mut record = AuditRecord::from_event(event, self.clock_offset, cgroup);
         record.rule = rules.text(event.rule_id);
@@ -153,6 +204,7 @@ impl Auditor {
                 record.reason = "map_full";
             }
         }
+        extra(&mut record, self.hostnames.get(&display_addr(event.addr)));
         info!("{}", record.summary());
         self.sink.write(&record);
     }

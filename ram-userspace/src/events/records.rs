@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, Ipv6Addr};
 
-use ram_common::{BUILTIN_RULE, GateEvent, Hook, Reason};
+use ram_common::{BUILTIN_RULE, GateEvent, Hook, Reason, VERDICT_WOULD_DENY};
 use serde::Serialize;
 
 use crate::sys;
@@ -12,7 +12,7 @@ use crate::sys;
 pub struct AuditRecord {
     /// RFC 3339, UTC, nanoseconds.
     pub time: String,
-    /// "allow" or "deny".
+    /// "allow", "deny", or "would_deny" (`registry_access.tls = "audit"`).
     pub verdict: &'static str,
     pub reason: &'static str,
     /// The kernel hook: connect4, connect6, sendmsg4, sendmsg6.
@@ -45,6 +45,13 @@ pub struct AuditRecord {
     /// asked for (`inet raw udp`, `inet6 seqpacket sctp`); the destination is then unknown.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub socket: Option<String>,
+    /// For a judged TLS hello (`hook: tls_hello`): the server name it sent (absent when it sent
+    /// none or it could not be read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// For a judged TLS hello: the allowed names whose answers gave this address.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub taught_by: Vec<String>,
 }
 
 impl AuditRecord {
@@ -58,7 +65,11 @@ impl AuditRecord {
         let pid = (event.pid_tgid >> 32) as u32;
         Self {
             time: rfc3339_utc(wall_ns),
-            verdict: if event.verdict == 0 { "deny" } else { "allow" },
+            verdict: match event.verdict {
+                0 => "deny",
+                VERDICT_WOULD_DENY => "would_deny",
+                _ => "allow",
+            },
             reason: Reason::from_u8(event.reason).map_or("unknown", Reason::as_str),
             hook: Hook::from_u8(event.hook).map_or("unknown", Hook::as_str),
             protocol: if event.hook == Hook::SocketCreate as u8 {
@@ -90,6 +101,8 @@ impl AuditRecord {
                     protocol_name_full(event.socket_protocol)
                 )
             }),
+            server_name: None,
+            taught_by: Vec::new(),
         }
     }
 
@@ -115,6 +128,11 @@ impl AuditRecord {
             .as_deref()
             .map(|r| format!(", rule `{}`", text(r)))
             .unwrap_or_default();
+        let host = match (&self.server_name, self.hook == Hook::TlsHello.as_str()) {
+            (Some(name), _) => format!("{host} with TLS name `{}`", text(name)),
+            (None, true) => format!("{host} with no TLS name"),
+            (None, false) => host,
+        };
         format!(
             "{} {} {} {}:{}{host} by pid {} ({}) in {} ({}{rule})",
             self.verdict,

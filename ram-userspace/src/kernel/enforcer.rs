@@ -7,17 +7,18 @@ use std::{collections::HashSet, fs, path::PathBuf};
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, SockHash, lpm_trie::Key},
 };
 use ram_common::{
-    Addr16, BUILTIN_RULE, CONTAINER_RESOLVER_RULE_ID, CidrRule, ConnectedDest, Counter,
-    LearnedAddr, LearnedKey, NameRule, NetnsResolverKey, PolicyConfig, ResolverRule,
+    Addr16, BUILTIN_RULE, CONTAINER_RESOLVER_RULE_ID, CidrRule, ConnectedDest, Counter, FlowKey,
+    LearnedAddr, LearnedKey, NameRule, NetnsResolverKey, PolicyConfig, ResolverRule, TLS_ALLOWED,
+    TlsFlow,
     dns::{NAME_BUF, suffix_hash},
     maps::{
         ALLOWED_CIDRS, ALLOWED_CIDRS_MAX, ALLOWED_NAMES, ALLOWED_NAMES_MAX, CONNECTED_UDP,
         COUNTERS, DNS_EVENTS, GATE_EVENTS, LEARNED, LEARNED_MAX, NETNS_RESOLVERS,
         NETNS_RESOLVERS_MAX, POLICY_CONFIG, POLICY_SLOT, RESOLVERS, RESOLVERS_MAX, RULE_IDS,
-        SEARCH_DOMAINS, SEARCH_DOMAINS_MAX,
+        SEARCH_DOMAINS, SEARCH_DOMAINS_MAX, TLS_EVENTS, TLS_FLOWS, TLS_SOCKETS,
     },
 };
 
@@ -73,6 +74,8 @@ pub struct Enforcer {
     /// The key of the search-domain hashes (`PolicyConfig::search_seed`): the one of the
     /// maps adopted, else a new random one.
     search_seed: u64,
+    /// Allowed TLS flows whose sockets were taken out of `TLS_SOCKETS` already.
+    released_sockets: HashSet<FlowKey>,
 }
 
 /// A new search-domain key: 8 bytes of the kernel's random pool, never 0.
@@ -143,6 +146,7 @@ impl Enforcer {
             kept_rules: HashSet::new(),
             kept_resolvers: HashSet::new(),
             search_seed,
+            released_sockets: HashSet::new(),
         };
         // The policy goes in before any new attach: a fresh link never runs without one.
         enforcer.apply(policy)?;
@@ -366,7 +370,35 @@ impl Enforcer {
             return Err(map_error(LEARNED, source));
         }
         self.forget_connected();
+        self.release_judged_sockets();
         Ok((removal.done, total - removal.done))
+    }
+
+    /// Takes the sockets whose TLS hello was allowed out of `TLS_SOCKETS`, so that their sends
+    /// take the kernel's usual path again (`tls_hello` cannot do it itself). Their flows stay
+    /// (the egress check passes an allowed flow's data). Failures are logged: the socket then
+    /// stays judged, and passes (the program lets an allowed flow through at once).
+    fn release_judged_sockets(&mut self) {
+        let Ok(flows) = typed_map_ref::<HashMap<_, FlowKey, TlsFlow>>(&self.ebpf, TLS_FLOWS) else {
+            return;
+        };
+        let allowed: HashSet<FlowKey> = flows
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, flow)| flow.state == TLS_ALLOWED)
+            .map(|(key, _)| key)
+            .collect();
+        let Ok(mut sockets) = typed_map::<SockHash<_, FlowKey>>(&mut self.ebpf, TLS_SOCKETS) else {
+            return;
+        };
+        for key in allowed.difference(&self.released_sockets) {
+            match sockets.remove(key) {
+                Ok(()) => {}
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(err) => log::debug!("releasing a judged socket from {TLS_SOCKETS}: {err}"),
+            }
+        }
+        self.released_sockets = allowed;
     }
 
     /// Empties `CONNECTED_UDP`: the backstop then judges each connected UDP or ping socket's
@@ -479,6 +511,11 @@ impl Enforcer {
     /// The ring buffer of learning events (with the answers); call once.
     pub fn take_dns_events(&mut self) -> Result<RingBuf<MapData>, EnforceError> {
         self.take_ring(DNS_EVENTS)
+    }
+
+    /// The ring buffer of judged TLS hellos; call once.
+    pub fn take_tls_events(&mut self) -> Result<RingBuf<MapData>, EnforceError> {
+        self.take_ring(TLS_EVENTS)
     }
 
     /// The ring buffer of denial events; call once.

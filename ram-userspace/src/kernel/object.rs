@@ -12,13 +12,17 @@ use std::{
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::ProgramArray,
+    maps::{ProgramArray, SockHash},
     programs::{
         CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockopt, LsmCgroup, Program, ProgramError,
+        SkMsg, SockOps,
     },
 };
 use aya_obj::generated::bpf_attach_type;
-use ram_common::maps::{ALL, ANSWER_RR_SLOT, DNS_TAIL_CALLS, LEARNED, QUERY_NAME_SLOT};
+use ram_common::{
+    FlowKey,
+    maps::{ALL, ANSWER_RR_SLOT, DNS_TAIL_CALLS, LEARNED, QUERY_NAME_SLOT, TLS_SOCKETS},
+};
 
 use super::{
     error::EnforceError,
@@ -111,6 +115,17 @@ pub const FAMILY_GATE: Gate = Gate {
     attach_type: bpf_attach_type::BPF_LSM_CGROUP,
 };
 
+/// The cgroup sock_ops program that sends established connections to learned addresses
+/// through `tls_hello` (`registry_access.tls`).
+pub const TLS_SOCKOPS: Gate = Gate {
+    name: "tls_sockops",
+    attach_type: bpf_attach_type::BPF_CGROUP_SOCK_OPS,
+};
+
+/// The sk_msg program judging the first bytes sent on those connections; attached to the
+/// `TLS_SOCKETS` map (once, where it stays while the map is pinned), not to cgroups.
+pub const TLS_HELLO: &str = "tls_hello";
+
 /// The LSM hook `family_gate` runs on.
 const FAMILY_GATE_HOOK: &str = "socket_create";
 
@@ -129,7 +144,12 @@ pub fn program_names() -> impl Iterator<Item = &'static str> {
         .map(|(name, _)| *name)
         .chain(SNOOPERS.iter().map(|s| s.name))
         .chain(GATES.iter().map(|g| g.name))
-        .chain([SOCKET_GATE.name, SOCKOPT_GATE.name])
+        .chain([
+            SOCKET_GATE.name,
+            SOCKOPT_GATE.name,
+            TLS_SOCKOPS.name,
+            TLS_HELLO,
+        ])
         .chain(family_gate_loaded().then_some(FAMILY_GATE.name))
 }
 
@@ -141,7 +161,7 @@ pub fn attached_programs() -> impl Iterator<Item = (&'static str, bpf_attach_typ
         .iter()
         .map(|s| (s.name, s.attach_type))
         .chain(GATES.iter().map(|g| (g.name, g.attach_type)))
-        .chain([SOCKET_GATE, SOCKOPT_GATE].map(|g| (g.name, g.attach_type)))
+        .chain([SOCKET_GATE, SOCKOPT_GATE, TLS_SOCKOPS].map(|g| (g.name, g.attach_type)))
         .chain(family_gate_loaded().then_some((FAMILY_GATE.name, FAMILY_GATE.attach_type)))
 }
 
@@ -195,6 +215,7 @@ pub(super) fn load_programs(
     program_as::<CgroupSockopt>(ebpf, SOCKOPT_GATE.name)?
         .load()
         .map_err(|source| load_error(SOCKOPT_GATE.name, source))?;
+    load_tls_programs(ebpf)?;
     load_family_gate(ebpf);
     let mut program_ids = StdHashMap::new();
     for name in program_names() {
@@ -219,6 +240,42 @@ pub(super) fn load_programs(
         })?;
     }
     Ok(program_ids)
+}
+
+/// Loads `tls_sockops` and `tls_hello`, and attaches `tls_hello` to `TLS_SOCKETS` before any
+/// socket can enter it (a socket takes the map's programs when it enters). The attachment
+/// belongs to the pinned map: it outlives the daemon, and the next daemon's replaces it.
+fn load_tls_programs(ebpf: &mut Ebpf) -> Result<(), EnforceError> {
+    program_as::<SockOps>(ebpf, TLS_SOCKOPS.name)?
+        .load()
+        .map_err(|source| load_error(TLS_SOCKOPS.name, source))?;
+    program_as::<SkMsg>(ebpf, TLS_HELLO)?
+        .load()
+        .map_err(|source| load_error(TLS_HELLO, source))?;
+    let sockets: SockHash<&aya::maps::MapData, FlowKey> =
+        super::maps::typed_map_ref(ebpf, TLS_SOCKETS)?;
+    let map_fd = sockets
+        .fd()
+        .try_clone()
+        .map_err(|err| map_error(TLS_SOCKETS, aya::maps::MapError::IoError(err)))?;
+    let program = program_as::<SkMsg>(ebpf, TLS_HELLO)?;
+    let link = program
+        .attach(&map_fd)
+        .map_err(|source| attach_map_error(TLS_HELLO, source))?;
+    // Dropping the link would detach the program; the map keeps it attached instead.
+    let link = program
+        .take_link(link)
+        .map_err(|source| attach_map_error(TLS_HELLO, source))?;
+    std::mem::forget(link);
+    log::info!(
+        "TLS names: the first bytes sent to learned addresses are judged (sk_msg); a refused \
+         hello fails the send at once"
+    );
+    Ok(())
+}
+
+fn attach_map_error(program: &'static str, source: ProgramError) -> EnforceError {
+    EnforceError::Program { program, source }
 }
 
 /// Loads `family_gate` where the kernel runs BPF LSM programs; says in the log either way
@@ -272,6 +329,8 @@ pub(super) fn program_fd(ebpf: &Ebpf, name: &'static str) -> Result<OwnedFd, Enf
         Program::CgroupSock(p) => p.fd(),
         Program::CgroupSockopt(p) => p.fd(),
         Program::LsmCgroup(p) => p.fd(),
+        Program::SockOps(p) => p.fd(),
+        Program::SkMsg(p) => p.fd(),
         _ => return Err(EnforceError::MissingProgram { program: name }),
     }
     .map_err(|source| EnforceError::Program {
@@ -335,9 +394,13 @@ mod tests {
         let family_gate = usize::from(family_gate_loaded());
         assert_eq!(
             names.len(),
-            TAIL_CALLED.len() + SNOOPERS.len() + GATES.len() + 2 + family_gate
+            TAIL_CALLED.len() + SNOOPERS.len() + GATES.len() + 4 + family_gate
         );
-        assert!(attached_programs().all(|(name, _)| name != ANSWER_RR && name != QUERY_NAME));
+        // Tail calls are not attached; tls_hello is attached to its map, not to cgroups.
+        assert!(
+            attached_programs()
+                .all(|(name, _)| name != ANSWER_RR && name != QUERY_NAME && name != TLS_HELLO)
+        );
         // The DNS programs come first.
         let order: Vec<_> = attached_programs().map(|(name, _)| name).collect();
         assert_eq!(&order[..2], ["dns_query_out", "dns_snoop_in"]);
@@ -367,6 +430,7 @@ mod tests {
                 // `cgroup/skb` (`#[cgroup_skb]` without a direction): the table is the only
                 // place that says which way the program watches.
                 ProgramSection::CgroupSkb { attach_type: None } => attach_type,
+                ProgramSection::SockOps => bpf_attach_type::BPF_CGROUP_SOCK_OPS,
                 other => panic!("{name}: unexpected section {other:?}"),
             };
             assert_eq!(attach_type, from_section, "{name}");

@@ -136,6 +136,31 @@ pub struct RegistryAccess {
     pub allow_loopback: bool,
     /// ICMP ping sockets, to destinations the policy allows (else refused at creation).
     pub allow_ping: bool,
+    /// Whether TLS connections to learned addresses must name a host that taught the address.
+    pub tls: TlsMode,
+}
+
+/// `registry_access.tls`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// A TCP connection to a learned address must send a ClientHello naming an allowed host
+    /// whose answer taught this address (on 443: nothing else; on other allowed ports, a TLS
+    /// hello is judged and other protocols pass). QUIC to a learned address is refused.
+    Enforce,
+    /// The same judgement, reported as `would_deny`; nothing refused.
+    Audit,
+    /// Addresses only, as before this setting.
+    Off,
+}
+
+impl TlsMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Enforce => "enforce",
+            Self::Audit => "audit",
+            Self::Off => "off",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use toml::Spanned;
 
 use super::{
     AllowedAudit, Audit, DEFAULT_POLICY, Dns, DnsQueries, EntryError, HostPattern, ImageAccess,
-    Policy, PolicySource, RegistryAccess, Scope,
+    Policy, PolicySource, RegistryAccess, Scope, TlsMode,
 };
 
 /// values are kept with their position and validated afterwards so errors can point at them.
@@ -84,6 +84,8 @@ struct RawRegistryAccess {
     allow_loopback: bool,
     #[serde(default)]
     allow_ping: bool,
+    #[serde(default)]
+    tls: Option<Spanned<String>>,
 }
 
 impl Default for RawRegistryAccess {
@@ -93,6 +95,7 @@ impl Default for RawRegistryAccess {
             allow_cidrs: Vec::new(),
             allow_loopback: true,
             allow_ping: false,
+            tls: None,
         }
     }
 }
@@ -200,6 +203,22 @@ impl Policy {
                 )?,
                 allow_loopback: access.allow_loopback,
                 allow_ping: access.allow_ping,
+                tls: match &access.tls {
+                    None => TlsMode::Enforce,
+                    Some(value) => match value.get_ref().as_str() {
+                        "enforce" => TlsMode::Enforce,
+                        "audit" => TlsMode::Audit,
+                        "off" => TlsMode::Off,
+                        other => {
+                            return Err(invalid(
+                                value.span().start,
+                                format!(
+                                    "registry_access.tls: `{other}` is not one of \"enforce\", \"audit\", \"off\""
+                                ),
+                            ));
+                        }
+                    },
+                },
             },
             dns: Dns {
                 resolvers: match raw.dns.resolvers {

@@ -1,0 +1,345 @@
+//! Reading the server name out of a TLS ClientHello, shared by the kernel (`tls_hello`, on the
+//! bytes an application sends) and user space (tests, fuzzing). Only what ram needs is read:
+//! the record and handshake headers, the fixed fields skipped, every extension's header, and
+//! the `server_name` extension (RFC 6066). Anything that does not fit that shape is not
+//! guessed at: [`Hello::Unreadable`], which the kernel refuses.
+
+use crate::dns::{FNV_OFFSET, FNV_PRIME};
+
+/// TLS record header: type, version, length.
+pub const RECORD_HEADER: usize = 5;
+/// Largest plaintext record (RFC 8446 §5.1): a ClientHello in one record is at most this long.
+pub const MAX_RECORD: usize = 16_384;
+/// Every offset the parser reads is below this (header + largest record), a power of two so
+/// that the kernel can bound offsets with a mask.
+pub const OFFSET_LIMIT: usize = 32_768;
+/// Extensions read before giving up (Chrome sends about 18 with GREASE; OpenSSL, Go and rustls
+/// fewer). A hello with more is unreadable, never partly read.
+pub const MAX_EXTENSIONS: usize = 48;
+
+const CONTENT_HANDSHAKE: u8 = 22;
+const HANDSHAKE_CLIENT_HELLO: u8 = 1;
+const EXTENSION_SERVER_NAME: u16 = 0;
+const NAME_TYPE_HOST: u8 = 0;
+
+/// Bytes the parser reads: a copied buffer in user space, packet memory in the kernel.
+pub trait Bytes {
+    /// The byte at `index`, `None` past the end.
+    fn byte(&self, index: usize) -> Option<u8>;
+    /// How many bytes there are.
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Bytes for [u8] {
+    fn byte(&self, index: usize) -> Option<u8> {
+        self.get(index).copied()
+    }
+    fn len(&self) -> usize {
+        <[u8]>::len(self)
+    }
+}
+
+/// What the first bytes an application sent are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hello {
+    /// Not a TLS handshake record at all (plain HTTP, SSH, ...).
+    NotTls,
+    /// A TLS record, but not readable as one whole ClientHello: a hello split over records, a
+    /// malformed length, too many extensions, two server names, a record over the limit.
+    Unreadable,
+    /// The record is `total` bytes long (header included) and fewer have been written: wait for
+    /// the rest.
+    Incomplete { total: u32 },
+    /// A ClientHello without a `server_name` extension.
+    NoName,
+    /// A ClientHello naming a host: its text is `len` bytes at `offset`.
+    Named { offset: u32, len: u32 },
+}
+
+#[inline(always)]
+fn u16_at(bytes: &(impl Bytes + ?Sized), index: usize) -> Option<usize> {
+    Some(((bytes.byte(index)? as usize) << 8) | bytes.byte(index + 1)? as usize)
+}
+
+/// Reads the ClientHello at the start of `bytes` far enough to find its server name.
+#[inline(always)]
+pub fn read_hello(bytes: &(impl Bytes + ?Sized)) -> Hello {
+    let Some(content) = bytes.byte(0) else {
+        return Hello::Incomplete {
+            total: RECORD_HEADER as u32,
+        };
+    };
+    if content != CONTENT_HANDSHAKE {
+        return Hello::NotTls;
+    }
+    if bytes.len() < RECORD_HEADER {
+        return Hello::Incomplete {
+            total: RECORD_HEADER as u32,
+        };
+    }
+    // Record version 3.x (SSL 3.0 to TLS 1.3 all say 3.1 or 3.3 here).
+    if bytes.byte(1) != Some(3) {
+        return Hello::NotTls;
+    }
+    let Some(record_len) = u16_at(bytes, 3) else {
+        return Hello::Unreadable;
+    };
+    if record_len == 0 || record_len > MAX_RECORD {
+        return Hello::Unreadable;
+    }
+    let total = RECORD_HEADER + record_len;
+    if bytes.len() < total {
+        return Hello::Incomplete {
+            total: total as u32,
+        };
+    }
+    read_client_hello(bytes, total).unwrap_or(Hello::Unreadable)
+}
+
+/// The handshake message inside one whole record ending at `record_end`.
+#[inline(always)]
+fn read_client_hello(bytes: &(impl Bytes + ?Sized), record_end: usize) -> Option<Hello> {
+    if bytes.byte(RECORD_HEADER)? != HANDSHAKE_CLIENT_HELLO {
+        return None;
+    }
+    let hello_len = ((bytes.byte(6)? as usize) << 16) | u16_at(bytes, 7)?;
+    let body = RECORD_HEADER + 4;
+    let end = body + hello_len;
+    // The whole hello in this record: one split over records is not read.
+    if end > record_end {
+        return None;
+    }
+    // client_version (2), random (32).
+    let mut pos = body + 34;
+    let session_id_len = bytes.byte(pos)? as usize;
+    if session_id_len > 32 {
+        return None;
+    }
+    pos += 1 + session_id_len;
+    let suites_len = u16_at(bytes, pos)?;
+    pos += 2 + suites_len;
+    let compression_len = bytes.byte(pos)? as usize;
+    pos += 1 + compression_len;
+    if pos == end {
+        return Some(Hello::NoName);
+    }
+    let extensions_len = u16_at(bytes, pos)?;
+    pos += 2;
+    if pos + extensions_len != end {
+        return None;
+    }
+    let mut name: Option<(usize, usize)> = None;
+    let mut i = 0;
+    // Bounded: MAX_EXTENSIONS headers; more is unreadable (checked after the loop).
+    while i < MAX_EXTENSIONS {
+        if pos >= end {
+            break;
+        }
+        let kind = u16_at(bytes, pos)? as u16;
+        let len = u16_at(bytes, pos + 2)?;
+        pos += 4;
+        if pos + len > end {
+            return None;
+        }
+        if kind == EXTENSION_SERVER_NAME {
+            // One server_name extension, holding one host name (RFC 6066 §3): a second of
+            // either could be read differently by the server.
+            if name.is_some() {
+                return None;
+            }
+            let list_len = u16_at(bytes, pos)?;
+            let name_len = u16_at(bytes, pos + 3)?;
+            if list_len + 2 != len
+                || bytes.byte(pos + 2)? != NAME_TYPE_HOST
+                || name_len + 3 != list_len
+            {
+                return None;
+            }
+            name = Some((pos + 5, name_len));
+        }
+        pos += len;
+        i += 1;
+    }
+    if pos != end {
+        return None;
+    }
+    Some(match name {
+        Some((offset, len)) => Hello::Named {
+            offset: offset as u32,
+            len: len as u32,
+        },
+        None => Hello::NoName,
+    })
+}
+
+/// A server name character as the DNS side stores names (lower case), `None` for characters
+/// no host name has. The dot is kept (names are compared in text form).
+#[inline(always)]
+pub fn name_char(byte: u8) -> Option<u8> {
+    match byte {
+        b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => Some(byte),
+        b'A'..=b'Z' => Some(byte | 0x20),
+        _ => None,
+    }
+}
+
+/// FNV-1a of a name's text form, as [`crate::dns::read_name`] hashes a DNS name: a server
+/// name hashes like the question that taught the address.
+pub fn name_hash(text: &[u8]) -> u64 {
+    let mut hash = FNV_OFFSET;
+    for &byte in text {
+        hash = (hash ^ byte as u64).wrapping_mul(FNV_PRIME);
+    }
+    hash
+}
+
+/// One step of [`name_hash`].
+#[inline(always)]
+pub fn name_hash_step(hash: u64, byte: u8) -> u64 {
+    (hash ^ byte as u64).wrapping_mul(FNV_PRIME)
+}
+
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing {
+    //! The body of the `tls_hello` fuzz target: whatever the bytes, the parser returns, and
+    //! a name it reports lies inside them.
+    use super::*;
+
+    pub fn read_like_the_kernel(bytes: &[u8]) {
+        if let Hello::Named { offset, len } = read_hello(bytes) {
+            assert!((offset + len) as usize <= bytes.len());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::{string::String, vec, vec::Vec};
+
+    /// A ClientHello with the given extensions (type, body), as clients lay it out.
+    fn hello(extensions: &[(u16, Vec<u8>)]) -> Vec<u8> {
+        let mut body = vec![3, 3];
+        body.extend([7u8; 32]);
+        body.push(32);
+        body.extend([1u8; 32]);
+        body.extend([0, 4, 0x13, 0x01, 0x13, 0x02]);
+        body.extend([1, 0]);
+        let mut ext = Vec::new();
+        for (kind, data) in extensions {
+            ext.extend(kind.to_be_bytes());
+            ext.extend((data.len() as u16).to_be_bytes());
+            ext.extend(data);
+        }
+        body.extend((ext.len() as u16).to_be_bytes());
+        body.extend(ext);
+        let mut handshake = vec![1];
+        handshake.extend(&(body.len() as u32).to_be_bytes()[1..]);
+        handshake.extend(body);
+        let mut record = vec![22, 3, 1];
+        record.extend((handshake.len() as u16).to_be_bytes());
+        record.extend(handshake);
+        record
+    }
+
+    fn sni(name: &str) -> (u16, Vec<u8>) {
+        let mut data = ((name.len() + 3) as u16).to_be_bytes().to_vec();
+        data.push(0);
+        data.extend((name.len() as u16).to_be_bytes());
+        data.extend(name.as_bytes());
+        (0, data)
+    }
+
+    fn named(bytes: &[u8]) -> Option<String> {
+        match read_hello(bytes) {
+            Hello::Named { offset, len } => Some(
+                String::from_utf8(bytes[offset as usize..(offset + len) as usize].to_vec())
+                    .unwrap(),
+            ),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn finds_the_name_wherever_it_is() {
+        let first = hello(&[sni("registry.test"), (10, vec![0, 2, 0, 29])]);
+        assert_eq!(named(&first).as_deref(), Some("registry.test"));
+        // Late, after a post-quantum sized key share and padding: more than one segment.
+        let late = hello(&[
+            (0x0a0a, vec![]),
+            (51, vec![9; 1250]),
+            (21, vec![0; 300]),
+            sni("registry.test"),
+        ]);
+        assert!(late.len() > 1500);
+        assert_eq!(named(&late).as_deref(), Some("registry.test"));
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_read_whole() {
+        assert_eq!(read_hello(&b"GET / HTTP/1.1\r\n"[..]), Hello::NotTls);
+        assert_eq!(read_hello(&b"SSH-2.0-x"[..]), Hello::NotTls);
+        assert_eq!(
+            read_hello(&hello(&[(10, vec![0, 2, 0, 29])])[..]),
+            Hello::NoName
+        );
+        let whole = hello(&[sni("a.test")]);
+        assert_eq!(
+            read_hello(&whole[..20]),
+            Hello::Incomplete {
+                total: whole.len() as u32
+            }
+        );
+        assert_eq!(read_hello(&whole[..3]), Hello::Incomplete { total: 5 });
+        // Two server names, a name list with two entries, too many extensions.
+        assert_eq!(
+            read_hello(&hello(&[sni("a.test"), sni("b.test")])[..]),
+            Hello::Unreadable
+        );
+        let mut two = sni("a.test");
+        two.1.extend([0, 0, 6]);
+        two.1.extend(b"b.test");
+        let fixed = ((two.1.len() - 2) as u16).to_be_bytes();
+        two.1[..2].copy_from_slice(&fixed);
+        assert_eq!(read_hello(&hello(&[two])[..]), Hello::Unreadable);
+        let many: Vec<_> = (0..MAX_EXTENSIONS as u16 + 1)
+            .map(|i| (100 + i, vec![]))
+            .chain([sni("a.test")])
+            .collect();
+        assert_eq!(read_hello(&hello(&many)[..]), Hello::Unreadable);
+        // A handshake longer than its record (split over records).
+        let mut split = whole.clone();
+        split[8] = split[8].wrapping_add(1);
+        assert_eq!(read_hello(&split[..]), Hello::Unreadable);
+        // Not a ClientHello.
+        let mut server = whole.clone();
+        server[5] = 2;
+        assert_eq!(read_hello(&server[..]), Hello::Unreadable);
+    }
+
+    #[test]
+    fn names_compare_like_dns_names() {
+        assert_eq!(name_char(b'R'), Some(b'r'));
+        assert_eq!(name_char(b'/'), None);
+        assert_eq!(name_char(0), None);
+        // FNV-1a 64 of "a", as read_name computes it for a one-letter DNS name.
+        assert_eq!(name_hash(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn never_panics_on_prefixes_and_flips() {
+        let base = hello(&[(51, vec![9; 200]), sni("registry.test")]);
+        for cut in 0..base.len() {
+            fuzzing::read_like_the_kernel(&base[..cut]);
+        }
+        for i in 0..base.len() {
+            let mut flipped = base.clone();
+            flipped[i] ^= 0xff;
+            fuzzing::read_like_the_kernel(&flipped);
+        }
+    }
+}
