@@ -1020,8 +1020,8 @@ pub fn dns_query_in(cgroup: &TestCgroup, args: &[&str]) -> serde_json::Value {
 }
 
 /// How many programs ram attaches to each enforced cgroup: two DNS programs, four gates, the
-/// socket gate and the socket-option gate.
-pub const PROGRAMS_PER_CGROUP: usize = 8;
+/// socket gate, the socket-option gate and the TLS sock_ops program.
+pub const PROGRAMS_PER_CGROUP: usize = 9;
 
 /// Program names `bpftool cgroup show` lists for `cgroup` (attached directly to it).
 pub fn attached_programs(cgroup: &Path) -> Vec<String> {

@@ -344,6 +344,7 @@ fn enforcement_outlives_the_daemon_until_uninstall() {
             "sendmsg6_gate",
             "socket_gate",
             "sockopt_gate",
+            "tls_sockops",
         ]
     );
     assert_eq!(

@@ -171,6 +171,21 @@ fn a_tls_connection_to_a_learned_address_must_name_the_host_that_taught_it() {
     // The cgroup looks up registry.test only: address B is learned from its answer.
     assert_eq!(dig_in(&cgroup, &a(), "registry.test", "A", 3, &[]), b());
 
+    // `ram learned` names, per address, the names that taught it to this cgroup.
+    let learned: Value =
+        serde_json::from_str(&daemon.ram(&["learned", "--json"]).unwrap()).unwrap();
+    let entry = learned
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["addr"] == b())
+        .unwrap_or_else(|| panic!("{learned:#}"));
+    assert_eq!(
+        entry["names"],
+        serde_json::json!(["registry.test"]),
+        "{entry}"
+    );
+
     // (a) The name that taught the address: curl (OpenSSL) completes the handshake.
     let (ok, out, _) = bed.curl(&cgroup, "registry.test");
     assert!(ok && out.contains("hello registry.test"), "{out}");

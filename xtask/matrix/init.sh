@@ -45,6 +45,15 @@ grep "socket families" /tmp/ram.log | sed 's/.*socket families: /RAM-MATRIX fami
 echo "RAM-MATRIX before-dns $(in_t /bin/ram-matrix-peer connect 10.77.0.2 80)"
 echo "RAM-MATRIX resolved $(in_t /bin/ram-matrix-peer query 10.77.0.1 registry.test | grep -v '^port')"
 echo "RAM-MATRIX learned $(in_t /bin/ram-matrix-peer connect 10.77.0.2 80)"
+# TLS names: a hello naming registry.test (which taught 10.77.0.2) is sent and arrives; one
+# naming other.test (no rule allows it) on the same address fails at once, nothing arrives.
+/bin/ram-matrix-peer listen 10.77.0.2 443 > /tmp/tls.log 2>&1 &
+sleep 0.5
+echo "RAM-MATRIX tls-allowed $(in_t /bin/ram-matrix-peer hello 10.77.0.2 443 registry.test)"
+echo "RAM-MATRIX tls-other $(in_t /bin/ram-matrix-peer hello 10.77.0.2 443 other.test)"
+i=0; while [ $i -lt 50 ] && [ "$(grep -c bytes /tmp/tls.log)" -lt 2 ]; do sleep 0.1; i=$((i+1)); done
+echo "RAM-MATRIX tls-far-side $(tr '\n' ' ' < /tmp/tls.log)"
+grep "TLS names" /tmp/ram.log | sed 's/.*TLS names: /RAM-MATRIX tls-mechanism /'
 # A spoofed answer: the client waits for slow.test (the resolver stays silent) and takes a
 # forged answer from 10.77.0.4:53 with the right transaction id; its address stays denied.
 in_t /bin/ram-matrix-peer query 10.77.0.1 slow.test --txid 16962 > /tmp/spoofed 2>&1 &

@@ -136,6 +136,26 @@ const SCENARIO: &[(&str, &str, &str)] = &[
     ("resolved", "registry.test resolved", "answer 10.77.0.2"),
     ("learned", "registry.test's address after DNS", "reached"),
     (
+        "tls-allowed",
+        "TLS hello naming registry.test, to its address",
+        "sent 1601",
+    ),
+    (
+        "tls-other",
+        "TLS hello naming other.test, to the same address",
+        "EACCES",
+    ),
+    (
+        "tls-far-side",
+        "what the far side received of each",
+        "bytes 1601 bytes 0",
+    ),
+    (
+        "tls-mechanism",
+        "how a refused hello is refused (daemon's log)",
+        "the first bytes sent to learned addresses are judged (sk_msg)",
+    ),
+    (
         "spoof-taken",
         "spoofed answer taken by the client",
         "answer 10.77.0.3",

@@ -1,4 +1,5 @@
-//! `ram learned`: the addresses learned from DNS answers, with hostname, cgroup and expiry.
+//! `ram learned`: the addresses learned from DNS answers, with the names that taught each,
+//! cgroup and expiry.
 
 use std::path::Path;
 
@@ -21,7 +22,9 @@ pub fn run(run_dir: &Path, json: bool) -> Result<()> {
         for (slot, port) in ports.iter_mut().zip(&entry.ports) {
             *slot = *port;
         }
-        let names = if entry.names.len() > 1 {
+        // The names whose answers taught the address to this cgroup (a shared front end may
+        // have several), else the last name it was seen for.
+        let names = if !entry.names.is_empty() {
             entry.names.join(", ")
         } else {
             entry.hostname.clone().unwrap_or_else(|| "?".into())

@@ -12,14 +12,15 @@ use aya::{
 use ram_common::{
     Addr16, BUILTIN_RULE, CONTAINER_RESOLVER_RULE_ID, CidrRule, ConnectedDest, Counter, FlowKey,
     LearnedAddr, LearnedKey, NameRule, NetnsResolverKey, PolicyConfig, ResolverRule, TLS_ALLOWED,
-    TlsFlow,
+    TaughtKey, TlsFlow,
     dns::{NAME_BUF, suffix_hash},
     maps::{
         ALLOWED_CIDRS, ALLOWED_CIDRS_MAX, ALLOWED_NAMES, ALLOWED_NAMES_MAX, CONNECTED_UDP,
         COUNTERS, DNS_EVENTS, GATE_EVENTS, LEARNED, LEARNED_MAX, NETNS_RESOLVERS,
         NETNS_RESOLVERS_MAX, POLICY_CONFIG, POLICY_SLOT, RESOLVERS, RESOLVERS_MAX, RULE_IDS,
-        SEARCH_DOMAINS, SEARCH_DOMAINS_MAX, TLS_EVENTS, TLS_FLOWS, TLS_SOCKETS,
+        SEARCH_DOMAINS, SEARCH_DOMAINS_MAX, TAUGHT_NAMES, TLS_EVENTS, TLS_FLOWS, TLS_SOCKETS,
     },
+    tls::name_hash,
 };
 
 use super::{
@@ -483,6 +484,36 @@ impl Enforcer {
         let learned: HashMap<_, LearnedKey, LearnedAddr> =
             typed_map_ref(&self.ebpf, LEARNED).ok()?;
         learned.get(key, 0).ok()
+    }
+
+    /// Of `names` (the allowed names the daemon saw answer with `key.addr`), those whose
+    /// answer taught the address to `key.cgroup_id`, as `TAUGHT_NAMES` says (written while
+    /// `registry_access.tls` is on); all of them when the map has no lesson for the address.
+    pub fn taught_names(
+        &self,
+        key: &LearnedKey,
+        names: Vec<String>,
+        now_boot_ns: u64,
+    ) -> Vec<String> {
+        let Ok(taught) = typed_map_ref::<HashMap<_, TaughtKey, u64>>(&self.ebpf, TAUGHT_NAMES)
+        else {
+            return names;
+        };
+        let lesson = |name: &String| TaughtKey {
+            cgroup_id: key.cgroup_id,
+            addr: key.addr,
+            name_hash: name_hash(name.as_bytes()),
+        };
+        let kept: Vec<String> = names
+            .iter()
+            .filter(|name| {
+                taught
+                    .get(&lesson(name), 0)
+                    .is_ok_and(|expires| expires > now_boot_ns)
+            })
+            .cloned()
+            .collect();
+        if kept.is_empty() { names } else { kept }
     }
 
     /// Every learned address (for `ram learned` and fill levels).

@@ -59,6 +59,8 @@ const SOCK_ADDR: ProgramType = ProgramType::CgroupSockAddr;
 const SKB: ProgramType = ProgramType::CgroupSkb;
 const SOCK: ProgramType = ProgramType::CgroupSock;
 const SOCKOPT: ProgramType = ProgramType::CgroupSockopt;
+const SOCK_OPS: ProgramType = ProgramType::SockOps;
+const SK_MSG: ProgramType = ProgramType::SkMsg;
 
 /// Every feature ram uses, roughly oldest first. Helpers are those the programs call
 /// (`ram-ebpf/src/gate.rs` for the sock_addr gates, `ram-ebpf/src/dns.rs` for the cgroup_skb
@@ -184,6 +186,31 @@ pub static FEATURES: &[Feature] = &[
         "bpf_ktime_get_boot_ns in cgroup_skb programs",
         "5.8",
         Check::Helper(SKB, BpfHelper::BPF_FUNC_ktime_get_boot_ns),
+    ),
+    // TLS names on learned addresses (`tls.rs`): all older than the oldest kernel ram runs on,
+    // probed so that a kernel built without them says so by name.
+    required("cgroup sock_ops programs", "4.13", Check::Program(SOCK_OPS)),
+    required("BPF sock hash maps", "4.18", Check::Map(MapType::SockHash)),
+    required("sk_msg programs", "4.17", Check::Program(SK_MSG)),
+    required(
+        "bpf_sock_hash_update in sock_ops programs",
+        "4.18",
+        Check::Helper(SOCK_OPS, BpfHelper::BPF_FUNC_sock_hash_update),
+    ),
+    required(
+        "bpf_msg_cork_bytes in sk_msg programs",
+        "4.17",
+        Check::Helper(SK_MSG, BpfHelper::BPF_FUNC_msg_cork_bytes),
+    ),
+    required(
+        "bpf_msg_pull_data in sk_msg programs",
+        "4.17",
+        Check::Helper(SK_MSG, BpfHelper::BPF_FUNC_msg_pull_data),
+    ),
+    required(
+        "bpf_setsockopt in sock_addr programs (marking connections whose hello is judged)",
+        "5.10",
+        Check::Helper(SOCK_ADDR, BpfHelper::BPF_FUNC_setsockopt),
     ),
     Feature {
         name: "SO_NETNS_COOKIE",

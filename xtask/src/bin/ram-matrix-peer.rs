@@ -9,6 +9,8 @@
 //! ram-matrix-peer connect ADDR PORT                         # TCP connect: reached / EPERM / ...
 //! ram-matrix-peer raw                                       # a raw IPv4 socket: made / EPERM / ...
 //! ram-matrix-peer socket sctp|dccp|l2tp|packet              # that socket: made / EPERM / ...
+//! ram-matrix-peer listen ADDR PORT      # TCP server: prints `bytes N` per connection (what came)
+//! ram-matrix-peer hello ADDR PORT NAME  # a TLS ClientHello naming NAME: sent N / EACCES / ...
 //! ```
 //!
 //! `serve`: `/badid` answers with the transaction id plus one, `/silent` never answers, and
@@ -17,8 +19,8 @@
 //! transaction id, as a careless client would.
 
 use std::{
-    io::Write as _,
-    net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     process::exit,
     time::Duration,
 };
@@ -33,6 +35,8 @@ fn main() {
         ["connect", addr, port] => connect(addr, port),
         ["raw"] => raw(),
         ["socket", kind] => socket(kind),
+        ["listen", addr, port] => listen(addr, port),
+        ["hello", addr, port, name] => hello(addr, port, name),
         _ => Err("usage: see the head of xtask/src/bin/ram-matrix-peer.rs".into()),
     };
     if let Err(err) = result {
@@ -243,6 +247,92 @@ fn connect(addr: &str, port: &str) -> Result<()> {
     let addr = SocketAddr::new(parse(addr, "address")?, parse(port, "port")?);
     match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
         Ok(_) => println!("reached (connected)"),
+        Err(err) => println!("{}", describe(&err)),
+    }
+    Ok(())
+}
+
+/// Accepts connections forever; for each, prints how many bytes arrived within 2 s (0: none,
+/// the far side's proof that a refused hello never left).
+fn listen(addr: &str, port: &str) -> Result<()> {
+    let addr = SocketAddr::new(parse(addr, "address")?, parse(port, "port")?);
+    let listener = TcpListener::bind(addr).map_err(|err| format!("listening: {err}"))?;
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut total = 0;
+        let mut buf = [0u8; 4096];
+        // Bounded: until EOF, a timeout, or 64 KiB.
+        while total < 65_536 {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+        println!("bytes {total}");
+        let _ = std::io::stdout().flush();
+    }
+    Ok(())
+}
+
+/// A ClientHello as a TLS 1.3 client with a post-quantum key share sends it (1.6 KB, more than
+/// one segment), the server name last.
+fn client_hello(name: &str) -> Vec<u8> {
+    fn extension(out: &mut Vec<u8>, kind: u16, data: &[u8]) {
+        out.extend(kind.to_be_bytes());
+        out.extend((data.len() as u16).to_be_bytes());
+        out.extend(data);
+    }
+    let mut body = vec![3, 3];
+    body.extend(0..32u8);
+    body.push(32);
+    body.extend([0u8; 32]);
+    body.extend([
+        0, 10, 0x13, 0x01, 0x13, 0x02, 0x13, 0x03, 0xc0, 0x2b, 0xc0, 0x2f,
+    ]);
+    body.extend([1, 0]);
+    let mut exts = Vec::new();
+    extension(&mut exts, 0x0a0a, &[]);
+    extension(&mut exts, 43, &[2, 3, 4]);
+    extension(&mut exts, 10, &[0, 4, 0x11, 0xec, 0, 0x1d]);
+    let mut share = vec![0u8; 4 + 1216 + 4 + 32];
+    share[..4].copy_from_slice(&[0x11, 0xec, 0x04, 0xc0]);
+    share[1220..1224].copy_from_slice(&[0, 0x1d, 0, 32]);
+    let mut key_share = (share.len() as u16).to_be_bytes().to_vec();
+    key_share.extend(share);
+    extension(&mut exts, 51, &key_share);
+    extension(&mut exts, 21, &[0u8; 200]);
+    let host = name.as_bytes();
+    let mut entry = vec![0u8];
+    entry.extend((host.len() as u16).to_be_bytes());
+    entry.extend(host);
+    let mut sni = (entry.len() as u16).to_be_bytes().to_vec();
+    sni.extend(entry);
+    extension(&mut exts, 0, &sni);
+    body.extend((exts.len() as u16).to_be_bytes());
+    body.extend(exts);
+    let mut handshake = vec![1];
+    handshake.extend(&(body.len() as u32).to_be_bytes()[1..]);
+    handshake.extend(body);
+    let mut record = vec![22, 3, 1];
+    record.extend((handshake.len() as u16).to_be_bytes());
+    record.extend(handshake);
+    record
+}
+
+fn hello(addr: &str, port: &str, name: &str) -> Result<()> {
+    let addr = SocketAddr::new(parse(addr, "address")?, parse(port, "port")?);
+    let mut stream = match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+        Ok(stream) => stream,
+        Err(err) => {
+            println!("{}", describe(&err));
+            return Ok(());
+        }
+    };
+    let data = client_hello(name);
+    match stream.write_all(&data) {
+        Ok(()) => println!("sent {}", data.len()),
+        Err(err) if err.raw_os_error() == Some(libc::EACCES) => println!("EACCES"),
         Err(err) => println!("{}", describe(&err)),
     }
     Ok(())

@@ -151,7 +151,11 @@ impl Daemon {
                     expires: self.auditor.wall_time(value.expires_ns),
                     expires_in_s: (value.expires_ns - now) / 1_000_000_000,
                     ports: value.ports.iter().copied().filter(|p| *p != 0).collect(),
-                    names: self.auditor.taught_by(&addr),
+                    names: self.enforcement.enforcer.taught_names(
+                        &key,
+                        self.auditor.taught_by(&addr),
+                        now,
+                    ),
                 }
             })
             .collect();
