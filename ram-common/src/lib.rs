@@ -196,8 +196,11 @@ pub mod maps {
     /// Index of `dns_query_name` in [`DNS_TAIL_CALLS`]: `dns_query_out` tail-calls it to judge a
     /// query's name (`dns.queries = "allowed"`), a verifier budget of its own.
     pub const QUERY_NAME_SLOT: u32 = 1;
+    /// Slot of `tls_first_out`, which `dns_query_out` tail-calls to read the first bytes of a
+    /// judged TCP stream as they leave.
+    pub const TLS_FIRST_SLOT: u32 = 2;
     /// Entries of [`DNS_TAIL_CALLS`].
-    pub const DNS_TAIL_CALLS_MAX: u32 = 2;
+    pub const DNS_TAIL_CALLS_MAX: u32 = 3;
 
     /// `RingBuf` of [`crate::DnsEvent`]: one event per answer that taught the kernel something
     /// (or had refused or unlearnable addresses), and per answer to a name no rule allows, with
@@ -256,7 +259,7 @@ pub mod maps {
     /// marked sockets ([`crate::TLS_MARK`]) unless their flow is allowed: a forgotten flow is
     /// refused.
     pub const TLS_FLOWS: &str = "TLS_FLOWS";
-    pub const TLS_FLOWS_MAX: u32 = 65_536;
+    pub const TLS_FLOWS_MAX: u32 = 262_144;
 
     /// `SockHash<FlowKey>`: the established connections whose first bytes are judged; the
     /// kernel runs `tls_hello` (attached to this map) on every send of a socket in it. Written
@@ -265,8 +268,9 @@ pub mod maps {
     pub const TLS_SOCKETS: &str = "TLS_SOCKETS";
     pub const TLS_SOCKETS_MAX: u32 = 65_536;
 
-    /// `PerCpuArray<TlsScratch>` with one entry: `tls_hello`'s room for the server name's
-    /// trie key (too large for the stack).
+    /// `PerCpuArray<TlsScratch>` with two entries ([`crate::SCRATCH_TLS_SEND`],
+    /// [`crate::SCRATCH_TLS_EGRESS`]): room for a copied record and the server name's trie
+    /// key (too large for the stack). Written and read by `tls_hello` and `tls_first_out`.
     pub const TLS_SCRATCH: &str = "TLS_SCRATCH";
 
     /// Ring buffer of `TlsEvent`s: refused (and, under `tls = "audit"`, would-be refused)
@@ -338,16 +342,36 @@ pub struct TlsFlow {
     pub state: u8,
     /// As [`TlsNote::strict`].
     pub strict: u8,
-    pub _reserved: u16,
+    /// 1 once `tls_first_out` read the first bytes of the stream as they left and allowed
+    /// them: only then do later packets with data pass. What `tls_hello` judged is what the
+    /// application sent in one call; what leaves first is what the server reads.
+    pub verified: u8,
+    pub _reserved: u8,
+    /// Sequence number of the stream's first byte (`snd_nxt` when the connection was
+    /// established): the packet carrying it is the one `tls_first_out` reads.
+    pub first_seq: u32,
+    pub _reserved2: u32,
 }
+
+/// [`maps::TLS_SCRATCH`] entry of `tls_hello` (process context).
+pub const SCRATCH_TLS_SEND: u32 = 0;
+/// [`maps::TLS_SCRATCH`] entry of `tls_first_out` (egress, which may run in softirq context
+/// and interrupt the other).
+pub const SCRATCH_TLS_EGRESS: u32 = 1;
 
 /// Value of [`maps::TLS_SCRATCH`].
 #[repr(C)]
 pub struct TlsScratch {
+    /// As `DnsScratch::busy_since_ns`: a run that finds its entry taken leaves it alone.
+    pub busy_since_ns: u64,
+    /// The first bytes of a stream, copied out of a packet by `tls_first_out`.
+    pub record: [u8; tls::COPIED_MAX],
     /// The server name, reversed, as an `ALLOWED_NAMES` key.
     pub key: NameKey,
     /// Length of `name`.
     pub name_len: u32,
+    /// The hello parser's state (see [`tls::HelloWalk`] for why it lives here).
+    pub walk: tls::HelloWalk,
     /// The server name as sent (lower-cased), for the event.
     pub name: dns::Name,
 }
@@ -855,6 +879,9 @@ pub enum Reason {
     /// UDP to a learned address on a TLS port: QUIC (HTTP/3), whose hello is encrypted, is not
     /// judged but refused; clients fall back to TCP.
     QuicRefused = 18,
+    /// A ClientHello with an Encrypted ClientHello extension: the name the front end would
+    /// serve is hidden.
+    TlsEncryptedHello = 19,
 }
 
 impl Reason {
@@ -878,6 +905,7 @@ impl Reason {
             16 => Some(Self::TlsNotHandshake),
             17 => Some(Self::TlsUnreadable),
             18 => Some(Self::QuicRefused),
+            19 => Some(Self::TlsEncryptedHello),
             _ => None,
         }
     }
@@ -903,6 +931,7 @@ impl Reason {
             Self::TlsNotHandshake => "tls_not_handshake",
             Self::TlsUnreadable => "tls_unreadable",
             Self::QuicRefused => "quic_refused",
+            Self::TlsEncryptedHello => "tls_encrypted_hello",
         }
     }
 }
@@ -1184,7 +1213,7 @@ mod tests {
         assert_eq!(size_of::<DnsSocket>(), 16);
         assert_eq!(size_of::<TaughtKey>(), 32);
         assert_eq!(size_of::<FlowKey>(), 40);
-        assert_eq!(size_of::<TlsFlow>(), 24);
+        assert_eq!(size_of::<TlsFlow>(), 32);
         assert_eq!(size_of::<TlsNote>(), 40);
         assert_eq!(size_of::<TlsEvent>(), 328);
     }
@@ -1217,6 +1246,7 @@ mod tests {
             Reason::TlsNotHandshake,
             Reason::TlsUnreadable,
             Reason::QuicRefused,
+            Reason::TlsEncryptedHello,
         ] {
             assert_eq!(Reason::from_u8(reason as u8), Some(reason));
         }

@@ -13,6 +13,10 @@ pub const MAX_RECORD: usize = 16_384;
 /// Every offset the parser reads is below this (header + largest record), a power of two so
 /// that the kernel can bound offsets with a mask.
 pub const OFFSET_LIMIT: usize = 32_768;
+/// Bytes of a stream's start the egress check copies out of a packet (a per-CPU map value is
+/// at most 32 KiB): a first record of 16 KiB or more is refused there. ClientHellos are a few
+/// KiB at most (post-quantum key shares and padding included).
+pub const COPIED_MAX: usize = 16_384;
 /// Extensions read before giving up (Chrome sends about 18 with GREASE; OpenSSL, Go and rustls
 /// fewer). A hello with more is unreadable, never partly read.
 pub const MAX_EXTENSIONS: usize = 48;
@@ -20,6 +24,9 @@ pub const MAX_EXTENSIONS: usize = 48;
 const CONTENT_HANDSHAKE: u8 = 22;
 const HANDSHAKE_CLIENT_HELLO: u8 = 1;
 const EXTENSION_SERVER_NAME: u16 = 0;
+/// Encrypted ClientHello (RFC 9849), and the draft code point some clients still send.
+const EXTENSION_ECH: u16 = 0xfe0d;
+const EXTENSION_ECH_DRAFT: u16 = 0xffce;
 const NAME_TYPE_HOST: u8 = 0;
 
 /// Bytes the parser reads: a copied buffer in user space, packet memory in the kernel.
@@ -55,6 +62,9 @@ pub enum Hello {
     Incomplete { total: u32 },
     /// A ClientHello without a `server_name` extension.
     NoName,
+    /// A ClientHello with an Encrypted ClientHello extension: its `server_name` is only the
+    /// outer one; the front end serves the encrypted inner name.
+    Encrypted,
     /// A ClientHello naming a host: its text is `len` bytes at `offset`.
     Named { offset: u32, len: u32 },
 }
@@ -64,14 +74,55 @@ fn u16_at(bytes: &(impl Bytes + ?Sized), index: usize) -> Option<usize> {
     Some(((bytes.byte(index)? as usize) << 8) | bytes.byte(index + 1)? as usize)
 }
 
-/// Reads the ClientHello at the start of `bytes` far enough to find its server name.
+/// State of the walk over a hello's extensions, kept in memory rather than in registers
+/// (volatile accesses): the verifier can then see two iterations' states as equal and stop
+/// re-walking, where registers holding positions differ on every path (see
+/// `dns::NameWalk`, the same device). In the kernel it lives in a per-CPU map entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HelloWalk {
+    pub pos: u32,
+    pub end: u32,
+    pub name_offset: u32,
+    pub name_len: u32,
+    /// [`WALK_RUNNING`], [`WALK_DONE`] or [`WALK_FAILED`].
+    pub status: u32,
+    /// [`SEEN_NAME`] | [`SEEN_ECH`].
+    pub seen: u32,
+}
+
+pub const WALK_RUNNING: u32 = 0;
+pub const WALK_DONE: u32 = 1;
+pub const WALK_FAILED: u32 = 2;
+pub const SEEN_NAME: u32 = 1;
+pub const SEEN_ECH: u32 = 2;
+
 #[inline(always)]
-pub fn read_hello(bytes: &(impl Bytes + ?Sized)) -> Hello {
+fn get(place: &u32) -> u32 {
+    // SAFETY: a shared reference is valid for reads.
+    unsafe { core::ptr::read_volatile(place) }
+}
+
+#[inline(always)]
+fn set(place: &mut u32, value: u32) {
+    // SAFETY: a mutable reference is valid for writes.
+    unsafe { core::ptr::write_volatile(place, value) }
+}
+
+/// Reads the ClientHello at the start of `bytes` far enough to find its server name.
+pub fn read_hello_bytes(bytes: &[u8]) -> Hello {
+    read_hello(bytes, &mut HelloWalk::default())
+}
+
+/// [`read_hello_bytes`], with the walk's state in `walk`.
+#[inline(always)]
+pub fn read_hello(bytes: &(impl Bytes + ?Sized), walk: &mut HelloWalk) -> Hello {
     let Some(content) = bytes.byte(0) else {
         return Hello::Incomplete {
             total: RECORD_HEADER as u32,
         };
     };
+    // A handshake record, whatever its version bytes say: some servers (Go's) read any.
     if content != CONTENT_HANDSHAKE {
         return Hello::NotTls;
     }
@@ -80,9 +131,10 @@ pub fn read_hello(bytes: &(impl Bytes + ?Sized)) -> Hello {
             total: RECORD_HEADER as u32,
         };
     }
-    // Record version 3.x (SSL 3.0 to TLS 1.3 all say 3.1 or 3.3 here).
+    // Record version 3.x (SSL 3.0 to TLS 1.3 all say 3.1 or 3.3 here); anything else is
+    // unreadable, not another protocol.
     if bytes.byte(1) != Some(3) {
-        return Hello::NotTls;
+        return Hello::Unreadable;
     }
     let Some(record_len) = u16_at(bytes, 3) else {
         return Hello::Unreadable;
@@ -96,12 +148,16 @@ pub fn read_hello(bytes: &(impl Bytes + ?Sized)) -> Hello {
             total: total as u32,
         };
     }
-    read_client_hello(bytes, total).unwrap_or(Hello::Unreadable)
+    read_client_hello(bytes, total, walk).unwrap_or(Hello::Unreadable)
 }
 
 /// The handshake message inside one whole record ending at `record_end`.
 #[inline(always)]
-fn read_client_hello(bytes: &(impl Bytes + ?Sized), record_end: usize) -> Option<Hello> {
+fn read_client_hello(
+    bytes: &(impl Bytes + ?Sized),
+    record_end: usize,
+    walk: &mut HelloWalk,
+) -> Option<Hello> {
     if bytes.byte(RECORD_HEADER)? != HANDSHAKE_CLIENT_HELLO {
         return None;
     }
@@ -131,48 +187,85 @@ fn read_client_hello(bytes: &(impl Bytes + ?Sized), record_end: usize) -> Option
     if pos + extensions_len != end {
         return None;
     }
-    let mut name: Option<(usize, usize)> = None;
+    set(&mut walk.pos, pos as u32);
+    set(&mut walk.end, end as u32);
+    set(&mut walk.status, WALK_RUNNING);
+    set(&mut walk.seen, 0);
+    set(&mut walk.name_offset, 0);
+    set(&mut walk.name_len, 0);
     let mut i = 0;
-    // Bounded: MAX_EXTENSIONS headers; more is unreadable (checked after the loop).
+    // Bounded: MAX_EXTENSIONS headers; a hello with more is unreadable (checked after).
     while i < MAX_EXTENSIONS {
-        if pos >= end {
+        i += 1;
+        if get(&walk.status) != WALK_RUNNING {
             break;
         }
-        let kind = u16_at(bytes, pos)? as u16;
-        let len = u16_at(bytes, pos + 2)?;
-        pos += 4;
-        if pos + len > end {
-            return None;
-        }
-        if kind == EXTENSION_SERVER_NAME {
-            // One server_name extension, holding one host name (RFC 6066 §3): a second of
-            // either could be read differently by the server.
-            if name.is_some() {
-                return None;
-            }
-            let list_len = u16_at(bytes, pos)?;
-            let name_len = u16_at(bytes, pos + 3)?;
-            if list_len + 2 != len
-                || bytes.byte(pos + 2)? != NAME_TYPE_HOST
-                || name_len + 3 != list_len
-            {
-                return None;
-            }
-            name = Some((pos + 5, name_len));
-        }
-        pos += len;
-        i += 1;
+        extension_step(bytes, walk);
     }
-    if pos != end {
+    if get(&walk.status) != WALK_DONE {
         return None;
     }
-    Some(match name {
-        Some((offset, len)) => Hello::Named {
-            offset: offset as u32,
-            len: len as u32,
-        },
-        None => Hello::NoName,
+    let seen = get(&walk.seen);
+    if seen & SEEN_ECH != 0 {
+        return Some(Hello::Encrypted);
+    }
+    if seen & SEEN_NAME == 0 {
+        return Some(Hello::NoName);
+    }
+    Some(Hello::Named {
+        offset: get(&walk.name_offset),
+        len: get(&walk.name_len),
     })
+}
+
+/// Reads the extension at `walk.pos` (or ends the walk at `walk.end`).
+#[inline(always)]
+fn extension_step(bytes: &(impl Bytes + ?Sized), walk: &mut HelloWalk) {
+    let pos = get(&walk.pos) as usize;
+    let end = get(&walk.end) as usize;
+    if pos == end {
+        set(&mut walk.status, WALK_DONE);
+        return;
+    }
+    let (Some(kind), Some(len)) = (u16_at(bytes, pos), u16_at(bytes, pos + 2)) else {
+        set(&mut walk.status, WALK_FAILED);
+        return;
+    };
+    let data = pos + 4;
+    if data + len > end {
+        set(&mut walk.status, WALK_FAILED);
+        return;
+    }
+    let kind = kind as u16;
+    if kind == EXTENSION_ECH || kind == EXTENSION_ECH_DRAFT {
+        let seen = get(&walk.seen);
+        set(&mut walk.seen, seen | SEEN_ECH);
+    }
+    if kind == EXTENSION_SERVER_NAME {
+        // One server_name extension, holding one host name (RFC 6066 §3): a second of either
+        // could be read differently by the server.
+        let (Some(list_len), Some(name_type), Some(name_len)) = (
+            u16_at(bytes, data),
+            bytes.byte(data + 2),
+            u16_at(bytes, data + 3),
+        ) else {
+            set(&mut walk.status, WALK_FAILED);
+            return;
+        };
+        if get(&walk.seen) & SEEN_NAME != 0
+            || list_len + 2 != len
+            || name_type != NAME_TYPE_HOST
+            || name_len + 3 != list_len
+        {
+            set(&mut walk.status, WALK_FAILED);
+            return;
+        }
+        let seen = get(&walk.seen);
+        set(&mut walk.seen, seen | SEEN_NAME);
+        set(&mut walk.name_offset, (data + 5) as u32);
+        set(&mut walk.name_len, name_len as u32);
+    }
+    set(&mut walk.pos, (data + len) as u32);
 }
 
 /// A server name character as the DNS side stores names (lower case), `None` for characters
@@ -209,7 +302,7 @@ pub mod fuzzing {
     use super::*;
 
     pub fn read_like_the_kernel(bytes: &[u8]) {
-        if let Hello::Named { offset, len } = read_hello(bytes) {
+        if let Hello::Named { offset, len } = read_hello_bytes(bytes) {
             assert!((offset + len) as usize <= bytes.len());
         }
     }
@@ -255,7 +348,7 @@ mod tests {
     }
 
     fn named(bytes: &[u8]) -> Option<String> {
-        match read_hello(bytes) {
+        match read_hello_bytes(bytes) {
             Hello::Named { offset, len } => Some(
                 String::from_utf8(bytes[offset as usize..(offset + len) as usize].to_vec())
                     .unwrap(),
@@ -281,23 +374,26 @@ mod tests {
 
     #[test]
     fn refuses_what_it_cannot_read_whole() {
-        assert_eq!(read_hello(&b"GET / HTTP/1.1\r\n"[..]), Hello::NotTls);
-        assert_eq!(read_hello(&b"SSH-2.0-x"[..]), Hello::NotTls);
+        assert_eq!(read_hello_bytes(&b"GET / HTTP/1.1\r\n"[..]), Hello::NotTls);
+        assert_eq!(read_hello_bytes(&b"SSH-2.0-x"[..]), Hello::NotTls);
         assert_eq!(
-            read_hello(&hello(&[(10, vec![0, 2, 0, 29])])[..]),
+            read_hello_bytes(&hello(&[(10, vec![0, 2, 0, 29])])[..]),
             Hello::NoName
         );
         let whole = hello(&[sni("a.test")]);
         assert_eq!(
-            read_hello(&whole[..20]),
+            read_hello_bytes(&whole[..20]),
             Hello::Incomplete {
                 total: whole.len() as u32
             }
         );
-        assert_eq!(read_hello(&whole[..3]), Hello::Incomplete { total: 5 });
+        assert_eq!(
+            read_hello_bytes(&whole[..3]),
+            Hello::Incomplete { total: 5 }
+        );
         // Two server names, a name list with two entries, too many extensions.
         assert_eq!(
-            read_hello(&hello(&[sni("a.test"), sni("b.test")])[..]),
+            read_hello_bytes(&hello(&[sni("a.test"), sni("b.test")])[..]),
             Hello::Unreadable
         );
         let mut two = sni("a.test");
@@ -305,20 +401,29 @@ mod tests {
         two.1.extend(b"b.test");
         let fixed = ((two.1.len() - 2) as u16).to_be_bytes();
         two.1[..2].copy_from_slice(&fixed);
-        assert_eq!(read_hello(&hello(&[two])[..]), Hello::Unreadable);
+        assert_eq!(read_hello_bytes(&hello(&[two])[..]), Hello::Unreadable);
         let many: Vec<_> = (0..MAX_EXTENSIONS as u16 + 1)
             .map(|i| (100 + i, vec![]))
             .chain([sni("a.test")])
             .collect();
-        assert_eq!(read_hello(&hello(&many)[..]), Hello::Unreadable);
+        assert_eq!(read_hello_bytes(&hello(&many)[..]), Hello::Unreadable);
         // A handshake longer than its record (split over records).
         let mut split = whole.clone();
         split[8] = split[8].wrapping_add(1);
-        assert_eq!(read_hello(&split[..]), Hello::Unreadable);
+        assert_eq!(read_hello_bytes(&split[..]), Hello::Unreadable);
         // Not a ClientHello.
         let mut server = whole.clone();
         server[5] = 2;
-        assert_eq!(read_hello(&server[..]), Hello::Unreadable);
+        assert_eq!(read_hello_bytes(&server[..]), Hello::Unreadable);
+        // A handshake record with odd version bytes is still a handshake record.
+        let mut odd = whole.clone();
+        odd[1] = 0;
+        assert_eq!(read_hello_bytes(&odd[..]), Hello::Unreadable);
+        // Encrypted ClientHello, whatever its outer name.
+        assert_eq!(
+            read_hello_bytes(&hello(&[sni("a.test"), (0xfe0d, vec![0; 40])])[..]),
+            Hello::Encrypted
+        );
     }
 
     #[test]

@@ -25,7 +25,7 @@ use ram_common::{
     FLAG_TLS_ENFORCE, LearnedAddr, LearnedKey, Learning, MAX_SEARCH_CANDIDATES, PendingKey,
     PendingQuery, QueryInFlight, SEARCH_BUDGET, SearchKey, TcpDnsStream,
     dns::{self, HEADER_LEN, Header, MSG_MAX},
-    maps::{ANSWER_RR_SLOT, QUERY_NAME_SLOT, SCRATCH_EGRESS, SCRATCH_INGRESS},
+    maps::{ANSWER_RR_SLOT, QUERY_NAME_SLOT, SCRATCH_EGRESS, SCRATCH_INGRESS, TLS_FIRST_SLOT},
     merge_ports, v4_mapped,
 };
 
@@ -64,8 +64,16 @@ pub fn dns_query_out(ctx: SkBuffContext) -> i32 {
         return DROP;
     }
     if packet.protocol == egress::IPPROTO_TCP {
-        if tls::unjudged_data(&ctx, packet.transport_offset) {
-            return DROP;
+        match tls::egress_check(&ctx, packet.transport_offset) {
+            tls::Egress::Pass => {}
+            tls::Egress::Drop => return DROP,
+            tls::Egress::ReadFirst => {
+                // SAFETY: `ctx` is this cgroup_skb program's context, the type tls_first_out
+                // takes; on success nothing after this runs (the packet is not DNS).
+                unsafe { DNS_TAIL_CALLS.tail_call(&ctx, TLS_FIRST_SLOT) };
+                // The tail call failed: the first bytes cannot be read, so they do not leave.
+                return DROP;
+            }
         }
     } else if !egress::backstop_allows(&ctx, &packet) {
         return DROP;

@@ -127,7 +127,7 @@ static TLS_FLOWS: LruHashMap<FlowKey, TlsFlow> = LruHashMap::with_max_entries(TL
 static TLS_SOCKETS: SockHash<FlowKey> = SockHash::with_max_entries(TLS_SOCKETS_MAX, 0);
 
 #[map]
-static TLS_SCRATCH: PerCpuArray<TlsScratch> = PerCpuArray::with_max_entries(1, 0);
+static TLS_SCRATCH: PerCpuArray<TlsScratch> = PerCpuArray::with_max_entries(2, 0);
 
 #[map]
 static TLS_EVENTS: RingBuf = RingBuf::with_byte_size(TLS_EVENTS_BYTES, 0);

@@ -160,17 +160,21 @@ const SO_MARK: i32 = 36;
 const SOL_TCP: i32 = 6;
 const TCP_FASTOPEN_CONNECT: i32 = 30;
 const TCP_FASTOPEN_NO_COOKIE: i32 = 34;
+const TCP_ULP: i32 = 31;
 
 /// Options that would let data leave unjudged where `registry_access.tls` judges it: a new
-/// mark on a socket the gates marked (the egress check finds such sockets by their mark), and
+/// mark on a socket the gates marked (the egress check finds such sockets by their mark),
 /// TCP Fast Open's connect-time options (data would go out with the SYN, before the hello check
-/// can see it; `MSG_FASTOPEN` data is dropped at egress and poisons the connection instead).
+/// can see it; `MSG_FASTOPEN` data is dropped at egress and poisons the connection instead),
+/// and upper-layer protocols (`TCP_ULP`: kernel TLS would encrypt after the hello check).
 #[inline(always)]
 fn tls_judgement_evaded(sockopt: &aya_ebpf::bindings::bpf_sockopt) -> bool {
     let (level, optname) = (sockopt.level, sockopt.optname);
     let relevant = (level == SOL_SOCKET && optname == SO_MARK)
         || (level == SOL_TCP
-            && (optname == TCP_FASTOPEN_CONNECT || optname == TCP_FASTOPEN_NO_COOKIE));
+            && (optname == TCP_FASTOPEN_CONNECT
+                || optname == TCP_FASTOPEN_NO_COOKIE
+                || optname == TCP_ULP));
     if !relevant {
         return false;
     }

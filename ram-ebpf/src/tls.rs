@@ -23,16 +23,18 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
         generated::{
             bpf_get_socket_cookie, bpf_msg_apply_bytes, bpf_msg_cork_bytes, bpf_msg_pull_data,
+            bpf_skb_load_bytes,
         },
     },
-    macros::{sk_msg, sock_ops},
+    macros::{cgroup_skb, sk_msg, sock_ops},
     programs::{SkBuffContext, SkMsgContext, SockOpsContext},
 };
 use ram_common::{
-    Addr16, Counter, FLAG_TLS_AUDIT, FLAG_TLS_ENFORCE, FlowKey, Reason, TLS_ALLOWED, TLS_MARK,
-    TLS_PENDING, TLS_REFUSED, TaughtKey, TlsEvent, TlsFlow, TlsScratch, VERDICT_WOULD_DENY,
+    Addr16, Counter, FLAG_TLS_AUDIT, FLAG_TLS_ENFORCE, FlowKey, Reason, SCRATCH_TLS_EGRESS,
+    SCRATCH_TLS_SEND, TLS_ALLOWED, TLS_MARK, TLS_PENDING, TLS_REFUSED, TaughtKey, TlsEvent,
+    TlsFlow, TlsScratch, VERDICT_WOULD_DENY,
     dns::{self, FNV_OFFSET, NAME_BUF, NAME_MAX},
-    tls::{self, Bytes, Hello, OFFSET_LIMIT},
+    tls::{self, Bytes, COPIED_MAX, Hello, OFFSET_LIMIT},
     v4_mapped,
 };
 
@@ -148,7 +150,10 @@ fn established(ctx: &SockOpsContext) -> Option<()> {
         rule_index: note.rule_index,
         state,
         strict: note.strict,
+        verified: 0,
         _reserved: 0,
+        first_seq: snd_nxt,
+        _reserved2: 0,
     };
     let _ = TLS_FLOWS.insert(key, flow, 0);
     // SAFETY: `ops` is this program's context, the bpf_sock_ops the helper takes.
@@ -175,11 +180,14 @@ struct Sent {
 impl Bytes for Sent {
     #[inline(always)]
     fn byte(&self, index: usize) -> Option<u8> {
-        if index >= OFFSET_LIMIT {
+        // Read through memory, as in `Copied::byte`: the mask must stay.
+        // SAFETY: a read of a live field.
+        let size = unsafe { core::ptr::read_volatile(&raw const self.size) };
+        if index >= size {
             return None;
         }
-        // Masked for the verifier, which must see the offset bounded (the check above already
-        // made it so).
+        // Masked for the verifier, which must see the offset bounded (`size` is below
+        // OFFSET_LIMIT, so the mask changes nothing).
         let at = self.data + (index & (OFFSET_LIMIT - 1));
         if at + 1 > self.data_end {
             return None;
@@ -235,49 +243,70 @@ pub fn tls_hello(ctx: SkMsgContext) -> u32 {
     if state == TLS_REFUSED {
         return SK_DROP;
     }
-    let judged = judge(&ctx, &key, flow);
-    let Some(policy) = Policy::in_force() else {
-        return SK_DROP;
+    // The egress check reads what leaves whatever this run decides: a run that finds the
+    // scratch entry taken (a preempted run on this CPU) passes the send on to it.
+    let Some(scratch) = take_scratch(SCRATCH_TLS_SEND) else {
+        return SK_PASS;
     };
-    let flags = policy.config.flags;
+    let judged = judge(&ctx, &key, flow, scratch);
+    let verdict = settle(judged, &key, flow, SCRATCH_TLS_SEND, true);
+    scratch.busy_since_ns = 0;
+    match verdict {
+        Settled::Pass => SK_PASS,
+        Settled::PassFromNowOn => {
+            pass_from_now_on(&ctx);
+            SK_PASS
+        }
+        Settled::Drop => SK_DROP,
+    }
+}
+
+enum Settled {
+    Pass,
+    PassFromNowOn,
+    Drop,
+}
+
+/// Applies a verdict to the flow under the policy's `tls` mode: counted, reported, and the
+/// flow's state set (refused for good, or allowed).
+#[inline(always)]
+fn settle(judged: Judged, key: &FlowKey, flow: *mut TlsFlow, slot: u32, task: bool) -> Settled {
+    let flags = Policy::in_force().map_or(FLAG_TLS_ENFORCE, |policy| policy.config.flags);
+    // SAFETY: the element stays mapped until the run ends; TlsFlow is plain integers.
+    // (The egress check judges again what `tls_hello` judged: counted and reported once.)
+    let judged_before = unsafe { (*flow).state } == TLS_ALLOWED;
     match judged {
-        Judged::Wait => SK_PASS,
+        Judged::Wait => Settled::Pass,
         Judged::Allowed => {
             // SAFETY: as above.
             unsafe { (*flow).state = TLS_ALLOWED };
-            count(Counter::TlsAllowed);
-            pass_from_now_on(&ctx);
-            SK_PASS
+            if !judged_before {
+                count(Counter::TlsAllowed);
+            }
+            Settled::PassFromNowOn
         }
         Judged::Refused(reason) => {
             let enforce = flags & FLAG_TLS_ENFORCE != 0;
             let audit = !enforce && flags & FLAG_TLS_AUDIT != 0;
-            if !enforce && !audit {
-                // `tls = "off"` since the connect: nothing to judge.
+            if enforce || (audit && !judged_before) {
                 // SAFETY: as above.
-                unsafe { (*flow).state = TLS_ALLOWED };
-                pass_from_now_on(&ctx);
-                return SK_PASS;
+                let flow_copy = unsafe { *flow };
+                let verdict = if audit { VERDICT_WOULD_DENY } else { 0 };
+                report(key, &flow_copy, reason, verdict, slot, task);
             }
-            // SAFETY: as above.
-            let flow_copy = unsafe { *flow };
-            report(
-                &key,
-                &flow_copy,
-                reason,
-                if audit { VERDICT_WOULD_DENY } else { 0 },
-            );
-            if audit {
+            if enforce {
+                count(Counter::TlsRefused);
+                // SAFETY: as above.
+                unsafe { (*flow).state = TLS_REFUSED };
+                return Settled::Drop;
+            }
+            // `"audit"`, or `"off"` since the connect: let it through from now on.
+            if audit && !judged_before {
                 count(Counter::TlsWouldDeny);
-                // SAFETY: as above.
-                unsafe { (*flow).state = TLS_ALLOWED };
-                pass_from_now_on(&ctx);
-                return SK_PASS;
             }
-            count(Counter::TlsRefused);
             // SAFETY: as above.
-            unsafe { (*flow).state = TLS_REFUSED };
-            SK_DROP
+            unsafe { (*flow).state = TLS_ALLOWED };
+            Settled::PassFromNowOn
         }
     }
 }
@@ -299,7 +328,12 @@ enum Judged {
 }
 
 #[inline(always)]
-fn judge(ctx: &SkMsgContext, key: &FlowKey, flow: *mut TlsFlow) -> Judged {
+fn judge(
+    ctx: &SkMsgContext,
+    key: &FlowKey,
+    flow: *mut TlsFlow,
+    scratch: &mut TlsScratch,
+) -> Judged {
     let size = ctx.size() as usize;
     let pull = if size > OFFSET_LIMIT - 1 {
         OFFSET_LIMIT - 1
@@ -316,36 +350,62 @@ fn judge(ctx: &SkMsgContext, key: &FlowKey, flow: *mut TlsFlow) -> Judged {
         size: pull,
     };
     // SAFETY: as in tls_hello: the flow stays mapped for the run.
-    let strict = unsafe { (*flow).strict } != 0;
-    match tls::read_hello(&sent) {
+    let flow = unsafe { *flow };
+    match tls::read_hello(&sent, &mut scratch.walk) {
         Hello::Incomplete { total } => {
             // SAFETY: the program's sk_msg_md. The kernel gathers `total` bytes, then runs
-            // this program again on all of them.
+            // this program again on all of them. (Where it cannot, it sends what it has:
+            // the egress check, which reads what leaves, refuses a partial hello.)
             if unsafe { bpf_msg_cork_bytes(ctx.msg, total) } != 0 {
                 return Judged::Refused(Reason::TlsUnreadable);
             }
             Judged::Wait
         }
-        // Another protocol on a port that need not carry TLS (a written port: plain HTTP).
-        Hello::NotTls if !strict => Judged::Allowed,
-        Hello::NotTls => Judged::Refused(Reason::TlsNotHandshake),
-        Hello::Unreadable => Judged::Refused(Reason::TlsUnreadable),
-        Hello::NoName => Judged::Refused(Reason::TlsNoName),
-        Hello::Named { offset, len } => judge_name(&sent, key, flow, offset as usize, len as usize),
+        other => judge_hello(&sent, other, key, &flow, SCRATCH_TLS_SEND),
     }
 }
 
+/// The verdict on a whole first record (read from a send or from a packet).
 #[inline(always)]
-fn judge_name(sent: &Sent, key: &FlowKey, flow: *mut TlsFlow, offset: usize, len: usize) -> Judged {
+fn judge_hello(
+    bytes: &impl Bytes,
+    hello: Hello,
+    key: &FlowKey,
+    flow: &TlsFlow,
+    slot: u32,
+) -> Judged {
+    match hello {
+        // Another protocol on a port that need not carry TLS (a written port: plain HTTP).
+        Hello::NotTls if flow.strict == 0 => Judged::Allowed,
+        Hello::NotTls => Judged::Refused(Reason::TlsNotHandshake),
+        Hello::Unreadable | Hello::Incomplete { .. } => Judged::Refused(Reason::TlsUnreadable),
+        Hello::NoName => Judged::Refused(Reason::TlsNoName),
+        Hello::Encrypted => Judged::Refused(Reason::TlsEncryptedHello),
+        Hello::Named { offset, len } => {
+            judge_name(bytes, key, flow, offset as usize, len as usize, slot)
+        }
+    }
+}
+
+/// The server name at `offset` (`len` bytes): allowed by the policy, and taught this address
+/// in the flow's cgroup.
+#[inline(always)]
+fn judge_name(
+    bytes: &impl Bytes,
+    key: &FlowKey,
+    flow: &TlsFlow,
+    offset: usize,
+    len: usize,
+    slot: u32,
+) -> Judged {
     if len == 0 || len > NAME_MAX + 1 {
         return Judged::Refused(Reason::TlsUnreadable);
     }
-    let Some(scratch) = TLS_SCRATCH.get_ptr_mut(0) else {
+    let Some(scratch) = TLS_SCRATCH.get_ptr_mut(slot) else {
         return Judged::Refused(Reason::TlsUnreadable);
     };
-    // SAFETY: this CPU's entry of a per-CPU array, valid for the run. A program preempting
-    // this one on the same CPU could overwrite it: then the name judged is garbage, which
-    // matches nothing (refused), never another allowed name by design.
+    // SAFETY: this CPU's entry `slot` of a per-CPU array, valid for the run, held by this
+    // program (see take_scratch for the send side; egress holds its entry the same way).
     let scratch: &mut TlsScratch = unsafe { &mut *scratch };
     let mut hash = FNV_OFFSET;
     let mut i = 0;
@@ -355,7 +415,7 @@ fn judge_name(sent: &Sent, key: &FlowKey, flow: *mut TlsFlow, offset: usize, len
         if i >= len {
             break;
         }
-        let Some(char) = sent.byte(offset + i).and_then(tls::name_char) else {
+        let Some(char) = bytes.byte(offset + i).and_then(tls::name_char) else {
             return Judged::Refused(Reason::TlsUnreadable);
         };
         if char == b'.' && i + 1 == len {
@@ -380,10 +440,8 @@ fn judge_name(sent: &Sent, key: &FlowKey, flow: *mut TlsFlow, offset: usize, len
     if policy.name(trie_key).is_none() {
         return Judged::Refused(Reason::TlsNameNotAllowed);
     }
-    // SAFETY: as in tls_hello.
-    let cgroup_id = unsafe { (*flow).cgroup_id };
     let taught = TaughtKey {
-        cgroup_id,
+        cgroup_id: flow.cgroup_id,
         addr: key.remote,
         name_hash: hash,
     };
@@ -396,9 +454,25 @@ fn judge_name(sent: &Sent, key: &FlowKey, flow: *mut TlsFlow, offset: usize, len
     }
 }
 
+/// Takes this CPU's scratch entry `slot`; `None` when another run on this CPU holds it.
+#[inline(always)]
+fn take_scratch(slot: u32) -> Option<&'static mut TlsScratch> {
+    // SAFETY: this CPU's entry `slot` of the per-CPU array, valid for this run; a run that
+    // interrupted or preempted another on this CPU finds `busy_since_ns` set and leaves it.
+    let scratch = unsafe { &mut *TLS_SCRATCH.get_ptr_mut(slot)? };
+    // SAFETY: no arguments; reads the boot clock.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    if scratch.busy_since_ns != 0 && now.wrapping_sub(scratch.busy_since_ns) < SCRATCH_STALE_NS {
+        count(Counter::ScratchBusy);
+        return None;
+    }
+    scratch.busy_since_ns = now;
+    Some(scratch)
+}
+
 /// Sends a refused (or would-be refused) hello to the daemon, with the name it sent.
 #[inline(always)]
-fn report(key: &FlowKey, flow: &TlsFlow, reason: Reason, verdict: u8) {
+fn report(key: &FlowKey, flow: &TlsFlow, reason: Reason, verdict: u8, slot: u32, task: bool) {
     let Some(mut entry) = TLS_EVENTS.reserve::<TlsEvent>(0) else {
         count(Counter::EventsDropped);
         return;
@@ -406,7 +480,7 @@ fn report(key: &FlowKey, flow: &TlsFlow, reason: Reason, verdict: u8) {
     let event = entry.as_mut_ptr();
     let name_len = match reason {
         Reason::TlsNameNotAllowed | Reason::TlsNameNotTaught => {
-            TLS_SCRATCH.get(0).map_or(0, |scratch| scratch.name_len)
+            TLS_SCRATCH.get(slot).map_or(0, |scratch| scratch.name_len)
         }
         _ => 0,
     };
@@ -415,8 +489,9 @@ fn report(key: &FlowKey, flow: &TlsFlow, reason: Reason, verdict: u8) {
     unsafe {
         (*event).boot_ns = bpf_ktime_get_boot_ns();
         (*event).cgroup_id = flow.cgroup_id;
-        (*event).pid_tgid = bpf_get_current_pid_tgid();
-        (*event).uid_gid = bpf_get_current_uid_gid();
+        // Egress may run in softirq context, for any task: no task there.
+        (*event).pid_tgid = if task { bpf_get_current_pid_tgid() } else { 0 };
+        (*event).uid_gid = if task { bpf_get_current_uid_gid() } else { 0 };
         (*event).rule_id = flow.rule_id;
         (*event).addr = key.remote;
         (*event).port = key.remote_port;
@@ -425,33 +500,93 @@ fn report(key: &FlowKey, flow: &TlsFlow, reason: Reason, verdict: u8) {
         (*event).rule_index = flow.rule_index;
         (*event).name_len = name_len;
         (*event)._reserved = 0;
-        if let Some(scratch) = TLS_SCRATCH.get_ptr(0) {
+        if let Some(scratch) = TLS_SCRATCH.get_ptr(slot) {
             (*event).name = (*scratch).name.bytes;
         }
     }
     entry.submit(0);
 }
 
-/// Whether a packet leaving must be dropped: data of a socket the connect gates marked whose
-/// flow is not allowed. Only marked packets carrying data pay a lookup.
+/// What the egress check says of a packet.
+pub(crate) enum Egress {
+    Pass,
+    Drop,
+    /// The packet carries the stream's first byte of a flow not yet verified: `tls_first_out`
+    /// (a tail call) reads it.
+    ReadFirst,
+}
+
+/// The egress check of a TCP packet: only packets with data of sockets the connect gates
+/// marked pay a lookup. Their flow must be verified (its first bytes allowed as they left),
+/// or this packet must be the one carrying the stream's first byte.
 #[inline(always)]
-pub(crate) fn unjudged_data(ctx: &SkBuffContext, transport_offset: usize) -> bool {
+pub(crate) fn egress_check(ctx: &SkBuffContext, transport_offset: usize) -> Egress {
     let skb = ctx.skb.skb;
     // SAFETY: the program's __sk_buff; one load at a constant offset.
     let mark = unsafe { core::ptr::read_volatile(&raw const (*skb).mark) };
     if mark & TLS_MARK == 0 {
-        return false;
+        return Egress::Pass;
     }
-    let Ok(data_offset) = ctx.load::<u8>(transport_offset + 12) else {
-        return false;
+    let Some(segment) = segment(ctx, transport_offset) else {
+        return Egress::Pass;
     };
-    let headers = transport_offset + ((data_offset >> 4) as usize) * 4;
-    if ctx.len() as usize <= headers {
-        return false;
+    let key = packet_flow_key(ctx);
+    let Some(flow) = TLS_FLOWS.get_ptr_mut(key) else {
+        // No flow: data before the connection was established (TCP Fast Open), or a flow
+        // the LRU forgot. Fail closed.
+        count(Counter::TlsUnjudgedDropped);
+        return Egress::Drop;
+    };
+    // SAFETY: the element stays mapped until the run ends; TlsFlow is plain integers.
+    let (state, verified, first_seq) =
+        unsafe { ((*flow).state, (*flow).verified, (*flow).first_seq) };
+    if state == TLS_REFUSED {
+        count(Counter::TlsUnjudgedDropped);
+        return Egress::Drop;
     }
+    if verified != 0 {
+        return Egress::Pass;
+    }
+    if segment.seq == first_seq {
+        return Egress::ReadFirst;
+    }
+    // Data past the first byte before the first bytes were read: they left by another path
+    // (or were lost before egress). Refused for good.
+    // SAFETY: as above.
+    unsafe { (*flow).state = TLS_REFUSED };
+    count(Counter::TlsUnjudgedDropped);
+    Egress::Drop
+}
+
+/// A TCP segment's sequence number and where its data starts; `None` without data.
+struct Segment {
+    seq: u32,
+    data_offset: usize,
+    data_len: usize,
+}
+
+#[inline(always)]
+fn segment(ctx: &SkBuffContext, transport_offset: usize) -> Option<Segment> {
+    let header: [u8; 13] = ctx.load(transport_offset).ok()?;
+    let data_offset = transport_offset + ((header[12] >> 4) as usize) * 4;
+    let len = ctx.len() as usize;
+    if len <= data_offset {
+        return None;
+    }
+    Some(Segment {
+        seq: u32::from_be_bytes([header[4], header[5], header[6], header[7]]),
+        data_offset,
+        data_len: len - data_offset,
+    })
+}
+
+/// The flow key of a packet's socket (its own addresses and ports, before any NAT).
+#[inline(always)]
+fn packet_flow_key(ctx: &SkBuffContext) -> FlowKey {
+    let skb = ctx.skb.skb;
     // SAFETY: the program's __sk_buff; each field one load at a constant offset, rewritten by
     // the verifier to the socket's.
-    let key = unsafe {
+    unsafe {
         flow_key(
             core::ptr::read_volatile(&raw const (*skb).family),
             core::ptr::read_volatile(&raw const (*skb).local_ip4),
@@ -471,24 +606,96 @@ pub(crate) fn unjudged_data(ctx: &SkBuffContext, transport_offset: usize) -> boo
             core::ptr::read_volatile(&raw const (*skb).local_port),
             core::ptr::read_volatile(&raw const (*skb).remote_port),
         )
-    };
-    match TLS_FLOWS.get_ptr_mut(key) {
-        // SAFETY: the element stays mapped until the run ends; TlsFlow is plain integers.
-        Some(flow) if unsafe { (*flow).state } == TLS_ALLOWED => false,
-        Some(flow) => {
-            // Data that tls_hello never saw: the flow stays refused, so that an allowed hello
-            // sent after it cannot carry it out.
-            // SAFETY: as above.
-            unsafe { (*flow).state = TLS_REFUSED };
-            count(Counter::TlsUnjudgedDropped);
-            true
-        }
-        None => {
-            count(Counter::TlsUnjudgedDropped);
-            true
-        }
     }
 }
+
+/// A record copied out of a packet.
+struct Copied<'a> {
+    record: &'a [u8; COPIED_MAX],
+    len: usize,
+}
+
+impl Bytes for Copied<'_> {
+    #[inline(always)]
+    fn byte(&self, index: usize) -> Option<u8> {
+        // Read through memory: a length the compiler knows is at most COPIED_MAX would let it
+        // drop the mask below, which is what bounds the access for the verifier.
+        // SAFETY: a read of a live field.
+        let len = unsafe { core::ptr::read_volatile(&raw const self.len) };
+        if index >= len {
+            return None;
+        }
+        Some(self.record[index & (COPIED_MAX - 1)])
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
+/// Tail call target of `dns_query_out`: reads the first bytes of a judged stream as they
+/// leave — what the server will read, whatever path they took — and judges them as
+/// `tls_hello` judges a send. The whole first record must be in this packet (a send is
+/// corked until its record is whole, and leaves as one packet before segmentation).
+#[cgroup_skb]
+pub fn tls_first_out(ctx: SkBuffContext) -> i32 {
+    // Dropped when anything is off: TCP sends the packet again, and it is read again.
+    let Some(verdict) = first_out(&ctx) else {
+        return 0;
+    };
+    verdict
+}
+
+#[inline(always)]
+fn first_out(ctx: &SkBuffContext) -> Option<i32> {
+    let packet = crate::egress::outgoing(ctx)?;
+    let segment = segment(ctx, packet.transport_offset)?;
+    let key = packet_flow_key(ctx);
+    let flow = TLS_FLOWS.get_ptr_mut(key)?;
+    let scratch = take_scratch(SCRATCH_TLS_EGRESS)?;
+    let mut len = segment.data_len;
+    if len > COPIED_MAX {
+        len = COPIED_MAX;
+    }
+    // 1..=COPIED_MAX, by arithmetic the verifier follows (older ones forget comparisons across
+    // a spill, as in dns.rs); `segment` has at least one byte of data.
+    let bounded = (((len - 1) & (COPIED_MAX - 1)) + 1) as u32;
+    // SAFETY: the program's __sk_buff; `bounded` bytes (at most COPIED_MAX, the buffer's
+    // size) into this CPU's scratch record.
+    let copied = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb as *const c_void,
+            segment.data_offset as u32,
+            scratch.record.as_mut_ptr().cast::<c_void>(),
+            bounded,
+        )
+    };
+    if copied != 0 {
+        scratch.busy_since_ns = 0;
+        return None;
+    }
+    let bytes = Copied {
+        record: &scratch.record,
+        len: bounded as usize,
+    };
+    // SAFETY: as in egress_check.
+    let flow_copy = unsafe { *flow };
+    let hello = tls::read_hello(&bytes, &mut scratch.walk);
+    let judged = judge_hello(&bytes, hello, &key, &flow_copy, SCRATCH_TLS_EGRESS);
+    let verdict = settle(judged, &key, flow, SCRATCH_TLS_EGRESS, false);
+    scratch.busy_since_ns = 0;
+    Some(match verdict {
+        Settled::Drop => 0,
+        Settled::Pass | Settled::PassFromNowOn => {
+            // SAFETY: as in egress_check.
+            unsafe { (*flow).verified = 1 };
+            1
+        }
+    })
+}
+
+/// A scratch entry held longer than this is taken to be abandoned (no run takes a millisecond).
+const SCRATCH_STALE_NS: u64 = 1_000_000;
 
 /// What the connect gates record for a TCP connection they allow to a learned address.
 #[inline(always)]

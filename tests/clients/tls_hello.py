@@ -7,8 +7,13 @@ usage: tls_hello.py ADDR PORT KIND [NAME]
   split  the same hello in two writes 200 ms apart (the first 60 bytes, then the rest)
   nosni  a ClientHello without a server name
   plain  an HTTP request (not TLS)
+  ech    the `big` hello with an Encrypted ClientHello extension (its name is the outer one)
+  oddversion  the `big` hello with record version bytes 0x00 0x01 (some servers read any)
   fastopen  the `big` hello with sendto(MSG_FASTOPEN) (TCP Fast Open: the data is queued
          before the connection is established), then, on the same socket, the same hello again
+  queued the `big` hello naming NAME queued before the connection is established and held
+         back (MSG_FASTOPEN | MSG_MORE), then a hello naming registry.test, which the send
+         check sees first and allows; both leave together, NAME's first
 
 Output: {"result": "ok" | errno name, "ms": milliseconds from the first write to its outcome}
 """
@@ -31,7 +36,7 @@ def server_name(name):
     return extension(0, struct.pack("!H", len(entry)) + entry)
 
 
-def hello(name):
+def hello(name, ech=False):
     body = b"\x03\x03" + bytes(range(32)) + b"\x20" + bytes(32)
     suites = [0x1301, 0x1302, 0x1303, 0xC02B, 0xC02F]
     body += struct.pack("!H", 2 * len(suites)) + b"".join(struct.pack("!H", s) for s in suites)
@@ -44,6 +49,8 @@ def hello(name):
     exts += extension(21, bytes(200))  # padding
     if name:
         exts += server_name(name)
+    if ech:
+        exts += extension(0xFE0D, bytes(90))
     body += struct.pack("!H", len(exts)) + exts
     handshake = b"\x01" + struct.pack("!I", len(body))[1:] + body
     return b"\x16\x03\x01" + struct.pack("!H", len(handshake)) + handshake
@@ -54,6 +61,20 @@ def main():
     name = sys.argv[4] if len(sys.argv) > 4 else ""
     s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_STREAM)
     s.settimeout(5)
+    if kind == "queued":
+        s.settimeout(None)
+        signal.alarm(10)
+        start = time.monotonic()
+        result = "ok"
+        try:
+            s.sendto(hello(name), socket.MSG_FASTOPEN | socket.MSG_MORE, (addr, port))
+            time.sleep(0.3)
+            s.sendall(hello("registry.test"))
+        except OSError as e:
+            result = errno.errorcode.get(e.errno, str(e))
+        print(json.dumps({"result": result, "ms": round((time.monotonic() - start) * 1000, 1)}))
+        time.sleep(0.5)
+        return
     if kind == "fastopen":
         # Blocking (a timeout would make the send return EINPROGRESS before connecting).
         s.settimeout(None)
@@ -74,6 +95,11 @@ def main():
         writes = [b"GET / HTTP/1.0\r\nHost: " + name.encode() + b"\r\n\r\n"]
     elif kind == "nosni":
         writes = [hello("")]
+    elif kind == "ech":
+        writes = [hello(name, ech=True)]
+    elif kind == "oddversion":
+        data = hello(name)
+        writes = [data[:1] + b"\x00\x01" + data[3:]]
     elif kind == "split":
         data = hello(name)
         writes = [data[:60], data[60:]]

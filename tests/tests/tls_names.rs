@@ -276,6 +276,16 @@ fn a_tls_connection_to_a_learned_address_must_name_the_host_that_taught_it() {
     assert_eq!(result, "EACCES");
     assert!(!arrived(&bed.server_after(before)));
     wait_for_record(&daemon, "tls_not_handshake");
+    // An Encrypted ClientHello hides the name the front end serves: refused, whatever the
+    // outer name. A handshake record with odd version bytes is judged as one (on any port).
+    let (result, _) = hello(&cgroup, "ech", "registry.test", HTTPS);
+    assert_eq!(result, "EACCES");
+    wait_for_record(&daemon, "tls_encrypted_hello");
+    let (result, _) = hello(&cgroup, "oddversion", "evil.test", HTTP_PORT);
+    assert_eq!(
+        result, "EACCES",
+        "a hello with odd version bytes on port 80"
+    );
     // Plain HTTP on port 80 is not judged.
     let http = probe_in(&cgroup, "tcp-http", &b(), HTTP_PORT);
     assert!(
@@ -298,6 +308,22 @@ fn a_tls_connection_to_a_learned_address_must_name_the_host_that_taught_it() {
         "Fast Open data reached the server: {lines:?}"
     );
     assert!(daemon.counter("tls_unjudged_dropped") > 0);
+
+    // Unjudged data held back, then released by a hello the send check allows: what leaves
+    // first is what the server reads, and it is judged as it leaves (the egress check).
+    let before = bed.server_line_count();
+    let refused_before = daemon.counter("tls_refused");
+    let (result, _) = hello(&cgroup, "queued", "evil.test", HTTPS);
+    // Whether the kernel held the queued bytes back until the second send (then both sends
+    // succeed) or sent them at once (then the egress check refused the flow first, and the
+    // second send fails), nothing may arrive.
+    assert!(result == "ok" || result == "EACCES", "{result}");
+    let lines = bed.server_after(before);
+    assert!(
+        !arrived(&lines),
+        "the queued hello reached the server: {lines:?}"
+    );
+    assert!(daemon.counter("tls_refused") > refused_before);
 }
 
 fn wait_for_record_any(daemon: &Daemon, reason: &str) {

@@ -21,7 +21,9 @@ use aya::{
 use aya_obj::generated::bpf_attach_type;
 use ram_common::{
     FlowKey,
-    maps::{ALL, ANSWER_RR_SLOT, DNS_TAIL_CALLS, LEARNED, QUERY_NAME_SLOT, TLS_SOCKETS},
+    maps::{
+        ALL, ANSWER_RR_SLOT, DNS_TAIL_CALLS, LEARNED, QUERY_NAME_SLOT, TLS_FIRST_SLOT, TLS_SOCKETS,
+    },
 };
 
 use super::{
@@ -93,8 +95,15 @@ pub const SNOOPERS: [Snooper; 2] = [
 pub const ANSWER_RR: &str = "dns_answer_rr";
 /// The program `dns_query_out` tail-calls to judge a query's name (loaded, never attached).
 pub const QUERY_NAME: &str = "dns_query_name";
+/// The program `dns_query_out` tail-calls to read the first bytes of a judged TCP stream as
+/// they leave (loaded, never attached).
+pub const TLS_FIRST: &str = "tls_first_out";
 /// The tail-called programs and their `DNS_TAIL_CALLS` slots.
-const TAIL_CALLED: [(&str, u32); 2] = [(ANSWER_RR, ANSWER_RR_SLOT), (QUERY_NAME, QUERY_NAME_SLOT)];
+const TAIL_CALLED: [(&str, u32); 3] = [
+    (ANSWER_RR, ANSWER_RR_SLOT),
+    (QUERY_NAME, QUERY_NAME_SLOT),
+    (TLS_FIRST, TLS_FIRST_SLOT),
+];
 
 /// The cgroup sock_create program: only the sockets the gates judge may be made.
 pub const SOCKET_GATE: Gate = Gate {
