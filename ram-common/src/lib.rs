@@ -39,7 +39,7 @@ pub mod maps {
 
     /// Every map of `ram-ebpf`, all pinned (under `maps-v<LAYOUT>/`) so that enforcement,
     /// learning and the audit backlog outlive the daemon.
-    pub const ALL: [&str; 30] = [
+    pub const ALL: [&str; 31] = [
         POLICY_SLOT,
         POLICY_CONFIG,
         RULE_IDS[0],
@@ -70,6 +70,7 @@ pub mod maps {
         TLS_SOCKETS,
         TLS_SCRATCH,
         TLS_EVENTS,
+        TLS_TAIL_CALLS,
     ];
 
     /// `Array<u32>` with one entry: which slot (0 or 1) of the double-buffered policy maps
@@ -199,8 +200,10 @@ pub mod maps {
     /// Slot of `tls_first_out`, which `dns_query_out` tail-calls to read the first bytes of a
     /// judged TCP stream as they leave.
     pub const TLS_FIRST_SLOT: u32 = 2;
+    /// Slot of `tls_name_out`, which `tls_first_out` tail-calls to judge the server name.
+    pub const TLS_NAME_OUT_SLOT: u32 = 3;
     /// Entries of [`DNS_TAIL_CALLS`].
-    pub const DNS_TAIL_CALLS_MAX: u32 = 3;
+    pub const DNS_TAIL_CALLS_MAX: u32 = 4;
 
     /// `RingBuf` of [`crate::DnsEvent`]: one event per answer that taught the kernel something
     /// (or had refused or unlearnable addresses), and per answer to a name no rule allows, with
@@ -247,7 +250,8 @@ pub mod maps {
 
     /// `LruHashMap<u64, TlsNote>`: TCP connections to learned addresses, by socket cookie,
     /// between the connect and the handshake. Written by the connect gates when they allow one
-    /// (TLS judged); read and removed by `tls_sockops` when the connection is established.
+    /// (TLS judged); read by `tls_sockops` as the SYN leaves (to mark the socket), and removed
+    /// by it when the connection is established.
     pub const TLS_NOTES: &str = "TLS_NOTES";
     pub const TLS_NOTES_MAX: u32 = 65_536;
 
@@ -277,6 +281,13 @@ pub mod maps {
     /// ClientHellos, with the name sent. Written by `tls_hello`; read by the daemon.
     pub const TLS_EVENTS: &str = "TLS_EVENTS";
     pub const TLS_EVENTS_BYTES: u32 = 256 * 1024;
+
+    /// `ProgramArray` of sk_msg programs: `tls_hello` tail-calls `tls_hello_name` (slot
+    /// [`TLS_NAME_SLOT`]) to judge the server name, so that the verifier walks the hello and
+    /// the name apart. Written by the daemon at load.
+    pub const TLS_TAIL_CALLS: &str = "TLS_TAIL_CALLS";
+    pub const TLS_NAME_SLOT: u32 = 0;
+    pub const TLS_TAIL_CALLS_MAX: u32 = 1;
 }
 
 /// The bit of a socket's mark (`SO_MARK`) that the connect gates set on TCP connections to
@@ -310,6 +321,9 @@ pub struct TlsNote {
     pub strict: u8,
     pub _reserved: u8,
     pub rule_index: u32,
+    /// The socket's mark at connect, to which `tls_sockops` adds [`TLS_MARK`].
+    pub mark: u32,
+    pub _reserved2: u32,
 }
 
 /// Key of [`maps::TLS_FLOWS`] and [`maps::TLS_SOCKETS`]: a TCP connection as both the socket
@@ -1214,7 +1228,7 @@ mod tests {
         assert_eq!(size_of::<TaughtKey>(), 32);
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<TlsFlow>(), 32);
-        assert_eq!(size_of::<TlsNote>(), 40);
+        assert_eq!(size_of::<TlsNote>(), 48);
         assert_eq!(size_of::<TlsEvent>(), 328);
     }
 

@@ -19,7 +19,7 @@ pub const OFFSET_LIMIT: usize = 32_768;
 pub const COPIED_MAX: usize = 16_384;
 /// Extensions read before giving up (Chrome sends about 18 with GREASE; OpenSSL, Go and rustls
 /// fewer). A hello with more is unreadable, never partly read.
-pub const MAX_EXTENSIONS: usize = 48;
+pub const MAX_EXTENSIONS: usize = 32;
 
 const CONTENT_HANDSHAKE: u8 = 22;
 const HANDSHAKE_CLIENT_HELLO: u8 = 1;
@@ -69,6 +69,38 @@ pub enum Hello {
     Named { offset: u32, len: u32 },
 }
 
+impl Hello {
+    /// `self` kept in `walk` (its `result`, `name_offset`, `name_len`, `end`).
+    #[inline(always)]
+    pub fn keep(self, walk: &mut HelloWalk) {
+        let (code, a, b) = match self {
+            Self::NotTls => (0, 0, 0),
+            Self::Unreadable => (1, 0, 0),
+            Self::Incomplete { total } => (2, total, 0),
+            Self::NoName => (3, 0, 0),
+            Self::Encrypted => (4, 0, 0),
+            Self::Named { offset, len } => (5, offset, len),
+        };
+        set(&mut walk.result, code);
+        set(&mut walk.name_offset, a);
+        set(&mut walk.name_len, b);
+    }
+
+    /// The `Hello` [`Hello::keep`] kept in `walk`.
+    #[inline(always)]
+    pub fn kept(walk: &HelloWalk) -> Self {
+        let (a, b) = (get(&walk.name_offset), get(&walk.name_len));
+        match get(&walk.result) {
+            0 => Self::NotTls,
+            2 => Self::Incomplete { total: a },
+            3 => Self::NoName,
+            4 => Self::Encrypted,
+            5 => Self::Named { offset: a, len: b },
+            _ => Self::Unreadable,
+        }
+    }
+}
+
 #[inline(always)]
 fn u16_at(bytes: &(impl Bytes + ?Sized), index: usize) -> Option<usize> {
     Some(((bytes.byte(index)? as usize) << 8) | bytes.byte(index + 1)? as usize)
@@ -89,6 +121,15 @@ pub struct HelloWalk {
     pub status: u32,
     /// [`SEEN_NAME`] | [`SEEN_ECH`].
     pub seen: u32,
+    /// The [`Hello`] the walk ended with ([`Hello::code`]), for the program the kernel
+    /// tail-calls to judge it (with `name_offset`, `name_len` for a name, `end` for a total).
+    pub result: u32,
+    pub _reserved: u32,
+    /// The copy of the server name (the kernel's `judge_name`): characters done, its status
+    /// ([`WALK_RUNNING`], ...), and the hash so far. In memory for the same reason.
+    pub copied: u32,
+    pub copy_status: u32,
+    pub hash: u64,
 }
 
 pub const WALK_RUNNING: u32 = 0;
@@ -97,14 +138,16 @@ pub const WALK_FAILED: u32 = 2;
 pub const SEEN_NAME: u32 = 1;
 pub const SEEN_ECH: u32 = 2;
 
+/// Volatile read of a walk field.
 #[inline(always)]
-fn get(place: &u32) -> u32 {
+pub fn get<T: Copy>(place: &T) -> T {
     // SAFETY: a shared reference is valid for reads.
     unsafe { core::ptr::read_volatile(place) }
 }
 
+/// Volatile write of a walk field.
 #[inline(always)]
-fn set(place: &mut u32, value: u32) {
+pub fn set<T>(place: &mut T, value: T) {
     // SAFETY: a mutable reference is valid for writes.
     unsafe { core::ptr::write_volatile(place, value) }
 }
@@ -433,6 +476,25 @@ mod tests {
         assert_eq!(name_char(0), None);
         // FNV-1a 64 of "a", as read_name computes it for a one-letter DNS name.
         assert_eq!(name_hash(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn a_hello_is_kept_and_read_back() {
+        let mut walk = HelloWalk::default();
+        for hello in [
+            Hello::NotTls,
+            Hello::Unreadable,
+            Hello::Incomplete { total: 517 },
+            Hello::NoName,
+            Hello::Encrypted,
+            Hello::Named {
+                offset: 300,
+                len: 13,
+            },
+        ] {
+            hello.keep(&mut walk);
+            assert_eq!(Hello::kept(&walk), hello);
+        }
     }
 
     #[test]

@@ -260,6 +260,8 @@ fn judge(ctx: &SockAddrContext, addr: Addr16, port: u16, hook: Hook) -> i32 {
                     strict: (port == HTTPS_PORT) as u8,
                     _reserved: 0,
                     rule_index,
+                    mark: 0,
+                    _reserved2: 0,
                 };
                 tls::note_connection(ctx.sock_addr, &note);
             } else if sock_addr.protocol == IPPROTO_UDP

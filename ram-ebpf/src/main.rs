@@ -33,7 +33,7 @@ use ram_common::{
         DNS_SOCKETS_MAX, DNS_TAIL_CALLS_MAX, GATE_EVENTS_BYTES, LEARNED_MAX, NETNS_RESOLVERS_MAX,
         PENDING_QUERIES_MAX, RESOLVERS_MAX, RULE_IDS_MAX, SEARCH_DOMAINS_MAX, SEARCH_SUFFIXES_MAX,
         TAUGHT_NAMES_MAX, TCP_DNS_STREAMS_MAX, TLS_EVENTS_BYTES, TLS_FLOWS_MAX, TLS_NOTES_MAX,
-        TLS_SOCKETS_MAX,
+        TLS_SOCKETS_MAX, TLS_TAIL_CALLS_MAX,
     },
 };
 
@@ -131,6 +131,9 @@ static TLS_SCRATCH: PerCpuArray<TlsScratch> = PerCpuArray::with_max_entries(2, 0
 
 #[map]
 static TLS_EVENTS: RingBuf = RingBuf::with_byte_size(TLS_EVENTS_BYTES, 0);
+
+#[map]
+static TLS_TAIL_CALLS: ProgramArray = ProgramArray::with_max_entries(TLS_TAIL_CALLS_MAX, 0);
 
 /// The policy in force for one program run: read once at the start, so that a run never mixes
 /// two policies (the daemon flips `POLICY_SLOT` only after filling the other slot).

@@ -3,7 +3,8 @@
 //! chain) in its ClientHello, not the name of another tenant of the same front end.
 //!
 //! - The connect gates note each TCP connection they allow to a learned address
-//!   (`TLS_NOTES`, by socket cookie) and set [`TLS_MARK`] on the socket.
+//!   (`TLS_NOTES`, by socket cookie); `tls_sockops` sets [`TLS_MARK`] on the socket before its
+//!   SYN leaves (`TCP_CONNECT_CB`).
 //! - `tls_sockops` (cgroup sock_ops), when the connection is established, makes its flow
 //!   (`TLS_FLOWS`, pending) and puts the socket into `TLS_SOCKETS`, so that the kernel runs
 //!   `tls_hello` on its sends.
@@ -33,14 +34,15 @@ use ram_common::{
     Addr16, Counter, FLAG_TLS_AUDIT, FLAG_TLS_ENFORCE, FlowKey, Reason, SCRATCH_TLS_EGRESS,
     SCRATCH_TLS_SEND, TLS_ALLOWED, TLS_MARK, TLS_PENDING, TLS_REFUSED, TaughtKey, TlsEvent,
     TlsFlow, TlsScratch, VERDICT_WOULD_DENY,
-    dns::{self, FNV_OFFSET, NAME_BUF, NAME_MAX},
-    tls::{self, Bytes, COPIED_MAX, Hello, OFFSET_LIMIT},
+    dns::{FNV_OFFSET, NAME_BUF, NAME_MAX},
+    maps::{TLS_NAME_OUT_SLOT, TLS_NAME_SLOT},
+    tls::{self, Bytes, COPIED_MAX, Hello, OFFSET_LIMIT, WALK_DONE, WALK_FAILED, WALK_RUNNING},
     v4_mapped,
 };
 
 use crate::{
-    Policy, TAUGHT_NAMES, TLS_EVENTS, TLS_FLOWS, TLS_NOTES, TLS_SCRATCH, TLS_SOCKETS, count,
-    gate::words_to_addr,
+    DNS_TAIL_CALLS, Policy, TAUGHT_NAMES, TLS_EVENTS, TLS_FLOWS, TLS_NOTES, TLS_SCRATCH,
+    TLS_SOCKETS, TLS_TAIL_CALLS, count, gate::words_to_addr,
 };
 
 type NameLpmKey = aya_ebpf::maps::lpm_trie::Key<[u8; NAME_BUF]>;
@@ -48,6 +50,7 @@ type NameLpmKey = aya_ebpf::maps::lpm_trie::Key<[u8; NAME_BUF]>;
 const SK_PASS: u32 = 1;
 const SK_DROP: u32 = 0;
 const AF_INET: u32 = 2;
+const BPF_SOCK_OPS_TCP_CONNECT_CB: u32 = 3;
 const BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: u32 = 4;
 
 /// A port from a socket context field: "network byte order", which kernels place in the upper
@@ -94,7 +97,9 @@ fn flow_key(
 pub fn tls_sockops(ctx: SockOpsContext) -> u32 {
     // SAFETY: the program's bpf_sock_ops; one 4-byte load.
     let op = unsafe { core::ptr::read_volatile(&raw const (*ctx.ops).op) };
-    if op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
+    if op == BPF_SOCK_OPS_TCP_CONNECT_CB {
+        mark_noted(&ctx);
+    } else if op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
         let _ = established(&ctx);
     }
     1
@@ -202,12 +207,13 @@ impl Bytes for Sent {
     }
 }
 
-#[sk_msg]
-pub fn tls_hello(ctx: SkMsgContext) -> u32 {
+/// A message's flow key (its socket's addresses and ports).
+#[inline(always)]
+fn msg_flow_key(ctx: &SkMsgContext) -> FlowKey {
     let msg = ctx.msg;
     // SAFETY: the program's sk_msg_md, valid for the run; each field one load at a constant
     // offset, rewritten by the verifier.
-    let key = unsafe {
+    unsafe {
         flow_key(
             core::ptr::read_volatile(&raw const (*msg).family),
             core::ptr::read_volatile(&raw const (*msg).local_ip4),
@@ -227,7 +233,12 @@ pub fn tls_hello(ctx: SkMsgContext) -> u32 {
             core::ptr::read_volatile(&raw const (*msg).local_port),
             core::ptr::read_volatile(&raw const (*msg).remote_port),
         )
-    };
+    }
+}
+
+#[sk_msg]
+pub fn tls_hello(ctx: SkMsgContext) -> u32 {
+    let key = msg_flow_key(&ctx);
     let Some(flow) = TLS_FLOWS.get_ptr_mut(key) else {
         // A socket in TLS_SOCKETS whose flow the LRU forgot: fail closed.
         count(Counter::TlsFlowLost);
@@ -248,13 +259,60 @@ pub fn tls_hello(ctx: SkMsgContext) -> u32 {
     let Some(scratch) = take_scratch(SCRATCH_TLS_SEND) else {
         return SK_PASS;
     };
-    let judged = judge(&ctx, &key, flow, scratch);
-    let verdict = settle(judged, &key, flow, SCRATCH_TLS_SEND, true);
+    let judged = judge(&ctx, flow, scratch);
+    if let Judged::Name = judged {
+        // The name is judged by a program of its own (the verifier walks each alone); it
+        // releases the scratch entry. Returns only if the call fails: the egress check,
+        // which reads what leaves, then judges.
+        // SAFETY: `ctx` is this sk_msg program's context, the type tls_hello_name takes.
+        unsafe { TLS_TAIL_CALLS.tail_call(&ctx, TLS_NAME_SLOT) };
+        scratch.busy_since_ns = 0;
+        return SK_PASS;
+    }
+    finish_send(&ctx, judged, &key, flow, scratch)
+}
+
+/// Tail call target of `tls_hello`: judges the server name `tls_hello` found (its place is
+/// in the scratch entry `tls_hello` holds).
+#[sk_msg]
+pub fn tls_hello_name(ctx: SkMsgContext) -> u32 {
+    let key = msg_flow_key(&ctx);
+    let Some(scratch) = TLS_SCRATCH.get_ptr_mut(SCRATCH_TLS_SEND) else {
+        return SK_PASS;
+    };
+    // SAFETY: this CPU's entry, held by the tls_hello run that tail-called this one (a tail
+    // call stays on the CPU).
+    let scratch: &'static mut TlsScratch = unsafe { &mut *scratch };
+    let Some(flow) = TLS_FLOWS.get_ptr_mut(key) else {
+        scratch.busy_since_ns = 0;
+        return SK_DROP;
+    };
+    let sent = Sent {
+        data: ctx.data(),
+        data_end: ctx.data_end(),
+        size: scratch.walk.end as usize,
+    };
+    // SAFETY: as in tls_hello.
+    let flow_copy = unsafe { *flow };
+    let judged = judge_kept(&sent, &key, &flow_copy, scratch, SCRATCH_TLS_SEND);
+    finish_send(&ctx, judged, &key, flow, scratch)
+}
+
+/// A send's verdict applied, the scratch entry released.
+#[inline(always)]
+fn finish_send(
+    ctx: &SkMsgContext,
+    judged: Judged,
+    key: &FlowKey,
+    flow: *mut TlsFlow,
+    scratch: &mut TlsScratch,
+) -> u32 {
+    let verdict = settle(judged, key, flow, SCRATCH_TLS_SEND, true);
     scratch.busy_since_ns = 0;
     match verdict {
         Settled::Pass => SK_PASS,
         Settled::PassFromNowOn => {
-            pass_from_now_on(&ctx);
+            pass_from_now_on(ctx);
             SK_PASS
         }
         Settled::Drop => SK_DROP,
@@ -276,7 +334,8 @@ fn settle(judged: Judged, key: &FlowKey, flow: *mut TlsFlow, slot: u32, task: bo
     // (The egress check judges again what `tls_hello` judged: counted and reported once.)
     let judged_before = unsafe { (*flow).state } == TLS_ALLOWED;
     match judged {
-        Judged::Wait => Settled::Pass,
+        // `Name` goes to the name's own program before any verdict.
+        Judged::Wait | Judged::Name => Settled::Pass,
         Judged::Allowed => {
             // SAFETY: as above.
             unsafe { (*flow).state = TLS_ALLOWED };
@@ -323,17 +382,15 @@ fn pass_from_now_on(ctx: &SkMsgContext) {
 enum Judged {
     /// The record is not whole yet: the socket is corked until it is.
     Wait,
+    /// A ClientHello naming a host: its place is in the scratch entry's walk, for the
+    /// program that judges names (a tail call).
+    Name,
     Allowed,
     Refused(Reason),
 }
 
 #[inline(always)]
-fn judge(
-    ctx: &SkMsgContext,
-    key: &FlowKey,
-    flow: *mut TlsFlow,
-    scratch: &mut TlsScratch,
-) -> Judged {
+fn judge(ctx: &SkMsgContext, flow: *mut TlsFlow, scratch: &mut TlsScratch) -> Judged {
     let size = ctx.size() as usize;
     let pull = if size > OFFSET_LIMIT - 1 {
         OFFSET_LIMIT - 1
@@ -351,29 +408,44 @@ fn judge(
     };
     // SAFETY: as in tls_hello: the flow stays mapped for the run.
     let flow = unsafe { *flow };
-    match tls::read_hello(&sent, &mut scratch.walk) {
-        Hello::Incomplete { total } => {
-            // SAFETY: the program's sk_msg_md. The kernel gathers `total` bytes, then runs
-            // this program again on all of them. (Where it cannot, it sends what it has:
-            // the egress check, which reads what leaves, refuses a partial hello.)
-            if unsafe { bpf_msg_cork_bytes(ctx.msg, total) } != 0 {
-                return Judged::Refused(Reason::TlsUnreadable);
-            }
-            Judged::Wait
+    let hello = tls::read_hello(&sent, &mut scratch.walk);
+    if let Hello::Incomplete { total } = hello {
+        // SAFETY: the program's sk_msg_md. The kernel gathers `total` bytes, then runs this
+        // program again on all of them. (Where it cannot, it sends what it has: the egress
+        // check, which reads what leaves, refuses a partial hello.)
+        if unsafe { bpf_msg_cork_bytes(ctx.msg, total) } != 0 {
+            return Judged::Refused(Reason::TlsUnreadable);
         }
-        other => judge_hello(&sent, other, key, &flow, SCRATCH_TLS_SEND),
+        return Judged::Wait;
+    }
+    // The verdict is the next program's (tls_hello_name): what was found, and how many
+    // bytes were made linear, go to it in the scratch entry.
+    hello.keep(&mut scratch.walk);
+    tls::set(&mut scratch.walk.end, pull as u32);
+    let _ = flow;
+    Judged::Name
+}
+
+/// The verdict on the hello a first program found (kept in `scratch.walk`).
+#[inline(always)]
+fn judge_kept(
+    bytes: &impl Bytes,
+    key: &FlowKey,
+    flow: &TlsFlow,
+    scratch: &TlsScratch,
+    slot: u32,
+) -> Judged {
+    match Hello::kept(&scratch.walk) {
+        Hello::Named { offset, len } => {
+            judge_name(bytes, key, flow, offset as usize, len as usize, slot)
+        }
+        other => judge_hello(other, flow),
     }
 }
 
 /// The verdict on a whole first record (read from a send or from a packet).
 #[inline(always)]
-fn judge_hello(
-    bytes: &impl Bytes,
-    hello: Hello,
-    key: &FlowKey,
-    flow: &TlsFlow,
-    slot: u32,
-) -> Judged {
+fn judge_hello(hello: Hello, flow: &TlsFlow) -> Judged {
     match hello {
         // Another protocol on a port that need not carry TLS (a written port: plain HTTP).
         Hello::NotTls if flow.strict == 0 => Judged::Allowed,
@@ -381,9 +453,8 @@ fn judge_hello(
         Hello::Unreadable | Hello::Incomplete { .. } => Judged::Refused(Reason::TlsUnreadable),
         Hello::NoName => Judged::Refused(Reason::TlsNoName),
         Hello::Encrypted => Judged::Refused(Reason::TlsEncryptedHello),
-        Hello::Named { offset, len } => {
-            judge_name(bytes, key, flow, offset as usize, len as usize, slot)
-        }
+        // The walk in the scratch entry holds the name's place.
+        Hello::Named { .. } => Judged::Name,
     }
 }
 
@@ -407,31 +478,55 @@ fn judge_name(
     // SAFETY: this CPU's entry `slot` of a per-CPU array, valid for the run, held by this
     // program (see take_scratch for the send side; egress holds its entry the same way).
     let scratch: &mut TlsScratch = unsafe { &mut *scratch };
-    let mut hash = FNV_OFFSET;
-    let mut i = 0;
-    let mut name_len = len;
-    // Bounded: a name's characters and one trailing dot (RFC 6066 sends none; one is ignored).
-    while i <= NAME_MAX {
-        if i >= len {
-            break;
-        }
-        let Some(char) = bytes.byte(offset + i).and_then(tls::name_char) else {
-            return Judged::Refused(Reason::TlsUnreadable);
-        };
-        if char == b'.' && i + 1 == len {
-            name_len = i;
-            break;
-        }
-        scratch.name.bytes[i & (NAME_BUF - 1)] = char;
-        hash = tls::name_hash_step(hash, char);
-        i += 1;
+    // One trailing dot is ignored (RFC 6066 sends none).
+    let mut len = len;
+    if let Some(last) = bytes.byte(offset + len - 1)
+        && last == b'.'
+    {
+        len -= 1;
     }
-    if name_len == 0 || name_len > NAME_MAX {
+    if len == 0 || len > NAME_MAX {
         return Judged::Refused(Reason::TlsUnreadable);
     }
-    let key_len = dns::reversed_key(&scratch.name, name_len, &mut scratch.key.data);
-    scratch.key.prefix_len = (key_len * 8) as u32;
-    scratch.name_len = name_len as u32;
+    // The copy's state lives in map memory (see tls::HelloWalk): the verifier then sees each
+    // iteration's state as one, where registers would make it walk every path of every one.
+    // The trie key is written reversed as the name is read, so that nothing after the loop
+    // (which the verifier walks once per way out of it) loops again.
+    let walk = &mut scratch.walk;
+    tls::set(&mut walk.copied, 0);
+    tls::set(&mut walk.name_len, len as u32);
+    tls::set(&mut walk.copy_status, WALK_RUNNING);
+    tls::set(&mut walk.hash, FNV_OFFSET);
+    let mut step = 0;
+    // Bounded: a name's characters.
+    while step < NAME_MAX {
+        step += 1;
+        if tls::get(&walk.copy_status) != WALK_RUNNING {
+            break;
+        }
+        let i = tls::get(&walk.copied) as usize;
+        let len = tls::get(&walk.name_len) as usize;
+        if i >= len {
+            tls::set(&mut walk.copy_status, WALK_DONE);
+            continue;
+        }
+        let Some(char) = bytes.byte(offset + i).and_then(tls::name_char) else {
+            tls::set(&mut walk.copy_status, WALK_FAILED);
+            continue;
+        };
+        scratch.name.bytes[i & (NAME_BUF - 1)] = char;
+        scratch.key.data[(len - 1 - i) & (NAME_BUF - 1)] = char;
+        let hash = tls::name_hash_step(tls::get(&walk.hash), char);
+        tls::set(&mut walk.hash, hash);
+        tls::set(&mut walk.copied, i as u32 + 1);
+    }
+    if tls::get(&walk.copied) as usize != len {
+        return Judged::Refused(Reason::TlsUnreadable);
+    }
+    let hash = tls::get(&walk.hash);
+    scratch.key.data[len & (NAME_BUF - 1)] = 0;
+    scratch.key.prefix_len = ((len + 1) * 8) as u32;
+    scratch.name_len = len as u32;
     let Some(policy) = Policy::in_force() else {
         return Judged::Refused(Reason::TlsNameNotAllowed);
     };
@@ -678,20 +773,55 @@ fn first_out(ctx: &SkBuffContext) -> Option<i32> {
         record: &scratch.record,
         len: bounded as usize,
     };
+    let hello = tls::read_hello(&bytes, &mut scratch.walk);
+    // The verdict is the next program's (tls_name_out), which the verifier walks apart.
+    hello.keep(&mut scratch.walk);
+    tls::set(&mut scratch.walk.end, bounded);
+    let _ = (key, flow);
+    // SAFETY: `ctx` is this cgroup_skb program's context, the type tls_name_out takes; it
+    // releases the scratch entry. Returns only if the call fails: dropped (sent again).
+    unsafe { DNS_TAIL_CALLS.tail_call(ctx, TLS_NAME_OUT_SLOT) };
+    scratch.busy_since_ns = 0;
+    None
+}
+
+/// Tail call target of `tls_first_out`: judges the server name it found in the copied record.
+#[cgroup_skb]
+pub fn tls_name_out(ctx: SkBuffContext) -> i32 {
+    let key = packet_flow_key(&ctx);
+    let Some(scratch) = TLS_SCRATCH.get_ptr_mut(SCRATCH_TLS_EGRESS) else {
+        return 0;
+    };
+    // SAFETY: this CPU's entry, held by the tls_first_out run that tail-called this one.
+    let scratch: &'static mut TlsScratch = unsafe { &mut *scratch };
+    let Some(flow) = TLS_FLOWS.get_ptr_mut(key) else {
+        scratch.busy_since_ns = 0;
+        return 0;
+    };
+    let bytes = Copied {
+        record: &scratch.record,
+        len: tls::get(&scratch.walk.end) as usize,
+    };
     // SAFETY: as in egress_check.
     let flow_copy = unsafe { *flow };
-    let hello = tls::read_hello(&bytes, &mut scratch.walk);
-    let judged = judge_hello(&bytes, hello, &key, &flow_copy, SCRATCH_TLS_EGRESS);
-    let verdict = settle(judged, &key, flow, SCRATCH_TLS_EGRESS, false);
+    let judged = judge_kept(&bytes, &key, &flow_copy, scratch, SCRATCH_TLS_EGRESS);
+    finish_out(judged, &key, flow, scratch)
+}
+
+/// The first bytes' verdict applied (a flow they pass is verified), the scratch entry
+/// released.
+#[inline(always)]
+fn finish_out(judged: Judged, key: &FlowKey, flow: *mut TlsFlow, scratch: &mut TlsScratch) -> i32 {
+    let verdict = settle(judged, key, flow, SCRATCH_TLS_EGRESS, false);
     scratch.busy_since_ns = 0;
-    Some(match verdict {
+    match verdict {
         Settled::Drop => 0,
         Settled::Pass | Settled::PassFromNowOn => {
             // SAFETY: as in egress_check.
             unsafe { (*flow).verified = 1 };
             1
         }
-    })
+    }
 }
 
 /// A scratch entry held longer than this is taken to be abandoned (no run takes a millisecond).
@@ -705,15 +835,30 @@ pub(crate) fn note_connection(
 ) {
     // SAFETY: the gate's context, the argument the sock_addr form of the helper takes.
     let cookie = unsafe { bpf_get_socket_cookie(sock_addr.cast::<c_void>()) };
-    let _ = TLS_NOTES.insert(cookie, *note, 0);
+    let mut note = *note;
+    // The socket's own mark, kept when `tls_sockops` adds TLS_MARK (sock_addr programs may
+    // not call bpf_setsockopt before Linux 5.x, sock_ops programs always could).
     // SAFETY: the gate's context; `sk` of a sock_addr context is the socket of the call.
-    let current = unsafe { (*(*sock_addr).__bindgen_anon_1.sk).mark };
-    let mark: u32 = current | TLS_MARK;
-    // SAFETY: the gate's context and a 4-byte value, as SO_MARK takes; the socket is locked
-    // by the connect path the hook runs in.
+    note.mark = unsafe { (*(*sock_addr).__bindgen_anon_1.sk).mark };
+    let _ = TLS_NOTES.insert(cookie, note, 0);
+}
+
+/// `TCP_CONNECT_CB`, just before the SYN leaves: a connection the gates noted gets
+/// [`TLS_MARK`] (its own mark kept), so that every packet it sends carries it.
+#[inline(always)]
+fn mark_noted(ctx: &SockOpsContext) {
+    // SAFETY: the program's context, the bpf_sock_ops the sock_ops form of the helper takes.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast::<c_void>()) };
+    // SAFETY: copied out at once; TlsNote is plain integers.
+    let Some(note) = (unsafe { TLS_NOTES.get(cookie) }).copied() else {
+        return;
+    };
+    let mark: u32 = note.mark | TLS_MARK;
+    // SAFETY: the program's context and a 4-byte value, as SO_MARK takes; the connect path
+    // that runs this callback holds the socket's lock.
     let set = unsafe {
         aya_ebpf::helpers::generated::bpf_setsockopt(
-            sock_addr.cast::<c_void>(),
+            ctx.ops.cast::<c_void>(),
             SOL_SOCKET,
             SO_MARK,
             (&raw const mark).cast_mut().cast::<c_void>(),

@@ -22,7 +22,8 @@ use aya_obj::generated::bpf_attach_type;
 use ram_common::{
     FlowKey,
     maps::{
-        ALL, ANSWER_RR_SLOT, DNS_TAIL_CALLS, LEARNED, QUERY_NAME_SLOT, TLS_FIRST_SLOT, TLS_SOCKETS,
+        ALL, ANSWER_RR_SLOT, DNS_TAIL_CALLS, LEARNED, QUERY_NAME_SLOT, TLS_FIRST_SLOT,
+        TLS_NAME_OUT_SLOT, TLS_NAME_SLOT, TLS_SOCKETS, TLS_TAIL_CALLS,
     },
 };
 
@@ -96,14 +97,18 @@ pub const ANSWER_RR: &str = "dns_answer_rr";
 /// The program `dns_query_out` tail-calls to judge a query's name (loaded, never attached).
 pub const QUERY_NAME: &str = "dns_query_name";
 /// The program `dns_query_out` tail-calls to read the first bytes of a judged TCP stream as
-/// they leave (loaded, never attached).
+/// they leave, and the one that judges their server name (loaded, never attached).
 pub const TLS_FIRST: &str = "tls_first_out";
+pub const TLS_NAME_OUT: &str = "tls_name_out";
 /// The tail-called programs and their `DNS_TAIL_CALLS` slots.
-const TAIL_CALLED: [(&str, u32); 3] = [
+const TAIL_CALLED: [(&str, u32); 4] = [
     (ANSWER_RR, ANSWER_RR_SLOT),
     (QUERY_NAME, QUERY_NAME_SLOT),
     (TLS_FIRST, TLS_FIRST_SLOT),
+    (TLS_NAME_OUT, TLS_NAME_OUT_SLOT),
 ];
+/// The sk_msg program `tls_hello` tail-calls to judge a server name (`TLS_TAIL_CALLS`).
+pub const TLS_HELLO_NAME: &str = "tls_hello_name";
 
 /// The cgroup sock_create program: only the sockets the gates judge may be made.
 pub const SOCKET_GATE: Gate = Gate {
@@ -158,6 +163,7 @@ pub fn program_names() -> impl Iterator<Item = &'static str> {
             SOCKOPT_GATE.name,
             TLS_SOCKOPS.name,
             TLS_HELLO,
+            TLS_HELLO_NAME,
         ])
         .chain(family_gate_loaded().then_some(FAMILY_GATE.name))
 }
@@ -258,6 +264,19 @@ fn load_tls_programs(ebpf: &mut Ebpf) -> Result<(), EnforceError> {
     program_as::<SockOps>(ebpf, TLS_SOCKOPS.name)?
         .load()
         .map_err(|source| load_error(TLS_SOCKOPS.name, source))?;
+    let name_program = program_as::<SkMsg>(ebpf, TLS_HELLO_NAME)?;
+    name_program
+        .load()
+        .map_err(|source| load_error(TLS_HELLO_NAME, source))?;
+    let fd = name_program
+        .fd()
+        .map_err(|source| load_error(TLS_HELLO_NAME, source))?
+        .try_clone()
+        .map_err(|err| load_error(TLS_HELLO_NAME, ProgramError::IOError(err)))?;
+    let mut tail_calls: ProgramArray<_> = typed_map(ebpf, TLS_TAIL_CALLS)?;
+    tail_calls
+        .set(TLS_NAME_SLOT, &fd, 0)
+        .map_err(|source| map_error(TLS_TAIL_CALLS, source))?;
     program_as::<SkMsg>(ebpf, TLS_HELLO)?
         .load()
         .map_err(|source| load_error(TLS_HELLO, source))?;
@@ -403,7 +422,7 @@ mod tests {
         let family_gate = usize::from(family_gate_loaded());
         assert_eq!(
             names.len(),
-            TAIL_CALLED.len() + SNOOPERS.len() + GATES.len() + 4 + family_gate
+            TAIL_CALLED.len() + SNOOPERS.len() + GATES.len() + 5 + family_gate
         );
         // Tail calls are not attached; tls_hello is attached to its map, not to cgroups.
         assert!(

@@ -208,9 +208,9 @@ pub static FEATURES: &[Feature] = &[
         Check::Helper(SK_MSG, BpfHelper::BPF_FUNC_msg_pull_data),
     ),
     required(
-        "bpf_setsockopt in sock_addr programs (marking connections whose hello is judged)",
-        "5.10",
-        Check::Helper(SOCK_ADDR, BpfHelper::BPF_FUNC_setsockopt),
+        "bpf_setsockopt in sock_ops programs (marking connections whose hello is judged)",
+        "4.13",
+        Check::Helper(SOCK_OPS, BpfHelper::BPF_FUNC_setsockopt),
     ),
     Feature {
         name: "SO_NETNS_COOKIE",

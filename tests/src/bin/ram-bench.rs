@@ -9,6 +9,11 @@
 //! - connect-learned: TCP connect + close to a test-host address learned from DNS.
 //! - bulk-tcp: 256 MiB written over one TCP connection to a learned test-host address (every
 //!   segment passes the egress programs); reported as time and as a throughput ratio.
+//! - tls-request: connect + TLS handshake (OpenSSL, through python's ssl) + one HTTP request
+//!   to a learned address on 443, by the name that taught it: the hello is judged as it is
+//!   sent and as it leaves (`registry_access.tls = "enforce"`).
+//! - bulk-tls: a ClientHello naming the learned name, then 256 MiB on the same connection to
+//!   port 443: the cost of a judged connection once its hello was allowed.
 //! - container-dns-lookup, container-connect-learned: the same two from inside a container on
 //!   dockerd's default bridge (a real dockerd with its NAT, in a namespace of its own), the
 //!   container enforced under `scope.containers`, its DNS trusted in its namespace; the
@@ -44,7 +49,11 @@ fn main() -> anyhow::Result<()> {
     match args.get(1).map(String::as_str) {
         Some("worker-connect") => worker_connect(args[2].parse()?, args[3].parse()?),
         Some("worker-dns") => worker_dns(args[2].parse()?, &args[3], args[4].parse()?),
-        Some("worker-bulk") => worker_bulk(args[2].parse()?, args[3].parse()?),
+        Some("worker-bulk") => worker_bulk(args[2].parse()?, args[3].parse()?, None),
+        Some("worker-bulk-tls") => {
+            worker_bulk(args[2].parse()?, args[3].parse()?, Some(args[4].as_str()))
+        }
+        Some("worker-tls") => worker_tls(&args[2..]),
         Some("listen") => listen(args[2].parse()?),
         Some("sink") => sink(args[2].parse()?),
         // Optional first argument: run only benchmarks whose name contains it.
@@ -60,6 +69,9 @@ fn main() -> anyhow::Result<()> {
             }
             if wanted("dns-lookup") || wanted("connect-learned") || wanted("bulk-tcp") {
                 dns_benchmarks()?;
+            }
+            if wanted("tls-request") || wanted("bulk-tls") {
+                tls_benchmarks()?;
             }
             if wanted("container-dns-lookup") || wanted("container-connect-learned") {
                 container_dns_benchmarks()?;
@@ -110,11 +122,14 @@ fn worker_dns(resolver: IpAddr, name: &str, count: usize) -> anyhow::Result<()> 
 
 /// `worker-bulk ADDR MIB`: one TCP connection to ADDR (a sink), MIB MiB written in 64 KiB
 /// writes, then a shutdown and the sink's close awaited (every byte delivered); prints
-/// nanoseconds per MiB.
-fn worker_bulk(addr: SocketAddr, mib: usize) -> anyhow::Result<()> {
+/// nanoseconds per MiB. `worker-bulk-tls ADDR MIB NAME` first sends a ClientHello naming NAME.
+fn worker_bulk(addr: SocketAddr, mib: usize, hello: Option<&str>) -> anyhow::Result<()> {
     let chunk = vec![0x5a_u8; 64 * 1024];
     let start = Instant::now();
     let mut stream = TcpStream::connect(addr)?;
+    if let Some(name) = hello {
+        stream.write_all(&ram_tests::client_hello(name))?;
+    }
     for _ in 0..mib * 16 {
         stream.write_all(&chunk)?;
     }
@@ -122,6 +137,19 @@ fn worker_bulk(addr: SocketAddr, mib: usize) -> anyhow::Result<()> {
     let mut rest = [0u8; 16];
     while stream.read(&mut rest)? > 0 {}
     report(start, mib)
+}
+
+/// `worker-tls ADDR PORT NAME CA N`: tls_requests.py (N requests, each a new TLS connection);
+/// prints its nanoseconds per request.
+fn worker_tls(args: &[String]) -> anyhow::Result<()> {
+    let output = std::process::Command::new("python3")
+        .arg(ram_tests::client_script("tls_requests.py"))
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()?;
+    ensure!(output.status.success(), "tls_requests.py failed");
+    print!("{}", String::from_utf8(output.stdout)?);
+    Ok(())
 }
 
 /// `sink PORT`: reads each connection to its end, then closes it (run in the test host).
@@ -379,6 +407,79 @@ fn dns_benchmarks() -> anyhow::Result<()> {
     let time_ratio = side_by_side(
         "bulk-tcp: 256 MiB over one TCP connection to a learned test-host address (veth), per round \
          (each round's time varies by ~10 % on a 2-vCPU VM: read the total-time ratio too)",
+        "MiB",
+        1.02,
+        &plain,
+        &enforced,
+        &bulk,
+    )?;
+    println!(
+        "  throughput ratio enforced/unenforced: {:.3} (goal >= 0.98)",
+        1.0 / time_ratio
+    );
+    Ok(())
+}
+
+fn tls_benchmarks() -> anyhow::Result<()> {
+    const SINK_PORT: u16 = 443;
+    let net = TestNet::new();
+    let dir = ram_tests::TempDir::new();
+    let ca = ram_tests::TestCa::new(&dir, &["tls.test"]);
+    let exe = std::env::current_exe()?;
+    let exe = exe.to_str().context("exe path")?;
+    let peer_b: IpAddr = TestNet::PEER_V4[1].into();
+    let peer_c: IpAddr = TestNet::PEER_V4[2].into();
+    // The sink on B:443 (bulk after a hello), the TLS server on C:443 (requests).
+    let mut sink_cmd = net.command(exe);
+    sink_cmd.args(["sink", &SINK_PORT.to_string()]);
+    let _sink = Background::spawn("bench sink", sink_cmd);
+    ram_tests::wait_for_tcp(SocketAddr::new(peer_b, SINK_PORT));
+    let (_tls, _log) = net.tls_server(&dir, peer_c, 443, &ca);
+    let _dns = net.dnsmasq(&[("bench.test", peer_b), ("tls.test", peer_c)], &[]);
+    let resolver = TestNet::PEER_V4[0].to_string();
+
+    let plain = TestCgroup::new();
+    let enforced = TestCgroup::new();
+    let _daemon = Daemon::start(
+        &format!(
+            "[registry_access]\nallow = [\"bench.test\", \"tls.test\"]\ntls = \"enforce\"\n\
+             [dns]\nresolvers = [\"{resolver}\"]\nmin_ttl = 3600\n"
+        ),
+        &[enforced.path()],
+    )?;
+    for (name, port) in [("bench.test", SINK_PORT), ("tls.test", 443)] {
+        let report = dns_query_in(
+            &enforced,
+            &[&resolver, name, "A", "--connect", &port.to_string()],
+        );
+        ensure!(report["connect"] == "ok", "{name} is not learned: {report}");
+    }
+    let requests = [
+        "worker-tls".to_string(),
+        peer_c.to_string(),
+        "443".into(),
+        "tls.test".into(),
+        ca.ca.display().to_string(),
+        "100".into(),
+    ];
+    side_by_side(
+        "tls-request: connect + TLS handshake + one HTTP request to a learned address, by the \
+         name that taught it (tls = \"enforce\"), 100 per round",
+        "request",
+        1.03,
+        &plain,
+        &enforced,
+        &requests,
+    )?;
+    let bulk = [
+        "worker-bulk-tls".to_string(),
+        SocketAddr::new(peer_b, SINK_PORT).to_string(),
+        "256".into(),
+        "bench.test".into(),
+    ];
+    let time_ratio = side_by_side(
+        "bulk-tls: a ClientHello naming the learned name, then 256 MiB on the same connection to \
+         port 443, per round",
         "MiB",
         1.02,
         &plain,
