@@ -286,11 +286,16 @@ fn fuzz(seconds: u32) -> Result<()> {
             "cargo install cargo-fuzz",
         )?;
     }
-    run(
-        Command::new("rustup")
-            .current_dir(workspace_root())
-            .args(["run", "nightly", "cargo", "fuzz", "run", "dns_answer", "--"])
-            .arg(format!("-max_total_time={seconds}")),
-        "fuzzing dns_answer",
-    )
+    // Each target gets the time asked for: the DNS answers and the TLS ClientHellos are the
+    // untrusted bytes the kernel programs parse.
+    for target in ["dns_answer", "tls_hello"] {
+        run(
+            Command::new("rustup")
+                .current_dir(workspace_root())
+                .args(["run", "nightly", "cargo", "fuzz", "run", target, "--"])
+                .arg(format!("-max_total_time={seconds}")),
+            &format!("fuzzing {target}"),
+        )?;
+    }
+    Ok(())
 }
