@@ -23,8 +23,8 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
         generated::{
-            bpf_get_socket_cookie, bpf_msg_apply_bytes, bpf_msg_cork_bytes, bpf_msg_pull_data,
-            bpf_skb_load_bytes,
+            bpf_get_socket_cookie, bpf_map_delete_elem, bpf_msg_apply_bytes, bpf_msg_cork_bytes,
+            bpf_msg_pull_data, bpf_skb_load_bytes,
         },
     },
     macros::{cgroup_skb, sk_msg, sock_ops},
@@ -52,6 +52,8 @@ const SK_DROP: u32 = 0;
 const AF_INET: u32 = 2;
 const BPF_SOCK_OPS_TCP_CONNECT_CB: u32 = 3;
 const BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: u32 = 4;
+const BPF_SOCK_OPS_RTT_CB: u32 = 12;
+const BPF_SOCK_OPS_RTT_CB_FLAG: i32 = 1 << 3;
 
 /// A port from a socket context field: "network byte order", which kernels place in the upper
 /// 16 bits (and older ones in the lower).
@@ -101,8 +103,64 @@ pub fn tls_sockops(ctx: SockOpsContext) -> u32 {
         mark_noted(&ctx);
     } else if op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
         let _ = established(&ctx);
+    } else if op == BPF_SOCK_OPS_RTT_CB {
+        release_judged(&ctx);
     }
     1
+}
+
+/// A sock_ops context's flow key (its socket's addresses and ports).
+#[inline(always)]
+fn ops_flow_key(ctx: &SockOpsContext) -> FlowKey {
+    let ops = ctx.ops;
+    // SAFETY: the program's bpf_sock_ops, valid for the run; each field one 4-byte load at a
+    // constant offset (the only kind the verifier rewrites), volatile so that it stays so.
+    unsafe {
+        flow_key(
+            core::ptr::read_volatile(&raw const (*ops).family),
+            core::ptr::read_volatile(&raw const (*ops).local_ip4),
+            core::ptr::read_volatile(&raw const (*ops).remote_ip4),
+            [
+                core::ptr::read_volatile(&raw const (*ops).local_ip6[0]),
+                core::ptr::read_volatile(&raw const (*ops).local_ip6[1]),
+                core::ptr::read_volatile(&raw const (*ops).local_ip6[2]),
+                core::ptr::read_volatile(&raw const (*ops).local_ip6[3]),
+            ],
+            [
+                core::ptr::read_volatile(&raw const (*ops).remote_ip6[0]),
+                core::ptr::read_volatile(&raw const (*ops).remote_ip6[1]),
+                core::ptr::read_volatile(&raw const (*ops).remote_ip6[2]),
+                core::ptr::read_volatile(&raw const (*ops).remote_ip6[3]),
+            ],
+            core::ptr::read_volatile(&raw const (*ops).local_port),
+            core::ptr::read_volatile(&raw const (*ops).remote_port),
+        )
+    }
+}
+
+/// `RTT_CB` (each acknowledgement with a round-trip sample, enabled per judged socket): once
+/// the flow is allowed and verified, the socket leaves `TLS_SOCKETS` (sk_msg programs may not
+/// remove their own socket; sock_ops programs may), so that its sends take the kernel's usual
+/// path again, and the callback is switched off.
+#[inline(always)]
+fn release_judged(ctx: &SockOpsContext) {
+    let mut key = ops_flow_key(ctx);
+    // SAFETY: copied out at once; TlsFlow is plain integers.
+    let Some(flow) = (unsafe { TLS_FLOWS.get(key) }).copied() else {
+        return;
+    };
+    if flow.state != TLS_ALLOWED || flow.verified == 0 {
+        return;
+    }
+    // SAFETY: TLS_SOCKETS is a map definition (SockHash wraps one transparently) and `key` a
+    // FlowKey, its key type; sock_ops programs may delete from a sock hash.
+    unsafe {
+        bpf_map_delete_elem(
+            (&raw const TLS_SOCKETS).cast_mut().cast::<c_void>(),
+            (&raw mut key).cast::<c_void>(),
+        );
+    }
+    let _ = ctx.set_cb_flags(0);
 }
 
 /// A connection the gates noted is established: its flow starts pending, and its sends go
@@ -115,33 +173,14 @@ fn established(ctx: &SockOpsContext) -> Option<()> {
     let note = unsafe { *TLS_NOTES.get(cookie)? };
     let _ = TLS_NOTES.remove(cookie);
     let ops = ctx.ops;
-    // SAFETY: the program's bpf_sock_ops, valid for the run; each field one 4-byte load at a
-    // constant offset (the only kind the verifier rewrites), volatile so that it stays so.
-    let (snd_nxt, snd_una, mut key) = unsafe {
+    // SAFETY: the program's bpf_sock_ops, valid for the run; 4-byte loads at constant offsets.
+    let (snd_nxt, snd_una) = unsafe {
         (
             core::ptr::read_volatile(&raw const (*ops).snd_nxt),
             core::ptr::read_volatile(&raw const (*ops).snd_una),
-            flow_key(
-                core::ptr::read_volatile(&raw const (*ops).family),
-                core::ptr::read_volatile(&raw const (*ops).local_ip4),
-                core::ptr::read_volatile(&raw const (*ops).remote_ip4),
-                [
-                    core::ptr::read_volatile(&raw const (*ops).local_ip6[0]),
-                    core::ptr::read_volatile(&raw const (*ops).local_ip6[1]),
-                    core::ptr::read_volatile(&raw const (*ops).local_ip6[2]),
-                    core::ptr::read_volatile(&raw const (*ops).local_ip6[3]),
-                ],
-                [
-                    core::ptr::read_volatile(&raw const (*ops).remote_ip6[0]),
-                    core::ptr::read_volatile(&raw const (*ops).remote_ip6[1]),
-                    core::ptr::read_volatile(&raw const (*ops).remote_ip6[2]),
-                    core::ptr::read_volatile(&raw const (*ops).remote_ip6[3]),
-                ],
-                core::ptr::read_volatile(&raw const (*ops).local_port),
-                core::ptr::read_volatile(&raw const (*ops).remote_port),
-            ),
         )
     };
+    let mut key = ops_flow_key(ctx);
     // Data already sent and not acknowledged when the handshake completes left with the SYN
     // (TCP Fast Open), before any hello could be judged: refused.
     let state = if snd_nxt != snd_una {
@@ -169,6 +208,9 @@ fn established(ctx: &SockOpsContext) -> Option<()> {
     {
         // Without the sk_msg hook, data of the pending flow is dropped at egress instead.
         count(Counter::TlsFlowLost);
+    } else {
+        // Told of each acknowledgement from now on, to take the socket out once allowed.
+        let _ = ctx.set_cb_flags(BPF_SOCK_OPS_RTT_CB_FLAG);
     }
     Some(())
 }

@@ -55,7 +55,7 @@ fn main() -> anyhow::Result<()> {
         }
         Some("worker-tls") => worker_tls(&args[2..]),
         Some("listen") => listen(args[2].parse()?),
-        Some("sink") => sink(args[2].parse()?),
+        Some("sink") => sink(&args[2]),
         // Optional first argument: run only benchmarks whose name contains it.
         filter => {
             let wanted = |name: &str| filter.is_none_or(|f| name.contains(f));
@@ -152,9 +152,14 @@ fn worker_tls(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `sink PORT`: reads each connection to its end, then closes it (run in the test host).
-fn sink(port: u16) -> anyhow::Result<()> {
-    let listener = deep_listener(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port))?;
+/// `sink PORT` or `sink ADDR:PORT`: reads each connection to its end, then closes it (run in
+/// the test host).
+fn sink(at: &str) -> anyhow::Result<()> {
+    let addr = match at.parse::<u16>() {
+        Ok(port) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
+        Err(_) => at.parse()?,
+    };
+    let listener = deep_listener(addr)?;
     for stream in listener.incoming() {
         let Ok(mut stream) = stream else { continue };
         thread::spawn(move || {
@@ -430,8 +435,9 @@ fn tls_benchmarks() -> anyhow::Result<()> {
     let peer_b: IpAddr = TestNet::PEER_V4[1].into();
     let peer_c: IpAddr = TestNet::PEER_V4[2].into();
     // The sink on B:443 (bulk after a hello), the TLS server on C:443 (requests).
+    // Each on its own address (a wildcard listener on 443 would answer for both).
     let mut sink_cmd = net.command(exe);
-    sink_cmd.args(["sink", &SINK_PORT.to_string()]);
+    sink_cmd.args(["sink", &SocketAddr::new(peer_b, SINK_PORT).to_string()]);
     let _sink = Background::spawn("bench sink", sink_cmd);
     ram_tests::wait_for_tcp(SocketAddr::new(peer_b, SINK_PORT));
     let (_tls, _log) = net.tls_server(&dir, peer_c, 443, &ca);
