@@ -386,6 +386,9 @@ pub struct TlsScratch {
     pub name_len: u32,
     /// The hello parser's state (see [`tls::HelloWalk`] for why it lives here).
     pub walk: tls::HelloWalk,
+    /// The flow whose bytes the entry holds: the tail-called judge checks it is the one it was
+    /// called for (an entry taken over by another run judges nothing).
+    pub owner: FlowKey,
     /// The server name as sent (lower-cased), for the event.
     pub name: dns::Name,
 }

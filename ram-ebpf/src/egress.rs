@@ -41,6 +41,7 @@ pub(crate) const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const IPV6_HOP_BY_HOP: u8 = 0;
 const IPV6_FRAGMENT: u8 = 44;
+const IPV6_JUMBO_OPTION: u8 = 0xc2;
 const IPPROTO_ESP: u8 = 50;
 const IPPROTO_AH: u8 = 51;
 const DNS_PORT: u16 = 53;
@@ -84,7 +85,10 @@ pub(crate) fn outgoing(ctx: &SkBuffContext) -> Option<Outgoing> {
             // routing header always comes before it) and the hop-by-hop jumbo header of
             // BIG TCP (followed by TCP, whose sockets cannot set options).
             let route = match next {
-                IPV6_HOP_BY_HOP => !ctx.load::<u8>(40).is_ok_and(|after| after == IPPROTO_TCP),
+                // Only BIG TCP's own: 8 bytes (length 0), the jumbo payload option (0xc2).
+                IPV6_HOP_BY_HOP => !ctx
+                    .load::<[u8; 3]>(40)
+                    .is_ok_and(|hbh| hbh == [IPPROTO_TCP, 0, IPV6_JUMBO_OPTION]),
                 // IPsec (ESP, AH) as the host's transforms make it: a routing header would
                 // come before these.
                 IPV6_FRAGMENT | IPPROTO_ESP | IPPROTO_AH => false,

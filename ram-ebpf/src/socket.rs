@@ -157,6 +157,7 @@ pub fn sockopt_gate(ctx: SockoptContext) -> i32 {
 
 const SOL_SOCKET: i32 = 1;
 const SO_MARK: i32 = 36;
+const SO_ZEROCOPY: i32 = 60;
 const SOL_TCP: i32 = 6;
 const TCP_FASTOPEN_CONNECT: i32 = 30;
 const TCP_FASTOPEN_NO_COOKIE: i32 = 34;
@@ -166,11 +167,12 @@ const TCP_ULP: i32 = 31;
 /// mark on a socket the gates marked (the egress check finds such sockets by their mark),
 /// TCP Fast Open's connect-time options (data would go out with the SYN, before the hello check
 /// can see it; `MSG_FASTOPEN` data is dropped at egress and poisons the connection instead),
-/// and upper-layer protocols (`TCP_ULP`: kernel TLS would encrypt after the hello check).
+/// upper-layer protocols (`TCP_ULP`: kernel TLS would encrypt after the hello check), and
+/// zero-copy sends (`SO_ZEROCOPY`: the sender could change pages after they were judged).
 #[inline(always)]
 fn tls_judgement_evaded(sockopt: &aya_ebpf::bindings::bpf_sockopt) -> bool {
     let (level, optname) = (sockopt.level, sockopt.optname);
-    let relevant = (level == SOL_SOCKET && optname == SO_MARK)
+    let relevant = (level == SOL_SOCKET && (optname == SO_MARK || optname == SO_ZEROCOPY))
         || (level == SOL_TCP
             && (optname == TCP_FASTOPEN_CONNECT
                 || optname == TCP_FASTOPEN_NO_COOKIE
@@ -183,7 +185,7 @@ fn tls_judgement_evaded(sockopt: &aya_ebpf::bindings::bpf_sockopt) -> bool {
     if !tls {
         return false;
     }
-    if level == SOL_TCP {
+    if level == SOL_TCP || optname == SO_ZEROCOPY {
         return true;
     }
     // SAFETY: `sk` of a sockopt context is the socket of the call, never null there.

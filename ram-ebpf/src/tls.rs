@@ -296,11 +296,12 @@ pub fn tls_hello(ctx: SkMsgContext) -> u32 {
     if state == TLS_REFUSED {
         return SK_DROP;
     }
-    // The egress check reads what leaves whatever this run decides: a run that finds the
-    // scratch entry taken (a preempted run on this CPU) passes the send on to it.
+    // A run that finds the scratch entry taken (it preempted another on this CPU) cannot
+    // judge: the send fails (the egress check lets nothing out unjudged anyway).
     let Some(scratch) = take_scratch(SCRATCH_TLS_SEND) else {
-        return SK_PASS;
+        return SK_DROP;
     };
+    scratch.owner = key;
     let judged = judge(&ctx, flow, scratch);
     if let Judged::Name = judged {
         // The name is judged by a program of its own (the verifier walks each alone); it
@@ -325,6 +326,9 @@ pub fn tls_hello_name(ctx: SkMsgContext) -> u32 {
     // SAFETY: this CPU's entry, held by the tls_hello run that tail-called this one (a tail
     // call stays on the CPU).
     let scratch: &'static mut TlsScratch = unsafe { &mut *scratch };
+    if scratch.owner != key {
+        return SK_DROP;
+    }
     let Some(flow) = TLS_FLOWS.get_ptr_mut(key) else {
         scratch.busy_since_ns = 0;
         return SK_DROP;
@@ -658,53 +662,67 @@ pub(crate) enum Egress {
 /// or this packet must be the one carrying the stream's first byte.
 #[inline(always)]
 pub(crate) fn egress_check(ctx: &SkBuffContext, transport_offset: usize) -> Egress {
-    let skb = ctx.skb.skb;
-    // SAFETY: the program's __sk_buff; one load at a constant offset.
-    let mark = unsafe { core::ptr::read_volatile(&raw const (*skb).mark) };
-    if mark & TLS_MARK == 0 {
-        return Egress::Pass;
-    }
     let Some(segment) = segment(ctx, transport_offset) else {
         return Egress::Pass;
     };
+    let skb = ctx.skb.skb;
+    // SAFETY: the program's __sk_buff; one load at a constant offset.
+    let marked = unsafe { core::ptr::read_volatile(&raw const (*skb).mark) } & TLS_MARK != 0;
     let key = packet_flow_key(ctx);
+    // Every packet with data is looked up, marked or not: a mark can be changed by a path
+    // sockopt_gate does not see (32-bit setsockopt calls), a judged flow cannot.
     let Some(flow) = TLS_FLOWS.get_ptr_mut(key) else {
-        // No flow: data before the connection was established (TCP Fast Open), or a flow
-        // the LRU forgot. Fail closed.
+        if !marked {
+            return Egress::Pass;
+        }
+        // Marked, no flow: data before the connection was established (TCP Fast Open), or
+        // a flow the LRU forgot. Fail closed.
         count(Counter::TlsUnjudgedDropped);
         return Egress::Drop;
     };
     // SAFETY: the element stays mapped until the run ends; TlsFlow is plain integers.
     let (state, verified, first_seq) =
         unsafe { ((*flow).state, (*flow).verified, (*flow).first_seq) };
-    if state == TLS_REFUSED {
-        count(Counter::TlsUnjudgedDropped);
+    // Urgent data: a receiver takes the urgent byte out of the stream, so that the server
+    // would read other bytes than those judged. Nothing a registry client sends.
+    if state == TLS_REFUSED || segment.urgent {
+        refuse_flow(flow);
         return Egress::Drop;
     }
     if verified != 0 {
         return Egress::Pass;
     }
-    if segment.seq == first_seq {
+    // The first bytes leave only after the send check (which copies them into the kernel's
+    // own pages) allowed a send: bytes queued by another path (sendfile, splice or zero-copy
+    // pages the sender can still write, a send made while connecting) never go first.
+    if segment.seq == first_seq && state == TLS_ALLOWED {
         return Egress::ReadFirst;
     }
-    // Data past the first byte before the first bytes were read: they left by another path
-    // (or were lost before egress). Refused for good.
-    // SAFETY: as above.
+    // Data before the send check allowed, or past the first byte before the first bytes were
+    // read: it left by another path. Refused for good.
+    refuse_flow(flow);
+    Egress::Drop
+}
+
+#[inline(always)]
+fn refuse_flow(flow: *mut TlsFlow) {
+    // SAFETY: the element stays mapped until the run ends; TlsFlow is plain integers.
     unsafe { (*flow).state = TLS_REFUSED };
     count(Counter::TlsUnjudgedDropped);
-    Egress::Drop
 }
 
 /// A TCP segment's sequence number and where its data starts; `None` without data.
 struct Segment {
     seq: u32,
+    /// The URG flag.
+    urgent: bool,
     data_offset: usize,
     data_len: usize,
 }
 
 #[inline(always)]
 fn segment(ctx: &SkBuffContext, transport_offset: usize) -> Option<Segment> {
-    let header: [u8; 13] = ctx.load(transport_offset).ok()?;
+    let header: [u8; 14] = ctx.load(transport_offset).ok()?;
     let data_offset = transport_offset + ((header[12] >> 4) as usize) * 4;
     let len = ctx.len() as usize;
     if len <= data_offset {
@@ -712,6 +730,7 @@ fn segment(ctx: &SkBuffContext, transport_offset: usize) -> Option<Segment> {
     }
     Some(Segment {
         seq: u32::from_be_bytes([header[4], header[5], header[6], header[7]]),
+        urgent: header[13] & TCP_URG != 0,
         data_offset,
         data_len: len - data_offset,
     })
@@ -790,6 +809,7 @@ fn first_out(ctx: &SkBuffContext) -> Option<i32> {
     let key = packet_flow_key(ctx);
     let flow = TLS_FLOWS.get_ptr_mut(key)?;
     let scratch = take_scratch(SCRATCH_TLS_EGRESS)?;
+    scratch.owner = key;
     let mut len = segment.data_len;
     if len > COPIED_MAX {
         len = COPIED_MAX;
@@ -836,6 +856,9 @@ pub fn tls_name_out(ctx: SkBuffContext) -> i32 {
     };
     // SAFETY: this CPU's entry, held by the tls_first_out run that tail-called this one.
     let scratch: &'static mut TlsScratch = unsafe { &mut *scratch };
+    if scratch.owner != key {
+        return 0;
+    }
     let Some(flow) = TLS_FLOWS.get_ptr_mut(key) else {
         scratch.busy_since_ns = 0;
         return 0;
@@ -868,6 +891,7 @@ fn finish_out(judged: Judged, key: &FlowKey, flow: *mut TlsFlow, scratch: &mut T
 
 /// A scratch entry held longer than this is taken to be abandoned (no run takes a millisecond).
 const SCRATCH_STALE_NS: u64 = 1_000_000;
+const TCP_URG: u8 = 0x20;
 
 /// What the connect gates record for a TCP connection they allow to a learned address.
 #[inline(always)]
