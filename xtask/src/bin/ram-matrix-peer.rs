@@ -45,6 +45,9 @@ fn main() {
     }
 }
 
+#[path = "../../../tests/src/client_hello.rs"]
+mod client_hello;
+
 type Result<T> = std::result::Result<T, String>;
 
 fn parse<T: std::str::FromStr>(text: &str, what: &str) -> Result<T> {
@@ -275,51 +278,6 @@ fn listen(addr: &str, port: &str) -> Result<()> {
     Ok(())
 }
 
-/// A ClientHello as a TLS 1.3 client with a post-quantum key share sends it (1.6 KB, more than
-/// one segment), the server name last.
-fn client_hello(name: &str) -> Vec<u8> {
-    fn extension(out: &mut Vec<u8>, kind: u16, data: &[u8]) {
-        out.extend(kind.to_be_bytes());
-        out.extend((data.len() as u16).to_be_bytes());
-        out.extend(data);
-    }
-    let mut body = vec![3, 3];
-    body.extend(0..32u8);
-    body.push(32);
-    body.extend([0u8; 32]);
-    body.extend([
-        0, 10, 0x13, 0x01, 0x13, 0x02, 0x13, 0x03, 0xc0, 0x2b, 0xc0, 0x2f,
-    ]);
-    body.extend([1, 0]);
-    let mut exts = Vec::new();
-    extension(&mut exts, 0x0a0a, &[]);
-    extension(&mut exts, 43, &[2, 3, 4]);
-    extension(&mut exts, 10, &[0, 4, 0x11, 0xec, 0, 0x1d]);
-    let mut share = vec![0u8; 4 + 1216 + 4 + 32];
-    share[..4].copy_from_slice(&[0x11, 0xec, 0x04, 0xc0]);
-    share[1220..1224].copy_from_slice(&[0, 0x1d, 0, 32]);
-    let mut key_share = (share.len() as u16).to_be_bytes().to_vec();
-    key_share.extend(share);
-    extension(&mut exts, 51, &key_share);
-    extension(&mut exts, 21, &[0u8; 200]);
-    let host = name.as_bytes();
-    let mut entry = vec![0u8];
-    entry.extend((host.len() as u16).to_be_bytes());
-    entry.extend(host);
-    let mut sni = (entry.len() as u16).to_be_bytes().to_vec();
-    sni.extend(entry);
-    extension(&mut exts, 0, &sni);
-    body.extend((exts.len() as u16).to_be_bytes());
-    body.extend(exts);
-    let mut handshake = vec![1];
-    handshake.extend(&(body.len() as u32).to_be_bytes()[1..]);
-    handshake.extend(body);
-    let mut record = vec![22, 3, 1];
-    record.extend((handshake.len() as u16).to_be_bytes());
-    record.extend(handshake);
-    record
-}
-
 fn hello(addr: &str, port: &str, name: &str) -> Result<()> {
     let addr = SocketAddr::new(parse(addr, "address")?, parse(port, "port")?);
     let mut stream = match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
@@ -329,7 +287,7 @@ fn hello(addr: &str, port: &str, name: &str) -> Result<()> {
             return Ok(());
         }
     };
-    let data = client_hello(name);
+    let data = client_hello::client_hello(name);
     match stream.write_all(&data) {
         Ok(()) => println!("sent {}", data.len()),
         Err(err) if err.raw_os_error() == Some(libc::EACCES) => println!("EACCES"),
