@@ -242,7 +242,7 @@ pub mod maps {
     /// `LruHashMap<TaughtKey, u64>`: which names taught an address to a cgroup — the question
     /// and the name owning the address record at the end of its CNAME chain — with the boot
     /// time the lesson expires (as the [`LEARNED`] entry). Written by `dns_answer_rr` for each
-    /// address it learns or refreshes (when `registry_access.tls` is not `"off"`); read by
+    /// address it learns or refreshes (whatever `registry_access.tls` says); read by
     /// `tls_hello`, which lets a TLS connection to a learned address name only one of them.
     /// An entry the LRU forgets refuses that name until the next answer: fail closed.
     pub const TAUGHT_NAMES: &str = "TAUGHT_NAMES";
@@ -722,9 +722,7 @@ pub struct Learning {
     pub protocol: u8,
     /// 1 when the question matched no allow rule (the answer is only reported).
     pub not_allowed: u8,
-    /// 1 when `registry_access.tls` is on: each address's lessons go to `TAUGHT_NAMES`.
-    pub tls: u8,
-    pub _reserved: u8,
+    pub _reserved: [u8; 2],
     /// FNV-1a of the question's text (the name a client sends as its TLS server name).
     pub question_hash: u64,
 }

@@ -21,9 +21,9 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use ram_common::{
-    Addr16, Counter, DnsEvent, DnsScratch, DnsSocket, FLAG_QUERIES_ALLOWED, FLAG_TLS_AUDIT,
-    FLAG_TLS_ENFORCE, LearnedAddr, LearnedKey, Learning, MAX_SEARCH_CANDIDATES, PendingKey,
-    PendingQuery, QueryInFlight, SEARCH_BUDGET, SearchKey, TcpDnsStream,
+    Addr16, Counter, DnsEvent, DnsScratch, DnsSocket, FLAG_QUERIES_ALLOWED, LearnedAddr,
+    LearnedKey, Learning, MAX_SEARCH_CANDIDATES, PendingKey, PendingQuery, QueryInFlight,
+    SEARCH_BUDGET, SearchKey, TcpDnsStream,
     dns::{self, HEADER_LEN, Header, MSG_MAX},
     maps::{ANSWER_RR_SLOT, QUERY_NAME_SLOT, SCRATCH_EGRESS, SCRATCH_INGRESS, TLS_FIRST_SLOT},
     merge_ports, v4_mapped,
@@ -851,8 +851,7 @@ fn check_answer(
         msg_offset: packet.msg_offset as u32,
         protocol: packet.protocol,
         not_allowed: rule.is_none() as u8,
-        tls: (config.flags & (FLAG_TLS_ENFORCE | FLAG_TLS_AUDIT) != 0) as u8,
-        _reserved: 0,
+        _reserved: [0; 2],
         question_hash: question.name_hash,
     };
     if rule.is_none() {
@@ -900,23 +899,18 @@ fn answer_record(ctx: &SkBuffContext) -> Option<()> {
                     } else {
                         learning.refreshed += 1;
                     }
-                    if learning.tls != 0 {
-                        // The names a TLS connection to this address may send: the question,
-                        // and the owner of the address record (the end of the CNAME chain).
-                        tls::teach(
-                            learning.cgroup_id,
-                            found.addr,
-                            learning.question_hash,
-                            expires_ns,
-                        );
-                        if found.owner_hash != learning.question_hash {
-                            tls::teach(
-                                learning.cgroup_id,
-                                found.addr,
-                                found.owner_hash,
-                                expires_ns,
-                            );
-                        }
+                    // The names a TLS connection to this address may send: the question,
+                    // and the owner of the address record (the end of the CNAME chain).
+                    // Recorded whatever `registry_access.tls` says, so that turning it on
+                    // finds every live address's lessons.
+                    tls::teach(
+                        learning.cgroup_id,
+                        found.addr,
+                        learning.question_hash,
+                        expires_ns,
+                    );
+                    if found.owner_hash != learning.question_hash {
+                        tls::teach(learning.cgroup_id, found.addr, found.owner_hash, expires_ns);
                     }
                 }
                 Err(full) => learning.map_full += full as u32,
