@@ -36,7 +36,7 @@ pub fn run(run_dir: &Path, json: bool) -> Result<()> {
     let policy = &status.policy;
     println!(
         "policy: {}\n  sha256 {}\n  loaded {} ({} reload(s))\n  {} hostname rule(s), {} address \
-         rule(s), resolvers: {}; allowed connections audited: {}",
+         rule(s), resolvers: {}; allowed connections audited: {}; TLS names: {}",
         policy.source,
         policy.sha256,
         policy.loaded,
@@ -48,7 +48,8 @@ pub fn run(run_dir: &Path, json: bool) -> Result<()> {
         } else {
             policy.resolvers.join(", ")
         },
-        policy.allowed_audit
+        policy.allowed_audit,
+        policy.tls
     );
     if let Some(rejected) = &policy.rejected {
         println!("  LAST CHANGE REJECTED (the policy above stays in force): {rejected}");

@@ -90,7 +90,7 @@ impl LoadedPolicy {
         let compiled = &self.compiled;
         format!(
             "policy {} (sha256 {}): {} hostname rule(s), {} address rule(s), resolvers {} from \
-             {}, allowed connections audited: {}",
+             {}, allowed connections audited: {}, TLS names: {}",
             self.source,
             &self.sha256[..12],
             compiled.names.len(),
@@ -105,6 +105,7 @@ impl LoadedPolicy {
                 ResolverOrigin::ResolvConf => resolv::RESOLV_CONF,
             },
             self.policy.audit.allowed.as_str(),
+            self.policy.registry_access.tls.as_str(),
         )
     }
 

@@ -94,6 +94,8 @@ pub struct PolicyStatus {
     pub cidrs: usize,
     pub resolvers: Vec<String>,
     pub allowed_audit: String,
+    /// `registry_access.tls`: `enforce`, `audit` or `off`.
+    pub tls: String,
     pub reloads: u64,
     /// The last rejected change, if the file now differs from the policy in force.
     pub rejected: Option<String>,

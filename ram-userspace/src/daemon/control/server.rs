@@ -99,6 +99,7 @@ impl Daemon {
                 cidrs: compiled.cidrs.len(),
                 resolvers: compiled.resolvers.iter().map(ToString::to_string).collect(),
                 allowed_audit: loaded.policy.audit.allowed.as_str().into(),
+                tls: loaded.policy.registry_access.tls.as_str().into(),
                 reloads: enforcement.reloads,
                 rejected: enforcement.rejected.clone(),
             },
