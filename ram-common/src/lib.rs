@@ -267,8 +267,9 @@ pub mod maps {
 
     /// `SockHash<FlowKey>`: the established connections whose first bytes are judged; the
     /// kernel runs `tls_hello` (attached to this map) on every send of a socket in it. Written
-    /// by `tls_sockops`; a socket leaves it when it closes, or when `tls_hello` allowed it
-    /// (then its sends take the kernel's usual path again).
+    /// by `tls_sockops`; a socket leaves it when it closes, or (`tls_sockops` at its first
+    /// acknowledgement, else the daemon every 10 s) once its flow is allowed and verified,
+    /// so that its sends take the kernel's usual path again.
     pub const TLS_SOCKETS: &str = "TLS_SOCKETS";
     pub const TLS_SOCKETS_MAX: u32 = 65_536;
 

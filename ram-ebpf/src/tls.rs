@@ -417,8 +417,9 @@ fn settle(judged: Judged, key: &FlowKey, flow: *mut TlsFlow, slot: u32, task: bo
 }
 
 /// An allowed socket's later sends pass without running this program again (for the next
-/// 4 GiB; the daemon takes allowed sockets out of `TLS_SOCKETS` at its next tick, which
-/// returns their sends to the kernel's usual path: sk_msg programs may not do that themselves).
+/// 4 GiB; `tls_sockops` takes the socket out of `TLS_SOCKETS` at its first acknowledgement
+/// once verified, which returns its sends to the kernel's usual path: sk_msg programs may not
+/// do that themselves).
 #[inline(always)]
 fn pass_from_now_on(ctx: &SkMsgContext) {
     // SAFETY: the program's sk_msg_md.
