@@ -263,7 +263,7 @@ pub mod maps {
     /// marked sockets ([`crate::TLS_MARK`]) unless their flow is allowed: a forgotten flow is
     /// refused.
     pub const TLS_FLOWS: &str = "TLS_FLOWS";
-    pub const TLS_FLOWS_MAX: u32 = 262_144;
+    pub const TLS_FLOWS_MAX: u32 = 65_536;
 
     /// `SockHash<FlowKey>`: the established connections whose first bytes are judged; the
     /// kernel runs `tls_hello` (attached to this map) on every send of a socket in it. Written
@@ -325,6 +325,9 @@ pub struct TlsNote {
     /// The socket's mark at connect, to which `tls_sockops` adds [`TLS_MARK`].
     pub mark: u32,
     pub _reserved2: u32,
+    /// The connecting task's name, for the audit line of a refused hello (sk_msg programs
+    /// cannot read it, and the process may be gone when the daemon looks).
+    pub comm: [u8; 16],
 }
 
 /// Key of [`maps::TLS_FLOWS`] and [`maps::TLS_SOCKETS`]: a TCP connection as both the socket
@@ -366,6 +369,8 @@ pub struct TlsFlow {
     /// established): the packet carrying it is the one `tls_first_out` reads.
     pub first_seq: u32,
     pub _reserved2: u32,
+    /// As [`TlsNote::comm`].
+    pub comm: [u8; 16],
 }
 
 /// [`maps::TLS_SCRATCH`] entry of `tls_hello` (process context).
@@ -414,6 +419,8 @@ pub struct TlsEvent {
     /// 0 refused, 2 would be refused (`tls = "audit"`).
     pub verdict: u8,
     pub rule_index: u32,
+    /// The connecting task's name ([`TlsNote::comm`]).
+    pub comm: [u8; 16],
     /// Bytes of `name` holding the server name sent (0: none, or unreadable).
     pub name_len: u32,
     pub _reserved: u32,
@@ -1229,9 +1236,9 @@ mod tests {
         assert_eq!(size_of::<DnsSocket>(), 16);
         assert_eq!(size_of::<TaughtKey>(), 32);
         assert_eq!(size_of::<FlowKey>(), 40);
-        assert_eq!(size_of::<TlsFlow>(), 32);
-        assert_eq!(size_of::<TlsNote>(), 48);
-        assert_eq!(size_of::<TlsEvent>(), 328);
+        assert_eq!(size_of::<TlsFlow>(), 48);
+        assert_eq!(size_of::<TlsNote>(), 64);
+        assert_eq!(size_of::<TlsEvent>(), 344);
     }
 
     #[test]

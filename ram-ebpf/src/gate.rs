@@ -262,6 +262,7 @@ fn judge(ctx: &SockAddrContext, addr: Addr16, port: u16, hook: Hook) -> i32 {
                     rule_index,
                     mark: 0,
                     _reserved2: 0,
+                    comm: bpf_get_current_comm().unwrap_or([0; 16]),
                 };
                 tls::note_connection(ctx.sock_addr, &note);
             } else if sock_addr.protocol == IPPROTO_UDP

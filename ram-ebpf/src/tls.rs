@@ -198,6 +198,7 @@ fn established(ctx: &SockOpsContext) -> Option<()> {
         _reserved: 0,
         first_seq: snd_nxt,
         _reserved2: 0,
+        comm: note.comm,
     };
     let _ = TLS_FLOWS.insert(key, flow, 0);
     // SAFETY: `ops` is this program's context, the bpf_sock_ops the helper takes.
@@ -640,6 +641,7 @@ fn report(key: &FlowKey, flow: &TlsFlow, reason: Reason, verdict: u8, slot: u32,
         (*event).reason = reason as u8;
         (*event).verdict = verdict;
         (*event).rule_index = flow.rule_index;
+        (*event).comm = flow.comm;
         (*event).name_len = name_len;
         (*event)._reserved = 0;
         if let Some(scratch) = TLS_SCRATCH.get_ptr(slot) {

@@ -145,9 +145,11 @@ impl Auditor {
     /// gate's decision, with the name it sent and the names that taught the address.
     pub fn tls_event(&mut self, event: &TlsEvent, rules: &RuleNames) {
         let pid = (event.pid_tgid >> 32) as u32;
-        // sk_msg programs cannot read the task's name: the process's, while it lives.
-        let mut comm = [0u8; 16];
-        if let Ok(name) = fs::read(format!("/proc/{pid}/comm")) {
+        // The connecting task's name (the kernel's note), else the sender's while it lives.
+        let mut comm = event.comm;
+        if comm[0] == 0
+            && let Ok(name) = fs::read(format!("/proc/{pid}/comm"))
+        {
             let name = name.strip_suffix(b"\n").unwrap_or(&name);
             let len = name.len().min(15);
             comm[..len].copy_from_slice(&name[..len]);
