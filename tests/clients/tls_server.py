@@ -57,7 +57,7 @@ def serve(conn, peer):
         conn.close()
 
 
-listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+listener = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_STREAM)
 listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 listener.bind((addr, port))
 listener.listen(64)

@@ -14,7 +14,7 @@ use std::{
 
 use ram_tests::{
     Daemon, TempDir, TestCa, TestCgroup, TestDocker, TestNet, client_script, dig_in,
-    peers::{HTTP_PORT, a, b},
+    peers::{HTTP_PORT, a, b, b6},
     probe_in,
 };
 use serde_json::Value;
@@ -380,6 +380,52 @@ fn tls_off_judges_addresses_only() {
     ]);
     assert!(check.unwrap().contains("TLS names: off"));
     let _ = &bed.net;
+}
+
+#[test]
+fn over_ipv6_the_name_is_judged_the_same() {
+    let net = TestNet::new();
+    let dir = TempDir::new();
+    let ca = TestCa::new(&dir, &NAMES);
+    let peer_b6: IpAddr = TestNet::PEER_V6[1].into();
+    let (_tls, server_log) = net.tls_server(&dir, peer_b6, HTTPS, &ca);
+    let _dns = net.dnsmasq(&[("registry.test", peer_b6)], &[]);
+    let cgroup = TestCgroup::new();
+    let daemon = Daemon::start(&policy("enforce"), &[cgroup.path()]).unwrap();
+    assert_eq!(dig_in(&cgroup, &a(), "registry.test", "AAAA", 3, &[]), b6());
+    let curl = |name: &str| {
+        let output = cgroup
+            .command("curl")
+            .args(["-sS", "-6", "--max-time", "10", "--cacert"])
+            .arg(&ca.ca)
+            .args(["--resolve", &format!("{name}:{HTTPS}:[{}]", b6())])
+            .arg(format!("https://{name}/"))
+            .output()
+            .expect("running curl");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    let (ok, out) = curl("registry.test");
+    assert!(ok && out.contains("hello registry.test"), "{out}");
+    let before = std::fs::read_to_string(&server_log)
+        .unwrap_or_default()
+        .lines()
+        .count();
+    let (ok, out) = curl("other.test");
+    assert!(!ok, "{out}");
+    std::thread::sleep(Duration::from_millis(500));
+    let after: Vec<String> = std::fs::read_to_string(&server_log)
+        .unwrap_or_default()
+        .lines()
+        .skip(before)
+        .map(str::to_owned)
+        .collect();
+    assert!(!arrived(&after), "{after:?}");
+    let record = wait_for_record(&daemon, "tls_name_not_taught");
+    assert_eq!(record["dst_addr"], b6(), "{record}");
+    assert_eq!(record["server_name"], "other.test", "{record}");
 }
 
 /// Pushes a one-file image as `reference` to the plain-HTTP registry at `url`.

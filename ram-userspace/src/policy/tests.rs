@@ -170,6 +170,22 @@ fn empty_policy_denies_all_but_loopback() {
 }
 
 #[test]
+fn tls_mode_defaults_to_enforce_and_names_a_bad_value() {
+    assert_eq!(parse("").unwrap().registry_access.tls, TlsMode::Enforce);
+    for (text, mode) in [
+        ("enforce", TlsMode::Enforce),
+        ("audit", TlsMode::Audit),
+        ("off", TlsMode::Off),
+    ] {
+        let policy = parse(&format!("[registry_access]\ntls = \"{text}\"\n")).unwrap();
+        assert_eq!(policy.registry_access.tls, mode);
+    }
+    let err = error_of("[registry_access]\nallow = []\ntls = \"strict\"\n");
+    assert!(err.starts_with("policy.toml:3:"), "{err}");
+    assert!(err.contains("registry_access.tls: `strict`"), "{err}");
+}
+
+#[test]
 fn unknown_keys_are_errors_with_line() {
     let err = error_of("[registry_access]\nallow = []\nalow_cidrs = []\n");
     assert!(err.starts_with("policy.toml:3:1:"), "{err}");
