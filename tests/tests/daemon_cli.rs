@@ -224,3 +224,41 @@ fn sigint_stops_the_daemon_but_not_enforcement() {
     drop(state);
     assert!(attached_programs(cgroup.path()).is_empty());
 }
+
+#[test]
+fn image_access_config_points_each_engine_at_the_policys_gate() {
+    let dir = TempDir::new();
+    let policy = dir.write(
+        "policy.toml",
+        "[image_access]\nenabled = true\ngate = \"127.0.0.1:443\"\n",
+    );
+    let run = |engine: &str| {
+        let output = Command::new(ram_bin())
+            .args(["image-access", "config", engine, "--policy"])
+            .arg(&policy)
+            .output()
+            .expect("running ram image-access config");
+        assert!(
+            output.status.success(),
+            "{engine}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    assert!(run("docker").contains("\"registry-mirrors\": [\"http://127.0.0.1:443\"]"));
+    let containerd = run("containerd");
+    assert!(
+        containerd.contains("[host.\"http://127.0.0.1:443\"]"),
+        "{containerd}"
+    );
+    assert!(containerd.contains("/etc/containerd/certs.d/docker.io/hosts.toml"));
+    let podman = run("podman");
+    assert!(podman.contains("location = \"127.0.0.1:443\""), "{podman}");
+    // An unknown engine is refused with the choices.
+    let output = Command::new(ram_bin())
+        .args(["image-access", "config", "cri-o"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("docker, containerd, podman"));
+}

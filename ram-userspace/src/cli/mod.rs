@@ -3,6 +3,7 @@
 mod check;
 mod daemon;
 mod exec;
+mod image_access;
 mod learned;
 mod policy;
 mod status;
@@ -55,6 +56,11 @@ enum Command {
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
+    },
+    /// Image Access Management on container engines.
+    ImageAccess {
+        #[command(subcommand)]
+        command: ImageAccessCommand,
     },
     /// Remove ram's pinned programs, links and maps (ends enforcement everywhere) and its own
     /// cgroup if empty. Stop the daemon first.
@@ -124,6 +130,19 @@ enum PolicyCommand {
     Show,
 }
 
+#[derive(Debug, Subcommand)]
+enum ImageAccessCommand {
+    /// Print the configuration that sends ENGINE's Docker Hub pulls through ram's pull gate
+    /// (docker: daemon.json; containerd: certs.d hosts.toml; podman: registries.conf), for
+    /// `--policy FILE`, else the policy in force, else the embedded default.
+    Config {
+        /// docker, containerd or podman (Podman's file serves CRI-O, Buildah and Skopeo too).
+        engine: ram::docker::engines::Engine,
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+    },
+}
+
 impl Cli {
     /// Runs the command.
     pub fn run(self) -> Result<()> {
@@ -142,6 +161,9 @@ impl Cli {
                 }
                 PolicyCommand::Show => policy::show(&run_dir),
             },
+            Command::ImageAccess {
+                command: ImageAccessCommand::Config { engine, policy },
+            } => image_access::config(engine, policy.as_deref(), &run_dir),
             Command::Uninstall { pin_dir } => uninstall::run(&pin_dir, &run_dir),
         }
     }
