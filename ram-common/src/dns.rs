@@ -4,7 +4,10 @@
 //! goes through [`Msg::byte`] which masks the index into a fixed-size buffer, and nothing can
 //! panic. The same code runs in `dns_snoop_in`/`dns_query_out` and in the fuzz target.
 
-use crate::Addr16;
+use crate::{
+    Addr16,
+    volatile::{get, set},
+};
 
 /// Bytes of a DNS message that are parsed. One TCP segment at MTU 1500 (1448 bytes of payload)
 /// and a classic 512-byte UDP answer fit; larger answers are parsed up to this many bytes and
@@ -172,20 +175,6 @@ pub struct NameWalk {
 pub const WALK_RUNNING: u32 = 0;
 pub const WALK_DONE: u32 = 1;
 pub const WALK_FAILED: u32 = 2;
-
-/// Volatile read of a [`NameWalk`] field (see there why).
-#[inline(always)]
-fn get<T: Copy>(place: &T) -> T {
-    // SAFETY: a reference is valid for reads.
-    unsafe { core::ptr::read_volatile(place) }
-}
-
-/// Volatile write of a [`NameWalk`] field.
-#[inline(always)]
-fn set<T>(place: &mut T, value: T) {
-    // SAFETY: a mutable reference is valid for writes.
-    unsafe { core::ptr::write_volatile(place, value) }
-}
 
 /// A name read by [`read_name`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

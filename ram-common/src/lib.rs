@@ -26,6 +26,26 @@ pub const fn v4_mapped(octets: [u8; 4]) -> Addr16 {
 pub mod dns;
 pub mod tls;
 
+pub mod volatile {
+    //! Volatile access to the parsers' walk state ([`crate::dns::NameWalk`],
+    //! [`crate::tls::HelloWalk`]), which lives in memory rather than in registers so that the
+    //! verifier sees a bounded loop's iterations as one state (see `NameWalk`).
+
+    /// Volatile read of a walk field.
+    #[inline(always)]
+    pub fn get<T: Copy>(place: &T) -> T {
+        // SAFETY: a shared reference is valid for reads.
+        unsafe { core::ptr::read_volatile(place) }
+    }
+
+    /// Volatile write of a walk field.
+    #[inline(always)]
+    pub fn set<T>(place: &mut T, value: T) {
+        // SAFETY: a mutable reference is valid for writes.
+        unsafe { core::ptr::write_volatile(place, value) }
+    }
+}
+
 pub mod maps {
     //! Map names, sizes, keys and values. Each entry says who writes the map and who reads it.
 
@@ -388,14 +408,13 @@ pub struct TlsScratch {
     pub record: [u8; tls::COPIED_MAX],
     /// The server name, reversed, as an `ALLOWED_NAMES` key.
     pub key: NameKey,
-    /// Length of `name`.
-    pub name_len: u32,
     /// The hello parser's state (see [`tls::HelloWalk`] for why it lives here).
     pub walk: tls::HelloWalk,
     /// The flow whose bytes the entry holds: the tail-called judge checks it is the one it was
     /// called for (an entry taken over by another run judges nothing).
     pub owner: FlowKey,
-    /// The server name as sent (lower-cased), for the event.
+    /// The server name as sent (lower-cased), for the event; its length is the walk's
+    /// `name_len` once judged.
     pub name: dns::Name,
 }
 

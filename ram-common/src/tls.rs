@@ -4,7 +4,10 @@
 //! the `server_name` extension (RFC 6066). Anything that does not fit that shape is not
 //! guessed at: [`Hello::Unreadable`], which the kernel refuses.
 
-use crate::dns::{FNV_OFFSET, FNV_PRIME};
+use crate::{
+    dns::{FNV_OFFSET, FNV_PRIME},
+    volatile::{get, set},
+};
 
 /// TLS record header: type, version, length.
 pub const RECORD_HEADER: usize = 5;
@@ -137,20 +140,6 @@ pub const WALK_DONE: u32 = 1;
 pub const WALK_FAILED: u32 = 2;
 pub const SEEN_NAME: u32 = 1;
 pub const SEEN_ECH: u32 = 2;
-
-/// Volatile read of a walk field.
-#[inline(always)]
-pub fn get<T: Copy>(place: &T) -> T {
-    // SAFETY: a shared reference is valid for reads.
-    unsafe { core::ptr::read_volatile(place) }
-}
-
-/// Volatile write of a walk field.
-#[inline(always)]
-pub fn set<T>(place: &mut T, value: T) {
-    // SAFETY: a mutable reference is valid for writes.
-    unsafe { core::ptr::write_volatile(place, value) }
-}
 
 /// Reads the ClientHello at the start of `bytes` far enough to find its server name.
 pub fn read_hello_bytes(bytes: &[u8]) -> Hello {

@@ -45,8 +45,6 @@ const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const E2BIG: i32 = 7;
 const TCP_SYN: u8 = 0x02;
-/// A scratch slot held longer than this is taken to be abandoned (no run takes a millisecond).
-const SCRATCH_STALE_NS: u64 = 1_000_000;
 /// Longest TTL honoured before `dns.max_ttl` caps it (RFC 2181: values ≥ 2^31 mean 0).
 const TTL_SIGN_BIT: u32 = 1 << 31;
 
@@ -363,22 +361,10 @@ fn tcp_message_at_boundary(
     Some(msg_len)
 }
 
-/// Takes this CPU's scratch slot `slot` for the current program; `None` if another program
-/// on this CPU holds it (see `DnsScratch::busy_since_ns`).
+/// Takes this CPU's scratch slot `slot` of `DNS_SCRATCH` (see [`crate::take_scratch`]).
 #[inline(always)]
 fn take_scratch(slot: u32) -> Option<&'static mut DnsScratch> {
-    // SAFETY: this CPU's entry `slot` (egress and ingress use different ones) of the per-CPU
-    // array, from bpf_map_lookup_elem, valid for this run. A run that interrupted or preempted
-    // another on this CPU finds `busy_since_ns` set (below) and touches nothing else.
-    let scratch = unsafe { &mut *DNS_SCRATCH.get_ptr_mut(slot)? };
-    // SAFETY: no arguments; reads the boot clock.
-    let now = unsafe { bpf_ktime_get_boot_ns() };
-    if scratch.busy_since_ns != 0 && now.wrapping_sub(scratch.busy_since_ns) < SCRATCH_STALE_NS {
-        count(Counter::ScratchBusy);
-        return None;
-    }
-    scratch.busy_since_ns = now;
-    Some(scratch)
+    crate::take_scratch(DNS_SCRATCH.get_ptr_mut(slot)?)
 }
 
 /// The length argument of a `bpf_skb_load_bytes` copy of a message, `len` (already clamped

@@ -218,6 +218,47 @@ fn container_resolver(netns_cookie: u64, addr: Addr16) -> Option<&'static Resolv
     unsafe { NETNS_RESOLVERS.get(key) }
 }
 
+/// A per-CPU scratch entry a program holds for its run (and its tail calls'): see
+/// `DnsScratch::busy_since_ns`.
+trait Scratch {
+    fn busy_since_ns(&mut self) -> &mut u64;
+}
+
+impl Scratch for DnsScratch {
+    fn busy_since_ns(&mut self) -> &mut u64 {
+        &mut self.busy_since_ns
+    }
+}
+
+impl Scratch for TlsScratch {
+    fn busy_since_ns(&mut self) -> &mut u64 {
+        &mut self.busy_since_ns
+    }
+}
+
+/// An entry held longer than this is taken to be abandoned (no run takes a millisecond).
+const SCRATCH_STALE_NS: u64 = 1_000_000;
+
+/// Takes `entry` (this CPU's entry of a per-CPU scratch array, from `get_ptr_mut`) for the
+/// current run; `None` (counted) when another run on this CPU holds it: it interrupted or
+/// preempted that one, and touches nothing.
+#[inline(always)]
+fn take_scratch<T: Scratch>(entry: *mut T) -> Option<&'static mut T> {
+    // SAFETY: this CPU's entry of a per-CPU array, from bpf_map_lookup_elem, valid for this
+    // run; programs that may interrupt one another use different slots, and a run that finds
+    // `busy_since_ns` set (below) leaves the entry alone.
+    let scratch = unsafe { entry.as_mut()? };
+    // SAFETY: no arguments; reads the boot clock.
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_boot_ns() };
+    let busy = scratch.busy_since_ns();
+    if *busy != 0 && now.wrapping_sub(*busy) < SCRATCH_STALE_NS {
+        count(Counter::ScratchBusy);
+        return None;
+    }
+    *busy = now;
+    Some(scratch)
+}
+
 #[inline(always)]
 fn count(counter: Counter) {
     count_n(counter, 1);

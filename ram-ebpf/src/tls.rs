@@ -38,6 +38,7 @@ use ram_common::{
     maps::{TLS_NAME_OUT_SLOT, TLS_NAME_SLOT},
     tls::{self, Bytes, COPIED_MAX, Hello, OFFSET_LIMIT, WALK_DONE, WALK_FAILED, WALK_RUNNING},
     v4_mapped,
+    volatile::{get, set},
 };
 
 use crate::{
@@ -95,6 +96,38 @@ fn flow_key(
     }
 }
 
+/// The flow key from a socket context — `bpf_sock_ops`, `sk_msg_md` or `__sk_buff`, which
+/// name the socket's addresses and ports with the same fields.
+macro_rules! context_flow_key {
+    ($ctx:expr) => {{
+        let ctx = $ctx;
+        // SAFETY: the program's context, valid for the run; each field one 4-byte load at a
+        // constant offset (the only kind the verifier rewrites to the socket's fields),
+        // volatile so that it stays so.
+        unsafe {
+            flow_key(
+                core::ptr::read_volatile(&raw const (*ctx).family),
+                core::ptr::read_volatile(&raw const (*ctx).local_ip4),
+                core::ptr::read_volatile(&raw const (*ctx).remote_ip4),
+                [
+                    core::ptr::read_volatile(&raw const (*ctx).local_ip6[0]),
+                    core::ptr::read_volatile(&raw const (*ctx).local_ip6[1]),
+                    core::ptr::read_volatile(&raw const (*ctx).local_ip6[2]),
+                    core::ptr::read_volatile(&raw const (*ctx).local_ip6[3]),
+                ],
+                [
+                    core::ptr::read_volatile(&raw const (*ctx).remote_ip6[0]),
+                    core::ptr::read_volatile(&raw const (*ctx).remote_ip6[1]),
+                    core::ptr::read_volatile(&raw const (*ctx).remote_ip6[2]),
+                    core::ptr::read_volatile(&raw const (*ctx).remote_ip6[3]),
+                ],
+                core::ptr::read_volatile(&raw const (*ctx).local_port),
+                core::ptr::read_volatile(&raw const (*ctx).remote_port),
+            )
+        }
+    }};
+}
+
 #[sock_ops]
 pub fn tls_sockops(ctx: SockOpsContext) -> u32 {
     // SAFETY: the program's bpf_sock_ops; one 4-byte load.
@@ -112,30 +145,7 @@ pub fn tls_sockops(ctx: SockOpsContext) -> u32 {
 /// A sock_ops context's flow key (its socket's addresses and ports).
 #[inline(always)]
 fn ops_flow_key(ctx: &SockOpsContext) -> FlowKey {
-    let ops = ctx.ops;
-    // SAFETY: the program's bpf_sock_ops, valid for the run; each field one 4-byte load at a
-    // constant offset (the only kind the verifier rewrites), volatile so that it stays so.
-    unsafe {
-        flow_key(
-            core::ptr::read_volatile(&raw const (*ops).family),
-            core::ptr::read_volatile(&raw const (*ops).local_ip4),
-            core::ptr::read_volatile(&raw const (*ops).remote_ip4),
-            [
-                core::ptr::read_volatile(&raw const (*ops).local_ip6[0]),
-                core::ptr::read_volatile(&raw const (*ops).local_ip6[1]),
-                core::ptr::read_volatile(&raw const (*ops).local_ip6[2]),
-                core::ptr::read_volatile(&raw const (*ops).local_ip6[3]),
-            ],
-            [
-                core::ptr::read_volatile(&raw const (*ops).remote_ip6[0]),
-                core::ptr::read_volatile(&raw const (*ops).remote_ip6[1]),
-                core::ptr::read_volatile(&raw const (*ops).remote_ip6[2]),
-                core::ptr::read_volatile(&raw const (*ops).remote_ip6[3]),
-            ],
-            core::ptr::read_volatile(&raw const (*ops).local_port),
-            core::ptr::read_volatile(&raw const (*ops).remote_port),
-        )
-    }
+    context_flow_key!(ctx.ops)
 }
 
 /// `RTT_CB` (each acknowledgement with a round-trip sample, enabled per judged socket): once
@@ -253,30 +263,7 @@ impl Bytes for Sent {
 /// A message's flow key (its socket's addresses and ports).
 #[inline(always)]
 fn msg_flow_key(ctx: &SkMsgContext) -> FlowKey {
-    let msg = ctx.msg;
-    // SAFETY: the program's sk_msg_md, valid for the run; each field one load at a constant
-    // offset, rewritten by the verifier.
-    unsafe {
-        flow_key(
-            core::ptr::read_volatile(&raw const (*msg).family),
-            core::ptr::read_volatile(&raw const (*msg).local_ip4),
-            core::ptr::read_volatile(&raw const (*msg).remote_ip4),
-            [
-                core::ptr::read_volatile(&raw const (*msg).local_ip6[0]),
-                core::ptr::read_volatile(&raw const (*msg).local_ip6[1]),
-                core::ptr::read_volatile(&raw const (*msg).local_ip6[2]),
-                core::ptr::read_volatile(&raw const (*msg).local_ip6[3]),
-            ],
-            [
-                core::ptr::read_volatile(&raw const (*msg).remote_ip6[0]),
-                core::ptr::read_volatile(&raw const (*msg).remote_ip6[1]),
-                core::ptr::read_volatile(&raw const (*msg).remote_ip6[2]),
-                core::ptr::read_volatile(&raw const (*msg).remote_ip6[3]),
-            ],
-            core::ptr::read_volatile(&raw const (*msg).local_port),
-            core::ptr::read_volatile(&raw const (*msg).remote_port),
-        )
-    }
+    context_flow_key!(ctx.msg)
 }
 
 #[sk_msg]
@@ -303,7 +290,7 @@ pub fn tls_hello(ctx: SkMsgContext) -> u32 {
         return SK_DROP;
     };
     scratch.owner = key;
-    let judged = judge(&ctx, flow, scratch);
+    let judged = judge(&ctx, scratch);
     if let Judged::Name = judged {
         // The name is judged by a program of its own (the verifier walks each alone); it
         // releases the scratch entry. Returns only if the call fails: the egress check,
@@ -438,7 +425,7 @@ enum Judged {
 }
 
 #[inline(always)]
-fn judge(ctx: &SkMsgContext, flow: *mut TlsFlow, scratch: &mut TlsScratch) -> Judged {
+fn judge(ctx: &SkMsgContext, scratch: &mut TlsScratch) -> Judged {
     let size = ctx.size() as usize;
     let pull = if size > OFFSET_LIMIT - 1 {
         OFFSET_LIMIT - 1
@@ -454,8 +441,6 @@ fn judge(ctx: &SkMsgContext, flow: *mut TlsFlow, scratch: &mut TlsScratch) -> Ju
         data_end: ctx.data_end(),
         size: pull,
     };
-    // SAFETY: as in tls_hello: the flow stays mapped for the run.
-    let flow = unsafe { *flow };
     let hello = tls::read_hello(&sent, &mut scratch.walk);
     if let Hello::Incomplete { total } = hello {
         // SAFETY: the program's sk_msg_md. The kernel gathers `total` bytes, then runs this
@@ -469,8 +454,7 @@ fn judge(ctx: &SkMsgContext, flow: *mut TlsFlow, scratch: &mut TlsScratch) -> Ju
     // The verdict is the next program's (tls_hello_name): what was found, and how many
     // bytes were made linear, go to it in the scratch entry.
     hello.keep(&mut scratch.walk);
-    tls::set(&mut scratch.walk.end, pull as u32);
-    let _ = flow;
+    set(&mut scratch.walk.end, pull as u32);
     Judged::Name
 }
 
@@ -541,40 +525,39 @@ fn judge_name(
     // The trie key is written reversed as the name is read, so that nothing after the loop
     // (which the verifier walks once per way out of it) loops again.
     let walk = &mut scratch.walk;
-    tls::set(&mut walk.copied, 0);
-    tls::set(&mut walk.name_len, len as u32);
-    tls::set(&mut walk.copy_status, WALK_RUNNING);
-    tls::set(&mut walk.hash, FNV_OFFSET);
+    set(&mut walk.copied, 0);
+    set(&mut walk.name_len, len as u32);
+    set(&mut walk.copy_status, WALK_RUNNING);
+    set(&mut walk.hash, FNV_OFFSET);
     let mut step = 0;
     // Bounded: a name's characters.
     while step < NAME_MAX {
         step += 1;
-        if tls::get(&walk.copy_status) != WALK_RUNNING {
+        if get(&walk.copy_status) != WALK_RUNNING {
             break;
         }
-        let i = tls::get(&walk.copied) as usize;
-        let len = tls::get(&walk.name_len) as usize;
+        let i = get(&walk.copied) as usize;
+        let len = get(&walk.name_len) as usize;
         if i >= len {
-            tls::set(&mut walk.copy_status, WALK_DONE);
+            set(&mut walk.copy_status, WALK_DONE);
             continue;
         }
         let Some(char) = bytes.byte(offset + i).and_then(tls::name_char) else {
-            tls::set(&mut walk.copy_status, WALK_FAILED);
+            set(&mut walk.copy_status, WALK_FAILED);
             continue;
         };
         scratch.name.bytes[i & (NAME_BUF - 1)] = char;
         scratch.key.data[(len - 1 - i) & (NAME_BUF - 1)] = char;
-        let hash = tls::name_hash_step(tls::get(&walk.hash), char);
-        tls::set(&mut walk.hash, hash);
-        tls::set(&mut walk.copied, i as u32 + 1);
+        let hash = tls::name_hash_step(get(&walk.hash), char);
+        set(&mut walk.hash, hash);
+        set(&mut walk.copied, i as u32 + 1);
     }
-    if tls::get(&walk.copied) as usize != len {
+    if get(&walk.copied) as usize != len {
         return Judged::Refused(Reason::TlsUnreadable);
     }
-    let hash = tls::get(&walk.hash);
+    let hash = get(&walk.hash);
     scratch.key.data[len & (NAME_BUF - 1)] = 0;
     scratch.key.prefix_len = ((len + 1) * 8) as u32;
-    scratch.name_len = len as u32;
     let Some(policy) = Policy::in_force() else {
         return Judged::Refused(Reason::TlsNameNotAllowed);
     };
@@ -597,20 +580,10 @@ fn judge_name(
     }
 }
 
-/// Takes this CPU's scratch entry `slot`; `None` when another run on this CPU holds it.
+/// Takes this CPU's scratch entry `slot` of `TLS_SCRATCH` (see [`crate::take_scratch`]).
 #[inline(always)]
 fn take_scratch(slot: u32) -> Option<&'static mut TlsScratch> {
-    // SAFETY: this CPU's entry `slot` of the per-CPU array, valid for this run; a run that
-    // interrupted or preempted another on this CPU finds `busy_since_ns` set and leaves it.
-    let scratch = unsafe { &mut *TLS_SCRATCH.get_ptr_mut(slot)? };
-    // SAFETY: no arguments; reads the boot clock.
-    let now = unsafe { bpf_ktime_get_boot_ns() };
-    if scratch.busy_since_ns != 0 && now.wrapping_sub(scratch.busy_since_ns) < SCRATCH_STALE_NS {
-        count(Counter::ScratchBusy);
-        return None;
-    }
-    scratch.busy_since_ns = now;
-    Some(scratch)
+    crate::take_scratch(TLS_SCRATCH.get_ptr_mut(slot)?)
 }
 
 /// Sends a refused (or would-be refused) hello to the daemon, with the name it sent.
@@ -623,7 +596,10 @@ fn report(key: &FlowKey, flow: &TlsFlow, reason: Reason, verdict: u8, slot: u32,
     let event = entry.as_mut_ptr();
     let name_len = match reason {
         Reason::TlsNameNotAllowed | Reason::TlsNameNotTaught => {
-            TLS_SCRATCH.get(slot).map_or(0, |scratch| scratch.name_len)
+            // judge_name left the name's length in the walk.
+            TLS_SCRATCH
+                .get(slot)
+                .map_or(0, |scratch| get(&scratch.walk.name_len))
         }
         _ => 0,
     };
@@ -742,30 +718,7 @@ fn segment(ctx: &SkBuffContext, transport_offset: usize) -> Option<Segment> {
 /// The flow key of a packet's socket (its own addresses and ports, before any NAT).
 #[inline(always)]
 fn packet_flow_key(ctx: &SkBuffContext) -> FlowKey {
-    let skb = ctx.skb.skb;
-    // SAFETY: the program's __sk_buff; each field one load at a constant offset, rewritten by
-    // the verifier to the socket's.
-    unsafe {
-        flow_key(
-            core::ptr::read_volatile(&raw const (*skb).family),
-            core::ptr::read_volatile(&raw const (*skb).local_ip4),
-            core::ptr::read_volatile(&raw const (*skb).remote_ip4),
-            [
-                core::ptr::read_volatile(&raw const (*skb).local_ip6[0]),
-                core::ptr::read_volatile(&raw const (*skb).local_ip6[1]),
-                core::ptr::read_volatile(&raw const (*skb).local_ip6[2]),
-                core::ptr::read_volatile(&raw const (*skb).local_ip6[3]),
-            ],
-            [
-                core::ptr::read_volatile(&raw const (*skb).remote_ip6[0]),
-                core::ptr::read_volatile(&raw const (*skb).remote_ip6[1]),
-                core::ptr::read_volatile(&raw const (*skb).remote_ip6[2]),
-                core::ptr::read_volatile(&raw const (*skb).remote_ip6[3]),
-            ],
-            core::ptr::read_volatile(&raw const (*skb).local_port),
-            core::ptr::read_volatile(&raw const (*skb).remote_port),
-        )
-    }
+    context_flow_key!(ctx.skb.skb)
 }
 
 /// A record copied out of a packet.
@@ -810,7 +763,8 @@ fn first_out(ctx: &SkBuffContext) -> Option<i32> {
     let packet = crate::egress::outgoing(ctx)?;
     let segment = segment(ctx, packet.transport_offset)?;
     let key = packet_flow_key(ctx);
-    let flow = TLS_FLOWS.get_ptr_mut(key)?;
+    // The flow is the name judge's to look up (tls_name_out): a packet whose flow went is
+    // dropped there.
     let scratch = take_scratch(SCRATCH_TLS_EGRESS)?;
     scratch.owner = key;
     let mut len = segment.data_len;
@@ -841,8 +795,7 @@ fn first_out(ctx: &SkBuffContext) -> Option<i32> {
     let hello = tls::read_hello(&bytes, &mut scratch.walk);
     // The verdict is the next program's (tls_name_out), which the verifier walks apart.
     hello.keep(&mut scratch.walk);
-    tls::set(&mut scratch.walk.end, bounded);
-    let _ = (key, flow);
+    set(&mut scratch.walk.end, bounded);
     // SAFETY: `ctx` is this cgroup_skb program's context, the type tls_name_out takes; it
     // releases the scratch entry. Returns only if the call fails: dropped (sent again).
     unsafe { DNS_TAIL_CALLS.tail_call(ctx, TLS_NAME_OUT_SLOT) };
@@ -868,7 +821,7 @@ pub fn tls_name_out(ctx: SkBuffContext) -> i32 {
     };
     let bytes = Copied {
         record: &scratch.record,
-        len: tls::get(&scratch.walk.end) as usize,
+        len: get(&scratch.walk.end) as usize,
     };
     // SAFETY: as in egress_check.
     let flow_copy = unsafe { *flow };
@@ -892,8 +845,6 @@ fn finish_out(judged: Judged, key: &FlowKey, flow: *mut TlsFlow, scratch: &mut T
     }
 }
 
-/// A scratch entry held longer than this is taken to be abandoned (no run takes a millisecond).
-const SCRATCH_STALE_NS: u64 = 1_000_000;
 const TCP_URG: u8 = 0x20;
 
 /// What the connect gates record for a TCP connection they allow to a learned address.

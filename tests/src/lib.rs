@@ -1886,6 +1886,23 @@ fn s(path: &Path) -> &str {
     path.to_str().expect("test paths are UTF-8")
 }
 
+/// Pushes a one-file image (`hello.txt` holding `content`) as `reference` to the registry at
+/// `registry_url` (`http://host:port`), over the distribution API (tests/clients/push_image.py).
+pub fn push_image(registry_url: &str, reference: &str, content: &str) {
+    let output = Command::new("python3")
+        .arg(client_script("push_image.py"))
+        .arg(registry_url)
+        .arg(reference)
+        .args(["--file", "hello.txt", content])
+        .output()
+        .expect("running push_image.py");
+    assert!(
+        output.status.success(),
+        "pushing {reference}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 // The hand-made ClientHello (shared with the kernel matrix's peer, which has no dependencies).
 mod client_hello;
 pub use client_hello::client_hello;

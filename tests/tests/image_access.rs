@@ -177,22 +177,6 @@ fn gate_policy(hub: &str, resolver: &str, verified_publishers: bool) -> String {
     )
 }
 
-/// Pushes a one-file image to the registry at `hub` as `reference` (python, the registry API).
-fn push(hub: &str, reference: &str) {
-    let output = Command::new("python3")
-        .arg(client_script("push_image.py"))
-        .arg(format!("http://{hub}"))
-        .arg(reference)
-        .args(["--file", "hello.txt", &format!("this is {reference}\n")])
-        .output()
-        .expect("running push_image.py");
-    assert!(
-        output.status.success(),
-        "pushing {reference}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 /// `docker build` of a context whose Dockerfile is `dockerfile`; (success, output).
 fn build(docker: &TestDocker, dockerfile: &str, buildkit: bool) -> (bool, String) {
     let context = TempDir::new();
@@ -226,7 +210,11 @@ fn pull_gate_judges_pulls_and_builds_and_docker_hub_is_reached_only_through_it()
         "somepublisher/tool:latest",
         "someuser/custom-image:latest",
     ] {
-        push(&hub, image);
+        ram_tests::push_image(
+            &format!("http://{hub}"),
+            image,
+            &format!("this is {image}\n"),
+        );
     }
     // Docker Hub's real name answers with a test host: dockerd's fallback from the mirror
     // resolves it, and must still not connect.

@@ -8,7 +8,6 @@
 use std::{
     net::IpAddr,
     path::{Path, PathBuf},
-    process::Command,
     time::{Duration, Instant},
 };
 
@@ -33,8 +32,8 @@ fn policy(tls: &str) -> String {
 /// The test bed: every name of [`NAMES`] served by one TLS server on address B, dnsmasq
 /// answering `registry.test` and `other.test` with B, an HTTP server on port 80 of B.
 struct Bed {
-    net: TestNet,
-    dir: TempDir,
+    _net: TestNet,
+    _dir: TempDir,
     ca: TestCa,
     server_log: PathBuf,
     _servers: Vec<ram_tests::Background>,
@@ -50,8 +49,8 @@ impl Bed {
         let http = net.http_server(HTTP_PORT);
         let dns = net.dnsmasq(&[("registry.test", peer_b), ("other.test", peer_b)], &[]);
         Self {
-            net,
-            dir,
+            _net: net,
+            _dir: dir,
             ca,
             server_log,
             _servers: vec![tls, http, dns],
@@ -211,7 +210,6 @@ fn a_tls_connection_to_a_learned_address_must_name_the_host_that_taught_it() {
         assert_eq!(record["dst_addr"], b(), "{record}");
         assert_eq!(record["dst_port"], HTTPS, "{record}");
         assert_eq!(record["comm"], "curl", "{record}");
-        let _ = record;
     }
     let records = daemon.audit_records();
     let other = record_for(&records, "tls_name_not_taught");
@@ -354,7 +352,6 @@ fn audit_mode_lets_the_hello_through_and_writes_would_deny() {
     let record = wait_for_record(&daemon, "tls_name_not_taught");
     assert_eq!(record["verdict"], "would_deny", "{record}");
     assert_eq!(record["server_name"], "other.test", "{record}");
-    let _ = bed.dir.path();
 }
 
 #[test]
@@ -379,7 +376,6 @@ fn tls_off_judges_addresses_only() {
         &daemon.state().policy_path().display().to_string(),
     ]);
     assert!(check.unwrap().contains("TLS names: off"));
-    let _ = &bed.net;
 }
 
 #[test]
@@ -428,22 +424,6 @@ fn over_ipv6_the_name_is_judged_the_same() {
     assert_eq!(record["server_name"], "other.test", "{record}");
 }
 
-/// Pushes a one-file image as `reference` to the plain-HTTP registry at `url`.
-fn push(url: &str, reference: &str) {
-    let output = Command::new("python3")
-        .arg(client_script("push_image.py"))
-        .arg(url)
-        .arg(reference)
-        .args(["--file", "hello.txt", "hello over TLS\n"])
-        .output()
-        .expect("running push_image.py");
-    assert!(
-        output.status.success(),
-        "pushing {reference}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 #[test]
 fn dockerd_pulls_by_the_name_that_taught_the_address_and_not_by_another_on_it() {
     let net = TestNet::new();
@@ -455,7 +435,11 @@ fn dockerd_pulls_by_the_name_that_taught_the_address_and_not_by_another_on_it() 
     // B:5000 for the test's push.
     let _tls = net.registry_tls(&dir, &storage, peer_b, HTTPS, &ca);
     let _plain = plain_registry(&net, &dir, &storage, peer_b, 5000);
-    push(&format!("http://{}:5000", b()), "tiny:1");
+    ram_tests::push_image(
+        &format!("http://{}:5000", b()),
+        "tiny:1",
+        "hello over TLS\n",
+    );
     // other.test, on the same front end, is not allowed; DNS answers for it are let through
     // (`dns.queries = "any"`, as the side doors a policy cannot close would: /etc/hosts, a
     // resolver's cache) but teach nothing.
