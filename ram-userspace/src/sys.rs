@@ -1,6 +1,9 @@
 //! The one raw-syscall module: an `unsafe` call into `libc` belongs here, behind a safe
 //! function that checks the result; the rest of the crate calls these, aya, or std.
 //!
+//! Longer than 650 lines: being the one such module, it holds every wrapper with its safety
+//! argument, whatever its domain.
+//!
 //! - bpf(2) commands aya 0.14 does not expose for what ram needs: creating, pinning, opening and
 //!   atomically updating cgroup links by descriptor (aya has no public BPF_LINK_UPDATE, its
 //!   pinned links hand out no descriptor, and it creates a cgroup link only when the kernel's
@@ -581,6 +584,28 @@ pub fn inotify_add_watch(inotify: &std::fs::File, path: &Path, mask: u32) -> io:
         return Err(io::Error::last_os_error());
     }
     Ok(wd)
+}
+
+/// Ends the watch `wd` on `inotify` (the kernel then reports IN_IGNORED for it).
+pub fn inotify_rm_watch(inotify: &std::fs::File, wd: i32) -> io::Result<()> {
+    // SAFETY: plain integers; the result is checked.
+    if unsafe { libc::inotify_rm_watch(inotify.as_raw_fd(), wd) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether `path` is on a mount that is read-only (`ST_RDONLY`), so nobody can write there
+/// through this mount namespace.
+pub fn is_read_only_mount(path: &Path) -> io::Result<bool> {
+    let path = c_path(path)?;
+    // SAFETY: statvfs is plain old data, all-zero bytes are a valid value.
+    let mut stat: libc::statvfs = unsafe { mem::zeroed() };
+    // SAFETY: a valid NUL-terminated path and a properly sized out-parameter.
+    if unsafe { libc::statvfs(path.as_ptr(), &raw mut stat) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(stat.f_flag & libc::ST_RDONLY != 0)
 }
 
 #[cfg(test)]

@@ -71,22 +71,7 @@ pub fn engine_cgroups(mount: &Path, proc_root: &Path) -> (Vec<Found>, Vec<String
         }
     }
     let mut by_path: BTreeMap<PathBuf, String> = BTreeMap::new();
-    // dockerd before containerd, then by pid: a cgroup holding both is named after dockerd,
-    // whatever order /proc lists them in.
-    let mut engines: Vec<(usize, u32, String)> = processes(proc_root)
-        .into_iter()
-        .filter_map(|(pid, comm)| {
-            let rank = ENGINE_PROCESSES.iter().position(|e| *e == comm)?;
-            // `podman` is also every command a user types: only its API service is an engine.
-            // A container's root may name its processes like engines: those are not.
-            let engine = is_root_binary(proc_root, pid, &comm)
-                && (comm != "podman" || is_podman_service(proc_root, pid))
-                && !in_container(proc_root, pid, |part| container_id(part).is_some());
-            engine.then_some((rank, pid, comm))
-        })
-        .collect();
-    engines.sort();
-    for (_, pid, comm) in engines {
+    for (pid, comm) in engine_processes(proc_root) {
         let Some(relative) = cgroup_of(proc_root, pid) else {
             continue;
         };
@@ -110,6 +95,29 @@ pub fn engine_cgroups(mount: &Path, proc_root: &Path) -> (Vec<Found>, Vec<String
         container: None,
     }));
     (found, skipped)
+}
+
+/// The running engines, (pid, comm): root `dockerd`, `containerd`, `podman system service` and
+/// `buildkitd` processes outside containers; dockerd before containerd, then by pid, whatever
+/// order /proc lists them in (a cgroup holding both is named after dockerd).
+pub fn engine_processes(proc_root: &Path) -> Vec<(u32, String)> {
+    let mut engines: Vec<(usize, u32, String)> = processes(proc_root)
+        .into_iter()
+        .filter_map(|(pid, comm)| {
+            let rank = ENGINE_PROCESSES.iter().position(|e| *e == comm)?;
+            // `podman` is also every command a user types: only its API service is an engine.
+            // A container's root may name its processes like engines: those are not.
+            let engine = is_root_binary(proc_root, pid, &comm)
+                && (comm != "podman" || is_podman_service(proc_root, pid))
+                && !in_container(proc_root, pid, |part| container_id(part).is_some());
+            engine.then_some((rank, pid, comm))
+        })
+        .collect();
+    engines.sort();
+    engines
+        .into_iter()
+        .map(|(_, pid, comm)| (pid, comm))
+        .collect()
 }
 
 /// What a walk for containers found, and whether it saw the whole tree.

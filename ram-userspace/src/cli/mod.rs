@@ -43,7 +43,7 @@ enum Command {
     /// the capabilities that get around the programs, as the sudo user or `--user`.
     Exec(ExecArgs),
     /// What the daemon enforces: cgroups, policy, counters, map fill levels.
-    Status(JsonArg),
+    Status(StatusArgs),
     /// The addresses learned from DNS answers, with hostname, cgroup and expiry.
     Learned(JsonArg),
     /// Whether the policy in force allows HOST (a hostname or an address), and by which entry.
@@ -68,6 +68,17 @@ enum Command {
         #[arg(long, value_name = "DIR", env = "RAM_PIN_DIR", default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct StatusArgs {
+    /// Print JSON instead of text.
+    #[arg(long, conflicts_with = "ready")]
+    json: bool,
+    /// Print nothing; exit 0 when the daemon answers with its programs attached and a policy
+    /// in force, 1 otherwise (a readiness probe).
+    #[arg(long)]
+    ready: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -150,7 +161,7 @@ impl Cli {
         match self.command {
             Command::Daemon(args) => daemon::run(args, run_dir),
             Command::Exec(args) => exec::run(args),
-            Command::Status(JsonArg { json }) => status::run(&run_dir, json),
+            Command::Status(StatusArgs { json, ready }) => status::run(&run_dir, json, ready),
             Command::Learned(JsonArg { json }) => learned::run(&run_dir, json),
             Command::Check { host, json } => check::run(&run_dir, host, json),
             Command::Policy { command } => match command {

@@ -6,10 +6,18 @@ use std::path::Path;
 use anyhow::{Result, bail};
 use ram::daemon::control::{self, Request, Response};
 
-pub fn run(run_dir: &Path, json: bool) -> Result<()> {
+pub fn run(run_dir: &Path, json: bool, ready: bool) -> Result<()> {
     let Response::Status(status) = control::ask(run_dir, &Request::Status)? else {
         bail!("the daemon answered something else than a status");
     };
+    if ready {
+        // The daemon opens its control socket only once the programs are attached and the
+        // policy is in force; `enforcing` says it still is.
+        if status.enforcing {
+            return Ok(());
+        }
+        bail!("the daemon answers but is not enforcing");
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(());
@@ -18,6 +26,9 @@ pub fn run(run_dir: &Path, json: bool) -> Result<()> {
         "ram: enforcing (daemon pid {}, since {})",
         status.pid, status.started
     );
+    for warning in &status.warnings {
+        println!("WARNING: {warning}");
+    }
     println!("pinned state: {}", status.pin_dir.display());
     println!(
         "audit log: {}",

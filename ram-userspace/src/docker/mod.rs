@@ -6,7 +6,8 @@
 //! - [`image_access`]: categories and the judgement of the policy's `[image_access]`;
 //! - [`authz`]: the authorization plugin (hyper over a Unix socket);
 //! - [`gate`]: the pull gate (hyper over TCP);
-//! - [`engines`]: the configuration that points each engine at the gate.
+//! - [`engines`]: the configuration that points each engine at the gate;
+//! - [`engine_check`]: which enforced engines are not pointed at it (`ram status`).
 //!
 //! The plugin and the gate are served on one runtime of their own, on a thread of its own,
 //! which `daemon/docker_servers.rs` starts and owns: never on the daemon's event loop.
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use crate::events::records::ImageDecision;
 
 pub mod authz;
+pub mod engine_check;
 pub mod engines;
 pub mod gate;
 pub mod image_access;

@@ -301,7 +301,11 @@ fn check_directory(path: &Path, metadata: &Metadata, guarded: Guarded) -> Result
             guarded,
         });
     }
-    if metadata.mode() & GROUP_OR_OTHERS_WRITE != 0 {
+    // Nobody writes through a read-only mount, whatever the mode says: Kubernetes mounts a
+    // ConfigMap volume read-only, and its directory is 0777 (an emptyDir underneath).
+    if metadata.mode() & GROUP_OR_OTHERS_WRITE != 0
+        && !crate::sys::is_read_only_mount(path).unwrap_or(false)
+    {
         return Err(ProtectError::DirectoryWritable {
             path: path.to_path_buf(),
             mode: metadata.mode() & 0o7777,

@@ -54,6 +54,10 @@ pub struct Status {
     /// BPF LSM programs).
     #[serde(default)]
     pub socket_families_refused: bool,
+    /// What the operator should fix: enforced engines not pointed at the pull gate while image
+    /// access is on.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

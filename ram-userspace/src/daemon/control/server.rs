@@ -1,7 +1,10 @@
 //! The daemon's side of the control socket: one bounded request, one answer, from what the
 //! daemon holds and the kernel's maps.
 
-use std::time::Duration;
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use ram_common::{
     Counter,
@@ -132,7 +135,30 @@ impl Daemon {
             container_networks,
             container_networks_unreadable: enforcement.container_dns.unreadable,
             socket_families_refused: crate::kernel::family_gate_loaded(),
+            warnings: self.warnings(),
         }
+    }
+
+    /// Enforced engines not pointed at the pull gate, while image access is on.
+    fn warnings(&self) -> Vec<String> {
+        let image_access = &self.enforcement.policy.policy.image_access;
+        if !image_access.enabled {
+            return Vec::new();
+        }
+        let enforced: Vec<PathBuf> = self
+            .enforcement
+            .enforcer
+            .cgroups()
+            .into_iter()
+            .filter(|(_, _, present)| *present)
+            .map(|(path, _, _)| path)
+            .collect();
+        crate::docker::engine_check::gate_warnings(
+            Path::new("/proc"),
+            &self.options.mount,
+            &enforced,
+            image_access.gate,
+        )
     }
 
     fn learned(&mut self) -> Result<Vec<LearnedEntry>, EnforceError> {
