@@ -52,5 +52,8 @@ impl Daemon {
         }
         self.auditor
             .report_decisions_lost(self.docker.decisions_lost());
+        if let Ok(mut metrics) = self.auditor.metrics().lock() {
+            metrics.image_decisions_lost(self.docker.decisions_lost());
+        }
     }
 }

@@ -13,6 +13,7 @@ mod docker_servers;
 mod enforcement;
 mod housekeeping;
 pub mod loaded;
+mod metrics_server;
 pub mod notify;
 mod reload;
 mod sockets;
@@ -26,7 +27,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use self::{
     cgroup_watch::CgroupWatcher, docker_servers::DockerServers, enforcement::Enforcement,
-    loaded::LoadedPolicy, watch::PolicyWatcher,
+    loaded::LoadedPolicy, metrics_server::MetricsServer, watch::PolicyWatcher,
 };
 pub use self::{loaded::LoadError, sockets::SocketError};
 use crate::{
@@ -89,6 +90,7 @@ pub(crate) struct Daemon {
     enforcement: Enforcement,
     auditor: Auditor,
     docker: DockerServers,
+    metrics: MetricsServer,
     started: String,
     ticks: u64,
 }
@@ -143,11 +145,13 @@ async fn serve(options: Options, policy: LoadedPolicy, sink: AuditSink) -> Resul
     enforcement.policy.write_copy(&options.run_dir);
     let auditor = Auditor::new(sink, &dirs, &options.run_dir);
     let (docker, mut image_decisions) = DockerServers::new(options.authz_socket.clone());
+    let metrics = MetricsServer::new(auditor.metrics(), &options.pin_dir);
     let mut daemon = Daemon {
         options,
         enforcement,
         auditor,
         docker,
+        metrics,
         started: now_rfc3339(),
         ticks: 0,
     };
@@ -157,6 +161,7 @@ async fn serve(options: Options, policy: LoadedPolicy, sink: AuditSink) -> Resul
         warn!("telling systemd we are ready failed: {err}");
     }
     daemon.docker.update(&daemon.enforcement.policy);
+    daemon.policy_in_force_metrics();
 
     let mut cgroups = match CgroupWatcher::new(&daemon.options.mount) {
         Ok(watcher) => Some(watcher),
@@ -278,6 +283,7 @@ async fn serve(options: Options, policy: LoadedPolicy, sink: AuditSink) -> Resul
     });
     let _ = std::fs::remove_file(control::socket_path(&daemon.options.run_dir));
     daemon.docker.stop();
+    daemon.metrics.stop();
     daemon.auditor.flush_all_repeats();
     let counters = daemon.enforcement.enforcer.counters().unwrap_or_default();
     let summary: Vec<String> = Counter::ALL

@@ -4,11 +4,43 @@
 use std::time::Instant;
 
 use log::{error, info, warn};
+use ram_common::maps::{ALLOWED_CIDRS_MAX, ALLOWED_NAMES_MAX, RESOLVERS_MAX};
 
 use super::{Daemon, loaded::LoadedPolicy, notify};
 use crate::error_chain;
 
 impl Daemon {
+    fn count_reload(&self, result: &'static str) {
+        if let Ok(mut metrics) = self.auditor.metrics().lock() {
+            metrics.reload(result);
+        }
+    }
+
+    /// The metrics of the policy now in force (its hash, its maps' fill), and its endpoint.
+    pub(super) fn policy_in_force_metrics(&mut self) {
+        let policy = &self.enforcement.policy;
+        if let Ok(mut metrics) = self.auditor.metrics().lock() {
+            metrics.policy(&policy.sha256);
+            let compiled = &policy.compiled;
+            metrics.map(
+                "allowed_names",
+                compiled.names.len(),
+                ALLOWED_NAMES_MAX as usize,
+            );
+            metrics.map(
+                "allowed_cidrs",
+                compiled.cidrs.len(),
+                ALLOWED_CIDRS_MAX as usize,
+            );
+            metrics.map(
+                "resolvers",
+                compiled.resolvers.len(),
+                RESOLVERS_MAX as usize,
+            );
+        }
+        self.metrics.update(policy.policy.metrics.listen.as_ref());
+    }
+
     /// Re-reads the policy file (it changed, or SIGHUP) and puts it in force.
     pub(super) fn reload(&mut self, why: &str) {
         let Some(path) = self.options.policy.clone() else {
@@ -27,6 +59,7 @@ impl Daemon {
                     &enforcement.policy.sha256[..12]
                 );
                 enforcement.rejected = Some(message);
+                self.count_reload("rejected");
                 return;
             }
         };
@@ -68,6 +101,8 @@ impl Daemon {
                 enforcement.rejected = None;
                 enforcement.follow_scope();
                 self.docker.update(&self.enforcement.policy);
+                self.count_reload("ok");
+                self.policy_in_force_metrics();
             }
             Err(err) => {
                 // apply() fills the unused slot first: a failure leaves the old policy in force.
@@ -76,6 +111,7 @@ impl Daemon {
                      stays"
                 );
                 enforcement.rejected = Some(err.to_string());
+                self.count_reload("failed");
             }
         }
         let _ = notify::ready("policy re-read");

@@ -1,5 +1,5 @@
-//! The daemon's root-only Unix sockets: the control socket and the Docker authorization
-//! plugin's.
+//! The daemon's root-only Unix sockets: the control socket, the Docker authorization
+//! plugin's, and the metrics endpoint's.
 
 use std::{
     fs, io,
@@ -46,6 +46,23 @@ pub fn bind_authz_socket(path: &Path) -> Result<UnixListener, SocketError> {
         root_only_directory(dir, Guarded::PluginSocket)?;
     }
     bind_root_only(path, "the authorization plugin socket", "--authz-socket")
+}
+
+/// The metrics socket (root-only: `ram_policy_info` and the counts are the host's business),
+/// non-blocking, in a directory made if missing.
+pub fn bind_metrics_socket(path: &Path) -> Result<UnixListener, SocketError> {
+    if let Some(dir) = path.parent() {
+        root_only_directory(dir, Guarded::MetricsSocket)?;
+    }
+    let listener = bind_root_only(path, "the metrics socket", "[metrics] listen")?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| SocketError::Io {
+            action: "make non-blocking",
+            path: path.to_owned(),
+            source,
+        })?;
+    Ok(listener)
 }
 
 /// The control socket, root-only, in a run directory only root can change; non-blocking, for

@@ -16,6 +16,7 @@ const IPPROTO_TCP: u8 = 6;
 
 use super::{
     answers::{named_addresses, query_question},
+    metrics::{SharedMetrics, image_kind},
     names::{Hostnames, RuleNames, SeenAddress},
     records::{
         AuditRecord, DroppedRecord, ImageDecision, ImageRecord, LearnRecord, QueryRecord,
@@ -54,6 +55,8 @@ pub struct Auditor {
     dropped_reported: u64,
     /// Image decisions lost so far (the Docker servers count since the daemon started).
     decisions_lost_reported: u64,
+    /// Every decision counted for the metrics endpoint, repeats included.
+    metrics: SharedMetrics,
 }
 
 impl Auditor {
@@ -70,6 +73,18 @@ impl Auditor {
             dropped_reported: read_dropped_reported(run_dir),
             decisions_lost_reported: 0,
             run_dir: run_dir.to_owned(),
+            metrics: SharedMetrics::default(),
+        }
+    }
+
+    /// The metrics this auditor counts into.
+    pub fn metrics(&self) -> SharedMetrics {
+        self.metrics.clone()
+    }
+
+    fn count(&self, verdict: &'static str, reason: &'static str, hook: &'static str) {
+        if let Ok(mut metrics) = self.metrics.lock() {
+            metrics.decision(verdict, reason, hook);
         }
     }
 
@@ -207,6 +222,7 @@ impl Auditor {
             }
         }
         extra(&mut record, self.hostnames.get(&display_addr(event.addr)));
+        self.count(record.verdict, record.reason, record.hook);
         info!("{}", record.summary());
         self.sink.write(&record);
     }
@@ -247,6 +263,7 @@ impl Auditor {
         }
         let message = &event.msg[..(event.msg_len as usize).min(event.msg.len())];
         if event.query_refused != 0 {
+            self.count("deny", Reason::QueryNotAllowed.as_str(), "dns_query");
             let (hostname, qtype) = query_question(message)
                 .unwrap_or_else(|_| ("<unreadable query>".to_owned(), "?".to_owned()));
             let record = QueryRecord {
@@ -366,6 +383,13 @@ impl Auditor {
     /// A decision of the authorization plugin or the pull gate (repeats folded: see
     /// `events::repeats`).
     pub fn image_decision(&mut self, decision: ImageDecision) {
+        if let Ok(mut metrics) = self.metrics.lock() {
+            metrics.image_decision(
+                image_kind(&decision.reason),
+                if decision.allowed { "allow" } else { "deny" },
+                decision.via,
+            );
+        }
         let lines = self
             .repeats
             .admit(ImageRecord::new(decision), std::time::Instant::now());

@@ -7,10 +7,12 @@
 //! - `names`: hostnames per address and policy entries per rule id, for readers of logs;
 //! - `repeats`: folding repeated image decisions into one line;
 //! - `sink`: where records go (a file only root can redirect, or stdout);
-//! - `auditor`: the one place that turns events into records.
+//! - `auditor`: the one place that turns events into records;
+//! - `metrics`: the Prometheus metrics the auditor and the daemon count into.
 
 pub mod answers;
 pub mod auditor;
+pub mod metrics;
 pub mod names;
 pub mod records;
 pub mod repeats;

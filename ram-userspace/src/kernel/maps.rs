@@ -211,6 +211,61 @@ pub(super) fn overwrite_existing<M: RefillableMap>(
     done
 }
 
+/// The kernel's side of a metrics scrape, read from the pinned maps on a thread of its own (the
+/// metrics server's), so that a scrape never waits on the event loop.
+pub struct KernelReader {
+    counters: aya::maps::PerCpuArray<MapData, u64>,
+    learned: HashMap<MapData, ram_common::LearnedKey, ram_common::LearnedAddr>,
+    learned_capacity: usize,
+}
+
+impl KernelReader {
+    /// Opens the counters and the learned map pinned in `pins` (by a daemon already running).
+    pub fn open(pins: &super::PinDir) -> Result<Self, EnforceError> {
+        use ram_common::maps::{COUNTERS, LEARNED};
+        let open = |name: &'static str| {
+            MapData::from_pin(pins.map(name)).map_err(|source| map_error(name, source))
+        };
+        let counters =
+            aya::maps::PerCpuArray::try_from(aya::maps::Map::PerCpuArray(open(COUNTERS)?))
+                .map_err(|source| map_error(COUNTERS, source))?;
+        let learned_data = open(LEARNED)?;
+        let learned_capacity = learned_data
+            .info()
+            .map(|info| info.max_entries() as usize)
+            .unwrap_or(0);
+        let learned = HashMap::try_from(aya::maps::Map::HashMap(learned_data))
+            .map_err(|source| map_error(LEARNED, source))?;
+        Ok(Self {
+            counters,
+            learned,
+            learned_capacity,
+        })
+    }
+
+    /// Every counter's total, by name.
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        ram_common::Counter::ALL
+            .iter()
+            .map(|counter| {
+                let total = self
+                    .counters
+                    .get(&(*counter as u32), 0)
+                    .map(|values| values.iter().sum())
+                    .unwrap_or(0);
+                (counter.as_str(), total)
+            })
+            .collect()
+    }
+
+    /// Entries in the learned map (expired ones until the daemon removes them, within ten
+    /// seconds), and its capacity. One system call per entry: a full map of 65,536 takes some
+    /// tens of milliseconds.
+    pub fn learned(&self) -> (usize, usize) {
+        (self.learned.keys().flatten().count(), self.learned_capacity)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::{collections::BTreeMap, io};

@@ -24,6 +24,7 @@ pub mod probe;
 
 pub use enforcer::{ApplyReport, Enforcer, OpenReport};
 pub use error::{EnforceError, RefillStep};
+pub use maps::KernelReader;
 pub use object::{
     ANSWER_RR, GATES, Gate, SNOOPERS, SOCKET_GATE, SOCKOPT_GATE, Snooper, attached_programs,
     family_gate_loaded, program_names,

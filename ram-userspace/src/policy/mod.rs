@@ -27,6 +27,34 @@ pub struct Policy {
     pub audit: Audit,
     pub scope: Scope,
     pub image_access: ImageAccess,
+    pub metrics: Metrics,
+}
+
+/// `[metrics]`: the Prometheus endpoint, off unless `listen` is set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Metrics {
+    pub listen: Option<MetricsAddress>,
+}
+
+impl Metrics {
+    pub const EXAMPLE: &str = "127.0.0.1:9464";
+}
+
+/// Where the metrics endpoint listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetricsAddress {
+    Tcp(SocketAddr),
+    /// `unix:/path`: a socket only root (mode 0600) can scrape.
+    Unix(PathBuf),
+}
+
+impl fmt::Display for MetricsAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp(addr) => write!(f, "http://{addr}/metrics"),
+            Self::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
 }
 
 /// Image Access Management (`[image_access]`): which kinds of Docker Hub images may be used.

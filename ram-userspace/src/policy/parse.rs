@@ -13,7 +13,7 @@ use toml::Spanned;
 
 use super::{
     AllowedAudit, Audit, DEFAULT_POLICY, Dns, DnsQueries, EntryError, HostPattern, ImageAccess,
-    Policy, PolicySource, RegistryAccess, Scope, TlsMode,
+    Metrics, MetricsAddress, Policy, PolicySource, RegistryAccess, Scope, TlsMode,
 };
 
 /// values are kept with their position and validated afterwards so errors can point at them.
@@ -32,6 +32,14 @@ struct RawPolicy {
     scope: RawScope,
     #[serde(default)]
     image_access: RawImageAccess,
+    #[serde(default)]
+    metrics: RawMetrics,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<Spanned<String>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -305,6 +313,7 @@ impl Policy {
                 allowed_window,
             },
             image_access: image_access(raw.image_access, &invalid)?,
+            metrics: metrics(raw.metrics, &invalid)?,
             scope: Scope {
                 docker: raw.scope.docker,
                 containers: raw.scope.containers,
@@ -332,6 +341,42 @@ impl Policy {
         dedup_in_order(&mut policy.dns.search_domains);
         Ok(policy)
     }
+}
+
+/// `[metrics]`: where the Prometheus endpoint listens, if anywhere.
+fn metrics(
+    raw: RawMetrics,
+    invalid: &impl Fn(usize, String) -> PolicyError,
+) -> Result<Metrics, PolicyError> {
+    let Some(listen) = raw.listen else {
+        return Ok(Metrics::default());
+    };
+    let text = listen.get_ref();
+    let address = if let Some(path) = text.strip_prefix("unix:") {
+        let path = PathBuf::from(path);
+        if !path.is_absolute() {
+            return Err(invalid(
+                listen.span().start,
+                format!(
+                    "metrics.listen: `{text}` names no absolute socket path (unix:/run/ram/metrics.sock)"
+                ),
+            ));
+        }
+        MetricsAddress::Unix(path)
+    } else {
+        MetricsAddress::Tcp(text.parse::<SocketAddr>().map_err(|_| {
+            invalid(
+                listen.span().start,
+                format!(
+                    "metrics.listen: `{text}` is neither an address with a port                      ({}) nor `unix:` and a socket path",
+                    Metrics::EXAMPLE
+                ),
+            )
+        })?)
+    };
+    Ok(Metrics {
+        listen: Some(address),
+    })
 }
 
 /// `[image_access]`, with namespaces checked and registry.json's `allowedOrgs` read.

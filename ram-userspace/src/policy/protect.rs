@@ -36,6 +36,8 @@ pub enum Guarded {
     RunDirectory,
     /// The Docker authorization plugin's socket, which dockerd trusts with its decisions.
     PluginSocket,
+    /// The metrics endpoint's socket (`[metrics] listen = "unix:…"`).
+    MetricsSocket,
 }
 
 impl std::fmt::Display for Guarded {
@@ -45,6 +47,7 @@ impl std::fmt::Display for Guarded {
             Self::AuditLog => "the audit log",
             Self::RunDirectory => "the daemon's control socket and policy copy",
             Self::PluginSocket => "the authorization plugin's socket",
+            Self::MetricsSocket => "the metrics socket",
         })
     }
 }
@@ -132,7 +135,10 @@ pub enum ProtectError {
 fn example_home(guarded: Guarded) -> String {
     match guarded {
         Guarded::Policy => format!(" such as {SAFE_HOME}"),
-        Guarded::AuditLog | Guarded::RunDirectory | Guarded::PluginSocket => String::new(),
+        Guarded::AuditLog
+        | Guarded::RunDirectory
+        | Guarded::PluginSocket
+        | Guarded::MetricsSocket => String::new(),
     }
 }
 
