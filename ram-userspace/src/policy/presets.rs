@@ -171,10 +171,41 @@ mod tests {
         expand(&host(entry)).map(|e| (e.preset, e.hosts.iter().map(ToString::to_string).collect()))
     }
 
+    /// An entry that selects `preset`: its first entry, or its pattern with `*` and every
+    /// `{name}` filled in.
+    fn sample_entry(preset: &Preset) -> String {
+        if let Some(entry) = preset.entries.first() {
+            return entry.clone();
+        }
+        let pattern = preset.pattern.as_deref().unwrap();
+        let mut entry = String::new();
+        let mut rest = pattern;
+        while let Some(open) = rest.find('{') {
+            let close = open + rest[open..].find('}').unwrap();
+            entry.push_str(&rest[..open]);
+            entry.push_str("x1");
+            rest = &rest[close + 1..];
+        }
+        entry.push_str(rest);
+        entry.replace('*', "a")
+    }
+
     #[test]
     fn the_table_is_valid_and_every_host_parses() {
-        assert!(presets().len() >= 9);
+        assert!(presets().len() >= 13);
         for preset in presets() {
+            let mut templates = preset.hosts.clone();
+            templates.sort();
+            templates.dedup();
+            assert_eq!(
+                templates.len(),
+                preset.hosts.len(),
+                "{} repeats a host",
+                preset.name
+            );
+            // A host that does not parse would make the preset never match.
+            let expansion = expand(&host(&sample_entry(preset))).unwrap();
+            assert_eq!(expansion.preset, preset.name);
             assert!(!preset.source.is_empty(), "{} has no source", preset.name);
             assert!(
                 (1..=4).contains(&preset.ports.len()) && !preset.ports.contains(&0),
@@ -237,6 +268,150 @@ mod tests {
                 .iter()
                 .any(|h| h.contains("storage.googleapis.com") || h.starts_with('*'))
         );
+    }
+
+    #[test]
+    fn registry_k8s_io_expands_to_its_artifact_registries_buckets_and_cdn() {
+        let (name, hosts) = expanded("registry.k8s.io").unwrap();
+        assert_eq!(name, "Kubernetes registry (registry.k8s.io)");
+        assert_eq!(hosts[0], "registry.k8s.io");
+        // The hosts of the pull in kubernetes/registry.k8s.io's docs/debugging.md, a default
+        // Artifact Registry region, and the CloudFront fallbacks.
+        for needed in [
+            "us-west1-docker.pkg.dev",
+            "prod-registry-k8s-io-us-west-2.s3.dualstack.us-west-2.amazonaws.com",
+            "us-central1-docker.pkg.dev",
+            "europe-west4-docker.pkg.dev",
+            "prod-registry-k8s-io-eu-central-1.s3.dualstack.eu-central-1.amazonaws.com",
+            "d39mqg4b1dx9z1.cloudfront.net",
+            "d1be1w964nk82h.cloudfront.net",
+        ] {
+            assert!(hosts.iter().any(|h| h == needed), "{needed} in {hosts:?}");
+        }
+        // Exact names only: the project's buckets and distributions, Artifact Registry's
+        // regional hosts; never a wildcard over S3, CloudFront or pkg.dev.
+        for h in &hosts[1..] {
+            assert!(
+                h.ends_with("-docker.pkg.dev")
+                    || (h.starts_with("prod-registry-k8s-io-") && h.ends_with(".amazonaws.com"))
+                    || h.ends_with("-eu-west-2.s3.dualstack.eu-west-2.amazonaws.com")
+                    || h.ends_with(".cloudfront.net"),
+                "{h}"
+            );
+            assert!(!h.starts_with('*'), "{h}");
+        }
+        // The registry only, not the rest of k8s.io.
+        assert_eq!(expanded("k8s.io"), None);
+        assert_eq!(expanded("*.k8s.io"), None);
+    }
+
+    #[test]
+    fn azure_container_registry_pattern_captures_the_registry_name() {
+        let (name, hosts) = expanded("contoso.azurecr.io").unwrap();
+        assert_eq!(name, "Azure Container Registry");
+        assert_eq!(hosts[0], "contoso.azurecr.io");
+        // The docs' example endpoints, and the same registry's endpoint in every region.
+        for needed in [
+            "contoso.eastus.data.azurecr.io",
+            "contoso.westus.data.azurecr.io",
+            "contoso.westeurope.data.azurecr.io",
+            "contoso.swedencentral.data.azurecr.io",
+        ] {
+            assert!(hosts.iter().any(|h| h == needed), "{needed} in {hosts:?}");
+        }
+        assert!(
+            hosts.len() > 50,
+            "every Azure public region: {}",
+            hosts.len()
+        );
+        for h in &hosts[1..] {
+            let region = h
+                .strip_prefix("contoso.")
+                .and_then(|h| h.strip_suffix(".data.azurecr.io"))
+                .unwrap_or_else(|| panic!("{h} is contoso's data endpoint"));
+            assert!(
+                region
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
+                "{h}"
+            );
+        }
+        // Never another tenant's storage: no blob.core.windows.net, no wildcard.
+        assert!(
+            !hosts
+                .iter()
+                .any(|h| h.contains("blob.core.windows.net") || h.starts_with('*'))
+        );
+        // Names are normalized before matching; a port stays on the entry.
+        let (_, hosts) = expanded("MyRegistry.AzureCR.io.").unwrap();
+        assert!(
+            hosts
+                .iter()
+                .any(|h| h == "myregistry.eastus.data.azurecr.io")
+        );
+        let expansion = expand(&host("contoso.azurecr.io:443")).unwrap();
+        assert_eq!(expansion.hosts[0].to_string(), "contoso.azurecr.io:443");
+        // One registry label: the wildcard (every registry), a regional or data endpoint
+        // written by hand, and the apex stay as written.
+        assert_eq!(expanded("*.azurecr.io"), None);
+        assert_eq!(expanded("contoso.eastus.geo.azurecr.io"), None);
+        assert_eq!(expanded("contoso.eastus.data.azurecr.io"), None);
+        assert_eq!(expanded("azurecr.io"), None);
+    }
+
+    #[test]
+    fn ngc_and_chainguard_expand_to_their_token_and_blob_hosts() {
+        let (name, hosts) = expanded("nvcr.io").unwrap();
+        assert_eq!(name, "NVIDIA NGC (nvcr.io)");
+        assert_eq!(
+            hosts,
+            ["nvcr.io", "authn.nvidia.com", "ngc.download.nvidia.com"]
+        );
+        let (name, hosts) = expanded("cgr.dev").unwrap();
+        assert_eq!(name, "Chainguard (cgr.dev)");
+        assert_eq!(
+            hosts,
+            [
+                "cgr.dev",
+                "9236a389bd48b984df91adc1bc924620.r2.cloudflarestorage.com"
+            ]
+        );
+        assert_eq!(expanded("evilcgr.dev"), None);
+        assert_eq!(expanded("a.nvcr.io"), None);
+    }
+
+    #[test]
+    fn no_preset_adds_shared_object_storage_or_docker_hub() {
+        // Domains below which anyone can host content (a bucket, a storage account, a CDN
+        // distribution, a registry): a preset names its registry's own hosts, never these
+        // domains or a wildcard over them.
+        const SHARED: [&str; 9] = [
+            "storage.googleapis.com",
+            "blob.core.windows.net",
+            "r2.cloudflarestorage.com",
+            "amazonaws.com",
+            "cloudfront.net",
+            "azurecr.io",
+            "pkg.dev",
+            "githubusercontent.com",
+            "gcr.io",
+        ];
+        for preset in presets() {
+            let expansion = expand(&host(&sample_entry(preset))).unwrap();
+            for h in &expansion.hosts[1..] {
+                for shared in SHARED {
+                    let under = h.domain == shared || h.domain.ends_with(&format!(".{shared}"));
+                    assert!(
+                        h.domain != shared && !(h.wildcard && under),
+                        "{}: {h}",
+                        preset.name
+                    );
+                }
+                if preset.name != "Docker Hub" {
+                    assert!(!reaches_docker_hub(h), "{}: {h}", preset.name);
+                }
+            }
+        }
     }
 
     #[test]
