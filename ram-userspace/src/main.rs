@@ -9,9 +9,18 @@ use clap::Parser as _;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_target(false)
-        .init();
+    let mut logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    logger.format_target(false);
+    if ram::daemon::notify::stderr_is_journal() {
+        // Under systemd: the priority as a `<N>` prefix; the journal adds the time.
+        logger.format(|out, record| {
+            use std::io::Write as _;
+            let priority = ram::daemon::notify::journal_priority(record.level());
+            writeln!(out, "<{priority}>{}", record.args())
+        });
+    }
+    logger.init();
     match cli.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

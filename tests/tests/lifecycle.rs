@@ -537,6 +537,57 @@ fn sighup_reopens_the_audit_log() {
     );
 }
 
+/// Under systemd (`$JOURNAL_STREAM` naming stderr), each log line carries its syslog priority
+/// for the journal and no time stamp.
+#[test]
+fn log_lines_carry_journal_priorities_under_systemd() {
+    use std::os::unix::fs::MetadataExt as _;
+    let cgroup = TestCgroup::new();
+    let state = Daemon::prepare(&policy(&[], &[]), &[cgroup.path()]);
+    let log_path = state.dir().join("journal-stream.log");
+    let log = fs::File::create(&log_path).unwrap();
+    let meta = log.metadata().unwrap();
+    let mut child = state
+        .ram()
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .env("RUST_LOG", "info")
+        .arg("daemon")
+        .arg("--policy")
+        .arg(state.policy_path())
+        .arg("--cgroup")
+        .arg(cgroup.path())
+        .arg("--audit-log")
+        .arg(state.audit_log())
+        .arg("--authz-socket")
+        .arg(state.authz_socket())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let started = time_until(Duration::from_secs(20), || {
+        fs::read_to_string(&log_path).is_ok_and(|text| text.contains("enforcing on"))
+    });
+    // SAFETY: kill(2) of our own child's PID.
+    unsafe { libc::kill(child.id().cast_signed(), libc::SIGTERM) };
+    let _ = child.wait();
+    let text = fs::read_to_string(&log_path).unwrap();
+    assert!(started.is_some(), "{text}");
+    for line in text.lines() {
+        assert!(
+            ["<3>", "<4>", "<6>", "<7>"]
+                .iter()
+                .any(|p| line.starts_with(p)),
+            "no priority: {line}"
+        );
+        assert!(!line.contains("Z INFO"), "a time stamp: {line}");
+    }
+    assert!(
+        text.lines().any(|l| l.starts_with("<6>enforcing on")),
+        "{text}"
+    );
+    assert!(text.lines().any(|l| l.starts_with("<6>SIGTERM")), "{text}");
+}
+
 #[test]
 fn systemd_hears_ready_once_enforcing() {
     let cgroup = TestCgroup::new();

@@ -20,6 +20,36 @@ use std::{
     },
 };
 
+/// Whether stderr is systemd's journal (`$JOURNAL_STREAM`, `DEV:INODE` of the stream systemd
+/// connected, is stderr's): log lines then carry a `<N>` syslog priority prefix, which the
+/// journal stores as the line's priority (`journalctl -p warning` shows ram's warnings), and no
+/// time stamp, which the journal adds.
+pub fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    std::fs::metadata("/proc/self/fd/2").is_ok_and(|stderr| {
+        is_journal_stream(&stream.to_string_lossy(), stderr.dev(), stderr.ino())
+    })
+}
+
+fn is_journal_stream(variable: &str, dev: u64, ino: u64) -> bool {
+    variable
+        .split_once(':')
+        .is_some_and(|(d, i)| d.parse() == Ok(dev) && i.parse() == Ok(ino))
+}
+
+/// The syslog priority of a log level, as `sd-daemon(3)` prefixes want it.
+pub fn journal_priority(level: log::Level) -> u8 {
+    match level {
+        log::Level::Error => 3,
+        log::Level::Warn => 4,
+        log::Level::Info => 6,
+        log::Level::Debug | log::Level::Trace => 7,
+    }
+}
+
 /// Sends `state` (e.g. "READY=1\nSTATUS=enforcing on 2 cgroups") to $NOTIFY_SOCKET when systemd
 /// started us with Type=notify; a no-op (Ok(false)) without it, so the daemon runs the same by
 /// hand, in containers and under other supervisors.
@@ -124,6 +154,14 @@ mod tests {
     use std::{path::PathBuf, time::Duration};
 
     use super::*;
+
+    #[test]
+    fn the_journal_stream_is_recognized_by_device_and_inode() {
+        assert!(is_journal_stream("8:12345", 8, 12345));
+        assert!(!is_journal_stream("8:12345", 8, 1));
+        assert!(!is_journal_stream("garbage", 8, 12345));
+        assert_eq!(journal_priority(log::Level::Warn), 4);
+    }
 
     /// Bounds each receive: the datagram is sent before `recv` is called, so it is already
     /// queued; the timeout only turns a bug into a failure instead of a hung test.

@@ -186,6 +186,29 @@ fn tls_mode_defaults_to_enforce_and_names_a_bad_value() {
 }
 
 #[test]
+fn metrics_are_off_unless_listen_names_an_address_or_a_socket() {
+    assert_eq!(parse("").unwrap().metrics.listen, None);
+    let tcp = parse("[metrics]\nlisten = \"127.0.0.1:9464\"\n").unwrap();
+    assert_eq!(
+        tcp.metrics.listen,
+        Some(MetricsAddress::Tcp("127.0.0.1:9464".parse().unwrap()))
+    );
+    let unix = parse("[metrics]\nlisten = \"unix:/run/ram/metrics.sock\"\n").unwrap();
+    assert_eq!(
+        unix.metrics.listen,
+        Some(MetricsAddress::Unix("/run/ram/metrics.sock".into()))
+    );
+    for bad in ["localhost:9464", "9464", "unix:metrics.sock"] {
+        let err = error_of(&format!("[metrics]\nlisten = \"{bad}\"\n"));
+        assert!(
+            err.contains(":2:") && err.contains("metrics.listen"),
+            "{bad}: {err}"
+        );
+    }
+    assert!(error_of("[metrics]\nport = 9464\n").contains("port"));
+}
+
+#[test]
 fn unknown_keys_are_errors_with_line() {
     let err = error_of("[registry_access]\nallow = []\nalow_cidrs = []\n");
     assert!(err.starts_with("policy.toml:3:1:"), "{err}");
