@@ -26,6 +26,9 @@
 //! - gate-throughput: a 256 MiB layer downloaded (curl) from a docker-registry on a test host,
 //!   directly and through ram's Docker Hub pull gate, rounds interleaved; the ratio of
 //!   throughputs, and the daemon's resident memory before and at its peak (VmHWM).
+//! - metrics-scrape: `GET /metrics` timed while the daemon is idle and during a flood of denied
+//!   connections from an enforced cgroup (every one an event the daemon audits); the median and
+//!   the 95th percentile of each, and their ratio. Goal: under 10 ms during the flood.
 
 use std::{
     io::{Read as _, Write as _},
@@ -56,12 +59,17 @@ fn main() -> anyhow::Result<()> {
         Some("worker-tls") => worker_tls(&args[2..]),
         Some("listen") => listen(args[2].parse()?),
         Some("sink") => sink(&args[2]),
+        Some("worker-deny") => worker_deny(args[2].parse()?, args[3].parse()?),
         // Optional first argument: run only benchmarks whose name contains it.
         filter => {
             let wanted = |name: &str| filter.is_none_or(|f| name.contains(f));
             // Before pinning: registry, gate and curl each need a CPU of their own.
             if wanted("gate-throughput") {
                 gate_throughput()?;
+            }
+            // Before pinning too: the flood, the daemon and the scrapes each on a CPU.
+            if wanted("metrics-scrape") {
+                metrics_scrape()?;
             }
             pin_to_last_cpu();
             if wanted("connect-loopback") {
@@ -92,6 +100,19 @@ fn worker_connect(addr: SocketAddr, count: usize) -> anyhow::Result<()> {
         reset_on_close(&stream);
     }
     report(start, count)
+}
+
+/// `worker-deny ADDR SECONDS`: connects to ADDR (denied) as fast as it can for SECONDS;
+/// prints how many attempts it made.
+fn worker_deny(addr: SocketAddr, seconds: u64) -> anyhow::Result<()> {
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let mut attempts = 0u64;
+    while Instant::now() < until {
+        let _ = TcpStream::connect_timeout(&addr, Duration::from_millis(100));
+        attempts += 1;
+    }
+    println!("{attempts}");
+    Ok(())
 }
 
 /// `worker-dns RESOLVER NAME N`: N queries for NAME (A), each waiting for its answer; prints
@@ -818,6 +839,68 @@ fn gate_throughput() -> anyhow::Result<()> {
         rss_before,
         peak,
         GATE_ROUNDS + 1
+    );
+    Ok(())
+}
+
+/// One `GET /metrics` on `addr`; milliseconds until the whole answer arrived.
+fn scrape_ms(addr: SocketAddr) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let mut stream = TcpStream::connect(addr)?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer)?;
+    ensure!(answer.starts_with(b"HTTP/1.1 200"), "the scrape failed");
+    Ok(start.elapsed().as_secs_f64() * 1e3)
+}
+
+fn metrics_scrape() -> anyhow::Result<()> {
+    const LISTEN: &str = "127.0.0.1:9475";
+    const FLOOD_SECONDS: u64 = 6;
+    let _net = TestNet::new();
+    let cgroup = TestCgroup::new();
+    let mut daemon = Daemon::start(
+        &format!("[registry_access]\nallow_loopback = false\n[metrics]\nlisten = \"{LISTEN}\"\n"),
+        &[cgroup.path()],
+    )?;
+    daemon.wait_for_line("Prometheus endpoint on", Duration::from_secs(5))?;
+    let addr: SocketAddr = LISTEN.parse()?;
+    let percentile = |values: &mut Vec<f64>, p: f64| {
+        values.sort_by(f64::total_cmp);
+        values[((values.len() - 1) as f64 * p).round() as usize]
+    };
+    let mut quiet = Vec::new();
+    for _ in 0..ROUNDS {
+        quiet.push(scrape_ms(addr)?);
+        thread::sleep(Duration::from_millis(20));
+    }
+    // A denied destination: a test host no rule allows (port 9; nothing is sent).
+    let denied = format!("{}:9", TestNet::PEER_V4[2]);
+    let flood = cgroup
+        .command(std::env::current_exe()?)
+        .args(["worker-deny", &denied, &FLOOD_SECONDS.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    thread::sleep(Duration::from_millis(500));
+    let mut flooded = Vec::new();
+    for _ in 0..ROUNDS {
+        flooded.push(scrape_ms(addr)?);
+        thread::sleep(Duration::from_millis(50));
+    }
+    let output = flood.wait_with_output()?;
+    let attempts: f64 = String::from_utf8(output.stdout)?.trim().parse()?;
+    let (quiet_median, quiet_p95) = (percentile(&mut quiet, 0.5), percentile(&mut quiet, 0.95));
+    let (flood_median, flood_p95) = (
+        percentile(&mut flooded, 0.5),
+        percentile(&mut flooded, 0.95),
+    );
+    println!(
+        "metrics-scrape: idle median {quiet_median:.2} ms (p95 {quiet_p95:.2}); during a flood of \
+         {:.0} denials/s: median {flood_median:.2} ms (p95 {flood_p95:.2}), ratio {:.2}; goal < 10 \
+         ms: {}",
+        attempts / FLOOD_SECONDS as f64,
+        flood_median / quiet_median,
+        if flood_p95 < 10.0 { "met" } else { "NOT met" }
     );
     Ok(())
 }

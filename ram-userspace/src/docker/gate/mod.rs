@@ -375,7 +375,7 @@ impl State {
                     });
                 }
                 if let Err(denial) = verdict {
-                    return registry_error(StatusCode::FORBIDDEN, "DENIED", &denial.to_string());
+                    return denied(&denial.to_string());
                 }
                 format!("{upstream}{path}{query}")
             }
@@ -396,6 +396,17 @@ impl State {
 }
 
 /// A registry API error (the distribution spec's JSON), as Docker clients print it.
+/// A refusal: the registry error `DENIED` with Docker's message, which is also the status
+/// line's reason phrase (`403 image access denied: …`) for clients that show the status line
+/// and not the body (containerd's resolver, a `HEAD` request).
+fn denied(message: &str) -> Response<GateBody> {
+    let mut response = registry_error(StatusCode::FORBIDDEN, "DENIED", message);
+    if let Ok(reason) = hyper::ext::ReasonPhrase::try_from(message.as_bytes()) {
+        response.extensions_mut().insert(reason);
+    }
+    response
+}
+
 fn registry_error(status: StatusCode, code: &str, message: &str) -> Response<GateBody> {
     let body = json!({ "errors": [{ "code": code, "message": message }] }).to_string();
     Response::builder()
@@ -456,7 +467,11 @@ mod tests {
             .expect("the gate listens");
         let at = gate.listen();
         let denied = get(at, "/v2/someuser/x/manifests/latest").await.unwrap();
-        assert!(denied.starts_with("HTTP/1.1 403 "), "{denied}");
+        assert!(
+            denied
+                .starts_with("HTTP/1.1 403 image access denied: community images not allowed\r\n"),
+            "{denied}"
+        );
         assert!(
             denied.contains(
                 r#"{"errors":[{"code":"DENIED","message":"image access denied: community images not allowed"}]}"#
