@@ -215,6 +215,36 @@ fn metrics_move_with_dns_answers_and_denials_and_carry_no_addresses() {
         "{reloaded}"
     );
 
+    // One local user holding idle connections: their share is bounded, and the scrape (root's)
+    // is answered at once meanwhile.
+    let (host, port) = LISTEN.rsplit_once(':').unwrap();
+    let mut holder = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+        ])
+        .arg(ram_tests::client_script("hold_connections.py"))
+        .args([host, port, "200"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let open: usize = line.trim().trim_start_matches("open ").parse().unwrap();
+    assert!(open <= 32, "one user kept {open} connections");
+    let started = std::time::Instant::now();
+    assert!(scrape().contains("# TYPE ram_decisions_total counter"));
+    assert!(started.elapsed() < Duration::from_secs(2));
+    drop(holder.stdin.take());
+    let _ = holder.wait();
+
     // Moved to a Unix socket (root only) by an edit: the port closes.
     let socket = daemon.state().run_dir().join("metrics.sock");
     daemon.state().write_policy(&policy(

@@ -23,6 +23,7 @@ use tokio::{
 
 use super::sockets::bind_metrics_socket;
 use crate::{
+    docker::gate::clients::{Share, UserShares},
     error_chain,
     events::metrics::{KernelReading, SharedMetrics},
     kernel::{KernelReader, PinDir},
@@ -34,6 +35,15 @@ const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// A scrape's request is a few hundred bytes; anything larger is not a scraper.
 const MAX_HEADER: usize = 8 * 1024;
+
+/// Connections users other than root may hold at once, together (each at most 32): a local
+/// process that opens thousands must not take the daemon's file descriptors (which the event
+/// loop shares), nor the scraper's place. Root's are not limited.
+const OTHERS_MAX_CONNECTIONS: usize = 64;
+
+/// How long one connection may stay open: a scrape takes milliseconds, and a client that sends
+/// nothing must not hold its place for ever.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(10);
 
 pub struct MetricsServer {
     metrics: SharedMetrics,
@@ -127,6 +137,7 @@ enum Listener {
 
 /// Accepts scrapes until the runtime ends.
 async fn serve(listener: Listener, reader: Arc<KernelReader>, metrics: SharedMetrics) {
+    let shares = UserShares::new(OTHERS_MAX_CONNECTIONS);
     match listener {
         Listener::Tcp(listener) => {
             let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
@@ -136,7 +147,10 @@ async fn serve(listener: Listener, reader: Arc<KernelReader>, metrics: SharedMet
             loop {
                 match listener.accept().await {
                     Ok((stream, _)) => {
-                        tokio::spawn(serve_connection(stream, reader.clone(), metrics.clone()));
+                        // Refused past the user's share: closed at once.
+                        if let Some(share) = shares.admit(&stream) {
+                            spawn_bounded(share, stream, &reader, &metrics);
+                        }
                     }
                     Err(err) => accept_failed(&err).await,
                 }
@@ -149,14 +163,31 @@ async fn serve(listener: Listener, reader: Arc<KernelReader>, metrics: SharedMet
             };
             loop {
                 match listener.accept().await {
-                    Ok((stream, _)) => {
-                        tokio::spawn(serve_connection(stream, reader.clone(), metrics.clone()));
-                    }
+                    // The socket is root's (0600): nobody else connects.
+                    Ok((stream, _)) => spawn_bounded(None, stream, &reader, &metrics),
                     Err(err) => accept_failed(&err).await,
                 }
             }
         }
     }
+}
+
+/// Serves `stream` for at most [`CONNECTION_LIFETIME`], holding its user's `share` meanwhile.
+fn spawn_bounded(
+    share: Option<Share>,
+    stream: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    reader: &Arc<KernelReader>,
+    metrics: &SharedMetrics,
+) {
+    let (reader, metrics) = (reader.clone(), metrics.clone());
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(
+            CONNECTION_LIFETIME,
+            serve_connection(stream, reader, metrics),
+        )
+        .await;
+        drop(share);
+    });
 }
 
 /// E.g. out of file descriptors: do not spin.

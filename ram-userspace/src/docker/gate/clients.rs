@@ -1,6 +1,6 @@
 //! The gate's local clients: who owns a connection (the uid of the client socket, from the
 //! kernel's socket tables) and how many connections each user holds, so that no local user
-//! can take the connections dockerd's pulls need.
+//! can take the connections dockerd's pulls need (or, for the metrics endpoint, a scraper's).
 
 use std::{
     collections::HashMap,
@@ -15,14 +15,14 @@ const MAX_PER_USER: usize = 32;
 
 /// Connections held per local user (root's are not limited beyond [`MAX_CONNECTIONS`]).
 #[derive(Clone)]
-pub(super) struct UserShares {
+pub(crate) struct UserShares {
     held: Arc<Mutex<HashMap<u32, usize>>>,
     /// Connections all users but root may hold together.
     others_max: usize,
 }
 
 /// One admitted connection of a user other than root; gives its place back when dropped.
-pub(super) struct Share {
+pub(crate) struct Share {
     users: UserShares,
     uid: u32,
 }
@@ -44,7 +44,7 @@ impl Drop for Share {
 }
 
 impl UserShares {
-    pub(super) fn new(others_max: usize) -> Self {
+    pub(crate) fn new(others_max: usize) -> Self {
         Self {
             held: Arc::default(),
             others_max,
@@ -54,7 +54,7 @@ impl UserShares {
     /// Whether a new connection from `stream`'s owner fits its share: `Some` (holding the
     /// place, `None` inside for root) or `None` (refuse). An owner that cannot be found
     /// counts as one user, `u32::MAX`.
-    pub(super) fn admit(&self, stream: &TcpStream) -> Option<Option<Share>> {
+    pub(crate) fn admit(&self, stream: &TcpStream) -> Option<Option<Share>> {
         let uid = stream
             .peer_addr()
             .ok()

@@ -26,7 +26,7 @@
 //! its own shared with the authorization plugin, so that a large pull never delays the
 //! daemon's enforcement events, and the daemon's load never slows a pull.
 
-mod clients;
+pub(crate) mod clients;
 pub mod routes;
 pub mod upstream;
 
