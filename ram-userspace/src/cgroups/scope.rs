@@ -17,14 +17,15 @@ use std::{
 };
 
 /// The engine processes and systemd units `scope.docker` looks for: the Docker Engine,
-/// containerd, Podman's API service and a standalone BuildKit daemon.
-const ENGINE_UNITS: [&str; 4] = [
+/// containerd, Podman's API service, a standalone BuildKit daemon and CRI-O (Kubernetes nodes).
+const ENGINE_UNITS: [&str; 5] = [
     "docker.service",
     "containerd.service",
     "podman.service",
     "buildkit.service",
+    "crio.service",
 ];
-const ENGINE_PROCESSES: [&str; 4] = ["dockerd", "containerd", "podman", "buildkitd"];
+const ENGINE_PROCESSES: [&str; 5] = ["dockerd", "containerd", "podman", "buildkitd", "crio"];
 
 /// Prefixes runtimes put before a container id in a cgroup name (`docker-<id>.scope`).
 const CONTAINER_PREFIXES: [&str; 5] = ["docker-", "cri-containerd-", "crio-", "libpod-", ""];
@@ -335,7 +336,8 @@ mod tests {
         assert!(skipped.is_empty());
     }
 
-    /// Podman's API service and BuildKit's daemon are engines; a `podman` a user types is not.
+    /// Podman's API service, BuildKit's daemon and CRI-O are engines; a `podman` a user types is
+    /// not.
     #[test]
     fn podman_service_and_buildkitd_are_engines() {
         let mount = Tree::new("podman");
@@ -367,11 +369,16 @@ mod tests {
             "/buildkit",
             b"buildkitd\0",
         );
+        process("23", "crio", "/usr/bin/crio", "/crio-engine", b"crio\0");
         let (found, _) = engine_cgroups(&mount.0, &proc.0);
         let paths: Vec<&Path> = found.iter().map(|f| f.path.as_path()).collect();
         assert_eq!(
             paths,
-            vec![mount.0.join("buildkit"), mount.0.join("podman-api")],
+            vec![
+                mount.0.join("buildkit"),
+                mount.0.join("crio-engine"),
+                mount.0.join("podman-api")
+            ],
             "{found:?}"
         );
     }

@@ -10,8 +10,9 @@
 //!   (`/etc/docker/daemon.json`), and the authorization plugin `ram`;
 //! - containerd (not the one dockerd runs for itself): `docker.io/hosts.toml` under the CRI
 //!   plugin's registry `config_path` (`/etc/containerd/certs.d` when unset);
-//! - `podman system service`: a `[[registry]]` for `docker.io` in its registries.conf
-//!   (`CONTAINERS_REGISTRIES_CONF`, or `/etc/containers/registries.conf` and `.conf.d/`).
+//! - `podman system service` and CRI-O: a `[[registry]]` for `docker.io` in their
+//!   registries.conf (`CONTAINERS_REGISTRIES_CONF`, or `/etc/containers/registries.conf` and
+//!   `.conf.d/`).
 
 use std::{
     fs,
@@ -47,7 +48,8 @@ pub fn gate_warnings(
             "containerd" if !engine.started_by("dockerd") => {
                 warnings.extend(engine.containerd_warning(gate));
             }
-            "podman" => warnings.extend(engine.podman_warning(gate)),
+            // CRI-O reads the same registries.conf as Podman.
+            "podman" | "crio" => warnings.extend(engine.registries_conf_warning(&comm, gate)),
             _ => {}
         }
     }
@@ -182,7 +184,7 @@ impl Process<'_> {
         })
     }
 
-    fn podman_warning(&self, gate: SocketAddr) -> Option<String> {
+    fn registries_conf_warning(&self, comm: &str, gate: SocketAddr) -> Option<String> {
         let files: Vec<PathBuf> = match self.env("CONTAINERS_REGISTRIES_CONF") {
             Some(file) => vec![self.path(&file)],
             None => {
@@ -208,10 +210,14 @@ impl Process<'_> {
         });
         (!configured).then(|| {
             format!(
-                "podman system service (pid {pid}) does not pull from Docker Hub through the \
-                 pull gate: no [[registry]] for docker.io in its registries.conf names {gate}, \
-                 so its Docker Hub pulls fail (`ram image-access config {engine}` prints the \
-                 entry)",
+                "{name} (pid {pid}) does not pull from Docker Hub through the pull gate: no \
+                 [[registry]] for docker.io in its registries.conf names {gate}, so its Docker \
+                 Hub pulls fail (`ram image-access config {engine}` prints the entry)",
+                name = if comm == "podman" {
+                    "podman system service"
+                } else {
+                    comm
+                },
                 pid = self.pid,
                 engine = Engine::Podman,
             )
