@@ -1222,7 +1222,16 @@ impl TestDocker {
             extra_args,
             authz_socket,
             None,
+            &[],
         )
+    }
+
+    /// As [`Self::start`], with `shared` (mount points, e.g. /sys/fs/bpf) made shared mounts in
+    /// dockerd's mount namespace: containers may then bind-mount them with `rslave`
+    /// propagation (what the kubelet's `HostToContainer` asks for), which dockerd refuses for a
+    /// private mount. The host's own mounts are left as they are.
+    pub fn start_sharing(cgroup: &TestCgroup, resolver: IpAddr, shared: &[&Path]) -> Self {
+        Self::launch(cgroup, resolver, &[], &[], None, None, shared)
     }
 
     /// A Docker Engine with real container networking: dockerd in `net`'s namespace, with its
@@ -1236,6 +1245,7 @@ impl TestDocker {
             &[],
             None,
             Some(net),
+            &[],
         )
     }
 
@@ -1246,6 +1256,7 @@ impl TestDocker {
         extra_args: &[&str],
         authz_socket: Option<&Path>,
         net: Option<&EngineNet>,
+        shared_mounts: &[&Path],
     ) -> Self {
         // An engine of the test before may still be on its way out (killed with its cgroup,
         // not yet reaped): give it a few seconds.
@@ -1306,7 +1317,16 @@ impl TestDocker {
         cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
             .arg(
                 "r=$1; e=$2; shift 2; mount --bind \"$r\" /etc/resolv.conf && \
-                 mount --bind \"$e\" /etc/docker && exec dockerd \"$@\"",
+                 mount --bind \"$e\" /etc/docker && for m in $RAMT_SHARED_MOUNTS; do \
+                 mount --make-rshared \"$m\" || exit 1; done && exec dockerd \"$@\"",
+            )
+            .env(
+                "RAMT_SHARED_MOUNTS",
+                shared_mounts
+                    .iter()
+                    .map(|m| m.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(" "),
             )
             .arg("sh")
             .arg(&resolv)
@@ -1575,6 +1595,11 @@ pub struct TestContainerd {
 impl TestContainerd {
     /// Starts containerd; returns once `ctr version` answers (at most 30 s).
     pub fn start(cgroup: &TestCgroup, net: &EngineNet) -> Self {
+        Self::start_with(cgroup, net, "")
+    }
+
+    /// [`Self::start`] with `extra` appended to its configuration (TOML tables).
+    pub fn start_with(cgroup: &TestCgroup, net: &EngineNet, extra: &str) -> Self {
         let others = other_engines(cgroup.path());
         assert!(
             others.is_empty(),
@@ -1589,7 +1614,7 @@ impl TestContainerd {
                 "version = 2\nroot = \"{root}/root\"\nstate = \"{root}/state\"\n\
                  disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
                  [grpc]\n  address = \"{root}/containerd.sock\"\n\
-                 [ttrpc]\n  address = \"{root}/containerd.sock.ttrpc\"\n",
+                 [ttrpc]\n  address = \"{root}/containerd.sock.ttrpc\"\n{extra}",
                 root = root.display()
             ),
         );
@@ -1676,6 +1701,16 @@ impl TestPodman {
 
     /// `podman ARGS` as described above.
     pub fn podman(&self) -> Command {
+        self.command(Some(&self.net))
+    }
+
+    /// `podman ARGS` as [`Self::podman`], but in the host's network namespace: for pulls from
+    /// a registry (or ram's pull gate) on the host's loopback.
+    pub fn podman_host_network(&self) -> Command {
+        self.command(None)
+    }
+
+    fn command(&self, net: Option<&Path>) -> Command {
         let root = self.dir.path();
         let procs = self.cgroup.join("cgroup.procs");
         let mut cmd = Command::new("nsenter");
@@ -1683,36 +1718,40 @@ impl TestPodman {
         unsafe {
             cmd.pre_exec(move || fs::write(&procs, b"0"));
         }
-        cmd.arg(format!("--net={}", self.net.display()))
-            .args([
-                "unshare",
-                "--mount",
-                "--propagation",
-                "private",
-                "--",
-                "sh",
-                "-c",
-            ])
-            .arg(
-                "r=$1; shift; mount --bind \"$r\" /etc/resolv.conf && \
+        match net {
+            Some(net) => cmd.arg(format!("--net={}", net.display())),
+            // nsenter with no namespace runs the command where it is.
+            None => cmd.arg("--preserve-credentials"),
+        };
+        cmd.args([
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+        ])
+        .arg(
+            "r=$1; shift; mount --bind \"$r\" /etc/resolv.conf && \
                  mount -t tmpfs tmpfs /var/lib && mount -t tmpfs tmpfs /run/netns && \
                  exec podman \"$@\"",
-            )
-            .arg("sh")
-            .arg(root.join("resolv.conf"))
-            .arg(format!("--root={}", root.join("storage").display()))
-            .arg(format!("--runroot={}", root.join("run").display()))
-            .arg(format!("--tmpdir={}", root.join("tmp").display()))
-            .arg(format!(
-                "--network-config-dir={}",
-                root.join("networks").display()
-            ))
-            .args([
-                "--storage-driver=vfs",
-                "--cgroup-manager=cgroupfs",
-                "--events-backend=none",
-                "--log-level=warn",
-            ]);
+        )
+        .arg("sh")
+        .arg(root.join("resolv.conf"))
+        .arg(format!("--root={}", root.join("storage").display()))
+        .arg(format!("--runroot={}", root.join("run").display()))
+        .arg(format!("--tmpdir={}", root.join("tmp").display()))
+        .arg(format!(
+            "--network-config-dir={}",
+            root.join("networks").display()
+        ))
+        .args([
+            "--storage-driver=vfs",
+            "--cgroup-manager=cgroupfs",
+            "--events-backend=none",
+            "--log-level=warn",
+        ]);
         cmd
     }
 

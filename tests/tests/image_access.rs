@@ -240,6 +240,9 @@ fn pull_gate_judges_pulls_and_builds_and_docker_hub_is_reached_only_through_it()
         ],
         Some(&socket),
     );
+    // Pointed at the gate and asking the plugin: `ram status` has nothing to say about it.
+    let warnings = daemon.status()["warnings"].clone();
+    assert_eq!(warnings, serde_json::json!([]), "{warnings}");
 
     // Official and organization images come through the gate from the upstream.
     for image in ["busybox", "mycompany/app", "somepublisher/tool"] {
@@ -520,31 +523,6 @@ fn pull_gate_passes_token_authentication_and_cdn_redirects_on() {
     assert!(repeated >= 1999 - 10, "{lines:#?}");
 }
 
-/// Holds `count` idle connections to the gate as user `nobody` until stdin closes; prints how
-/// many the gate kept open (the others it closed at once) once they have had time to close.
-const HOLD_CONNECTIONS: &str = r#"
-import socket, sys, time
-host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-held = []
-for _ in range(count):
-    s = socket.create_connection((host, port), timeout=5)
-    held.append(s)
-time.sleep(1)
-open_ones = 0
-for s in held:
-    s.setblocking(False)
-    try:
-        data = s.recv(1)
-        if data:
-            open_ones += 1
-    except BlockingIOError:
-        open_ones += 1
-    except OSError:
-        pass
-print("open", open_ones, flush=True)
-sys.stdin.read()
-"#;
-
 /// One local user cannot take the gate's connections: another user's share is bounded, and
 /// root (dockerd) is still answered at once while the flood holds its connections open.
 #[test]
@@ -567,9 +545,8 @@ fn one_local_user_cannot_starve_the_pull_gate() {
             "--regid=65534",
             "--clear-groups",
             "/usr/bin/python3",
-            "-c",
         ])
-        .arg(HOLD_CONNECTIONS)
+        .arg(ram_tests::client_script("hold_connections.py"))
         .args([host, port, "200"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -594,4 +571,177 @@ fn one_local_user_cannot_starve_the_pull_gate() {
     );
     drop(flood.stdin.take());
     let _ = flood.wait();
+}
+
+/// containerd (with `ctr`, which pulls itself, as the CRI plugin does inside containerd) and
+/// Podman, pointed at the pull gate with the files `ram image-access config` prints: official
+/// and organization images pull from the upstream through the gate, a community image is
+/// refused with Docker's message where the engine shows it, and the upstream is not reachable
+/// around the gate. No dockerd anywhere.
+#[test]
+fn containerd_and_podman_pull_docker_hub_images_through_the_gate() {
+    let net = TestNet::new();
+    let hub_ip = TestNet::PEER_V4[1];
+    let hub = format!("{hub_ip}:{HUB_PORT}");
+    let hub_dir = TempDir::new();
+    let _hub = net.registry(&hub_dir, hub_ip.into(), HUB_PORT);
+    for image in [
+        "library/busybox:latest",
+        "mycompany/app:latest",
+        "someuser/custom-image:latest",
+    ] {
+        ram_tests::push_image(
+            &format!("http://{hub}"),
+            image,
+            &format!("this is {image}\n"),
+        );
+    }
+    let _dns = net.dnsmasq(&[("registry-1.docker.io", TestNet::PEER_V4[2].into())], &[]);
+    let resolver = TestNet::PEER_V4[0].to_string();
+
+    let engine_cgroup = TestCgroup::new();
+    let state = Daemon::prepare(&gate_policy(&hub, &resolver, true), &[engine_cgroup.path()]);
+    let policy_file = state.policy_path();
+    let mut daemon = state.start().unwrap();
+    daemon
+        .wait_for_line("Docker Hub pull gate on", Duration::from_secs(5))
+        .unwrap();
+    let config = |engine: &str| {
+        daemon
+            .ram(&[
+                "image-access",
+                "config",
+                engine,
+                "--policy",
+                policy_file.to_str().unwrap(),
+            ])
+            .unwrap()
+    };
+
+    // containerd: hosts.toml in a hosts directory, which its CRI plugin is given too (so that
+    // `ram status` finds the gate configured).
+    let hosts = TempDir::new();
+    std::fs::create_dir_all(hosts.path().join("docker.io")).unwrap();
+    hosts.write("docker.io/hosts.toml", &config("containerd"));
+    let engine_net = ram_tests::EngineNet::new();
+    // First a containerd left as installed (no registry config_path): `ram status` names it.
+    let unconfigured = ram_tests::TestContainerd::start(&engine_cgroup, &engine_net);
+    let warnings = daemon.status()["warnings"].to_string();
+    assert!(
+        warnings.contains("containerd (pid")
+            && warnings.contains("/etc/containerd/certs.d/docker.io/hosts.toml"),
+        "{warnings}"
+    );
+    drop(unconfigured);
+    let containerd = ram_tests::TestContainerd::start_with(
+        &engine_cgroup,
+        &engine_net,
+        &format!(
+            "[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"{}\"\n",
+            hosts.path().display()
+        ),
+    );
+    let ctr_pull = |image: &str, extra: &[&str]| {
+        let mut cmd = engine_cgroup.command("ctr");
+        cmd.arg(format!(
+            "--address={}",
+            containerd.dir().join("containerd.sock").display()
+        ))
+        .args(["image", "pull", "--hosts-dir"])
+        .arg(hosts.path())
+        .args(extra)
+        .arg(image);
+        let output = cmd.output().expect("running ctr");
+        (
+            output.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ),
+        )
+    };
+    for image in [
+        "docker.io/library/busybox:latest",
+        "docker.io/mycompany/app:latest",
+    ] {
+        let (ok, output) = ctr_pull(image, &[]);
+        assert!(ok, "{image}: {output}\ncontainerd:\n{}", containerd.log());
+    }
+    let (ok, output) = ctr_pull("docker.io/someuser/custom-image:latest", &[]);
+    assert!(!ok, "a community image was pulled: {output}");
+    assert!(
+        output.contains("403 image access denied: community images not allowed"),
+        "{output}"
+    );
+    // The upstream by address, around the gate: refused by the kernel.
+    let (ok, output) = ctr_pull(
+        &format!("{hub}/someuser/custom-image:latest"),
+        &["--plain-http"],
+    );
+    assert!(!ok, "{output}");
+    assert!(output.contains("operation not permitted"), "{output}");
+
+    // ram enforces this containerd and finds it pointed at the gate: no warning about it.
+    let warnings = daemon.status()["warnings"].to_string();
+    assert!(!warnings.contains("containerd"), "{warnings}");
+
+    // Podman, with the registries.conf ram prints.
+    let podman = ram_tests::TestPodman::new(&engine_cgroup, &engine_net, resolver.parse().unwrap());
+    let registries = podman.dir().join("registries.conf");
+    std::fs::write(&registries, config("podman")).unwrap();
+    let podman_pull = |image: &str, extra: &[&str]| {
+        let output = podman
+            .podman_host_network()
+            .env("CONTAINERS_REGISTRIES_CONF", &registries)
+            .arg("pull")
+            .args(extra)
+            .arg(image)
+            .output()
+            .expect("running podman");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    for image in [
+        "docker.io/library/busybox:latest",
+        "docker.io/mycompany/app:latest",
+    ] {
+        let (ok, err) = podman_pull(image, &[]);
+        assert!(ok, "{image}: {err}");
+    }
+    let (ok, err) = podman_pull("docker.io/someuser/custom-image:latest", &[]);
+    assert!(!ok, "a community image was pulled: {err}");
+    assert!(
+        err.contains("image access denied: community images not allowed"),
+        "{err}"
+    );
+    let (ok, err) = podman_pull(
+        &format!("{hub}/someuser/custom-image:latest"),
+        &["--tls-verify=false"],
+    );
+    assert!(!ok, "{err}");
+    assert!(err.contains("operation not permitted"), "{err}");
+
+    // Every decision is the gate's, audited; the upstream by address is the kernel's.
+    let records = audit_records(&daemon.audit_log);
+    let gate_denials: Vec<_> = records
+        .iter()
+        .filter(|r| {
+            r["via"] == "pull_gate"
+                && r["verdict"] == "deny"
+                && r["image"] == "someuser/custom-image:latest"
+        })
+        .collect();
+    assert!(!gate_denials.is_empty(), "{records:#?}");
+    let upstream = hub_ip.to_string();
+    for comm in ["ctr", "podman"] {
+        assert!(
+            records.iter().any(|r| r["verdict"] == "deny"
+                && r["dst_addr"] == upstream.as_str()
+                && r["comm"] == comm),
+            "no kernel denial of {comm}'s connection to the upstream: {records:#?}"
+        );
+    }
 }
