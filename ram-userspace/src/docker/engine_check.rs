@@ -96,7 +96,7 @@ impl Process<'_> {
     }
 
     fn read(&self, path: &str) -> Option<String> {
-        fs::read_to_string(self.path(path)).ok()
+        read_config(&self.path(path))
     }
 
     fn started_by(&self, comm: &str) -> bool {
@@ -203,8 +203,7 @@ impl Process<'_> {
             }
         };
         let configured = files.iter().any(|file| {
-            fs::read_to_string(file)
-                .ok()
+            read_config(file)
                 .and_then(|text| toml::from_str::<toml::Table>(&text).ok())
                 .is_some_and(|table| registries_conf_sends_docker_io_to(&table, gate))
         });
@@ -224,6 +223,28 @@ impl Process<'_> {
         })
     }
 }
+
+/// A configuration file's text, if it is a regular file of at most [`MAX_CONFIG`] bytes: this
+/// runs on the event loop (`ram status`), which a FIFO or a huge file must not stall.
+fn read_config(path: &Path) -> Option<String> {
+    use std::{io::Read as _, os::unix::fs::OpenOptionsExt as _};
+    // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer.
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    let metadata = file.metadata().ok()?;
+    if !metadata.is_file() || metadata.len() > MAX_CONFIG {
+        return None;
+    }
+    let mut text = String::new();
+    file.take(MAX_CONFIG).read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+/// Engine configuration files are a few KiB.
+const MAX_CONFIG: u64 = 1024 * 1024;
 
 /// The values of `flag` in `args`: `--flag=VALUE` and `--flag VALUE`.
 fn flag_values(args: &[String], flag: &str) -> Vec<String> {
@@ -334,6 +355,23 @@ mod tests {
         ] {
             assert!(!names_gate(no, gate()), "{no}");
         }
+    }
+
+    #[test]
+    fn only_regular_files_are_read() {
+        let dir = Tree::new("engine-check-fifo");
+        let fifo = dir.0.join("daemon.json");
+        let path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+        assert_eq!(
+            read_config(&fifo),
+            None,
+            "a FIFO is not read (nor waited on)"
+        );
+        assert_eq!(read_config(&dir.0), None, "nor a directory");
+        dir.file("ok.json", "{}");
+        assert_eq!(read_config(&dir.0.join("ok.json")).as_deref(), Some("{}"));
     }
 
     #[test]
