@@ -31,18 +31,21 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/* The policy the ConfigMap holds: values.policy, and the [metrics] section when enabled. */}}
 {{- define "ram.policy" -}}
-{{- .Values.policy -}}
-{{- if .Values.metrics.enabled }}
+{{- if .Values.metrics.enabled -}}
+{{ .Values.policy | trimSuffix "\n" }}
 
 # Added by the chart (metrics.enabled): ram serves Prometheus metrics here.
 [metrics]
 listen = {{ .Values.metrics.listen | quote }}
-{{ end -}}
+{{ else -}}
+{{ .Values.policy }}
+{{- end -}}
 {{- end -}}
 
-{{/* The metrics port, when ram listens on a TCP address (HOST:PORT, [V6]:PORT). */}}
+{{/* The metrics port, when ram listens on a TCP address (HOST:PORT, [V6]:PORT), not on a Unix
+socket (unix:/PATH). */}}
 {{- define "ram.metricsPort" -}}
-{{- if and .Values.metrics.enabled (contains ":" .Values.metrics.listen) (not (hasPrefix "/" .Values.metrics.listen)) -}}
+{{- if and .Values.metrics.enabled (contains ":" .Values.metrics.listen) (not (hasPrefix "unix:" .Values.metrics.listen)) -}}
 {{- splitList ":" .Values.metrics.listen | last -}}
 {{- end -}}
 {{- end -}}
