@@ -365,10 +365,10 @@ fn the_chart_renders_the_committed_manifests_with_what_the_daemonset_needs() {
         .arg(&file)
         .output()
         .unwrap();
-    eprintln!(
-        "ram policy check of the policy with [metrics]: {} {}",
-        check.status,
-        String::from_utf8_lossy(&check.stderr).trim()
+    assert!(
+        check.status.success(),
+        "ram policy check of the policy with [metrics]: {}",
+        String::from_utf8_lossy(&check.stderr)
     );
     let docs = documents(&render(&["--kube-version", "1.29.0"]));
     let daemonset = find(&docs, "DaemonSet", "ram");
