@@ -9,9 +9,11 @@
 //! - `bench`: setup, build ram (release), run the side-by-side benchmarks.
 //! - `chart`: `helm lint` the Helm chart and render deploy/kubernetes/ from it.
 //! - `image [--tag T]`: build ram's container image (deploy/Dockerfile) with `docker build`.
+//! - `deb [--ram PATH]`: build ram's Debian package into target/debian (see `package.rs`).
 
 mod deploy;
 mod matrix;
+mod package;
 mod setup;
 
 use std::{
@@ -90,6 +92,13 @@ enum Task {
         #[arg(long)]
         stage_only: bool,
     },
+    /// Build ram's Debian package, target/debian/ram_<version>_<arch>.deb: the binary, the
+    /// systemd unit and /etc/ram/policy.toml as a conffile (packaging/deb/build.sh, dpkg-deb).
+    Deb {
+        /// The ram binary to package (default: build target/release/ram).
+        #[arg(long, value_name = "PATH")]
+        ram: Option<PathBuf>,
+    },
 }
 
 fn main() {
@@ -115,6 +124,7 @@ fn main() {
             context,
             stage_only,
         }),
+        Task::Deb { ram } => package::deb(ram.as_deref()),
     };
     if let Err(err) = result {
         eprintln!("xtask: error: {err:#}");

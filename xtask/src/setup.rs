@@ -123,6 +123,18 @@ pub const APT_PACKAGES: &[AptPackage] = &[
         "packing the kernel matrix VMs' initramfs",
     ),
     package(
+        "systemd",
+        Purpose::Test,
+        "systemd-analyze verify of the Debian package's unit (tests/tests/package.rs); never \
+         started by the tests",
+    ),
+    package(
+        "dpkg-dev",
+        Purpose::Test,
+        "dpkg-shlibdeps, to check the Debian package's Depends (the package itself is built \
+         with dpkg-deb alone)",
+    ),
+    package(
         "python3-venv",
         Purpose::Test,
         "a venv for helm (the chart's lint, rendering and tests), installed from PyPI",
