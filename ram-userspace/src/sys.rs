@@ -391,6 +391,27 @@ pub fn unshare_cgroup_namespace() -> io::Result<()> {
     Ok(())
 }
 
+/// Enters the cgroup namespace of PID 1 when this process is in another one: a daemon in a pod
+/// (containerd's CRI gives each its own cgroup namespace on cgroup v2) with the host's PID
+/// namespace reads every `/proc/PID/cgroup` relative to its own cgroup otherwise
+/// (`0::/../../system.slice/…`), and finds no engine by its process. Returns whether it moved.
+/// Must run before any thread starts: setns(2) moves the calling thread only, and threads
+/// started later inherit it. Needs CAP_SYS_ADMIN.
+pub fn enter_init_cgroup_namespace() -> io::Result<bool> {
+    use std::os::unix::fs::MetadataExt as _;
+    let own = std::fs::metadata("/proc/self/ns/cgroup")?;
+    let init = std::fs::metadata("/proc/1/ns/cgroup")?;
+    if (own.dev(), own.ino()) == (init.dev(), init.ino()) {
+        return Ok(false);
+    }
+    let namespace = std::fs::File::open("/proc/1/ns/cgroup")?;
+    // SAFETY: setns(2) with a descriptor we own and a namespace type flag.
+    if unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWCGROUP) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(true)
+}
+
 /// Removes `capabilities` from the bounding set (so no exec, setuid binary or file capability
 /// gives them back), clears the ambient set, and takes them out of the inheritable,
 /// permitted and effective sets. prctl(2), capset(2).

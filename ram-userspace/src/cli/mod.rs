@@ -67,6 +67,11 @@ enum Command {
     Uninstall {
         #[arg(long, value_name = "DIR", env = "RAM_PIN_DIR", default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
+        /// Once uninstalled, stay in the foreground until SIGTERM or SIGINT, then exit 0: the
+        /// main process of a Kubernetes uninstall hook, whose pod must not restart and
+        /// uninstall again. A refusal still exits 1 at once (the kubelet retries).
+        #[arg(long)]
+        then_wait: bool,
     },
 }
 
@@ -175,7 +180,13 @@ impl Cli {
             Command::ImageAccess {
                 command: ImageAccessCommand::Config { engine, policy },
             } => image_access::config(engine, policy.as_deref(), &run_dir),
-            Command::Uninstall { pin_dir } => uninstall::run(&pin_dir, &run_dir),
+            Command::Uninstall { pin_dir, then_wait } => {
+                uninstall::run(&pin_dir, &run_dir)?;
+                if then_wait {
+                    uninstall::wait_for_stop()?;
+                }
+                Ok(())
+            }
         }
     }
 }

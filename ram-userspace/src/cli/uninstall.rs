@@ -49,3 +49,22 @@ pub fn run(pin_dir: &Path, run_dir: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// Blocks until SIGTERM or SIGINT (`--then-wait`).
+pub fn wait_for_stop() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    println!("uninstalled; waiting for SIGTERM");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        Ok::<_, std::io::Error>(())
+    })?;
+    Ok(())
+}

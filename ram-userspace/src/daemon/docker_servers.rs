@@ -258,7 +258,11 @@ fn serve_authz(
         Ok(listener) => listener,
         Err(err) => {
             let err = error_chain(&err);
-            error!("image access: {err}; Docker Hub images are NOT judged");
+            error!(
+                "image access: {err}; the authorization plugin is not served, so a dockerd \
+                 configured with it refuses its requests and an unconfigured one's `docker \
+                 run/create` are not judged (pulls through the pull gate still are)"
+            );
             return false;
         }
     };

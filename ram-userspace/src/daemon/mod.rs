@@ -97,6 +97,16 @@ pub(crate) struct Daemon {
 
 /// Runs the daemon until SIGINT or SIGTERM.
 pub fn run(options: Options) -> Result<(), DaemonError> {
+    // Before any thread: see the function. Without it, engines are still found by their
+    // systemd units and containers by their cgroup names; only process-found engines are lost.
+    match crate::sys::enter_init_cgroup_namespace() {
+        Ok(true) => info!("entered the cgroup namespace of PID 1 (the host's, with its PIDs)"),
+        Ok(false) => {}
+        Err(err) => warn!(
+            "this daemon runs in a cgroup namespace of its own and cannot enter PID 1's \
+             ({err}): engines found only by their process (not a systemd unit) are missed"
+        ),
+    }
     let policy = LoadedPolicy::read(options.policy.as_deref()).map_err(DaemonError::Policy)?;
     policy.warn_if_no_resolvers();
     let sink = AuditSink::open(options.audit_log.as_deref())?;
