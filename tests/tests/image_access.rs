@@ -546,7 +546,7 @@ fn one_local_user_cannot_starve_the_pull_gate() {
             "--clear-groups",
             "/usr/bin/python3",
         ])
-        .arg(ram_tests::client_script("hold_connections.py"))
+        .arg(client_script("hold_connections.py"))
         .args([host, port, "200"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
