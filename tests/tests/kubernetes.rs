@@ -288,7 +288,7 @@ fn the_chart_renders_the_committed_manifests_with_what_the_daemonset_needs() {
         String::from_utf8_lossy(&check.stderr)
     );
 
-    // `ram uninstall` runs in the post-delete hook, and nowhere else.
+    // `ram uninstall` runs in the pre-delete hook, and nowhere else.
     let uninstallers: Vec<&Value> = docs
         .iter()
         .filter(|d| d.to_string().contains("\"uninstall\""))
@@ -298,7 +298,7 @@ fn the_chart_renders_the_committed_manifests_with_what_the_daemonset_needs() {
     assert_eq!(hook["kind"], "DaemonSet");
     assert_eq!(
         hook["metadata"]["annotations"]["helm.sh/hook"],
-        "post-delete"
+        "pre-delete"
     );
     assert!(
         !documents(&render(&["--no-hooks"]))
@@ -985,29 +985,30 @@ fn the_uninstall_hook_removes_enforcement_once_the_daemon_is_gone() {
         ram_tests::PROGRAMS_PER_CGROUP
     );
 
-    // While the daemon holds the pin directory, the hook's container refuses and exits
-    // non-zero (the kubelet would restart it), leaving enforcement in place.
-    let early = start_container(&docker, &hook, &node, &image.id, &[]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while early.exit_code().is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // Helm's pre-delete hook starts while the daemon runs (Helm does not wait for a DaemonSet
+    // hook, and goes on to delete the daemon's DaemonSet): its container waits while the
+    // daemon holds the pin directory, leaving enforcement in place.
+    let hook_container = start_container(&docker, &hook, &node, &image.id, &[]);
+    let waiting = time_until(Duration::from_secs(10), || {
+        hook_container
+            .logs()
+            .contains("uninstalling once it has stopped")
+    });
     assert!(
-        early.exit_code().is_some_and(|code| code != 0)
-            && early.logs().contains("another ram daemon holds"),
-        "the uninstall did not refuse beside a running daemon ({:?}):\n{}",
-        early.exit_code(),
-        early.logs()
+        waiting.is_some() && hook_container.exit_code().is_none(),
+        "the uninstall did not wait beside a running daemon ({:?}):\n{}",
+        hook_container.exit_code(),
+        hook_container.logs()
     );
+    std::thread::sleep(Duration::from_secs(1));
     assert_eq!(
         attached_programs(cgroup.path()).len(),
         ram_tests::PROGRAMS_PER_CGROUP
     );
 
-    // Helm's post-delete hook runs after the daemon's DaemonSet is deleted: the daemon stops,
-    // the hook's container removes the pins (and with them every link), then stays up.
+    // The DaemonSet deleted, the daemon stops: the hook's container removes the pins (and with
+    // them every link), then stays up.
     daemon.stop(grace);
-    let hook_container = start_container(&docker, &hook, &node, &image.id, &[]);
     let gone = time_until(Duration::from_secs(10), || {
         !node.state.pin_dir().exists() && attached_programs(cgroup.path()).is_empty()
     });

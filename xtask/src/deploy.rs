@@ -60,8 +60,9 @@ pub fn chart() -> Result<()> {
         manifest_header(
             "--show-only templates/uninstall.yaml",
             &[
-                "Helm's post-delete hook, as a plain manifest: apply it only after deleting the",
-                "objects of ram.yaml (docs/kubernetes.md, \"Uninstall\").",
+                "Helm's pre-delete hook, as a plain manifest: apply it, then delete the objects",
+                "of ram.yaml; it uninstalls once each node's daemon has stopped",
+                "(docs/kubernetes.md, \"Uninstall\").",
             ],
         ),
         render(&["--show-only", "templates/uninstall.yaml"])?

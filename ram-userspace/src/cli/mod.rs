@@ -67,9 +67,10 @@ enum Command {
     Uninstall {
         #[arg(long, value_name = "DIR", env = "RAM_PIN_DIR", default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
-        /// Once uninstalled, stay in the foreground until SIGTERM or SIGINT, then exit 0: the
-        /// main process of a Kubernetes uninstall hook, whose pod must not restart and
-        /// uninstall again. A refusal still exits 1 at once (the kubelet retries).
+        /// Wait for a daemon holding the pin directory to stop, uninstall, then stay in the
+        /// foreground until SIGTERM or SIGINT and exit 0: the main process of the Kubernetes
+        /// uninstall hook, which runs while the DaemonSet's daemons are being stopped and whose
+        /// pod must not restart.
         #[arg(long)]
         then_wait: bool,
     },
@@ -181,11 +182,7 @@ impl Cli {
                 command: ImageAccessCommand::Config { engine, policy },
             } => image_access::config(engine, policy.as_deref(), &run_dir),
             Command::Uninstall { pin_dir, then_wait } => {
-                uninstall::run(&pin_dir, &run_dir)?;
-                if then_wait {
-                    uninstall::wait_for_stop()?;
-                }
-                Ok(())
+                uninstall::run(&pin_dir, &run_dir, then_wait)
             }
         }
     }

@@ -8,11 +8,32 @@ use ram::{
     cgroups::{self, DEDICATED_CGROUP},
     daemon::control,
     events::auditor,
-    kernel::{PinDir, uninstall},
+    kernel::{EnforceError, PinDir, uninstall},
 };
 
-pub fn run(pin_dir: &Path, run_dir: &Path) -> Result<()> {
-    let removed = uninstall(&PinDir::new(pin_dir))?;
+/// How often `--then-wait` tries again while a daemon holds the pin directory.
+const RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `then_wait`: a daemon holding the pin directory is waited for (the Kubernetes hook runs
+/// while the DaemonSet's daemons are being stopped), and once done this stays until SIGTERM.
+pub fn run(pin_dir: &Path, run_dir: &Path, then_wait: bool) -> Result<()> {
+    let pins = PinDir::new(pin_dir);
+    let mut said = false;
+    let removed = loop {
+        match uninstall(&pins) {
+            Err(EnforceError::Busy { path }) if then_wait => {
+                if !said {
+                    println!(
+                        "a ram daemon holds {}; uninstalling once it has stopped",
+                        path.display()
+                    );
+                    said = true;
+                }
+                std::thread::sleep(RETRY);
+            }
+            other => break other?,
+        }
+    };
     println!(
         "removed {} link(s), {} program(s) and {} map(s) under {}; nothing is enforced by ram now",
         removed.links,
@@ -47,11 +68,14 @@ pub fn run(pin_dir: &Path, run_dir: &Path) -> Result<()> {
             }
         }
     }
+    if then_wait {
+        wait_for_stop()?;
+    }
     Ok(())
 }
 
 /// Blocks until SIGTERM or SIGINT (`--then-wait`).
-pub fn wait_for_stop() -> Result<()> {
+fn wait_for_stop() -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     println!("uninstalled; waiting for SIGTERM");
     let runtime = tokio::runtime::Builder::new_current_thread()
