@@ -7,17 +7,20 @@ use anyhow::{Result, bail};
 use ram::daemon::control::{self, Request, Response};
 
 pub fn run(run_dir: &Path, json: bool, ready: bool) -> Result<()> {
+    if ready {
+        // The daemon answers its control socket only once the programs are attached and the
+        // policy is in force; `enforcing` says it still is.
+        return match control::ask(run_dir, &Request::Ready)? {
+            Response::Ready { enforcing: true } => Ok(()),
+            Response::Ready { enforcing: false } => {
+                bail!("the daemon answers but is not enforcing")
+            }
+            _ => bail!("the daemon answered something else than its readiness"),
+        };
+    }
     let Response::Status(status) = control::ask(run_dir, &Request::Status)? else {
         bail!("the daemon answered something else than a status");
     };
-    if ready {
-        // The daemon opens its control socket only once the programs are attached and the
-        // policy is in force; `enforcing` says it still is.
-        if status.enforcing {
-            return Ok(());
-        }
-        bail!("the daemon answers but is not enforcing");
-    }
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(());

@@ -3,8 +3,12 @@
 //! an engine not pointed at the gate fails its Docker Hub pulls instead of being judged by
 //! category; the warning says which file to fix.
 //!
-//! Each engine's configuration is read where the engine sees it: through `/proc/PID/root` (its
-//! mount namespace) and, for relative paths, `/proc/PID/cwd`.
+//! Each engine's configuration is read where the engine sees it: inside `/proc/PID/root` (its
+//! mount namespace), relative paths from its working directory. A process that merely looks
+//! like an engine (a root build step can name itself `crio`) chooses those paths: they are
+//! opened confined to its root, regular files only, never a device or a terminal
+//! ([`sys::open_in_root`]), and every read is bounded, since `ram status` runs on the event
+//! loop.
 //!
 //! - dockerd: `--registry-mirror` flags or `registry-mirrors` in its `--config-file`
 //!   (`/etc/docker/daemon.json`), and the authorization plugin `ram`;
@@ -16,6 +20,7 @@
 
 use std::{
     fs,
+    io::Read as _,
     net::SocketAddr,
     path::{Path, PathBuf},
 };
@@ -23,6 +28,8 @@ use std::{
 use crate::{
     cgroups::{procs, scope},
     docker::engines::Engine,
+    events::records::text,
+    sys,
 };
 
 /// The warnings for the engines among `engines` (pid, comm, as `scope::engine_processes`
@@ -34,7 +41,10 @@ pub fn gate_warnings(
     gate: SocketAddr,
 ) -> Vec<String> {
     let mut warnings = Vec::new();
-    for (pid, comm) in scope::engine_processes(proc_root) {
+    for (pid, comm) in scope::engine_processes(proc_root)
+        .into_iter()
+        .take(MAX_ENGINES)
+    {
         let Some(cgroup) = procs::cgroup_of(proc_root, pid) else {
             continue;
         };
@@ -68,7 +78,7 @@ impl Process<'_> {
     }
 
     fn args(&self) -> Vec<String> {
-        fs::read(self.dir().join("cmdline"))
+        read_bounded(&self.dir().join("cmdline"))
             .unwrap_or_default()
             .split(|b| *b == 0)
             .filter(|arg| !arg.is_empty())
@@ -77,7 +87,7 @@ impl Process<'_> {
     }
 
     fn env(&self, key: &str) -> Option<String> {
-        let environ = fs::read(self.dir().join("environ")).ok()?;
+        let environ = read_bounded(&self.dir().join("environ"))?;
         environ.split(|b| *b == 0).find_map(|entry| {
             let entry = String::from_utf8_lossy(entry);
             entry
@@ -87,16 +97,27 @@ impl Process<'_> {
         })
     }
 
-    /// `path` as the engine sees it.
+    /// `path` as the engine sees it, relative to its root.
     fn path(&self, path: &str) -> PathBuf {
         match path.strip_prefix('/') {
-            Some(absolute) => self.dir().join("root").join(absolute),
-            None => self.dir().join("cwd").join(path),
+            Some(absolute) => PathBuf::from(absolute),
+            None => {
+                let cwd = fs::read_link(self.dir().join("cwd")).unwrap_or_default();
+                cwd.strip_prefix("/").unwrap_or(&cwd).join(path)
+            }
         }
     }
 
+    /// A configuration file of the engine's, confined to its root.
     fn read(&self, path: &str) -> Option<String> {
-        read_config(&self.path(path))
+        self.read_relative(&self.path(path))
+    }
+
+    fn read_relative(&self, relative: &Path) -> Option<String> {
+        let file = sys::open_in_root(&self.dir().join("root"), relative).ok()?;
+        let mut text = String::new();
+        file.take(MAX_CONFIG).read_to_string(&mut text).ok()?;
+        Some(text)
     }
 
     fn started_by(&self, comm: &str) -> bool {
@@ -131,8 +152,9 @@ impl Process<'_> {
         if !mirrors.iter().any(|mirror| names_gate(mirror, gate)) {
             warnings.push(format!(
                 "dockerd (pid {pid}) does not pull from Docker Hub through the pull gate: no \
-                 registry mirror http://{gate} in its flags or {config_file}, so its Docker Hub \
+                 registry mirror http://{gate} in its flags or {config}, so its Docker Hub \
                  pulls fail (`ram image-access config docker` prints the setting)",
+                config = text(&config_file),
                 pid = self.pid
             ));
         }
@@ -178,6 +200,7 @@ impl Process<'_> {
                 "containerd (pid {pid}) does not pull from Docker Hub through the pull gate: \
                  {hosts} does not name http://{gate}, so its Docker Hub pulls fail (`ram \
                  image-access config {engine}` prints the file)",
+                hosts = text(&hosts),
                 pid = self.pid,
                 engine = Engine::Containerd,
             )
@@ -188,22 +211,27 @@ impl Process<'_> {
         let files: Vec<PathBuf> = match self.env("CONTAINERS_REGISTRIES_CONF") {
             Some(file) => vec![self.path(&file)],
             None => {
-                let mut files = vec![self.path("/etc/containers/registries.conf")];
-                let dropins = self.path("/etc/containers/registries.conf.d");
+                let mut files = vec![PathBuf::from("etc/containers/registries.conf")];
+                // Only names are listed here (files are opened confined, below).
+                let dropins = self.dir().join("root/etc/containers/registries.conf.d");
                 let mut extra: Vec<PathBuf> = fs::read_dir(dropins)
                     .into_iter()
                     .flatten()
+                    .take(MAX_DROPINS_LISTED)
                     .flatten()
-                    .map(|entry| entry.path())
+                    .map(|entry| {
+                        Path::new("etc/containers/registries.conf.d").join(entry.file_name())
+                    })
                     .filter(|path| path.extension().is_some_and(|e| e == "conf"))
                     .collect();
                 extra.sort();
+                extra.truncate(MAX_DROPINS);
                 files.extend(extra);
                 files
             }
         };
         let configured = files.iter().any(|file| {
-            read_config(file)
+            self.read_relative(file)
                 .and_then(|text| toml::from_str::<toml::Table>(&text).ok())
                 .is_some_and(|table| registries_conf_sends_docker_io_to(&table, gate))
         });
@@ -224,27 +252,29 @@ impl Process<'_> {
     }
 }
 
-/// A configuration file's text, if it is a regular file of at most [`MAX_CONFIG`] bytes: this
-/// runs on the event loop (`ram status`), which a FIFO or a huge file must not stall.
-fn read_config(path: &Path) -> Option<String> {
-    use std::{io::Read as _, os::unix::fs::OpenOptionsExt as _};
-    // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer.
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .ok()?;
-    let metadata = file.metadata().ok()?;
-    if !metadata.is_file() || metadata.len() > MAX_CONFIG {
-        return None;
-    }
-    let mut text = String::new();
-    file.take(MAX_CONFIG).read_to_string(&mut text).ok()?;
-    Some(text)
-}
-
 /// Engine configuration files are a few KiB.
 const MAX_CONFIG: u64 = 1024 * 1024;
+
+/// Engines looked at per status: a host runs a handful.
+const MAX_ENGINES: usize = 16;
+
+/// registries.conf drop-ins read per engine, and directory entries looked at to find them.
+const MAX_DROPINS: usize = 32;
+const MAX_DROPINS_LISTED: usize = 1024;
+
+/// `/proc/PID/cmdline` and `environ` are read up to this much (an engine's are short).
+const MAX_PROC_TEXT: u64 = 64 * 1024;
+
+/// A /proc file, bounded.
+fn read_bounded(path: &Path) -> Option<Vec<u8>> {
+    let mut bytes = Vec::new();
+    fs::File::open(path)
+        .ok()?
+        .take(MAX_PROC_TEXT)
+        .read_to_end(&mut bytes)
+        .ok()?;
+    Some(bytes)
+}
 
 /// The values of `flag` in `args`: `--flag=VALUE` and `--flag VALUE`.
 fn flag_values(args: &[String], flag: &str) -> Vec<String> {
@@ -357,21 +387,36 @@ mod tests {
         }
     }
 
+    /// What a process chooses as its configuration is read inside its root, and only if it is
+    /// a regular file: no FIFO waited on, no device or terminal opened, no way out by symlink.
     #[test]
-    fn only_regular_files_are_read() {
-        let dir = Tree::new("engine-check-fifo");
-        let fifo = dir.0.join("daemon.json");
+    fn only_regular_files_inside_the_engines_root_are_read() {
+        let proc = Tree::new("engine-check-files");
+        proc.file("10/root/etc/ok.json", "{}");
+        let engine = Process {
+            proc_root: &proc.0,
+            pid: 10,
+        };
+        assert_eq!(engine.read("/etc/ok.json").as_deref(), Some("{}"));
+        let fifo = proc.0.join("10/root/etc/fifo.json");
         let path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
         // SAFETY: a NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
-        assert_eq!(
-            read_config(&fifo),
-            None,
-            "a FIFO is not read (nor waited on)"
-        );
-        assert_eq!(read_config(&dir.0), None, "nor a directory");
-        dir.file("ok.json", "{}");
-        assert_eq!(read_config(&dir.0.join("ok.json")).as_deref(), Some("{}"));
+        assert_eq!(engine.read("/etc/fifo.json"), None, "a FIFO");
+        std::os::unix::fs::symlink("/dev/zero", proc.0.join("10/root/etc/dev.json")).unwrap();
+        assert_eq!(engine.read("/etc/dev.json"), None, "a device, by symlink");
+        // An absolute symlink resolves inside the engine's root, not the daemon's.
+        proc.file("outside.json", "{\"outside\": true}");
+        std::os::unix::fs::symlink(
+            proc.0.join("outside.json"),
+            proc.0.join("10/root/etc/out.json"),
+        )
+        .unwrap();
+        assert_eq!(engine.read("/etc/out.json"), None, "out of the root");
+        std::os::unix::fs::symlink("../../../outside.json", proc.0.join("10/root/etc/up.json"))
+            .unwrap();
+        assert_eq!(engine.read("/etc/up.json"), None, "up out of the root");
+        assert_eq!(engine.read("/etc"), None, "a directory");
     }
 
     #[test]

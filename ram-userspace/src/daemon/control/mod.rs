@@ -28,8 +28,13 @@ pub const MAX_REQUEST: usize = 4096;
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum Request {
     Status,
+    /// Whether the daemon enforces, and nothing else: a readiness probe asks every few
+    /// seconds, and must cost the event loop nothing (no warnings computed, no maps read).
+    Ready,
     Learned,
-    Check { host: String },
+    Check {
+        host: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -136,6 +141,7 @@ pub struct LearnedEntry {
 #[serde(tag = "answer", rename_all = "snake_case")]
 pub enum Response {
     Status(Box<Status>),
+    Ready { enforcing: bool },
     Learned { entries: Vec<LearnedEntry> },
     Check(CheckAnswer),
     Error { message: String },

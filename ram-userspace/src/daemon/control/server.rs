@@ -53,6 +53,8 @@ impl Daemon {
     fn respond(&mut self, request: Request) -> Response {
         match request {
             Request::Status => Response::Status(Box::new(self.status())),
+            // The daemon answers only once its programs are attached and a policy is in force.
+            Request::Ready => Response::Ready { enforcing: true },
             Request::Learned => match self.learned() {
                 Ok(entries) => Response::Learned { entries },
                 Err(err) => Response::Error {
