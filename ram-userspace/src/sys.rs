@@ -14,7 +14,7 @@
 //!   opening a file inside a container's root (openat2);
 //! - clocks (CLOCK_BOOTTIME, the programs' clock; CLOCK_REALTIME; CLOCK_MONOTONIC);
 //! - network namespace cookies (this process's, and a container's through a short-lived thread);
-//! - RLIMIT_MEMLOCK, the umask and the effective user id;
+//! - RLIMIT_MEMLOCK and RLIMIT_NOFILE, the umask and the effective user id;
 //! - confining a command: a cgroup namespace, capabilities, its user (`ram exec`).
 //!
 //! Kernel constants come from `aya_obj::generated` (bpf.h) and `libc` (magic.h, socket.h);
@@ -558,6 +558,27 @@ pub fn raise_memlock_limit() -> io::Result<()> {
     set_memlock_limit(&limit)
 }
 
+/// Raises the soft RLIMIT_NOFILE to the hard limit (systemd's default soft limit is 1024): the
+/// event loop, the Docker servers and the metrics endpoint share the daemon's descriptors, and
+/// clients opening many connections must not leave none for attaching to a new cgroup.
+/// Returns the new soft limit.
+pub fn raise_file_limit() -> io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid resource and out-parameter.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: a valid resource and a pointer to an initialized rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(limit.rlim_cur)
+}
+
 fn set_memlock_limit(limit: &libc::rlimit) -> io::Result<()> {
     // SAFETY: a valid resource and a pointer to an initialized rlimit.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, limit) } != 0 {
@@ -616,10 +637,33 @@ pub fn inotify_rm_watch(inotify: &std::fs::File, wd: i32) -> io::Result<()> {
     Ok(())
 }
 
-/// Whether `path` is on a mount that is read-only (`ST_RDONLY`), so nobody can write there
-/// through this mount namespace.
-pub fn is_read_only_mount(path: &Path) -> io::Result<bool> {
+/// Whether `path` is itself the root of a read-only mount (`STATX_ATTR_MOUNT_ROOT`, Linux 5.8+,
+/// and `ST_RDONLY`): a volume mounted read-only there, so nobody writes into it through this
+/// mount namespace. Only the mount's root counts: under a read-only file system as a whole (a
+/// systemd unit's `ProtectSystem=strict`), ordinary directories are not mount roots.
+pub fn is_read_only_mount_root(path: &Path) -> io::Result<bool> {
     let path = c_path(path)?;
+    // SAFETY: statx is plain old data, all-zero bytes are a valid value.
+    let mut attributes: libc::statx = unsafe { mem::zeroed() };
+    // SAFETY: a valid NUL-terminated path and a properly sized out-parameter.
+    let rc = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            libc::STATX_BASIC_STATS,
+            &raw mut attributes,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mount_root = libc::STATX_ATTR_MOUNT_ROOT as u64;
+    if attributes.stx_attributes_mask & mount_root == 0
+        || attributes.stx_attributes & mount_root == 0
+    {
+        return Ok(false);
+    }
     // SAFETY: statvfs is plain old data, all-zero bytes are a valid value.
     let mut stat: libc::statvfs = unsafe { mem::zeroed() };
     // SAFETY: a valid NUL-terminated path and a properly sized out-parameter.

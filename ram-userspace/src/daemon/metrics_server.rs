@@ -41,6 +41,10 @@ const MAX_HEADER: usize = 8 * 1024;
 /// loop shares), nor the scraper's place. Root's are not limited.
 const OTHERS_MAX_CONNECTIONS: usize = 64;
 
+/// Connections served at once, root's included (a root process in a host-network container
+/// is uid 0 too); past it, a connection is closed at once.
+const MAX_CONNECTIONS: usize = 64;
+
 /// How long one connection may stay open: a scrape takes milliseconds, and a client that sends
 /// nothing must not hold its place for ever.
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(10);
@@ -120,12 +124,49 @@ impl MetricsServer {
                 runtime.block_on(async move {
                     tokio::select! {
                         _ = stopped => {}
-                        () = serve(listener, Arc::new(reader), metrics) => {}
+                        () = serve(listener, Arc::new(CachedReader::new(reader)), metrics) => {}
                     }
                 });
                 runtime.shutdown_timeout(Duration::from_millis(100));
             })?;
         Ok(stop)
+    }
+}
+
+/// How long one reading of the kernel serves scrapes: counting the learned map costs one
+/// system call per entry, and scrapers come every few seconds at most.
+const READING_LIFETIME: Duration = Duration::from_secs(1);
+
+/// The kernel's reading, taken at most once per [`READING_LIFETIME`] whoever scrapes.
+struct CachedReader {
+    reader: KernelReader,
+    last: std::sync::Mutex<Option<(std::time::Instant, KernelReading)>>,
+}
+
+impl CachedReader {
+    fn new(reader: KernelReader) -> Self {
+        Self {
+            reader,
+            last: std::sync::Mutex::default(),
+        }
+    }
+
+    fn read(&self) -> KernelReading {
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((at, reading)) = last.as_ref()
+            && at.elapsed() < READING_LIFETIME
+        {
+            return reading.clone();
+        }
+        let reading = KernelReading {
+            counters: self.reader.counters(),
+            learned: Some(self.reader.learned()),
+        };
+        *last = Some((std::time::Instant::now(), reading.clone()));
+        reading
     }
 }
 
@@ -136,8 +177,9 @@ enum Listener {
 }
 
 /// Accepts scrapes until the runtime ends.
-async fn serve(listener: Listener, reader: Arc<KernelReader>, metrics: SharedMetrics) {
+async fn serve(listener: Listener, reader: Arc<CachedReader>, metrics: SharedMetrics) {
     let shares = UserShares::new(OTHERS_MAX_CONNECTIONS);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     match listener {
         Listener::Tcp(listener) => {
             let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
@@ -149,7 +191,7 @@ async fn serve(listener: Listener, reader: Arc<KernelReader>, metrics: SharedMet
                     Ok((stream, _)) => {
                         // Refused past the user's share: closed at once.
                         if let Some(share) = shares.admit(&stream) {
-                            spawn_bounded(share, stream, &reader, &metrics);
+                            spawn_bounded(&slots, share, stream, &reader, &metrics);
                         }
                     }
                     Err(err) => accept_failed(&err).await,
@@ -164,7 +206,7 @@ async fn serve(listener: Listener, reader: Arc<KernelReader>, metrics: SharedMet
             loop {
                 match listener.accept().await {
                     // The socket is root's (0600): nobody else connects.
-                    Ok((stream, _)) => spawn_bounded(None, stream, &reader, &metrics),
+                    Ok((stream, _)) => spawn_bounded(&slots, None, stream, &reader, &metrics),
                     Err(err) => accept_failed(&err).await,
                 }
             }
@@ -172,13 +214,18 @@ async fn serve(listener: Listener, reader: Arc<KernelReader>, metrics: SharedMet
     }
 }
 
-/// Serves `stream` for at most [`CONNECTION_LIFETIME`], holding its user's `share` meanwhile.
+/// Serves `stream` for at most [`CONNECTION_LIFETIME`] if one of the `slots` is free (closes
+/// it otherwise), holding the slot and its user's `share` meanwhile.
 fn spawn_bounded(
+    slots: &Arc<tokio::sync::Semaphore>,
     share: Option<Share>,
     stream: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    reader: &Arc<KernelReader>,
+    reader: &Arc<CachedReader>,
     metrics: &SharedMetrics,
 ) {
+    let Ok(slot) = slots.clone().try_acquire_owned() else {
+        return;
+    };
     let (reader, metrics) = (reader.clone(), metrics.clone());
     tokio::spawn(async move {
         let _ = tokio::time::timeout(
@@ -186,7 +233,7 @@ fn spawn_bounded(
             serve_connection(stream, reader, metrics),
         )
         .await;
-        drop(share);
+        drop((share, slot));
     });
 }
 
@@ -198,14 +245,16 @@ async fn accept_failed(err: &io::Error) {
 
 async fn serve_connection(
     stream: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    reader: Arc<KernelReader>,
+    reader: Arc<CachedReader>,
     metrics: SharedMetrics,
 ) {
     let service = service_fn(move |request: Request<Incoming>| {
         let answer = answer(&request, &reader, &metrics);
         async move { Ok::<_, Infallible>(answer) }
     });
+    // One scrape per connection: a client cannot pipeline scrapes to keep the thread busy.
     let served = http1::Builder::new()
+        .keep_alive(false)
         .max_buf_size(MAX_HEADER)
         .serve_connection(TokioIo::new(stream), service)
         .await;
@@ -216,7 +265,7 @@ async fn serve_connection(
 
 fn answer(
     request: &Request<Incoming>,
-    reader: &KernelReader,
+    reader: &CachedReader,
     metrics: &SharedMetrics,
 ) -> Response<Full<Bytes>> {
     let reply = |status: StatusCode, body: String| {
@@ -235,11 +284,8 @@ fn answer(
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return reply(StatusCode::METHOD_NOT_ALLOWED, "GET /metrics\n".into());
     }
-    // The kernel first, without the lock: the event loop never waits on a scrape's syscalls.
-    let kernel = KernelReading {
-        counters: reader.counters(),
-        learned: Some(reader.learned()),
-    };
+    // The kernel first, without the event loop's lock: the loop never waits on a scrape.
+    let kernel = reader.read();
     let text = match metrics.lock() {
         Ok(metrics) => metrics.render(&kernel),
         Err(_) => {

@@ -107,6 +107,9 @@ pub fn run(options: Options) -> Result<(), DaemonError> {
              ({err}): engines found only by their process (not a systemd unit) are missed"
         ),
     }
+    if let Err(err) = crate::sys::raise_file_limit() {
+        warn!("cannot raise the open-file limit ({err}); many clients may exhaust it");
+    }
     let policy = LoadedPolicy::read(options.policy.as_deref()).map_err(DaemonError::Policy)?;
     policy.warn_if_no_resolvers();
     let sink = AuditSink::open(options.audit_log.as_deref())?;
@@ -222,7 +225,12 @@ async fn serve(options: Options, policy: LoadedPolicy, sink: AuditSink) -> Resul
             accepted = listener.accept() => {
                 match accepted {
                     Ok((stream, _)) => daemon.answer(stream).await,
-                    Err(err) => warn!("control socket: {err}"),
+                    Err(err) => {
+                        // Out of descriptors, say: the connection stays queued and the socket
+                        // readable, so pause instead of spinning on it.
+                        warn!("control socket: {err}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
                 }
             }
             _ = tick.tick() => {

@@ -113,7 +113,24 @@ fn bind_root_only(
             option,
         });
     }
-    let _ = fs::remove_file(path);
+    // Only a socket left by a dead daemon is replaced: the path comes from the policy (the
+    // metrics socket), and must not make root unlink a file that happens to be there.
+    match fs::symlink_metadata(path) {
+        Ok(metadata) if std::os::unix::fs::FileTypeExt::is_socket(&metadata.file_type()) => {
+            let _ = fs::remove_file(path);
+        }
+        Ok(_) => {
+            return Err(SocketError::Io {
+                action: "bind",
+                path: path.to_owned(),
+                source: io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    "something other than a socket is there; not removed",
+                ),
+            });
+        }
+        Err(_) => {}
+    }
     sys::with_umask(0o177, || UnixListener::bind(path)).map_err(|source| SocketError::Io {
         action: "bind",
         path: path.to_owned(),

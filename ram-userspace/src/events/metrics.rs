@@ -256,25 +256,26 @@ impl Metrics {
 }
 
 /// The kind of image a decision was about, from its audit reason: the category when allowed,
-/// Docker's message when denied.
+/// Docker's message (`image access denied: community images not allowed`) when denied.
+/// Anything else (a reference that could not be read, whose text a client chose) is
+/// `unjudged`: labels take only these fixed values.
 pub fn image_kind(reason: &str) -> &'static str {
     const KINDS: [(&str, &str); 5] = [
-        ("verified publisher", "verified_publisher"),
-        ("verified_publisher", "verified_publisher"),
-        ("community", "community"),
         ("official", "official"),
         ("organization", "organization"),
+        ("verified_publisher", "verified_publisher"),
+        ("community", "community"),
+        ("other_registry", "other_registry"),
     ];
+    let denied = reason
+        .strip_prefix("image access denied: ")
+        .and_then(|rest| rest.strip_suffix(" images not allowed"))
+        .map(|kind| kind.replace(' ', "_"));
+    let kind = denied.as_deref().unwrap_or(reason);
     KINDS
         .iter()
-        .find(|(word, _)| reason.contains(word))
-        .map(|(_, kind)| *kind)
-        .or_else(|| {
-            reason
-                .contains("other_registry")
-                .then_some("other_registry")
-        })
-        .unwrap_or("unjudged")
+        .find(|(name, _)| *name == kind)
+        .map_or("unjudged", |(_, label)| label)
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -374,6 +375,11 @@ mod tests {
         );
         assert_eq!(image_kind("other_registry"), "other_registry");
         assert_eq!(image_kind("could not read the image"), "unjudged");
+        assert_eq!(
+            image_kind("invalid reference `official/../x`"),
+            "unjudged",
+            "a client's text never picks the label"
+        );
     }
 
     #[test]

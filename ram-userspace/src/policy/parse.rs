@@ -368,7 +368,7 @@ fn metrics(
             invalid(
                 listen.span().start,
                 format!(
-                    "metrics.listen: `{text}` is neither an address with a port                      ({}) nor `unix:` and a socket path",
+                    "metrics.listen: `{text}` is neither an address with a port ({}) nor `unix:` and a socket path",
                     Metrics::EXAMPLE
                 ),
             )
