@@ -67,10 +67,11 @@ enum Command {
     Uninstall {
         #[arg(long, value_name = "DIR", env = "RAM_PIN_DIR", default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
-        /// Wait for a daemon holding the pin directory to stop, uninstall, then stay in the
-        /// foreground until SIGTERM or SIGINT and exit 0: the main process of the Kubernetes
-        /// uninstall hook, which runs while the DaemonSet's daemons are being stopped and whose
-        /// pod must not restart.
+        /// Wait (up to 5 minutes) for a daemon holding the pin directory to stop, uninstall,
+        /// then stay in the foreground until SIGTERM or SIGINT and exit 0: the main process of
+        /// the Kubernetes uninstall hook, which runs while the DaemonSet's daemons are being
+        /// stopped and whose pod must not restart. A daemon still there after 5 minutes is
+        /// left alone.
         #[arg(long)]
         then_wait: bool,
     },

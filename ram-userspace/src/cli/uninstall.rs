@@ -14,13 +14,29 @@ use ram::{
 /// How often `--then-wait` tries again while a daemon holds the pin directory.
 const RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How long `--then-wait` waits for the daemons to stop. `helm uninstall` deletes them right
+/// after starting the hook; a daemon still there much later belongs to something else (a new
+/// install beside an uninstall hook left behind), and must not be uninstalled at its next
+/// restart.
+const WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// `then_wait`: a daemon holding the pin directory is waited for (the Kubernetes hook runs
 /// while the DaemonSet's daemons are being stopped), and once done this stays until SIGTERM.
 pub fn run(pin_dir: &Path, run_dir: &Path, then_wait: bool) -> Result<()> {
     let pins = PinDir::new(pin_dir);
     let mut said = false;
+    let started = std::time::Instant::now();
     let removed = loop {
         match uninstall(&pins) {
+            Err(EnforceError::Busy { path }) if then_wait && started.elapsed() >= WAIT_LIMIT => {
+                println!(
+                    "a ram daemon still holds {} after {} s: not uninstalling (this hook is \
+                     older than that daemon's installation; delete it)",
+                    path.display(),
+                    WAIT_LIMIT.as_secs()
+                );
+                return wait_for_stop();
+            }
             Err(EnforceError::Busy { path }) if then_wait => {
                 if !said {
                     println!(

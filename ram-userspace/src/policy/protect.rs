@@ -307,10 +307,13 @@ fn check_directory(path: &Path, metadata: &Metadata, guarded: Guarded) -> Result
             guarded,
         });
     }
-    // Nobody writes through a read-only mount, whatever the mode says: Kubernetes mounts a
-    // ConfigMap volume read-only, and its directory is 0777 (an emptyDir underneath).
+    // Nobody writes into a volume mounted read-only, whatever its root's mode says: Kubernetes
+    // mounts a ConfigMap volume read-only, and its directory is 0777 (an emptyDir underneath).
+    // Only the root of such a mount: under a file system read-only as a whole (systemd's
+    // ProtectSystem=strict), a group-writable directory could have been renamed and replaced
+    // outside it.
     if metadata.mode() & GROUP_OR_OTHERS_WRITE != 0
-        && !crate::sys::is_read_only_mount(path).unwrap_or(false)
+        && !crate::sys::is_read_only_mount_root(path).unwrap_or(false)
     {
         return Err(ProtectError::DirectoryWritable {
             path: path.to_path_buf(),
