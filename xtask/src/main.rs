@@ -58,7 +58,8 @@ enum Task {
     /// Set up, then run the benchmarks and print the ratios (root required).
     Bench {
         /// Only benchmarks whose name contains this (connect-loopback, dns-lookup,
-        /// connect-learned, policy-reload, daemon-rss).
+        /// connect-learned, bulk-tcp, tls-request, bulk-tls, container-…, policy-reload,
+        /// daemon-rss, gate-throughput, metrics-scrape).
         filter: Option<String>,
     },
     /// Check formatting and run clippy with warnings denied under the workspace lints: user
