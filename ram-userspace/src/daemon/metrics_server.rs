@@ -133,40 +133,50 @@ impl MetricsServer {
     }
 }
 
-/// How long one reading of the kernel serves scrapes: counting the learned map costs one
-/// system call per entry, and scrapers come every few seconds at most.
-const READING_LIFETIME: Duration = Duration::from_secs(1);
+/// How long one count of a large learned map serves scrapes: counting costs one system call
+/// per entry, and scrapers come every few seconds at most.
+const LEARNED_COUNT_LIFETIME: Duration = Duration::from_secs(1);
 
-/// The kernel's reading, taken at most once per [`READING_LIFETIME`] whoever scrapes.
+/// A learned map with fewer entries than this is counted afresh at every scrape (a few
+/// milliseconds at most); a larger one at most once per [`LEARNED_COUNT_LIFETIME`].
+const FRESH_COUNT_BELOW: usize = 4096;
+
+/// The kernel's side of a scrape: counters read afresh each time (a few dozen lookups), the
+/// learned map's size counted at most once a second when it is large.
 struct CachedReader {
     reader: KernelReader,
-    last: std::sync::Mutex<Option<(std::time::Instant, KernelReading)>>,
+    last_count: std::sync::Mutex<Option<(std::time::Instant, (usize, usize))>>,
 }
 
 impl CachedReader {
     fn new(reader: KernelReader) -> Self {
         Self {
             reader,
-            last: std::sync::Mutex::default(),
+            last_count: std::sync::Mutex::default(),
         }
     }
 
     fn read(&self) -> KernelReading {
         let mut last = self
-            .last
+            .last_count
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((at, reading)) = last.as_ref()
-            && at.elapsed() < READING_LIFETIME
-        {
-            return reading.clone();
-        }
-        let reading = KernelReading {
-            counters: self.reader.counters(),
-            learned: Some(self.reader.learned()),
+        let learned = match *last {
+            Some((at, count))
+                if count.0 >= FRESH_COUNT_BELOW && at.elapsed() < LEARNED_COUNT_LIFETIME =>
+            {
+                count
+            }
+            _ => {
+                let count = self.reader.learned();
+                *last = Some((std::time::Instant::now(), count));
+                count
+            }
         };
-        *last = Some((std::time::Instant::now(), reading.clone()));
-        reading
+        KernelReading {
+            counters: self.reader.counters(),
+            learned: Some(learned),
+        }
     }
 }
 
