@@ -600,7 +600,15 @@ fn containerd_and_podman_pull_docker_hub_images_through_the_gate() {
     let resolver = TestNet::PEER_V4[0].to_string();
 
     let engine_cgroup = TestCgroup::new();
-    let state = Daemon::prepare(&gate_policy(&hub, &resolver, true), &[engine_cgroup.path()]);
+    // With the metrics endpoint on: the gate's decisions are counted there too.
+    let metrics_listen = "127.0.0.1:9476";
+    let state = Daemon::prepare(
+        &format!(
+            "{}\n[metrics]\nlisten = \"{metrics_listen}\"\n",
+            gate_policy(&hub, &resolver, true)
+        ),
+        &[engine_cgroup.path()],
+    );
     let policy_file = state.policy_path();
     let mut daemon = state.start().unwrap();
     daemon
@@ -723,6 +731,31 @@ fn containerd_and_podman_pull_docker_hub_images_through_the_gate() {
     );
     assert!(!ok, "{err}");
     assert!(err.contains("operation not permitted"), "{err}");
+
+    // The metrics count the gate's decisions by image kind.
+    let scrape = sh(
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "5",
+            &format!("http://{metrics_listen}/metrics"),
+        ],
+    )
+    .unwrap();
+    for series in [
+        "ram_image_decisions_total{kind=\"community\",verdict=\"deny\",via=\"pull_gate\"}",
+        "ram_image_decisions_total{kind=\"official\",verdict=\"allow\",via=\"pull_gate\"}",
+        "ram_image_decisions_total{kind=\"organization\",verdict=\"allow\",via=\"pull_gate\"}",
+    ] {
+        assert!(
+            scrape.lines().any(|line| line
+                .strip_prefix(series)
+                .and_then(|count| count.trim().parse::<u64>().ok())
+                .is_some_and(|count| count >= 1)),
+            "{series} missing or 0:\n{scrape}"
+        );
+    }
 
     // Every decision is the gate's, audited; the upstream by address is the kernel's.
     let records = audit_records(&daemon.audit_log);
