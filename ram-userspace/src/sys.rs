@@ -533,6 +533,132 @@ pub fn monotonic_ns() -> io::Result<u64> {
     u64::try_from(ns).map_err(|_| io::Error::other(format!("CLOCK_MONOTONIC is negative: {ns}")))
 }
 
+// --- sock_diag(7) ----------------------------------------------------------------------------
+
+/// The uid owning the TCP socket whose local end is `local` and remote end `remote` (for a
+/// loopback client of ram's servers: the client's socket is `local` = its address, `remote` =
+/// the server's). One exact lookup by the four-tuple over NETLINK_SOCK_DIAG, where reading
+/// `/proc/net/tcp` walks the kernel's whole connection table (milliseconds on an idle host).
+pub fn tcp_socket_uid(
+    local: std::net::SocketAddr,
+    remote: std::net::SocketAddr,
+) -> io::Result<u32> {
+    const NETLINK_SOCK_DIAG: libc::c_int = 4;
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    const NLMSG_ERROR: u16 = 2;
+    const HEADER: usize = 16;
+    /// `struct inet_diag_req_v2`: family, protocol, ext, pad, states, then the socket id.
+    const REQUEST: usize = 56;
+    /// The uid's offset in `struct inet_diag_msg`: 4 bytes, the 48-byte socket id, expires,
+    /// rqueue and wqueue.
+    const UID_AT: usize = 4 + 48 + 12;
+
+    // SAFETY: socket(2) with constant arguments; the result is checked and owned at once.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            NETLINK_SOCK_DIAG,
+        )
+    };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor just returned by socket(2), owned by nothing else.
+    let socket = unsafe { OwnedFd::from_raw_fd(raw) };
+    // The kernel answers at once; the bound only guards against a kernel that never does.
+    let timeout = libc::timeval {
+        tv_sec: 1,
+        tv_usec: 0,
+    };
+    // SAFETY: a valid descriptor and option of the size passed.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const timeout).cast(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        );
+    }
+
+    let mut request = [0u8; HEADER + REQUEST];
+    request[0..4].copy_from_slice(&((HEADER + REQUEST) as u32).to_ne_bytes());
+    request[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    request[6..8].copy_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
+    request[8..12].copy_from_slice(&1u32.to_ne_bytes());
+    let body = &mut request[HEADER..];
+    body[0] = if local.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    } as u8;
+    body[1] = libc::IPPROTO_TCP as u8;
+    body[4..8].copy_from_slice(&u32::MAX.to_ne_bytes()); // every state
+    let id = &mut body[8..];
+    id[0..2].copy_from_slice(&local.port().to_be_bytes());
+    id[2..4].copy_from_slice(&remote.port().to_be_bytes());
+    let octets = |addr: std::net::SocketAddr| match addr.ip() {
+        std::net::IpAddr::V4(v4) => {
+            let mut out = [0u8; 16];
+            out[..4].copy_from_slice(&v4.octets());
+            out
+        }
+        std::net::IpAddr::V6(v6) => v6.octets(),
+    };
+    id[4..20].copy_from_slice(&octets(local));
+    id[20..36].copy_from_slice(&octets(remote));
+    // Interface 0 (any), and INET_DIAG_NOCOOKIE: look the socket up by its addresses.
+    id[40..48].copy_from_slice(&[0xff; 8]);
+
+    // SAFETY: sockaddr_nl is plain old data; all zero (then the family) addresses the kernel.
+    let mut kernel: libc::sockaddr_nl = unsafe { mem::zeroed() };
+    kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    // SAFETY: a valid descriptor, a buffer of the length passed and an address of its size.
+    let sent = unsafe {
+        libc::sendto(
+            socket.as_raw_fd(),
+            request.as_ptr().cast(),
+            request.len(),
+            0,
+            (&raw const kernel).cast(),
+            size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut answer = [0u8; 4096];
+    // SAFETY: a valid descriptor and a writable buffer of the length passed.
+    let received = unsafe {
+        libc::recv(
+            socket.as_raw_fd(),
+            answer.as_mut_ptr().cast(),
+            answer.len(),
+            0,
+        )
+    };
+    if received < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let answer = &answer[..received as usize];
+    let field = |at: usize| -> io::Result<[u8; 4]> {
+        answer
+            .get(at..at + 4)
+            .and_then(|bytes| bytes.try_into().ok())
+            .ok_or_else(|| io::Error::other("short sock_diag answer"))
+    };
+    let kind = u16::from_ne_bytes([
+        answer.get(4).copied().unwrap_or(0),
+        answer.get(5).copied().unwrap_or(0),
+    ]);
+    if kind == NLMSG_ERROR {
+        let code = i32::from_ne_bytes(field(HEADER)?);
+        return Err(io::Error::from_raw_os_error(-code));
+    }
+    Ok(u32::from_ne_bytes(field(HEADER + UID_AT)?))
+}
+
 // --- process limits and attributes ----------------------------------------------------------
 
 /// Raises RLIMIT_MEMLOCK (which kernels before 5.11 charge BPF maps to): to unlimited where
