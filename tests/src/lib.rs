@@ -1945,3 +1945,63 @@ pub fn push_image(registry_url: &str, reference: &str, content: &str) {
 // The hand-made ClientHello (shared with the kernel matrix's peer, which has no dependencies).
 mod client_hello;
 pub use client_hello::client_hello;
+
+/// Polls `check` every 20 ms until it holds or `limit` passes; returns how long it took.
+pub fn time_until(limit: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if check() {
+            return Some(start.elapsed());
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// A fake Docker Hub for one test: a docker-registry on test host B (port 5000) holding each of
+/// `images` (`namespace/name:tag`), one small layer saying which image it is. Returns the
+/// registry (stopped on drop), its storage, and its `address:port`.
+pub fn fake_docker_hub(net: &TestNet, images: &[&str]) -> (Background, TempDir, String) {
+    const HUB_PORT: u16 = 5000;
+    let hub_ip = TestNet::PEER_V4[1];
+    let hub = format!("{hub_ip}:{HUB_PORT}");
+    let dir = TempDir::new();
+    let registry = net.registry(&dir, hub_ip.into(), HUB_PORT);
+    for image in images {
+        push_image(
+            &format!("http://{hub}"),
+            image,
+            &format!("this is {image}\n"),
+        );
+    }
+    (registry, dir, hub)
+}
+
+/// Holds `count` idle TCP connections to `host:port` as user nobody (hold_connections.py);
+/// returns the holder (it lets go when its stdin closes: drop it or take its stdin) and how
+/// many connections the server kept open.
+pub fn hold_connections_as_nobody(host: &str, port: &str, count: usize) -> (Child, usize) {
+    let mut holder = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+        ])
+        .arg(client_script("hold_connections.py"))
+        .args([host, port, &count.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting hold_connections.py");
+    let mut line = String::new();
+    BufReader::new(holder.stdout.as_mut().expect("piped stdout"))
+        .read_line(&mut line)
+        .expect("reading hold_connections.py");
+    let open = line
+        .trim()
+        .trim_start_matches("open ")
+        .parse()
+        .unwrap_or_else(|_| panic!("hold_connections.py printed {line:?}"));
+    (holder, open)
+}

@@ -164,7 +164,6 @@ fn docker_hub_images_are_judged_by_category_with_dockers_message() {
 
 /// Where the tests' pull gate listens (not ram's default, so a ram on this machine is left be).
 const GATE: &str = "127.0.0.1:455";
-const HUB_PORT: u16 = 5000;
 
 fn gate_policy(hub: &str, resolver: &str, verified_publishers: bool) -> String {
     format!(
@@ -200,22 +199,15 @@ fn build(docker: &TestDocker, dockerfile: &str, buildkit: bool) -> (bool, String
 #[test]
 fn pull_gate_judges_pulls_and_builds_and_docker_hub_is_reached_only_through_it() {
     let net = TestNet::new();
-    let hub_ip = TestNet::PEER_V4[1];
-    let hub = format!("{hub_ip}:{HUB_PORT}");
-    let hub_dir = TempDir::new();
-    let _hub = net.registry(&hub_dir, hub_ip.into(), HUB_PORT);
-    for image in [
-        "library/busybox:latest",
-        "mycompany/app:latest",
-        "somepublisher/tool:latest",
-        "someuser/custom-image:latest",
-    ] {
-        ram_tests::push_image(
-            &format!("http://{hub}"),
-            image,
-            &format!("this is {image}\n"),
-        );
-    }
+    let (_hub, _hub_dir, hub) = ram_tests::fake_docker_hub(
+        &net,
+        &[
+            "library/busybox:latest",
+            "mycompany/app:latest",
+            "somepublisher/tool:latest",
+            "someuser/custom-image:latest",
+        ],
+    );
     // Docker Hub's real name answers with a test host: dockerd's fallback from the mirror
     // resolves it, and must still not connect.
     let _dns = net.dnsmasq(&[("registry-1.docker.io", TestNet::PEER_V4[2].into())], &[]);
@@ -539,27 +531,8 @@ fn one_local_user_cannot_starve_the_pull_gate() {
         .wait_for_line("Docker Hub pull gate on", Duration::from_secs(5))
         .unwrap();
     let (host, port) = GATE.rsplit_once(':').unwrap();
-    let mut flood = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "/usr/bin/python3",
-        ])
-        .arg(client_script("hold_connections.py"))
-        .args([host, port, "200"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(flood.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let open: usize = line.trim().trim_start_matches("open ").parse().unwrap();
-    assert!(open <= 32, "one user kept {open} connections: {line}");
+    let (mut flood, open) = ram_tests::hold_connections_as_nobody(host, port, 200);
+    assert!(open <= 32, "one user kept {open} connections");
     // Root, meanwhile: answered at once (the denial of a community image, judged locally).
     let started = std::time::Instant::now();
     let (code, _, body) = curl(&[&format!("http://{GATE}/v2/someuser/x/manifests/latest")]);
@@ -582,20 +555,14 @@ fn one_local_user_cannot_starve_the_pull_gate() {
 fn containerd_and_podman_pull_docker_hub_images_through_the_gate() {
     let net = TestNet::new();
     let hub_ip = TestNet::PEER_V4[1];
-    let hub = format!("{hub_ip}:{HUB_PORT}");
-    let hub_dir = TempDir::new();
-    let _hub = net.registry(&hub_dir, hub_ip.into(), HUB_PORT);
-    for image in [
-        "library/busybox:latest",
-        "mycompany/app:latest",
-        "someuser/custom-image:latest",
-    ] {
-        ram_tests::push_image(
-            &format!("http://{hub}"),
-            image,
-            &format!("this is {image}\n"),
-        );
-    }
+    let (_hub, _hub_dir, hub) = ram_tests::fake_docker_hub(
+        &net,
+        &[
+            "library/busybox:latest",
+            "mycompany/app:latest",
+            "someuser/custom-image:latest",
+        ],
+    );
     let _dns = net.dnsmasq(&[("registry-1.docker.io", TestNet::PEER_V4[2].into())], &[]);
     let resolver = TestNet::PEER_V4[0].to_string();
 

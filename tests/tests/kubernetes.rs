@@ -26,7 +26,7 @@ use std::{
 
 use ram_tests::{
     Background, DaemonState, TempDir, TestCgroup, TestDocker, TestNet, V1Parents,
-    attached_programs, client_script, peers::*, probe_in, wait_for_tcp,
+    attached_programs, client_script, peers::*, probe_in, time_until, wait_for_tcp,
 };
 use serde_json::Value;
 
@@ -770,17 +770,6 @@ fn listener(net: &TestNet, addr: &str, port: u16, log: &Path) -> Background {
     let server = Background::spawn_logging("http server", cmd, Some(log));
     wait_for_tcp(SocketAddr::new(addr.parse::<IpAddr>().unwrap(), port));
     server
-}
-
-fn time_until(limit: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if check() {
-            return Some(start.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
 }
 
 const PORT: u16 = 8080;

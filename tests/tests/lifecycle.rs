@@ -6,12 +6,12 @@ use std::{
     fs,
     os::unix::{fs::PermissionsExt as _, net::UnixDatagram},
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use ram_tests::{
     Daemon, TestCgroup, TestNet, attached_programs, audit_records, client_script, peers::*,
-    probe_in,
+    probe_in, time_until,
 };
 use serde_json::Value;
 
@@ -51,18 +51,6 @@ fn curl(cgroup: &TestCgroup, url: &str) -> Option<i32> {
         .status()
         .expect("running curl")
         .code()
-}
-
-/// Polls `check` every 20 ms until it holds or `limit` passes; returns how long it took.
-fn time_until(limit: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if check() {
-            return Some(start.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
 }
 
 fn find(records: &[Value], what: impl Fn(&Value) -> bool) -> Option<&Value> {

@@ -218,26 +218,7 @@ fn metrics_move_with_dns_answers_and_denials_and_carry_no_addresses() {
     // One local user holding idle connections: their share is bounded, and the scrape (root's)
     // is answered at once meanwhile.
     let (host, port) = LISTEN.rsplit_once(':').unwrap();
-    let mut holder = std::process::Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "/usr/bin/python3",
-        ])
-        .arg(ram_tests::client_script("hold_connections.py"))
-        .args([host, port, "200"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let open: usize = line.trim().trim_start_matches("open ").parse().unwrap();
+    let (mut holder, open) = ram_tests::hold_connections_as_nobody(host, port, 200);
     assert!(open <= 32, "one user kept {open} connections");
     let started = std::time::Instant::now();
     assert!(scrape().contains("# TYPE ram_decisions_total counter"));
