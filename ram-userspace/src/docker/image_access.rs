@@ -14,8 +14,10 @@
 //! [`judge`] is what the authorization plugin asks about the references it is given;
 //! [`judge_repository`] what the pull gate asks about the repositories of its paths.
 
-use super::reference::{HubRepository, Reference, ReferenceError, parse_reference};
-use crate::policy::ImageRules;
+use crate::policy::{
+    ImageRules,
+    reference::{HubRepository, Reference, ReferenceError, parse_reference},
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Category {

@@ -1,8 +1,8 @@
 //! The Docker integration: image references and their categories (Image Access Management),
 //! the engine's authorization plugin and the Docker Hub pull gate.
 //!
-//! - [`reference`]: the one grammar of image references (the distribution spec's), Docker's
-//!   normalization;
+//! - `policy::reference`: the one grammar of image references (the distribution spec's),
+//!   Docker's normalization, shared with the policy's repository exceptions;
 //! - [`image_access`]: categories and the judgement of the policy's `[image_access]`;
 //! - [`authz`]: the authorization plugin (hyper over a Unix socket);
 //! - [`gate`]: the pull gate (hyper over TCP);
@@ -21,7 +21,6 @@ pub mod engine_check;
 pub mod engines;
 pub mod gate;
 pub mod image_access;
-pub mod reference;
 
 /// Where the plugin and the gate send their decisions (to the daemon's event loop, for the audit
 /// log). Called on the Docker servers' runtime: must not block.

@@ -1,13 +1,16 @@
 //! The policy as ram understands it: what the operator wrote, validated. `parse` reads it from
 //! TOML (with the file, line and column of every error), `pattern` holds the value types of its
 //! entries, `presets` the registries an entry may stand for, `image_rules` the Docker Hub
-//! categories, `protect` the file's ownership checks and `resolv` the host's resolvers.
+//! categories, `reference` the image-reference grammar (of `image_access.allow_repositories`,
+//! the authorization plugin and the pull gate), `protect` the file's ownership checks and
+//! `resolv` the host's resolvers.
 
 pub mod image_rules;
 mod parse;
 mod pattern;
 pub mod presets;
 pub mod protect;
+pub mod reference;
 pub mod resolv;
 
 use std::{fmt, net::SocketAddr, path::PathBuf};

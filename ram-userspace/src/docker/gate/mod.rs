@@ -19,7 +19,7 @@
 //! - Everything else (pushes, the catalog, paths that do not parse): refused.
 //!
 //! This file holds the server and its lifecycle ([`Gate`], [`keep`]); [`routes`] reads request
-//! paths (with the image-reference grammar of `docker/reference.rs`, the plugin's);
+//! paths (with the image-reference grammar of `policy/reference.rs`, the plugin's);
 //! [`upstream`] forwards to the upstream, stands in for its token realms and follows redirects.
 //!
 //! Served with hyper on the Docker servers' runtime (`daemon/docker_servers.rs`), a thread of

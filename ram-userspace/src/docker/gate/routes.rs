@@ -1,8 +1,8 @@
 //! What a request to the pull gate asks for, read from its path as the registry API routes it.
 //! Repository names, tags and digests are read with the grammar of
-//! [`crate::docker::reference`], the one the authorization plugin reads references with.
+//! [`crate::policy::reference`], the one the authorization plugin reads references with.
 
-use crate::docker::reference::{self, HubRepository, ReferenceError};
+use crate::policy::reference::{self, HubRepository, ReferenceError};
 
 /// The path prefix of the token realms the gate stands in for.
 pub const TOKEN_PATH: &str = "/ram/token/";
@@ -95,7 +95,7 @@ pub fn route(path: &str) -> Result<Route, RouteError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::docker::reference::{Reference, parse_reference};
+    use crate::policy::reference::{Reference, parse_reference};
 
     fn repo(name: &str, kind: &'static str, reference: &str) -> Route {
         let repository = reference::hub_repository(name).unwrap();

@@ -1,7 +1,8 @@
 //! Image references as Docker's engine and registry API carry them: one grammar, the
 //! distribution spec's (which is Docker's), used by the authorization plugin on the references
-//! it is given and by the pull gate on the repository paths it serves, so that the two cannot
-//! read a name two ways.
+//! it is given, by the pull gate on the repository paths it serves, and by the policy on its
+//! repository exceptions (`image_access.allow_repositories`), so that none of them can read a
+//! name another way. Here, in the policy's layer, because the policy reads it too.
 //!
 //! ```text
 //! reference  := name [ ":" tag ] [ "@" digest ]
@@ -31,7 +32,7 @@
 
 use std::fmt;
 
-use crate::policy::presets::DOCKER_HUB_NAMES;
+use super::presets::DOCKER_HUB_NAMES;
 
 /// Longest name (registry and repository, as normalized), as Docker counts it.
 pub const NAME_TOTAL_LENGTH_MAX: usize = 255;
