@@ -344,6 +344,7 @@ mod tests {
             action: "manifests",
             image: "docker.io/someuser/x".into(),
             reason: "community".into(),
+            exception: None,
             user: None,
             via: "pull_gate",
         };

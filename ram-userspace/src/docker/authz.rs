@@ -267,9 +267,17 @@ pub fn authorize(body: &[u8], rules: Option<&ImageRules>) -> (bool, String, Opti
         return decided(false, message.into(), message.into(), action, image, user);
     }
     match image_access::judge(rules, &image) {
-        Ok(category) => {
-            let kind = category.map_or("other_registry", |c| c.as_str());
-            decided(true, String::new(), kind.into(), action, image, user)
+        Ok(allowed) => {
+            let kind = allowed
+                .as_ref()
+                .map_or("other_registry", |a| a.category.as_str());
+            let exception = allowed
+                .and_then(|a| a.exception)
+                .map(|pattern| pattern.to_string());
+            let (allow, message, decision) =
+                decided(true, String::new(), kind.into(), action, image, user);
+            let decision = decision.map(|d| ImageDecision { exception, ..d });
+            (allow, message, decision)
         }
         Err(why) => {
             let message = why.to_string();
@@ -292,6 +300,7 @@ fn decided(
         action,
         image,
         reason,
+        exception: None,
         user,
         via: VIA,
     };
@@ -425,6 +434,31 @@ mod tests {
             pull("/v1.41/images/create?fromImage=someuser%2Fx&tag=sha256%3Aabc");
         assert!(!allow);
         assert_eq!(decision.unwrap().image, "someuser/x@sha256:abc");
+    }
+
+    #[test]
+    fn a_repository_exception_allows_and_is_audited() {
+        let rules = ImageRules {
+            allow_repositories: vec!["someuser/tool".parse().unwrap()],
+            ..rules()
+        };
+        let pull = |image: &str| {
+            let uri = format!("/v1.41/images/create?fromImage={image}&tag=latest");
+            authorize(&request("POST", &uri, None), Some(&rules))
+        };
+        let (allow, message, decision) = pull("someuser%2Ftool");
+        assert!(allow, "{message}");
+        let decision = decision.unwrap();
+        assert_eq!(
+            (decision.reason.as_str(), decision.exception.as_deref()),
+            ("community", Some("someuser/tool"))
+        );
+        let (allow, message, decision) = pull("someuser%2Fother");
+        assert!(!allow);
+        assert_eq!(message, "image access denied: community images not allowed");
+        assert_eq!(decision.unwrap().exception, None);
+        let (_, _, decision) = pull("busybox");
+        assert_eq!(decision.unwrap().exception, None);
     }
 
     #[test]

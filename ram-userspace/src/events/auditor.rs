@@ -425,8 +425,13 @@ impl Auditor {
             .repeated
             .map(|n| format!(", {n} more time(s) within {} s", WINDOW.as_secs()))
             .unwrap_or_default();
+        let exception = record
+            .exception
+            .as_ref()
+            .map(|entry| format!(", by exception {}", text(entry)))
+            .unwrap_or_default();
         info!(
-            "image {} {} {} ({}){repeated}",
+            "image {} {} {} ({}{exception}){repeated}",
             record.verdict,
             record.action,
             text(&record.image),

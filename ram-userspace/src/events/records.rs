@@ -173,6 +173,9 @@ pub struct ImageDecision {
     pub image: String,
     /// The category, or why it could not be judged.
     pub reason: String,
+    /// The `image_access.allow_repositories` entry that allowed the image, where its category
+    /// would not have.
+    pub exception: Option<String>,
     pub user: Option<String>,
     /// Which enforcement point decided (`authorization_plugin`, `pull_gate`).
     pub via: &'static str,
@@ -192,6 +195,10 @@ pub struct ImageRecord {
     pub image: String,
     pub user: Option<String>,
     pub via: &'static str,
+    /// Allowed by a repository exception (its category is not): the
+    /// `image_access.allow_repositories` entry (`someuser/tool`, `somepublisher/*`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exception: Option<String>,
     /// On a line that ends a window of repeats: how many more identical decisions there were
     /// since the line this one repeats (see `events::repeats`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -208,6 +215,7 @@ impl ImageRecord {
             image: decision.image,
             user: decision.user,
             via: decision.via,
+            exception: decision.exception,
             repeated: None,
         }
     }

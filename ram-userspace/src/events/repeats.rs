@@ -1,7 +1,7 @@
 //! Folding repeated decisions into one audit line. The pull gate answers a request per
 //! manifest, blob and retry, and any local user can send it requests; a resolver library
 //! retries a refused DNS query on every server and search domain. The first decision of a kind
-//! (for an image: verdict, action, image, reason, user, enforcement point; for a DNS query:
+//! (for an image: verdict, action, image, reason, user, enforcement point, exception; for a DNS query:
 //! cgroup, name, type) in a window is written at once; its repeats within the window are only
 //! counted, and written as one line (`repeated`) when the window ends — so nothing is lost and
 //! nobody can flood the log.
@@ -30,6 +30,7 @@ impl Foldable for ImageRecord {
         String,
         Option<String>,
         &'static str,
+        Option<String>,
     );
 
     fn kind(&self) -> Self::Kind {
@@ -40,6 +41,7 @@ impl Foldable for ImageRecord {
             self.reason.clone(),
             self.user.clone(),
             self.via,
+            self.exception.clone(),
         )
     }
 
@@ -157,6 +159,7 @@ mod tests {
             image: image.into(),
             user: None,
             via: "pull_gate",
+            exception: None,
             repeated: None,
         }
     }

@@ -15,7 +15,9 @@ pub mod resolv;
 
 use std::{fmt, net::SocketAddr, path::PathBuf};
 
-pub use image_rules::{DEFAULT_VERIFIED_PUBLISHERS, ImageRules};
+pub use image_rules::{
+    DEFAULT_VERIFIED_PUBLISHERS, ImageRules, RepositoryPattern, RepositoryPatternError,
+};
 pub use parse::PolicyError;
 pub use pattern::{Cidr, EntryError, HostPattern, ResolverAddr, to_v6};
 /// The policy `ram daemon` enforces when no `--policy` is given: Docker Hub only, as Docker's own
@@ -93,6 +95,7 @@ impl Default for ImageAccess {
                     .iter()
                     .map(ToString::to_string)
                     .collect(),
+                allow_repositories: Vec::new(),
             },
             gate: Self::DEFAULT_GATE
                 .parse()

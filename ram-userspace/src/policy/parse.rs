@@ -57,6 +57,9 @@ struct RawImageAccess {
     verified_publisher_namespaces: Vec<Spanned<String>>,
     /// Docker's registry.json, whose `allowedOrgs` are organizations too.
     registry_json: Option<Spanned<String>>,
+    /// Docker Hub repositories allowed whatever their category.
+    #[serde(default)]
+    allow_repositories: Vec<Spanned<String>>,
     gate: Option<Spanned<String>>,
     upstream: Option<Spanned<String>>,
 }
@@ -422,6 +425,14 @@ fn image_access(
             value,
         )?);
     }
+    rules.allow_repositories = validate_all(
+        "image_access.allow_repositories",
+        &raw.allow_repositories,
+        "Docker Hub repository",
+        invalid,
+    )?;
+    // `busybox`, `library/busybox` and `docker.io/busybox` are one entry.
+    dedup_in_order(&mut rules.allow_repositories);
     if let Some(path) = &raw.registry_json {
         let text = std::fs::read_to_string(path.get_ref()).map_err(|err| {
             invalid(
@@ -497,7 +508,7 @@ fn upstream_url(text: &str) -> Result<String, EntryError> {
 }
 
 /// Parses every value of the list `key`; the first bad one becomes an error at its position.
-fn validate_all<T: FromStr<Err = EntryError>>(
+fn validate_all<T: FromStr<Err: std::fmt::Display>>(
     key: &str,
     values: &[Spanned<String>],
     what: &str,

@@ -97,24 +97,7 @@ pub enum ReferenceError {
 /// `someuser/app@sha256:…`, `docker.io/library/x`, `index.docker.io/u/x`, `ghcr.io/o/x`,
 /// `localhost:5000/x`. See the module's doc for the grammar.
 pub fn parse_reference(reference: &str) -> Result<Reference, ReferenceError> {
-    if reference.is_empty() {
-        return Err(ReferenceError::Empty);
-    }
-    let (name_and_tag, digest) = match reference.split_once('@') {
-        Some((name, digest)) => (name, Some(digest)),
-        None => (reference, None),
-    };
-    if let Some(digest) = digest {
-        check_digest(digest)?;
-    }
-    // The tag: after a `:` that has no `/` after it (`localhost:5000/x` has none).
-    let name = match name_and_tag.rsplit_once(':') {
-        Some((name, tag)) if !tag.contains('/') => {
-            check_tag(tag)?;
-            name
-        }
-        _ => name_and_tag,
-    };
+    let (name, _, _) = split(reference)?;
     let registry = match name.split_once('/') {
         Some((first, path))
             if first.contains('.') || first.contains(':') || first == "localhost" =>
@@ -141,6 +124,50 @@ pub fn parse_reference(reference: &str) -> Result<Reference, ReferenceError> {
         return Err(ReferenceError::TooLong);
     }
     Ok(Reference::Other(registry.to_ascii_lowercase()))
+}
+
+/// A reference as Docker writes it in full, with its registry and a tag (`latest` unless it
+/// has a tag or a digest): `busybox` is `docker.io/library/busybox:latest`, `Ghcr.io/o/x@…`
+/// is `ghcr.io/o/x@…`. With what it names.
+pub fn normalize(reference: &str) -> Result<(Reference, String), ReferenceError> {
+    let parsed = parse_reference(reference)?;
+    let (name, tag, digest) = split(reference)?;
+    let repository = match &parsed {
+        Reference::Hub(repository) => repository.to_string(),
+        Reference::Other(registry) => {
+            let path = name.split_once('/').map_or("", |(_, path)| path);
+            format!("{registry}/{path}")
+        }
+    };
+    let tag = match (tag, digest) {
+        (Some(tag), _) => format!(":{tag}"),
+        (None, None) => ":latest".to_owned(),
+        (None, Some(_)) => String::new(),
+    };
+    let digest = digest.map(|d| format!("@{d}")).unwrap_or_default();
+    Ok((parsed, format!("{repository}{tag}{digest}")))
+}
+
+/// A reference's name, tag and digest as written (the tag and digest checked).
+fn split(reference: &str) -> Result<(&str, Option<&str>, Option<&str>), ReferenceError> {
+    if reference.is_empty() {
+        return Err(ReferenceError::Empty);
+    }
+    let (name_and_tag, digest) = match reference.split_once('@') {
+        Some((name, digest)) => (name, Some(digest)),
+        None => (reference, None),
+    };
+    if let Some(digest) = digest {
+        check_digest(digest)?;
+    }
+    // The tag: after a `:` that has no `/` after it (`localhost:5000/x` has none).
+    Ok(match name_and_tag.rsplit_once(':') {
+        Some((name, tag)) if !tag.contains('/') => {
+            check_tag(tag)?;
+            (name, Some(tag), digest)
+        }
+        _ => (name_and_tag, None, digest),
+    })
 }
 
 /// A Docker Hub repository from its path (`busybox`, `library/busybox`, `someuser/app`), as
@@ -441,6 +468,29 @@ mod tests {
             "invalid reference format: `a..b` is not a repository name component (lowercase \
              letters and digits, joined by single . or _, by __, or by dashes)"
         );
+    }
+
+    #[test]
+    fn references_are_written_in_full_as_docker_does() {
+        for (text, full) in [
+            ("busybox", "docker.io/library/busybox:latest"),
+            ("busybox:1.36", "docker.io/library/busybox:1.36"),
+            ("Docker.IO/someuser/x", "docker.io/someuser/x:latest"),
+            ("index.docker.io/someuser/x:v1", "docker.io/someuser/x:v1"),
+            ("Ghcr.io/org/team/x", "ghcr.io/org/team/x:latest"),
+            ("localhost:5000/x:dev", "localhost:5000/x:dev"),
+            (
+                &format!("someuser/x@{DIGEST}"),
+                &format!("docker.io/someuser/x@{DIGEST}"),
+            ),
+            (
+                &format!("busybox:1.36@{DIGEST}"),
+                &format!("docker.io/library/busybox:1.36@{DIGEST}"),
+            ),
+        ] {
+            assert_eq!(normalize(text).unwrap().1, full, "{text}");
+        }
+        assert!(normalize("SomeUser/X").is_err());
     }
 
     #[test]

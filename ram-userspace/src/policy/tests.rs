@@ -342,3 +342,70 @@ fn cidr_contains_handles_mapped_ipv4() {
     assert!(all.contains("192.0.2.1".parse().unwrap()));
     assert!(!all.contains("2001:db8::1".parse().unwrap()));
 }
+
+#[test]
+fn repository_exceptions_are_docker_hub_repositories() {
+    let policy = parse(
+        "[image_access]\nallow_repositories = [\n  \"someuser/tool\",\n  \"somepublisher/*\",\n  \
+         \"busybox\",\n  \"docker.io/library/busybox\",\n  \"Docker.IO/someuser/tool\",\n  \
+         \"index.docker.io/library/*\",\n  \"someuser/tool\",\n]\n",
+    )
+    .unwrap();
+    let entries: Vec<String> = policy
+        .image_access
+        .rules
+        .allow_repositories
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    // Normalized as Docker does, and each once.
+    assert_eq!(
+        entries,
+        [
+            "someuser/tool",
+            "somepublisher/*",
+            "library/busybox",
+            "library/*"
+        ]
+    );
+    assert!(
+        parse("")
+            .unwrap()
+            .image_access
+            .rules
+            .allow_repositories
+            .is_empty()
+    );
+    for (entry, why) in [
+        ("someuser/tool:1.0", "without a tag"),
+        ("someuser/tool@sha256:ab", "without a digest"),
+        ("SomeUser/tool", "must be lowercase"),
+        ("someuser/Tool", "must be lowercase"),
+        ("*", "namespace/*"),
+        ("*/tool", "namespace/*"),
+        ("some*/tool", "namespace/*"),
+        ("someuser/*/x", "namespace/*"),
+        ("someuser/t*", "namespace/*"),
+        ("docker.io/*", "namespace/*"),
+        ("someuser//tool", "not a repository name component"),
+        ("someuser/", "not a repository name component"),
+        ("/tool", "not a repository name component"),
+        ("", "empty image reference"),
+        (" someuser/tool", "not a repository name component"),
+        ("ghcr.io/someuser/tool", "another registry"),
+        ("localhost:5000/x", "another registry"),
+        ("registry.corp.example/team/*", "another registry"),
+        ("someuser/team/tool", "`name` or `namespace/name`"),
+        ("docker.io:5000/someuser/tool", "port 443 only"),
+    ] {
+        let error = error_of(&format!(
+            "[image_access]\nenabled = true\nallow_repositories = [\"someuser/ok\",\n  \"{entry}\"]\n"
+        ));
+        assert!(
+            error.starts_with("policy.toml:4:3: invalid Docker Hub repository")
+                && error.contains("image_access.allow_repositories")
+                && error.contains(why),
+            "{entry}: {error}"
+        );
+    }
+}

@@ -361,15 +361,20 @@ impl State {
                 // audited, and of the allowed requests only manifest GETs.
                 let audit = verdict.is_err() || (kind == "manifests" && method == Method::GET);
                 if audit {
-                    let (allowed, reason) = match &verdict {
-                        Ok(category) => (true, category.as_str().to_owned()),
-                        Err(denial) => (false, denial.to_string()),
+                    let (allowed, reason, exception) = match &verdict {
+                        Ok(allowed) => (
+                            true,
+                            allowed.category.as_str().to_owned(),
+                            allowed.exception.as_ref().map(ToString::to_string),
+                        ),
+                        Err(denial) => (false, denial.to_string(), None),
                     };
                     (self.decisions)(ImageDecision {
                         allowed,
                         action: kind,
                         image,
                         reason,
+                        exception,
                         user: None,
                         via: VIA,
                     });
@@ -501,6 +506,38 @@ mod tests {
             get(at, "/v2/").await.is_none(),
             "a stopped gate still listens"
         );
+    }
+
+    #[tokio::test]
+    async fn a_repository_exception_opens_the_gate_to_its_repository_only() {
+        let (decisions, seen) = decisions();
+        let shared = gate_rules();
+        shared.write().unwrap().rules.allow_repositories = vec!["someuser/tool".parse().unwrap()];
+        let gate = rebind(loopback(0), None, &shared, &decisions)
+            .await
+            .expect("the gate listens");
+        // Allowed, so forwarded (to an upstream that is down: 502), and audited as such.
+        let allowed = get(gate.listen(), "/v2/someuser/tool/manifests/latest")
+            .await
+            .unwrap();
+        assert!(allowed.starts_with("HTTP/1.1 502 "), "{allowed}");
+        let decision = seen
+            .lock()
+            .unwrap()
+            .pop()
+            .expect("the allowed pull is audited");
+        assert!(decision.allowed);
+        assert_eq!(
+            (decision.reason.as_str(), decision.exception.as_deref()),
+            ("community", Some("someuser/tool"))
+        );
+        let denied = get(gate.listen(), "/v2/someuser/other/manifests/latest")
+            .await
+            .unwrap();
+        assert!(denied.starts_with("HTTP/1.1 403 "), "{denied}");
+        let decision = seen.lock().unwrap().pop().expect("the denial is audited");
+        assert_eq!((decision.allowed, decision.exception), (false, None));
+        gate.stop().await;
     }
 
     #[tokio::test]
