@@ -46,9 +46,18 @@ enum Command {
     Status(StatusArgs),
     /// The addresses learned from DNS answers, with hostname, cgroup and expiry.
     Learned(JsonArg),
-    /// Whether the policy in force allows HOST (a hostname or an address), and by which entry.
+    /// Whether the policy in force allows HOST (a hostname or an address), and by which entry;
+    /// or, for an IMAGE reference, what image access decides (its category, allowed or denied,
+    /// the exception that allowed it). An argument with `/` or `@`, or a `:` not followed by a
+    /// port number (`busybox:1.36`), is an image; anything else a host.
     Check {
-        host: String,
+        #[arg(value_name = "HOST|IMAGE")]
+        target: String,
+        /// Take the argument for an image reference whatever it looks like (`--image busybox`:
+        /// Docker Hub's official image, not a host named busybox).
+        #[arg(long)]
+        image: bool,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -170,7 +179,11 @@ impl Cli {
             Command::Exec(args) => exec::run(args),
             Command::Status(StatusArgs { json, ready }) => status::run(&run_dir, json, ready),
             Command::Learned(JsonArg { json }) => learned::run(&run_dir, json),
-            Command::Check { host, json } => check::run(&run_dir, host, json),
+            Command::Check {
+                target,
+                image,
+                json,
+            } => check::run(&run_dir, target, image, json),
             Command::Policy { command } => match command {
                 PolicyCommand::Check { file } => policy::check(&file),
                 PolicyCommand::Default => {

@@ -15,7 +15,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::compile::check::CheckAnswer;
+pub use crate::{compile::check::CheckAnswer, docker::image_access::ImageCheckAnswer};
 
 pub const SOCKET_NAME: &str = "ram.sock";
 pub const POLICY_COPY_NAME: &str = "policy.toml";
@@ -34,6 +34,12 @@ pub enum Request {
     Learned,
     Check {
         host: String,
+    },
+    /// What image access decides about an image reference (`ram check IMAGE`). Answered by the
+    /// daemon, from the rules the authorization plugin and the pull gate hold, as `Check` is
+    /// for hosts: the answer is the policy in force, not a file that may have changed since.
+    CheckImage {
+        image: String,
     },
 }
 
@@ -144,6 +150,7 @@ pub enum Response {
     Ready { enforcing: bool },
     Learned { entries: Vec<LearnedEntry> },
     Check(CheckAnswer),
+    CheckImage(ImageCheckAnswer),
     Error { message: String },
 }
 
@@ -207,6 +214,11 @@ mod tests {
         })
         .unwrap();
         assert_eq!(json, r#"{"command":"check","host":"ghcr.io"}"#);
+        let json = serde_json::to_string(&Request::CheckImage {
+            image: "someuser/tool".into(),
+        })
+        .unwrap();
+        assert_eq!(json, r#"{"command":"check_image","image":"someuser/tool"}"#);
         let back: Request = serde_json::from_str(r#"{"command":"status"}"#).unwrap();
         assert_eq!(back, Request::Status);
         assert!(serde_json::from_str::<Request>(r#"{"command":"rm -rf"}"#).is_err());

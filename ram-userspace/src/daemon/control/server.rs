@@ -19,8 +19,8 @@ use super::{
     CgroupStatus, LearnedEntry, MAX_REQUEST, MapFill, PolicyStatus, Request, Response, Status,
 };
 use crate::{
-    compile::check::check_host, daemon::Daemon, events::records::display_addr,
-    kernel::EnforceError, sys,
+    compile::check::check_host, daemon::Daemon, docker::image_access::check_image,
+    events::records::display_addr, kernel::EnforceError, sys,
 };
 
 impl Daemon {
@@ -64,6 +64,10 @@ impl Daemon {
             Request::Check { host } => {
                 Response::Check(check_host(&self.enforcement.policy.policy, &host))
             }
+            Request::CheckImage { image } => Response::CheckImage(check_image(
+                &self.enforcement.policy.policy.image_access,
+                &image,
+            )),
         }
     }
 
