@@ -745,3 +745,132 @@ fn containerd_and_podman_pull_docker_hub_images_through_the_gate() {
         );
     }
 }
+
+/// Repository exceptions (`image_access.allow_repositories`): a listed community repository
+/// comes through the gate from the upstream, while another repository of its namespace is
+/// refused with Docker's message; the audit log names the exception that allowed the pull,
+/// and `ram check IMAGE` (answered by the daemon) says so too.
+#[test]
+fn a_repository_exception_lets_its_repository_through_the_gate_and_no_other() {
+    let net = TestNet::new();
+    let (_hub, _hub_dir, hub) =
+        ram_tests::fake_docker_hub(&net, &["someuser/tool:latest", "someuser/other:latest"]);
+    let _dns = net.dnsmasq(&[], &[]);
+    let resolver = TestNet::PEER_V4[0].to_string();
+    let bystander = TestCgroup::new();
+    // gate_policy ends inside [image_access]: the key belongs there.
+    let state = Daemon::prepare(
+        &format!(
+            "{}allow_repositories = [\"someuser/tool\"]\n",
+            gate_policy(&hub, &resolver, true)
+        ),
+        &[bystander.path()],
+    );
+    let mut daemon = state.start().unwrap();
+    daemon
+        .wait_for_line("Docker Hub pull gate on", Duration::from_secs(5))
+        .unwrap();
+    let gate = format!("http://{GATE}");
+    let accept = "Accept: application/vnd.docker.distribution.manifest.v2+json";
+
+    // The listed repository: its manifest and blobs come from the upstream.
+    let (code, _, body) = curl(&[
+        "-H",
+        accept,
+        &format!("{gate}/v2/someuser/tool/manifests/latest"),
+    ]);
+    assert_eq!(code, "200", "{body}");
+    let manifest: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        manifest["mediaType"],
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+    let config = manifest["config"]["digest"].as_str().unwrap();
+    let (code, _, body) = curl(&[&format!("{gate}/v2/someuser/tool/blobs/{config}")]);
+    assert_eq!(code, "200", "{body}");
+
+    // Another repository of the same namespace, which the upstream has too: refused.
+    for path in [
+        "/v2/someuser/other/manifests/latest".to_owned(),
+        format!("/v2/someuser/other/blobs/{config}"),
+    ] {
+        let (code, _, body) = curl(&["-H", accept, &format!("{gate}{path}")]);
+        assert_eq!(code, "403", "{path}: {body}");
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["errors"][0]["code"], "DENIED");
+        assert_eq!(
+            body["errors"][0]["message"],
+            "image access denied: community images not allowed"
+        );
+    }
+
+    // The audit log: the allowed pull keeps its category and names the exception; the denial
+    // names none.
+    let find = |image: &str| -> Option<serde_json::Value> {
+        daemon
+            .audit_records()
+            .into_iter()
+            .find(|r| r["via"] == "pull_gate" && r["action"] == "manifests" && r["image"] == image)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while (find("someuser/tool:latest").is_none() || find("someuser/other:latest").is_none())
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let allowed = find("someuser/tool:latest").unwrap_or_else(|| {
+        panic!(
+            "no decision on someuser/tool: {:#?}",
+            daemon.audit_records()
+        )
+    });
+    assert_eq!(allowed["verdict"], "allow", "{allowed}");
+    assert_eq!(allowed["reason"], "community", "{allowed}");
+    assert_eq!(allowed["exception"], "someuser/tool", "{allowed}");
+    let denied = find("someuser/other:latest").unwrap_or_else(|| {
+        panic!(
+            "no decision on someuser/other: {:#?}",
+            daemon.audit_records()
+        )
+    });
+    assert_eq!(denied["verdict"], "deny", "{denied}");
+    assert_eq!(
+        denied["reason"],
+        "image access denied: community images not allowed"
+    );
+    assert!(denied.get("exception").is_none(), "{denied}");
+
+    // `ram check IMAGE`, in text and JSON.
+    let text = daemon.ram(&["check", "someuser/tool"]).unwrap();
+    assert!(
+        text.starts_with(
+            "docker.io/someuser/tool:latest: Docker Hub, community image: allowed by exception \
+             `someuser/tool`"
+        ),
+        "{text}"
+    );
+    let answer: serde_json::Value =
+        serde_json::from_str(&daemon.ram(&["check", "--json", "someuser/tool"]).unwrap()).unwrap();
+    assert_eq!(answer["reference"], "docker.io/someuser/tool:latest");
+    assert_eq!(answer["docker_hub"], true);
+    assert_eq!(answer["category"], "community");
+    assert_eq!(answer["allowed"], true);
+    assert_eq!(answer["exception"], "someuser/tool");
+    let answer: serde_json::Value =
+        serde_json::from_str(&daemon.ram(&["check", "--json", "someuser/other"]).unwrap()).unwrap();
+    assert_eq!(answer["allowed"], false, "{answer}");
+    assert_eq!(
+        answer["message"],
+        "image access denied: community images not allowed"
+    );
+    assert!(answer["exception"].is_null(), "{answer}");
+    let text = daemon.ram(&["check", "--image", "busybox"]).unwrap();
+    assert!(
+        text.starts_with("docker.io/library/busybox:latest: Docker Hub, official image: allowed"),
+        "{text}"
+    );
+    // A host is still a host.
+    let answer: serde_json::Value =
+        serde_json::from_str(&daemon.ram(&["check", "--json", "docker.io"]).unwrap()).unwrap();
+    assert_eq!(answer["host"], "docker.io", "{answer}");
+}
