@@ -185,7 +185,7 @@ pub fn check_image(access: &ImageAccess, image: &str) -> ImageCheckAnswer {
             let message = why.to_string();
             answer.allowed = !access.enabled;
             answer.explanation = if access.enabled {
-                "not an image reference: the authorization plugin refuses it".into()
+                "the authorization plugin and the pull gate refuse it".into()
             } else {
                 format!("image access is off (image_access.enabled = false); {message}")
             };
