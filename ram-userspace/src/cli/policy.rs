@@ -54,6 +54,22 @@ pub fn check(file: &Path) -> Result<()> {
         },
         access.tls.as_str(),
     );
+    match &access.push {
+        None => println!("pushes: unrestricted (no registry_access.push)"),
+        Some(rules) if rules.is_empty() => {
+            println!("pushes: none allowed (registry_access.push = [])")
+        }
+        Some(rules) => {
+            let rules: Vec<String> = rules.iter().map(ToString::to_string).collect();
+            println!("pushes allowed to: {}", rules.join(", "));
+        }
+    }
+    if access.push.is_some() && !policy.image_access.enabled {
+        println!(
+            "note: registry_access.push is judged by the authorization plugin, which ram serves \
+             only with image_access.enabled = true: pushes are not judged with this policy"
+        );
+    }
     if let Err(err) = protect::check_policy_path(file) {
         println!("note: `ram daemon --policy` would refuse this file where it is: {err}");
     }

@@ -17,6 +17,8 @@
 //!   Unreadable: **denied** (fail closed: it is a pull).
 //! - `POST /containers/create` (docker run/create, compose up): the `Image` of the body.
 //!   Unreadable: **denied**.
+//! - `POST /images/{name}/push?tag=…` (docker push), when `registry_access.push` is set: the
+//!   destination (registry and repository) against that list. Unreadable: **denied**.
 //! - Everything else (the engine's many other calls; `/build`, whose `FROM` the pull gate in
 //!   `gate/` judges as dockerd pulls it): allowed at once, never parsed (fail open: the plugin
 //!   must not stall the engine).
@@ -51,7 +53,10 @@ use serde_json::{Value, json};
 use tokio::net::{UnixListener, UnixStream};
 
 use super::{Decisions, image_access};
-use crate::{events::records::ImageDecision, policy::ImageRules};
+use crate::{
+    events::records::ImageDecision,
+    policy::{ImageRules, push},
+};
 
 /// The plugin's name, as dockerd's `--authorization-plugin=` gives it.
 pub const PLUGIN_NAME: &str = "ram";
@@ -213,6 +218,13 @@ pub fn authorize(body: &[u8], rules: Option<&ImageRules>) -> (bool, String, Opti
         }
         _ => format!("/{cleaned}"),
     };
+    if method.eq_ignore_ascii_case("POST")
+        && let Some(name) = path
+            .strip_prefix("/images/")
+            .and_then(|rest| rest.strip_suffix("/push"))
+    {
+        return authorize_push(rules, name, query, &request, user);
+    }
     let (action, image) = match (method.to_ascii_uppercase().as_str(), path.as_str()) {
         ("POST", "/images/create") => {
             // A form body would override the query in Go's r.Form, and dockerd does not send
@@ -283,6 +295,46 @@ pub fn authorize(body: &[u8], rules: Option<&ImageRules>) -> (bool, String, Opti
             let message = why.to_string();
             decided(false, message.clone(), message, action, image, user)
         }
+    }
+}
+
+/// `POST /images/{name}/push?tag=…` (docker push): the destination against
+/// `registry_access.push`. No list: not judged, not audited (today's behaviour). The name is
+/// the decoded path's, as dockerd's router reads it; a tag, as dockerd does, comes from the
+/// query (or after the name's last `:`), and is not judged: rules name repositories.
+fn authorize_push(
+    rules: &ImageRules,
+    name: &str,
+    query: &str,
+    request: &Value,
+    user: Option<String>,
+) -> (bool, String, Option<ImageDecision>) {
+    let Some(push_rules) = rules.push.as_deref() else {
+        return (true, String::new(), None);
+    };
+    const ACTION: &str = "image_push";
+    if has_body(request) || name.is_empty() {
+        return deny_unreadable(ACTION, user);
+    }
+    let tag = query_params(query)
+        .into_iter()
+        .find(|(key, _)| key == "tag")
+        .map(|(_, value)| value)
+        .filter(|value| !value.is_empty());
+    let image = match &tag {
+        Some(tag) => format!("{name}:{tag}"),
+        None => name.to_owned(),
+    };
+    if looks_like_image_id(name) {
+        let message = "registry access denied: ram cannot tell where a push of an image given                        by its ID goes; use its name";
+        return decided(false, message.into(), message.into(), ACTION, image, user);
+    }
+    match push::judge_push(push_rules, name) {
+        Ok(destination) => {
+            let reason = format!("registry_access.push allows {destination}");
+            decided(true, String::new(), reason, ACTION, image, user)
+        }
+        Err(message) => decided(false, message.clone(), message, ACTION, image, user),
     }
 }
 
@@ -666,5 +718,90 @@ mod tests {
         let request = post("/Plugin.Activate", "").replacen("Host", &format!("{header}Host"), 1);
         let answers = exchange(request.as_bytes(), 1).await;
         assert!(answers[0].starts_with("431 "), "{answers:?}");
+    }
+
+    #[test]
+    fn pushes_are_judged_against_the_push_rules() {
+        // No push rules: pushes are not judged (today's behaviour), nor audited.
+        let open = rules();
+        let uri = "/v1.41/images/ghcr.io%2Fother%2Fx/push?tag=1";
+        assert_eq!(
+            authorize(&request("POST", uri, None), Some(&open)),
+            (true, String::new(), None)
+        );
+        let rules = ImageRules {
+            push: Some(vec![
+                "registry.corp.example:5000".parse().unwrap(),
+                "ghcr.io/mycompany/*".parse().unwrap(),
+                "docker.io/mycompany/*".parse().unwrap(),
+            ]),
+            ..rules()
+        };
+        let push = |uri: &str| authorize(&request("POST", uri, None), Some(&rules));
+        let (allow, message, decision) = push(uri);
+        assert!(!allow);
+        assert_eq!(
+            message,
+            "registry access denied: pushes to ghcr.io/other/x not allowed"
+        );
+        let decision = decision.unwrap();
+        assert_eq!(
+            (decision.action, decision.image.as_str(), decision.via),
+            ("image_push", "ghcr.io/other/x:1", VIA)
+        );
+        assert!(!decision.allowed);
+        for allowed in [
+            "/v1.41/images/ghcr.io%2Fmycompany%2Fapp/push?tag=v1",
+            "/v1.45/images/ghcr.io/mycompany/a/b/push",
+            "/images/registry.corp.example:5000%2Fx/push?tag=latest",
+            "/v1.41/images/registry.corp.example%3A5000%2Fx/push?tag=latest",
+            "/v1.41/images/mycompany%2Ftool/push?tag=latest",
+            "/v1.41/images/index.docker.io%2Fmycompany%2Ftool/push",
+        ] {
+            let (allow, message, decision) = push(allowed);
+            assert!(allow, "{allowed}: {message}");
+            let decision = decision.unwrap();
+            assert!(
+                decision.allowed && decision.action == "image_push",
+                "{allowed}"
+            );
+        }
+        for (denied, why) in [
+            (
+                "/v1.41/images/busybox/push?tag=latest",
+                "pushes to docker.io/library/busybox",
+            ),
+            (
+                "/v1.41/images/someone%2Ftool/push",
+                "pushes to docker.io/someone/tool",
+            ),
+            (
+                "/v1.41/images/registry.corp.example%2Fx/push",
+                "pushes to registry.corp.example/x",
+            ),
+            (
+                "/v1.41/images/ghcr.io%2FMyCompany%2Fx/push",
+                "must be lowercase",
+            ),
+            (
+                "/v1.41/images/ghcr.io%252Fmycompany%2Fx/push",
+                "could not read",
+            ),
+            ("/v1.41/images/abc123/push", "by its ID"),
+        ] {
+            let (allow, message, decision) = push(denied);
+            assert!(!allow && message.contains(why), "{denied}: {message}");
+            assert!(!decision.unwrap().allowed);
+        }
+        // `push = []`: no push at all; other calls are not affected.
+        let none = ImageRules {
+            push: Some(Vec::new()),
+            ..rules.clone()
+        };
+        let (allow, _, _) = authorize(&request("POST", uri, None), Some(&none));
+        assert!(!allow);
+        let (allow, _, decision) =
+            authorize(&request("GET", "/v1.41/images/json", None), Some(&none));
+        assert!(allow && decision.is_none());
     }
 }

@@ -270,6 +270,7 @@ pub(crate) mod tests {
             organizations: vec!["mycompany".into()],
             verified_publisher_namespaces: vec!["somepublisher".into()],
             allow_repositories: Vec::new(),
+            push: None,
         }
     }
 

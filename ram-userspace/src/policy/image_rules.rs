@@ -19,6 +19,9 @@ pub struct ImageRules {
     pub verified_publisher_namespaces: Vec<String>,
     /// Docker Hub repositories allowed whatever their category (`allow_repositories`).
     pub allow_repositories: Vec<RepositoryPattern>,
+    /// `registry_access.push`, which the authorization plugin judges pushes with: `None`,
+    /// pushes unrestricted.
+    pub push: Option<Vec<super::push::PushRule>>,
 }
 
 /// An `image_access.allow_repositories` entry: one Docker Hub repository (`someuser/tool`;

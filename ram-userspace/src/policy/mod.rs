@@ -10,6 +10,7 @@ mod parse;
 mod pattern;
 pub mod presets;
 pub mod protect;
+pub mod push;
 pub mod reference;
 pub mod resolv;
 
@@ -20,6 +21,7 @@ pub use image_rules::{
 };
 pub use parse::PolicyError;
 pub use pattern::{Cidr, EntryError, HostPattern, ResolverAddr, to_v6};
+pub use push::{PushRule, PushRuleError};
 /// The policy `ram daemon` enforces when no `--policy` is given: Docker Hub only, as Docker's own
 /// Registry Access Management starts out.
 pub const DEFAULT_POLICY: &str = include_str!("../../default-policy.toml");
@@ -96,6 +98,7 @@ impl Default for ImageAccess {
                     .map(ToString::to_string)
                     .collect(),
                 allow_repositories: Vec::new(),
+                push: None,
             },
             gate: Self::DEFAULT_GATE
                 .parse()
@@ -172,6 +175,9 @@ pub struct RegistryAccess {
     pub allow_ping: bool,
     /// Whether TLS connections to learned addresses must name a host that taught the address.
     pub tls: TlsMode,
+    /// `push`: where `docker push` may send images (judged by the authorization plugin).
+    /// `None`: anywhere; empty: nowhere.
+    pub push: Option<Vec<PushRule>>,
 }
 
 /// `registry_access.tls`.

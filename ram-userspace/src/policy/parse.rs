@@ -97,6 +97,9 @@ struct RawRegistryAccess {
     allow_ping: bool,
     #[serde(default)]
     tls: Option<Spanned<String>>,
+    /// Where `docker push` may send images; absent: anywhere.
+    #[serde(default)]
+    push: Option<Vec<Spanned<String>>>,
 }
 
 impl Default for RawRegistryAccess {
@@ -107,6 +110,7 @@ impl Default for RawRegistryAccess {
             allow_loopback: true,
             allow_ping: false,
             tls: None,
+            push: None,
         }
     }
 }
@@ -214,6 +218,15 @@ impl Policy {
                 )?,
                 allow_loopback: access.allow_loopback,
                 allow_ping: access.allow_ping,
+                push: match &access.push {
+                    Some(list) => Some(validate_all(
+                        "registry_access.push",
+                        list,
+                        "push destination",
+                        &invalid,
+                    )?),
+                    None => None,
+                },
                 tls: match &access.tls {
                     None => TlsMode::Enforce,
                     Some(value) => match value.get_ref().as_str() {
@@ -337,6 +350,11 @@ impl Policy {
         // Repeated entries change nothing; drop them so counts and maps stay honest.
         dedup_in_order(&mut policy.registry_access.allow);
         dedup_in_order(&mut policy.registry_access.allow_cidrs);
+        if let Some(push) = policy.registry_access.push.as_mut() {
+            dedup_in_order(push);
+        }
+        // The authorization plugin judges pushes with the image rules it is given.
+        policy.image_access.rules.push = policy.registry_access.push.clone();
         if let Some(resolvers) = policy.dns.resolvers.as_mut() {
             dedup_in_order(resolvers);
         }

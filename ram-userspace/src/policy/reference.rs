@@ -278,7 +278,7 @@ fn is_joined(text: &str, separator: impl Fn(&str) -> bool) -> bool {
 
 /// `host[:port]`: a domain name (components of letters, digits and inner dashes, joined by
 /// dots) or a bracketed IPv6 address, and decimal digits for the port.
-fn split_registry(registry: &str) -> Result<(&str, Option<&str>), ReferenceError> {
+pub(crate) fn split_registry(registry: &str) -> Result<(&str, Option<&str>), ReferenceError> {
     let invalid = || ReferenceError::Registry {
         registry: registry.into(),
     };

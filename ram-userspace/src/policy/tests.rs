@@ -409,3 +409,61 @@ fn repository_exceptions_are_docker_hub_repositories() {
         );
     }
 }
+
+#[test]
+fn push_rules_are_registries_repositories_and_subtrees() {
+    // Absent: pushes unrestricted.
+    let absent = parse("[registry_access]\nallow = [\"ghcr.io\"]\n").unwrap();
+    assert_eq!(absent.registry_access.push, None);
+    assert_eq!(absent.image_access.rules.push, None);
+    // Empty: no push at all.
+    let none = parse("[registry_access]\npush = []\n").unwrap();
+    assert_eq!(none.registry_access.push, Some(Vec::new()));
+    assert_eq!(none.image_access.rules.push, Some(Vec::new()));
+    let policy = parse(
+        "[registry_access]\npush = [\n  \"registry.corp.example\",\n  \
+         \"registry.corp.example:5000\",\n  \"ghcr.io/mycompany/*\",\n  \"quay.io/team/app\",\n  \
+         \"mycompany/*\",\n  \"index.docker.io/mycompany/*\",\n]\n",
+    )
+    .unwrap();
+    let entries: Vec<String> = policy
+        .registry_access
+        .push
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        entries,
+        [
+            "registry.corp.example",
+            "registry.corp.example:5000",
+            "ghcr.io/mycompany/*",
+            "quay.io/team/app",
+            "docker.io/mycompany/*",
+        ]
+    );
+    assert_eq!(policy.image_access.rules.push, policy.registry_access.push);
+    for (entry, why) in [
+        ("ghcr.io/o/x:1.0", "without a tag"),
+        ("ghcr.io/o/x@sha256:ab", "without a digest"),
+        ("ghcr.io/Upper/x", "must be lowercase"),
+        ("ghcr.io/*", "`*`"),
+        ("ghcr.io/*/x", "`*`"),
+        ("ghcr.io/o*/x", "`*`"),
+        ("ghcr.io//x", "repository name component"),
+        ("busybox", "names no registry"),
+        ("", "empty"),
+    ] {
+        let error = error_of(&format!(
+            "[registry_access]\npush = [\"ghcr.io\",\n  \"{entry}\"]\n"
+        ));
+        assert!(
+            error.starts_with("policy.toml:3:3: invalid push destination")
+                && error.contains("registry_access.push")
+                && error.contains(why),
+            "{entry}: {error}"
+        );
+    }
+}
