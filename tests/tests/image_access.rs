@@ -874,3 +874,101 @@ fn a_repository_exception_lets_its_repository_through_the_gate_and_no_other() {
         serde_json::from_str(&daemon.ram(&["check", "--json", "docker.io"]).unwrap()).unwrap();
     assert_eq!(answer["host"], "docker.io", "{answer}");
 }
+
+/// Image access with push control: pushes may go to the test registry's `mycompany/*` only.
+fn push_policy(registry: &str, registry_ip: &str, resolver: &str) -> String {
+    format!(
+        "[registry_access]\nallow = [\"docker.io\"]\nallow_cidrs = [\"{registry_ip}/32\"]\n\
+         push = [\"{registry}/mycompany/*\"]\n\n\
+         [dns]\nresolvers = [\"{resolver}\"]\n\n\
+         [image_access]\nenabled = true\ngate = \"{GATE}\"\nupstream = \"http://{registry}\"\n"
+    )
+}
+
+#[test]
+fn pushes_go_only_where_registry_access_push_allows() {
+    let net = TestNet::new();
+    // A real docker-registry on test host B, empty: the destination of the pushes.
+    let (_registry, _registry_dir, registry) = ram_tests::fake_docker_hub(&net, &[]);
+    let _dns = net.dnsmasq(&[], &[]);
+    let resolver = TestNet::PEER_V4[0].to_string();
+    let registry_ip = TestNet::PEER_V4[1].to_string();
+
+    let _v1 = ram_tests::V1Parents::new("docker");
+    let engine_cgroup = TestCgroup::new();
+    let state = Daemon::prepare(
+        &push_policy(&registry, &registry_ip, &resolver),
+        &[engine_cgroup.path()],
+    );
+    let socket = state.authz_socket();
+    let mut daemon = state.start().unwrap();
+    daemon
+        .wait_for_line("Docker authorization plugin `ram`", Duration::from_secs(5))
+        .unwrap();
+    let docker = TestDocker::start_with(
+        &engine_cgroup,
+        TestNet::PEER_V4[0].into(),
+        &[&registry],
+        &["--authorization-plugin=ram"],
+        Some(&socket),
+    );
+
+    // A local image (imported, never pulled), tagged for both destinations.
+    let rootfs_dir = TempDir::new();
+    let rootfs = rootfs_dir.path().join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("busybox-static");
+    let allowed = format!("{registry}/mycompany/tool:1");
+    let refused = format!("{registry}/other/x:1");
+    docker.import_rootfs(&rootfs, &allowed);
+    let (ok, _, err, _) = docker.run(&["tag", &allowed, &refused]);
+    assert!(ok, "{err}");
+
+    // Allowed: pushed, and the registry has it.
+    let (ok, _, err, _) = docker.run(&["push", &allowed]);
+    assert!(ok, "{err}\ndockerd:\n{}", docker.log());
+    let (code, _, body) = curl(&[&format!("http://{registry}/v2/mycompany/tool/tags/list")]);
+    assert_eq!(code, "200", "{body}");
+    assert!(body.contains("\"1\""), "{body}");
+
+    // Not listed: refused by the plugin with Docker's words, and nothing arrives.
+    let (ok, _, err, _) = docker.run(&["push", &refused]);
+    assert!(!ok);
+    assert_eq!(
+        err.trim(),
+        format!("{PLUGIN_DENIAL}registry access denied: pushes to {registry}/other/x not allowed"),
+        "dockerd's log:\n{}",
+        docker.log()
+    );
+    let (code, _, catalog) = curl(&[&format!("http://{registry}/v2/_catalog")]);
+    assert_eq!(code, "200", "{catalog}");
+    assert!(
+        catalog.contains("mycompany/tool") && !catalog.contains("other/x"),
+        "{catalog}"
+    );
+    let (code, _, body) = curl(&[&format!("http://{registry}/v2/other/x/tags/list")]);
+    assert_eq!(code, "404", "{body}");
+
+    // Both decisions are audited.
+    let records = audit_records(&daemon.audit_log);
+    let pushes: Vec<_> = records
+        .iter()
+        .filter(|r| r["action"] == "image_push")
+        .collect();
+    let allow = pushes
+        .iter()
+        .find(|r| r["image"] == allowed.as_str())
+        .unwrap_or_else(|| panic!("no allowed push in {records:#?}"));
+    assert_eq!(allow["verdict"], "allow");
+    assert_eq!(allow["via"], "authorization_plugin");
+    let deny = pushes
+        .iter()
+        .find(|r| r["image"] == refused.as_str())
+        .unwrap_or_else(|| panic!("no refused push in {records:#?}"));
+    assert_eq!(deny["verdict"], "deny");
+    assert_eq!(deny["via"], "authorization_plugin");
+    assert_eq!(
+        deny["reason"],
+        format!("registry access denied: pushes to {registry}/other/x not allowed")
+    );
+}

@@ -57,7 +57,7 @@ pub fn check(file: &Path) -> Result<()> {
     match &access.push {
         None => println!("pushes: unrestricted (no registry_access.push)"),
         Some(rules) if rules.is_empty() => {
-            println!("pushes: none allowed (registry_access.push = [])")
+            println!("pushes: none allowed (registry_access.push = [])");
         }
         Some(rules) => {
             let rules: Vec<String> = rules.iter().map(ToString::to_string).collect();

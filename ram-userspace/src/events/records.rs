@@ -167,11 +167,12 @@ pub struct DroppedRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageDecision {
     pub allowed: bool,
-    /// `image_pull` or `container_create` (the plugin); `manifests`, `blobs`, `tags` or
-    /// `referrers` (the pull gate).
+    /// `image_pull`, `container_create` or `image_push` (the plugin); `manifests`, `blobs`,
+    /// `tags` or `referrers` (the pull gate).
     pub action: &'static str,
     pub image: String,
-    /// The category, or why it could not be judged.
+    /// The category (for a push: the `registry_access.push` judgement), or why it could not
+    /// be judged.
     pub reason: String,
     /// The `image_access.allow_repositories` entry that allowed the image, where its category
     /// would not have.
@@ -189,8 +190,8 @@ pub struct ImageRecord {
     /// The image's category (`official`, `organization`, `verified_publisher`, `community`,
     /// `other_registry`) or, for a denial, the message the user saw.
     pub reason: String,
-    /// `image_pull` or `container_create` (plugin); `manifests`, `blobs`, `tags`, `referrers`
-    /// (pull gate).
+    /// `image_pull`, `container_create` or `image_push` (plugin); `manifests`, `blobs`,
+    /// `tags`, `referrers` (pull gate).
     pub action: &'static str,
     pub image: String,
     pub user: Option<String>,
