@@ -314,7 +314,15 @@ fn authorize_push(
     };
     const ACTION: &str = "image_push";
     if has_body(request) || name.is_empty() {
-        return deny_unreadable(ACTION, user);
+        let message = "registry access denied: ram could not read the destination of this push";
+        return decided(
+            false,
+            message.into(),
+            "unreadable".into(),
+            ACTION,
+            String::new(),
+            user,
+        );
     }
     let tag = query_params(query)
         .into_iter()
@@ -793,6 +801,16 @@ mod tests {
             assert!(!allow && message.contains(why), "{denied}: {message}");
             assert!(!decision.unwrap().allowed);
         }
+        // A push with a body is not one dockerd's CLI sends: refused as unreadable.
+        let with_body = json!({
+            "RequestMethod": "POST",
+            "RequestUri": "/v1.41/images/ghcr.io%2Fmycompany%2Fx/push?tag=1",
+            "RequestHeaders": {"Content-Length": "12"},
+        })
+        .to_string();
+        let (allow, message, decision) = authorize(with_body.as_bytes(), Some(&rules));
+        assert!(!allow && message.contains("could not read the destination of this push"));
+        assert_eq!(decision.unwrap().reason, "unreadable");
         // `push = []`: no push at all; other calls are not affected.
         let none = ImageRules {
             push: Some(Vec::new()),
