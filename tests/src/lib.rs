@@ -2005,3 +2005,16 @@ pub fn hold_connections_as_nobody(host: &str, port: &str, count: usize) -> (Chil
         .unwrap_or_else(|_| panic!("hold_connections.py printed {line:?}"));
     (holder, open)
 }
+
+/// Ends a running connect_loop.py client (SIGTERM to its own PID) and returns the JSON report
+/// it prints: rounds, `denied_ok`, `allowed_failed`.
+pub fn stop_connect_loop(client: Child) -> serde_json::Value {
+    // SAFETY: kill(2) of our own child's PID.
+    unsafe { libc::kill(client.id().cast_signed(), libc::SIGTERM) };
+    let output = client
+        .wait_with_output()
+        .expect("waiting for connect_loop.py");
+    let text = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(text.trim())
+        .unwrap_or_else(|err| panic!("connect_loop printed {text:?}: {err}"))
+}

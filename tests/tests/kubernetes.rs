@@ -30,6 +30,20 @@ use ram_tests::{
 };
 use serde_json::Value;
 
+/// `ram policy check FILE` accepts `file` (`what` names it in the failure).
+fn assert_policy_checks(file: &Path, what: &str) {
+    let check = Command::new(ram_tests::ram_bin())
+        .args(["policy", "check"])
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "ram policy check of {what}: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
+
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -277,16 +291,7 @@ fn the_chart_renders_the_committed_manifests_with_what_the_daemonset_needs() {
     assert!(policy.contains("\ndocker = true\n"), "{policy}");
     let dir = TempDir::new();
     let file = dir.write("policy.toml", &policy);
-    let check = Command::new(ram_tests::ram_bin())
-        .args(["policy", "check"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "ram policy check of the chart's policy: {}",
-        String::from_utf8_lossy(&check.stderr)
-    );
+    assert_policy_checks(&file, "the chart's policy");
 
     // `ram uninstall` runs in the pre-delete hook, and nowhere else.
     let uninstallers: Vec<&Value> = docs
@@ -360,16 +365,7 @@ fn the_chart_renders_the_committed_manifests_with_what_the_daemonset_needs() {
         ["--cgroup", "/system.slice/extra.service"]
     );
     let file = dir.write("policy-metrics.toml", policy);
-    let check = Command::new(ram_tests::ram_bin())
-        .args(["policy", "check"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "ram policy check of the policy with [metrics]: {}",
-        String::from_utf8_lossy(&check.stderr)
-    );
+    assert_policy_checks(&file, "the policy with [metrics]");
     let docs = documents(&render(&["--kube-version", "1.29.0"]));
     let daemonset = find(&docs, "DaemonSet", "ram");
     assert_eq!(
@@ -889,12 +885,7 @@ fn the_image_runs_as_the_daemonset_says_across_a_rollout_and_a_configmap_update(
         client.try_wait().unwrap().is_none(),
         "the client ended before the rollout did: the loop did not cover it"
     );
-    // SAFETY: kill(2) of our own child's PID.
-    unsafe { libc::kill(client.id().cast_signed(), libc::SIGTERM) };
-    let output = client.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&output.stdout);
-    let report: Value = serde_json::from_str(text.trim())
-        .unwrap_or_else(|err| panic!("connect_loop printed {text:?}: {err}"));
+    let report = ram_tests::stop_connect_loop(client);
     eprintln!("during the rollout: {report}");
     assert!(report["rounds"].as_u64().unwrap() > 100, "{report}");
     assert_eq!(

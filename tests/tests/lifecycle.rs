@@ -244,13 +244,8 @@ fn a_restart_leaves_no_window() {
         client.try_wait().unwrap().is_none(),
         "the client ended before the last restart: the loop did not cover it"
     );
-    // SAFETY: kill(2) of our own child's PID.
-    unsafe { libc::kill(client.id().cast_signed(), libc::SIGTERM) };
-    let output = client.wait_with_output().unwrap();
+    let report = ram_tests::stop_connect_loop(client);
     drop(daemon);
-    let text = String::from_utf8_lossy(&output.stdout);
-    let report: Value = serde_json::from_str(text.trim())
-        .unwrap_or_else(|err| panic!("connect_loop printed {text:?}: {err}"));
     assert!(report["rounds"].as_u64().unwrap() > 1000, "{report}");
     assert_eq!(
         report["denied_ok"], 0,
